@@ -1,0 +1,128 @@
+"""Consuming in batches, and dead-lettering what cannot be handled.
+
+A message that cannot be decoded or handled goes to the dead-letter exchange with its reason in
+the headers, on its first delivery: it never loops back into the consumer and is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from relayflow.amqp.publisher import OutgoingMessage, Publisher
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[Sequence[AbstractIncomingMessage]], Awaitable[None]]
+
+REASON_HEADER = "x-relayflow-reason"
+QUEUE_HEADER = "x-relayflow-queue"
+
+
+class BatchConsumer:
+    """Hands a queue's deliveries to `handler` in batches of what has arrived, up to `max_batch`.
+
+    With `workers` > 1, several batches are handled at once; the handler must then be safe for
+    concurrent batches (the orchestrator's is: it locks workflow rows).
+    """
+
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        handler: BatchHandler,
+        *,
+        max_batch: int = 100,
+        workers: int = 1,
+        linger: float = 0.0,
+    ) -> None:
+        self._queue = queue
+        self._handler = handler
+        self._max_batch = max_batch
+        self._workers = workers
+        self._linger = linger
+        self._pending: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumer_tag: str | None = None
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"consume:{self._queue.name}:{i}")
+            for i in range(self._workers)
+        ]
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._pending.put_nowait(message)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._pending.get()]
+            if self._linger:
+                await asyncio.sleep(self._linger)
+            while len(batch) < self._max_batch and not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            try:
+                await self._handler(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The handler settles each message itself; reaching here is a bug or an outage.
+                # Hand the batch back so another attempt (or replica) can take it.
+                log.exception("batch handler failed; requeueing %d message(s)", len(batch))
+                for message in batch:
+                    with contextlib.suppress(Exception):
+                        await message.nack(requeue=True)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        """Stop taking deliveries; unsettled ones go back to the broker with the channel."""
+        if self._consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._consumer_tag)
+            self._consumer_tag = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+
+async def dead_letter(
+    publisher: Publisher,
+    dead_letter_exchange: str,
+    message: AbstractIncomingMessage,
+    reason: str,
+) -> None:
+    """Move `message` to the dead-letter exchange with `reason`, then ack it. If that publish
+    fails, reject it instead: the queue's own dead-letter exchange still keeps it."""
+    headers = dict(message.headers or {})
+    headers[REASON_HEADER] = reason[:4000]
+    headers[QUEUE_HEADER] = message.routing_key or ""
+    headers["x-relayflow-exchange"] = message.exchange or ""
+    headers["x-relayflow-dead-lettered-at"] = datetime.now(UTC).isoformat()
+    log.warning(
+        "dead-lettering message %s from %r: %s", message.message_id, message.routing_key, reason
+    )
+    try:
+        await publisher.publish(
+            OutgoingMessage(
+                exchange=dead_letter_exchange,
+                routing_key=message.routing_key or "",
+                body=message.body,
+                message_id=message.message_id or "",
+                type=message.type or "",
+                headers=headers,
+                correlation_id=message.correlation_id,
+            )
+        )
+    except Exception:
+        log.exception("could not publish dead letter; rejecting to the queue's DLX instead")
+        await message.reject(requeue=False)
+    else:
+        await message.ack()

@@ -1,0 +1,210 @@
+"""Message models. Field names are camelCase on the wire, snake_case in Python."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+SCHEMA_VERSION = 1
+
+# Identifiers: a readable prefix, then 26 Crockford-base32 characters; time-ordered for random
+# ids (like a ULID) so that ids sort by creation, content-derived for idempotency keys.
+_ID_PATTERN = r"^[a-z]+_[0-9a-z]{26}$"
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _b32(data: bytes) -> str:
+    number = int.from_bytes(data, "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_B32[number & 31])
+        number >>= 5
+    return "".join(reversed(chars))
+
+
+def _time_ordered(prefix: str) -> str:
+    millis = time.time_ns() // 1_000_000
+    return f"{prefix}_{_b32(millis.to_bytes(6, 'big') + os.urandom(10))}"
+
+
+def new_workflow_id() -> str:
+    return _time_ordered("wf")
+
+
+def new_message_id() -> str:
+    return _time_ordered("msg")
+
+
+def workflow_id_for_key(workflow_name: str, idempotency_key: str) -> str:
+    """The workflow id an idempotency key stands for: the same key always names the same run,
+    whichever gateway replica or direct publisher sees it."""
+    digest = hashlib.sha256(f"{workflow_name}\x00{idempotency_key}".encode()).digest()
+    return f"wf_{_b32(digest[:16])}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        ser_json_timedelta="float",
+    )
+
+
+WorkflowId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+StepName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+
+
+class Envelope(_Model):
+    """Fields every message carries."""
+
+    message_id: Annotated[str, Field(min_length=1, max_length=200)]
+    schema_version: Literal[1] = SCHEMA_VERSION
+    workflow_id: WorkflowId
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class StartWorkflow(Envelope):
+    """Asks the orchestrator to start a workflow. Starting the same `workflowId` twice runs it
+    once; a direct publisher that only has an idempotency key derives the id with
+    `workflow_id_for_key`."""
+
+    type: Literal["StartWorkflow"] = "StartWorkflow"
+    workflow_name: StepName
+    input: dict[str, Any]
+
+
+class StepCommand(Envelope):
+    """Asks a step service to run one step invocation (workflowId + stepName + stepKey)."""
+
+    type: Literal["StepCommand"] = "StepCommand"
+    workflow_name: StepName
+    step_name: StepName
+    step_key: Annotated[str, Field(max_length=200)] = "0"
+    attempt: Annotated[int, Field(ge=1)]
+    input: dict[str, Any]
+    # Outputs of the steps this one depends on, by step name.
+    dependencies: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorInfo(_Model):
+    """A failure as data: what went wrong and whether trying again may help."""
+
+    type: Annotated[str, Field(min_length=1, max_length=200)]
+    message: str
+    retryable: bool = True
+
+
+class StepResultStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class StepResult(Envelope):
+    """A step invocation's outcome, sent back to the orchestrator."""
+
+    type: Literal["StepResult"] = "StepResult"
+    step_name: StepName
+    step_key: Annotated[str, Field(max_length=200)] = "0"
+    attempt: Annotated[int, Field(ge=1)]
+    status: StepResultStatus
+    output: Any = None
+    error: ErrorInfo | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class ExternalRequest(Envelope):
+    """A request to an external system; its reply must echo `correlationId` and be published to
+    `replyTo` (a routing key on the main exchange)."""
+
+    type: Literal["ExternalRequest"] = "ExternalRequest"
+    correlation_id: Annotated[str, Field(min_length=1, max_length=200)]
+    reply_to: Annotated[str, Field(min_length=1, max_length=200)]
+    payload: dict[str, Any]
+
+
+class ExternalReply(Envelope):
+    """An external system's answer; the orchestrator routes it to the step waiting for its
+    `correlationId`, or keeps it until that step starts waiting."""
+
+    type: Literal["ExternalReply"] = "ExternalReply"
+    correlation_id: Annotated[str, Field(min_length=1, max_length=200)]
+    payload: dict[str, Any]
+
+
+class EventType(StrEnum):
+    WORKFLOW_STARTED = "workflow.started"
+    WORKFLOW_COMPLETED = "workflow.completed"
+    WORKFLOW_FAILED = "workflow.failed"
+    STEP_STARTED = "step.started"
+    STEP_COMPLETED = "step.completed"
+    STEP_FAILED = "step.failed"
+
+
+TERMINAL_EVENTS = frozenset({EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED})
+
+
+class WorkflowEvent(Envelope):
+    """Something that happened to a workflow, numbered by `seq` within it (1, 2, 3, …)."""
+
+    type: Literal["WorkflowEvent"] = "WorkflowEvent"
+    seq: Annotated[int, Field(ge=1)]
+    event: EventType
+    workflow_name: StepName
+    step_name: StepName | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
+
+
+Message = Annotated[
+    StartWorkflow | StepCommand | StepResult | ExternalRequest | ExternalReply | WorkflowEvent,
+    Field(discriminator="type"),
+]
+OrchestratorInput = Annotated[
+    StartWorkflow | StepResult | ExternalReply, Field(discriminator="type")
+]
+
+MESSAGE_TYPES: dict[str, type[Envelope]] = {
+    "StartWorkflow": StartWorkflow,
+    "StepCommand": StepCommand,
+    "StepResult": StepResult,
+    "ExternalRequest": ExternalRequest,
+    "ExternalReply": ExternalReply,
+    "WorkflowEvent": WorkflowEvent,
+}
+
+_message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+M = TypeVar("M")
+
+
+def encode(message: Envelope) -> bytes:
+    """The wire form: compact JSON with camelCase keys."""
+    return orjson.dumps(message.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def decode(body: bytes) -> Message:
+    """Parse any message; raises `pydantic.ValidationError` (a `ValueError`) with the reason."""
+    return _message_adapter.validate_json(body)
+
+
+def decode_as(adapter: TypeAdapter[M], body: bytes) -> M:
+    return adapter.validate_json(body)

@@ -1,0 +1,57 @@
+"""Connection pools with JSON handled by orjson on both sides of the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+import orjson
+
+from relayflow.errors import ServiceUnavailableError
+
+log = logging.getLogger(__name__)
+
+HOW_TO_START = (
+    "start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
+    "(or `docker compose -f deploy/compose.yaml up -d postgres`), or point DATABASE_URL at a "
+    "running server"
+)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, wait: float = 30.0
+) -> asyncpg.Pool[Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    delay = 0.2
+    while True:
+        try:
+            pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=init_connection,
+                command_timeout=60,
+            )
+            return pool
+        except (OSError, asyncpg.CannotConnectNowError, asyncio.TimeoutError) as exc:
+            if loop.time() + delay > deadline:
+                raise ServiceUnavailableError(
+                    f"cannot reach PostgreSQL ({exc}); {HOW_TO_START}"
+                ) from exc
+            log.warning("PostgreSQL not reachable yet (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

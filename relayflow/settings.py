@@ -1,0 +1,70 @@
+"""Settings shared by every service, read from the environment.
+
+`AMQP_URL` and `DATABASE_URL` keep their conventional names; everything else is prefixed
+`RELAYFLOW_`. Defaults work on a machine with RabbitMQ and PostgreSQL running locally.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RELAYFLOW_", extra="ignore", frozen=True)
+
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL"
+    )
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/relayflow", validation_alias="DATABASE_URL"
+    )
+    # Prefix of every exchange and queue name, so that test runs and tenants can share a broker.
+    namespace: str = "relayflow"
+    # Modules that define workflows with `define_workflow`; importing them registers nothing
+    # globally, each must expose `WORKFLOWS`.
+    workflows: Annotated[list[str], NoDecode] = ["workflows.form_submission"]
+    queue_type: str = "quorum"
+    # Backstop against poison messages that crash a consumer before it can dead-letter them.
+    delivery_limit: int = Field(default=20, ge=1)
+    log_level: str = "INFO"
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    @field_validator("workflows", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ValueError(
+                "must start with a lowercase letter and hold only a-z, 0-9, '_' or '-' "
+                f"(at most 63 characters), got {value!r}"
+            )
+        return value
+
+    @field_validator("queue_type")
+    @classmethod
+    def _queue_type(cls, value: str) -> str:
+        if value not in ("quorum", "classic"):
+            raise ValueError(f"must be 'quorum' or 'classic', got {value!r}")
+        return value
+
+
+def split_csv(value: object) -> object:
+    """Accept `a,b,c` from the environment for list settings of the services."""
+    return _split_csv(value)

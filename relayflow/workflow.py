@@ -1,0 +1,184 @@
+"""Workflow definitions: a named DAG of steps, written as code.
+
+    FORM_SUBMISSION = define_workflow(
+        "formSubmission",
+        input_model=ContactForm,
+        steps=[
+            task("validate"),
+            task("persist", after=["validate"]),
+            ...
+        ],
+    )
+
+A step runs once all the steps it comes `after` have completed; steps whose dependencies are met
+together are dispatched together. A `task` runs in a step service; a `wait` is held by the
+orchestrator until a reply with the right correlation id arrives, or its timeout passes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from relayflow.errors import DefinitionError
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    name: str
+    kind: Literal["task", "wait"]
+    after: tuple[str, ...] = ()
+    # For waits: where the correlation id comes from, as "<step>.<field>" of a dependency's output.
+    correlation_from: str | None = None
+    timeout: timedelta | None = None
+
+
+def task(name: str, *, after: Iterable[str] = ()) -> StepSpec:
+    return StepSpec(name=name, kind="task", after=tuple(after))
+
+
+def wait(
+    name: str,
+    *,
+    correlation_from: str,
+    timeout: timedelta,
+    after: Iterable[str] = (),
+) -> StepSpec:
+    return StepSpec(
+        name=name,
+        kind="wait",
+        after=tuple(after),
+        correlation_from=correlation_from,
+        timeout=timeout,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowDefinition:
+    name: str
+    input_model: type[BaseModel]
+    steps: Mapping[str, StepSpec]
+    # Steps in a topological order (dependencies first); also the display order.
+    order: tuple[str, ...]
+    # The workflow's output is the output of this step, or of every sink step by name.
+    output_from: str | None = None
+    dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def roots(self) -> list[str]:
+        return [name for name in self.order if not self.steps[name].after]
+
+    def sinks(self) -> list[str]:
+        return [name for name in self.order if not self.dependents.get(name)]
+
+    def task_names(self) -> list[str]:
+        return [name for name in self.order if self.steps[name].kind == "task"]
+
+    def input_schema(self) -> dict[str, Any]:
+        return self.input_model.model_json_schema()
+
+
+def define_workflow(
+    name: str,
+    *,
+    input_model: type[BaseModel],
+    steps: Sequence[StepSpec],
+    output_from: str | None = None,
+) -> WorkflowDefinition:
+    """Check the DAG once, at definition time, so a mistake fails at start-up, not mid-run."""
+    by_name: dict[str, StepSpec] = {}
+    for spec in steps:
+        if spec.name in by_name:
+            raise DefinitionError(f"workflow {name!r}: step {spec.name!r} is defined twice")
+        by_name[spec.name] = spec
+    if not by_name:
+        raise DefinitionError(f"workflow {name!r} has no steps")
+    dependents: dict[str, list[str]] = {step: [] for step in by_name}
+    for spec in steps:
+        for dep in spec.after:
+            if dep not in by_name:
+                raise DefinitionError(
+                    f"workflow {name!r}: step {spec.name!r} comes after unknown step {dep!r}"
+                )
+            dependents[dep].append(spec.name)
+        if spec.kind == "wait":
+            source = (spec.correlation_from or "").split(".", 1)[0]
+            if source not in spec.after:
+                raise DefinitionError(
+                    f"workflow {name!r}: wait {spec.name!r} takes its correlation id from "
+                    f"{spec.correlation_from!r}, which must name a step it comes after"
+                )
+    order = _topological_order(name, by_name)
+    if output_from is not None and output_from not in by_name:
+        raise DefinitionError(f"workflow {name!r}: output_from names unknown step {output_from!r}")
+    return WorkflowDefinition(
+        name=name,
+        input_model=input_model,
+        steps=by_name,
+        order=order,
+        output_from=output_from,
+        dependents={step: tuple(names) for step, names in dependents.items()},
+    )
+
+
+def _topological_order(workflow: str, steps: Mapping[str, StepSpec]) -> tuple[str, ...]:
+    # Kahn's algorithm, keeping the definition order among steps that are ready together.
+    remaining = {name: set(spec.after) for name, spec in steps.items()}
+    order: list[str] = []
+    while remaining:
+        ready = [name for name, deps in remaining.items() if not deps]
+        if not ready:
+            raise DefinitionError(
+                f"workflow {workflow!r} has a dependency cycle among {sorted(remaining)}"
+            )
+        for name in ready:
+            order.append(name)
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return tuple(order)
+
+
+class WorkflowRegistry:
+    """The workflows a service knows, by name."""
+
+    def __init__(self, definitions: Iterable[WorkflowDefinition] = ()) -> None:
+        self._by_name: dict[str, WorkflowDefinition] = {}
+        for definition in definitions:
+            self.add(definition)
+
+    def add(self, definition: WorkflowDefinition) -> None:
+        if definition.name in self._by_name:
+            raise DefinitionError(f"workflow {definition.name!r} is registered twice")
+        self._by_name[definition.name] = definition
+
+    def get(self, name: str) -> WorkflowDefinition | None:
+        return self._by_name.get(name)
+
+    def __iter__(self) -> Any:
+        return iter(self._by_name.values())
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def task_names(self) -> list[str]:
+        """Every task step of every workflow: the step queues the topology needs."""
+        return sorted({step for wf in self._by_name.values() for step in wf.task_names()})
+
+    @classmethod
+    def from_modules(cls, modules: Iterable[str]) -> WorkflowRegistry:
+        registry = cls()
+        for module_name in modules:
+            module = importlib.import_module(module_name)
+            definitions = getattr(module, "WORKFLOWS", None)
+            if not isinstance(definitions, (list, tuple)):
+                raise DefinitionError(
+                    f"module {module_name!r} must define WORKFLOWS, a list of workflow definitions"
+                )
+            for definition in definitions:
+                registry.add(definition)
+        return registry

@@ -1,0 +1,34 @@
+"""The shared core against the real services: migrations and topology."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+import asyncpg
+
+from relayflow.db import migrate
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+
+
+async def test_migrations_are_idempotent(pool: asyncpg.Pool[Any]) -> None:
+    """A service starting against an up-to-date schema applies nothing and does not fail."""
+    async with pool.acquire() as conn:
+        assert await migrate(conn) == []
+        versions = await conn.fetch("SELECT version FROM relayflow_migrations ORDER BY version")
+    assert [row["version"] for row in versions] == [1, 2]
+
+
+async def test_topology_declares_twice(
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    topology: Topology,
+    registry: WorkflowRegistry,
+) -> None:
+    """Every service declares the whole topology at start-up; the second declaration must agree."""
+    channel = await amqp_connection.channel()
+    await topology.declare(channel, registry.task_names())
+    await topology.declare(channel, registry.task_names())
+    queue = await channel.declare_queue(topology.step_queue("persist"), passive=True)
+    assert queue.declaration_result.message_count == 0
+    await channel.close()
