@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -24,9 +24,7 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAYFLOW_", extra="ignore", frozen=True)
 
-    amqp_url: str = Field(
-        default="amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL"
-    )
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL")
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/relayflow", validation_alias="DATABASE_URL"
     )

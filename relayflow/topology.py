@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from pamqp.common import FieldTable
 
 START_KEY = "workflow.start"
 SIGNAL_KEY = "workflow.signal"
@@ -62,8 +63,8 @@ class Topology:
     def step_queue(self, step_name: str) -> str:
         return f"{self.namespace}.step.{step_name}"
 
-    def work_queue_arguments(self) -> dict[str, str | int]:
-        arguments: dict[str, str | int] = {
+    def work_queue_arguments(self) -> FieldTable:
+        arguments: FieldTable = {
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-queue-type": self.queue_type,
         }

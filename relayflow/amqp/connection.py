@@ -37,7 +37,7 @@ async def connect(url: str, *, name: str, wait: float = 30.0) -> AbstractRobustC
             return await aio_pika.connect_robust(
                 url, client_properties={"connection_name": name}, timeout=10
             )
-        except (OSError, aio_pika.exceptions.AMQPConnectionError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
             if loop.time() + delay > deadline:
                 raise ServiceUnavailableError(
                     f"cannot reach RabbitMQ at {redact(url)} ({exc or type(exc).__name__}); "

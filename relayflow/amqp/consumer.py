@@ -28,7 +28,8 @@ class BatchConsumer:
     """Hands a queue's deliveries to `handler` in batches of what has arrived, up to `max_batch`.
 
     With `workers` > 1, several batches are handled at once; the handler must then be safe for
-    concurrent batches (the orchestrator's is: it locks workflow rows).
+    concurrent batches (the orchestrator's is: it locks workflow rows). The handler settles
+    (acks, rejects, dead-letters) every message it is given.
     """
 
     def __init__(
@@ -38,14 +39,13 @@ class BatchConsumer:
         *,
         max_batch: int = 100,
         workers: int = 1,
-        linger: float = 0.0,
     ) -> None:
         self._queue = queue
         self._handler = handler
         self._max_batch = max_batch
         self._workers = workers
-        self._linger = linger
-        self._pending: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        # None tells a worker to finish: it comes after every delivery already received.
+        self._pending: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_tag: str | None = None
 
@@ -61,35 +61,52 @@ class BatchConsumer:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._pending.get()]
-            if self._linger:
-                await asyncio.sleep(self._linger)
+            first = await self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            finish = False
             while len(batch) < self._max_batch and not self._pending.empty():
-                batch.append(self._pending.get_nowait())
-            try:
-                await self._handler(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The handler settles each message itself; reaching here is a bug or an outage.
-                # Hand the batch back so another attempt (or replica) can take it.
-                log.exception("batch handler failed; requeueing %d message(s)", len(batch))
-                for message in batch:
+                message = self._pending.get_nowait()
+                if message is None:
+                    finish = True
+                    break
+                batch.append(message)
+            await self._handle(batch)
+            if finish:
+                return
+
+    async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        try:
+            await self._handler(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The handler settles each message itself; reaching here is a bug or an outage.
+            # Hand the unsettled ones back so another attempt (or replica) can take them.
+            log.exception("batch handler failed; requeueing %d message(s)", len(batch))
+            for message in batch:
+                if not message.processed:
                     with contextlib.suppress(Exception):
                         await message.nack(requeue=True)
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
 
-    async def stop(self) -> None:
-        """Stop taking deliveries; unsettled ones go back to the broker with the channel."""
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking deliveries and finish those in hand within `grace`; whatever is still
+        unsettled after that goes back to the broker when the channel closes."""
         if self._consumer_tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._consumer_tag)
             self._consumer_tag = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for _ in self._tasks:
+            self._pending.put_nowait(None)
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._tasks = []
 
 

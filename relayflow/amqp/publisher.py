@@ -23,6 +23,9 @@ class OutgoingMessage:
     type: str
     headers: Mapping[str, Any] = field(default_factory=dict)
     correlation_id: str | None = None
+    # False only where no queue may be listening yet (the events fanout): the broker's confirm
+    # is then enough, and an unrouted message is not an error.
+    mandatory: bool = True
 
     @classmethod
     def of(
@@ -32,6 +35,7 @@ class OutgoingMessage:
         exchange: str,
         routing_key: str,
         correlation_id: str | None = None,
+        mandatory: bool = True,
     ) -> OutgoingMessage:
         return cls(
             exchange=exchange,
@@ -41,6 +45,7 @@ class OutgoingMessage:
             type=str(getattr(message, "type", type(message).__name__)),
             headers={"x-schema-version": message.schema_version},
             correlation_id=correlation_id,
+            mandatory=mandatory,
         )
 
 
@@ -54,9 +59,11 @@ class Publisher:
         self._exchanges: dict[str, AbstractExchange] = {}
 
     @classmethod
-    async def open(cls, connection: AbstractRobustConnection, *, timeout: float = 10.0) -> Publisher:
+    async def open(
+        cls, connection: AbstractRobustConnection, *, confirm_timeout: float = 10.0
+    ) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(channel, timeout=timeout)
+        return cls(channel, timeout=confirm_timeout)
 
     async def _exchange(self, name: str) -> AbstractExchange:
         exchange = self._exchanges.get(name)
@@ -80,7 +87,7 @@ class Publisher:
                 correlation_id=message.correlation_id,
             ),
             routing_key=message.routing_key,
-            mandatory=True,
+            mandatory=message.mandatory,
             timeout=self._timeout,
         )
 

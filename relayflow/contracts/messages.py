@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Identifiers: a readable prefix, then 26 Crockford-base32 characters; time-ordered for random
 # ids (like a ULID) so that ids sort by creation, content-derived for idempotency keys.
-_ID_PATTERN = r"^[a-z]+_[0-9a-z]{26}$"
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -73,7 +71,7 @@ class Envelope(_Model):
     """Fields every message carries."""
 
     message_id: Annotated[str, Field(min_length=1, max_length=200)]
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     workflow_id: WorkflowId
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     created_at: datetime = Field(default_factory=utcnow)

@@ -11,10 +11,11 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from relayflow.db.pool import Connection
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection[Any]) -> list[int]:
+async def migrate(conn: Connection) -> list[int]:
     """Apply what is missing; returns the versions applied now."""
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
@@ -60,7 +61,9 @@ async def migrate(conn: asyncpg.Connection[Any]) -> list[int]:
             )
             """
         )
-        done = {row["version"] for row in await conn.fetch("SELECT version FROM relayflow_migrations")}
+        done = {
+            row["version"] for row in await conn.fetch("SELECT version FROM relayflow_migrations")
+        }
         for migration in available_migrations():
             if migration.version in done:
                 continue

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
+import asyncpg.pool
 import orjson
 
 from relayflow.errors import ServiceUnavailableError
+
+# What queries run on: a plain connection, or one borrowed from a pool. (asyncpg's classes are
+# generic only in its stubs, hence the two spellings.)
+if TYPE_CHECKING:
+    Connection: TypeAlias = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+else:
+    Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,7 @@ async def create_pool(
                 command_timeout=60,
             )
             return pool
-        except (OSError, asyncpg.CannotConnectNowError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.CannotConnectNowError) as exc:
             if loop.time() + delay > deadline:
                 raise ServiceUnavailableError(
                     f"cannot reach PostgreSQL ({exc}); {HOW_TO_START}"

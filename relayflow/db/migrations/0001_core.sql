@@ -49,6 +49,8 @@ CREATE TABLE outbox (
     message_id  text NOT NULL,
     type        text NOT NULL,
     body        bytea NOT NULL,
+    -- events go to a fanout that may have no listener yet: they need no queue to count as sent
+    mandatory   boolean NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX outbox_created_at_idx ON outbox (created_at);

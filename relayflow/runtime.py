@@ -1,0 +1,71 @@
+"""What every service process does the same way: logging, start-up of the database, and a
+graceful stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from relayflow.db import create_pool, ensure_database, migrate
+from relayflow.errors import ConfigurationError, ServiceUnavailableError
+from relayflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(service: str, level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)-7s {service} %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # aio-pika and aiormq narrate every reconnect attempt at INFO; we log our own view of it.
+    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+async def prepare_database(settings: Settings) -> asyncpg.Pool[Any]:
+    """Create the database if missing, apply migrations, and open the pool."""
+    try:
+        await ensure_database(settings.database_url)
+    except (OSError, asyncpg.CannotConnectNowError) as exc:
+        # create_pool below waits and explains; creating needs the server anyway.
+        log.debug("could not check the database yet: %s", exc)
+    pool = await create_pool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return pool
+
+
+ServiceMain = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def run(service: str, main: ServiceMain, *, log_level: str = "INFO") -> None:
+    """Run `main(stop)` until it returns; SIGTERM and SIGINT set `stop`, and `main` is expected to
+    stop consuming, finish or hand back in-flight work, and return. Exit code 0 on a clean stop,
+    2 when the broker or database cannot be reached or the configuration is wrong."""
+    configure_logging(service, log_level)
+
+    async def _amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    try:
+        asyncio.run(_amain())
+    except (ServiceUnavailableError, ConfigurationError) as exc:
+        # The message says what is missing and how to start it; a traceback would bury that.
+        logging.getLogger(service).error("%s", exc)  # noqa: TRY400
+        sys.exit(2)
+    logging.getLogger(service).info("stopped")

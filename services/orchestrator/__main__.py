@@ -1,0 +1,103 @@
+"""`python -m services.orchestrator`: run one orchestrator replica (several may run at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from relayflow.amqp import BatchConsumer, Publisher, connect
+from relayflow.runtime import prepare_database, run
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+from services.orchestrator import store
+from services.orchestrator.processor import Processor
+from services.orchestrator.relay import OutboxRelay
+from services.orchestrator.service import Orchestrator
+from services.orchestrator.settings import OrchestratorSettings
+
+log = logging.getLogger("services.orchestrator")
+
+
+async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
+    registry = WorkflowRegistry.from_modules(settings.workflows)
+    topology = Topology(
+        namespace=settings.namespace,
+        queue_type=settings.queue_type,
+        delivery_limit=settings.delivery_limit,
+    )
+    pool = await prepare_database(settings)
+    connection = await connect(settings.amqp_url, name="relayflow-orchestrator")
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.orchestrator_prefetch)
+        await topology.declare(channel, registry.task_names())
+        publisher = await Publisher.open(connection)
+        relay = OutboxRelay(
+            pool,
+            publisher,
+            stale_after=settings.outbox_stale_after,
+            sweep_interval=settings.outbox_sweep_interval,
+        )
+        orchestrator = Orchestrator(pool, Processor(registry, topology), relay, publisher, topology)
+        queue = await channel.get_queue(topology.orchestrator_queue, ensure=False)
+        consumer = BatchConsumer(
+            queue,
+            orchestrator.handle_batch,
+            max_batch=settings.orchestrator_batch_size,
+            workers=settings.orchestrator_workers,
+        )
+        relay.start()
+        await consumer.start()
+        background = [
+            asyncio.create_task(_fire_timers(orchestrator, settings.timer_poll_interval)),
+            asyncio.create_task(_purge_inbox(pool, settings.inbox_retention_seconds)),
+        ]
+        log.info("consuming %s for workflows %s", topology.orchestrator_queue, registry.names())
+        await stop.wait()
+        log.info("stopping: no new deliveries; finishing the batches in hand")
+        await consumer.stop()
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await relay.stop()
+    finally:
+        await connection.close()
+        await pool.close()
+
+
+async def _fire_timers(orchestrator: Orchestrator, interval: float) -> None:
+    while True:
+        try:
+            fired = await orchestrator.fire_due_timers()
+        except Exception:
+            log.exception("firing timers failed")
+            fired = 0
+        if not fired:
+            await asyncio.sleep(interval)
+
+
+async def _purge_inbox(pool: asyncpg.Pool[Any], retention: float) -> None:
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                removed = await store.purge_inbox(conn, retention, 10_000)
+            if removed:
+                log.info("purged %d inbox entries older than %.0fs", removed, retention)
+        except Exception:
+            log.exception("purging the inbox failed")
+        await asyncio.sleep(600)
+
+
+def main() -> None:
+    settings = OrchestratorSettings()
+    run("orchestrator", lambda stop: serve(settings, stop), log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Applies a batch of inputs to the workflows they concern, inside the caller's transaction.
+
+The batch is loaded and written with a few array queries whatever its size: new workflows are
+inserted (an existing id makes the start a duplicate), the others are locked in id order, each
+input runs through the pure state machine in arrival order, and the changed states, their events,
+the outgoing messages (outbox) and timers are written back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from relayflow.amqp import OutgoingMessage
+from relayflow.contracts import ExternalReply, StartWorkflow, StepResult
+from relayflow.db import Connection
+from relayflow.topology import Topology, step_key
+from relayflow.workflow import WorkflowRegistry
+from services.orchestrator import machine, store
+from services.orchestrator.machine import (
+    Ignored,
+    Outcome,
+    Rejected,
+    TimerFired,
+    Transition,
+    WorkflowState,
+)
+from services.orchestrator.store import OutboxRow
+
+log = logging.getLogger(__name__)
+
+Input = StartWorkflow | StepResult | ExternalReply | TimerFired
+
+
+@dataclass(slots=True)
+class BatchResult:
+    # One outcome per input, in input order.
+    outcomes: list[Outcome] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
+
+
+class Processor:
+    def __init__(self, registry: WorkflowRegistry, topology: Topology) -> None:
+        self._registry = registry
+        self._topology = topology
+
+    async def apply(
+        self, conn: Connection, inputs: Sequence[Input], now: datetime | None = None
+    ) -> BatchResult:
+        now = now or datetime.now(UTC)
+        outcomes: list[Outcome | None] = [None] * len(inputs)
+        current: dict[str, WorkflowState] = {}
+
+        transitions, deferred = await self._start_new(conn, inputs, outcomes, current, now)
+
+        # Everything else acts on existing workflows, locked for the rest of the transaction.
+        wanted = {item.workflow_id for item in inputs if not isinstance(item, StartWorkflow)}
+        wanted.update(inputs[index].workflow_id for index in deferred)
+        current.update(await store.lock_workflows(conn, wanted - current.keys()))
+        for index in deferred:
+            start = inputs[index]
+            assert isinstance(start, StartWorkflow)
+            existing = current.get(start.workflow_id)
+            outcomes[index] = (
+                machine.duplicate_start(existing, start)
+                if existing
+                else Ignored(f"workflow {start.workflow_id} is being started elsewhere")
+            )
+
+        changed: set[str] = set()
+        for index, item in enumerate(inputs):
+            if isinstance(item, StartWorkflow):
+                continue
+            outcome = self._apply_one(current, item, now)
+            outcomes[index] = outcome
+            if isinstance(outcome, Transition):
+                current[item.workflow_id] = outcome.state
+                changed.add(item.workflow_id)
+                transitions.append(outcome)
+
+        await store.update_workflows(conn, [current[wid] for wid in sorted(changed)])
+        events = [event for t in transitions for event in t.events]
+        await store.insert_events(conn, events)
+        await store.insert_timers(conn, [timer for t in transitions for timer in t.timers])
+        outbox = await store.enqueue(conn, self._outgoing(transitions))
+        final = [outcome if outcome is not None else Ignored("not applied") for outcome in outcomes]
+        return BatchResult(outcomes=final, outbox=outbox)
+
+    async def _start_new(
+        self,
+        conn: Connection,
+        inputs: Sequence[Input],
+        outcomes: list[Outcome | None],
+        current: dict[str, WorkflowState],
+        now: datetime,
+    ) -> tuple[list[Transition], list[int]]:
+        """Build each new workflow's state in memory and insert them together. Returns the
+        transitions of the workflows inserted, and the indexes of starts whose id already
+        existed (to be checked against the stored workflow once it is locked)."""
+        new: dict[str, Transition] = {}
+        for index, item in enumerate(inputs):
+            if not isinstance(item, StartWorkflow):
+                continue
+            definition = self._registry.get(item.workflow_name)
+            if definition is None:
+                outcomes[index] = Rejected(f"unknown workflow {item.workflow_name!r}")
+            elif item.workflow_id in new:
+                outcomes[index] = machine.duplicate_start(new[item.workflow_id].state, item)
+            else:
+                new[item.workflow_id] = outcomes[index] = machine.start(definition, item, now)
+        inserted = await store.insert_workflows(conn, [t.state for t in new.values()])
+        deferred: list[int] = []
+        for index, item in enumerate(inputs):
+            if isinstance(item, StartWorkflow) and outcomes[index] is new.get(item.workflow_id):
+                if item.workflow_id in inserted:
+                    current[item.workflow_id] = new[item.workflow_id].state
+                else:
+                    # Someone else (an earlier message, another replica) started it first.
+                    deferred.append(index)
+        return [t for wid, t in new.items() if wid in inserted], deferred
+
+    def _apply_one(self, current: dict[str, WorkflowState], item: Input, now: datetime) -> Outcome:
+        state = current.get(item.workflow_id)
+        if state is None:
+            if isinstance(item, TimerFired):
+                return Ignored(f"timer for unknown workflow {item.workflow_id}")
+            return Rejected(f"unknown workflow {item.workflow_id}")
+        definition = self._registry.get(state.name)
+        if definition is None:
+            return Rejected(f"workflow {state.id} is a {state.name!r}, which is not registered")
+        if isinstance(item, StepResult):
+            return machine.on_step_result(definition, state, item, now)
+        if isinstance(item, ExternalReply):
+            return machine.on_reply(definition, state, item, now)
+        assert isinstance(item, TimerFired)
+        return machine.on_timer(definition, state, item, now)
+
+    def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
+        messages: list[OutgoingMessage] = []
+        for transition in transitions:
+            messages.extend(
+                OutgoingMessage.of(
+                    command,
+                    exchange=self._topology.exchange,
+                    routing_key=step_key(command.step_name),
+                )
+                for command in transition.commands
+            )
+            messages.extend(
+                OutgoingMessage.of(
+                    event,
+                    exchange=self._topology.events_exchange,
+                    routing_key="",
+                    mandatory=False,
+                )
+                for event in transition.events
+            )
+        return messages

@@ -1,0 +1,83 @@
+-- The orchestrator's queries. Each takes whole batches (arrays) so that a batch of messages costs
+-- a handful of round trips, not a handful per message.
+
+-- name: inbox_claim
+-- The message ids not seen before; the rest are duplicates to acknowledge and skip.
+INSERT INTO inbox (message_id)
+SELECT unnest($1::text[])
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id;
+
+-- name: lock_workflows
+SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
+       last_seq, created_at, updated_at, finished_at
+FROM workflows
+WHERE id = ANY($1::text[])
+ORDER BY id
+FOR UPDATE;
+
+-- name: insert_workflows
+INSERT INTO workflows (id, name, status, input, input_hash, idempotency_key, steps, signals,
+                       output, error, last_seq, created_at, updated_at, finished_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
+                     $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::integer[],
+                     $12::timestamptz[], $13::timestamptz[], $14::timestamptz[])
+ORDER BY 1
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: update_workflows
+UPDATE workflows AS w
+SET status = u.status, steps = u.steps, signals = u.signals, output = u.output,
+    error = u.error, last_seq = u.last_seq, updated_at = u.updated_at, finished_at = u.finished_at
+FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[],
+            $7::integer[], $8::timestamptz[], $9::timestamptz[])
+     AS u(id, status, steps, signals, output, error, last_seq, updated_at, finished_at)
+WHERE w.id = u.id;
+
+-- name: insert_events
+INSERT INTO workflow_events (workflow_id, seq, event, body, created_at)
+SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::jsonb[], $5::timestamptz[]);
+
+-- name: insert_outbox
+INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::boolean[])
+RETURNING id, message_id;
+
+-- name: insert_timers
+INSERT INTO timers (workflow_id, step_name, attempt, fire_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[]);
+
+-- name: claim_due_timers
+-- Several replicas poll; SKIP LOCKED hands each due timer to exactly one of them.
+DELETE FROM timers
+WHERE id IN (
+    SELECT id FROM timers
+    WHERE fire_at <= now()
+    ORDER BY fire_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING workflow_id, step_name, attempt;
+
+-- name: delete_outbox
+DELETE FROM outbox WHERE id = ANY($1::bigint[]);
+
+-- name: claim_stale_outbox
+-- Rows a crash (or a failed publish) left behind; SKIP LOCKED keeps replicas from sending the
+-- same row at once.
+SELECT id, exchange, routing_key, message_id, type, body, mandatory
+FROM outbox
+WHERE created_at < now() - make_interval(secs => $1)
+ORDER BY id
+LIMIT $2
+FOR UPDATE SKIP LOCKED;
+
+-- name: purge_inbox
+-- Duplicates arrive within seconds or minutes, never weeks later; keep the inbox small.
+DELETE FROM inbox
+WHERE message_id IN (
+    SELECT message_id FROM inbox
+    WHERE received_at < now() - make_interval(secs => $1)
+    LIMIT $2
+);

@@ -1,0 +1,121 @@
+"""The outbox relay: publishes what a committed transaction wrote to the outbox.
+
+Fast path: the processor hands over the rows it has just committed and they are published at
+once, with confirms, then deleted. Sweep: rows older than `stale_after` (left by a crash between
+commit and publish, or by a failed publish) are claimed with SKIP LOCKED and sent again, so
+several replicas can sweep without sending a row twice at the same moment. Consumers deduplicate
+by message id, so the rare double send (a slow fast path overlapping a sweep) is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from relayflow.amqp import Publisher
+from services.orchestrator import store
+from services.orchestrator.store import OutboxRow
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        publisher: Publisher,
+        *,
+        stale_after: float = 5.0,
+        sweep_interval: float = 1.0,
+        sweep_batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._stale_after = stale_after
+        self._sweep_interval = sweep_interval
+        self._sweep_batch = sweep_batch
+        self._pending: asyncio.Queue[Sequence[OutboxRow]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def submit(self, rows: Sequence[OutboxRow]) -> None:
+        if rows:
+            self._pending.put_nowait(rows)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name="outbox:publish"),
+            asyncio.create_task(self._sweep_loop(), name="outbox:sweep"),
+        ]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Publish what was handed over (within `grace`), then stop. What is left stays in the
+        outbox for the next sweep, here or in another replica."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._pending.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _publish_loop(self) -> None:
+        while True:
+            rows = list(await self._pending.get())
+            taken = 1
+            while not self._pending.empty():
+                rows.extend(self._pending.get_nowait())
+                taken += 1
+            try:
+                sent = await self._publish(rows)
+                async with self._pool.acquire() as conn:
+                    await store.delete_outbox(conn, sent)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox fast path failed; the sweep will send these rows")
+            finally:
+                for _ in range(taken):
+                    self._pending.task_done()
+
+    async def _publish(self, rows: Sequence[OutboxRow]) -> list[int]:
+        results = await self._publisher.publish_many([row.message for row in rows])
+        sent = []
+        for row, error in zip(rows, results, strict=True):
+            if error is None:
+                sent.append(row.id)
+            else:
+                log.warning(
+                    "could not publish %s to %s/%s: %r",
+                    row.message.message_id,
+                    row.message.exchange,
+                    row.message.routing_key,
+                    error,
+                )
+        return sent
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                count = await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox sweep failed")
+                count = 0
+            if count < self._sweep_batch:
+                await asyncio.sleep(self._sweep_interval)
+
+    async def sweep_once(self) -> int:
+        """Send one batch of stale rows; returns how many were claimed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await store.claim_stale_outbox(conn, self._stale_after, self._sweep_batch)
+            if rows:
+                log.info("sweeping %d outbox row(s) left unsent", len(rows))
+                await store.delete_outbox(conn, await self._publish(rows))
+            return len(rows)

@@ -1,0 +1,127 @@
+"""The orchestrator's transport: decode deliveries, apply them in one transaction, commit, then
+settle each delivery (ack, or dead-letter with a reason) and hand the outbox to the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import TypeAdapter, ValidationError
+
+from relayflow.amqp import Publisher, dead_letter
+from relayflow.contracts import OrchestratorInput
+from relayflow.topology import Topology
+from services.orchestrator import store
+from services.orchestrator.machine import Ignored, Rejected, TimerFired
+from services.orchestrator.processor import BatchResult, Processor
+from services.orchestrator.relay import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+_input_adapter: TypeAdapter[OrchestratorInput] = TypeAdapter(OrchestratorInput)
+
+# Errors that one transaction may hit through no fault of its input; trying again resolves them.
+_TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# Errors that say the input itself cannot be stored (bad value, broken constraint).
+_INPUT_FAULTS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    message: AbstractIncomingMessage
+    input: OrchestratorInput
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        processor: Processor,
+        relay: OutboxRelay,
+        publisher: Publisher,
+        topology: Topology,
+    ) -> None:
+        self._pool = pool
+        self._processor = processor
+        self._relay = relay
+        self._publisher = publisher
+        self._topology = topology
+
+    async def handle_batch(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        deliveries: list[_Delivery] = []
+        for message in messages:
+            try:
+                deliveries.append(_Delivery(message, _input_adapter.validate_json(message.body)))
+            except ValidationError as exc:
+                await self._dead_letter(message, f"invalid message: {_describe(exc)}")
+        if not deliveries:
+            return
+        try:
+            await self._apply(deliveries)
+        except _INPUT_FAULTS:
+            # One input poisons the whole transaction; find it by applying them one by one.
+            log.warning("batch of %d failed on its data; isolating", len(deliveries))
+            for delivery in deliveries:
+                try:
+                    await self._apply([delivery])
+                except _INPUT_FAULTS as exc:
+                    await self._dead_letter(delivery.message, f"cannot be stored: {exc}")
+
+    async def _apply(self, deliveries: Sequence[_Delivery]) -> None:
+        for attempt in range(1, 6):
+            try:
+                fresh, result = await self._transaction(deliveries)
+                break
+            except _TRANSIENT as exc:
+                log.info("transaction attempt %d hit %s; retrying", attempt, type(exc).__name__)
+                await asyncio.sleep(0.01 * attempt)
+        else:
+            raise RuntimeError("transaction kept conflicting; handing the batch back")
+        self._relay.submit(result.outbox)
+        outcomes = iter(result.outcomes)
+        for delivery, is_fresh in zip(deliveries, fresh, strict=True):
+            outcome = next(outcomes) if is_fresh else Ignored("duplicate message")
+            if isinstance(outcome, Rejected):
+                await self._dead_letter(delivery.message, outcome.reason)
+            else:
+                if isinstance(outcome, Ignored):
+                    log.debug("ignored %s: %s", delivery.message.message_id, outcome.reason)
+                await delivery.message.ack()
+
+    async def _transaction(self, deliveries: Sequence[_Delivery]) -> tuple[list[bool], BatchResult]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            ids = [d.input.message_id for d in deliveries]
+            unseen = await store.claim_inbox(conn, ids)
+            fresh: list[bool] = []
+            for message_id in ids:
+                # The first of several copies in one batch is the fresh one.
+                fresh.append(message_id in unseen)
+                unseen.discard(message_id)
+            inputs = [d.input for d, is_fresh in zip(deliveries, fresh, strict=True) if is_fresh]
+            return fresh, await self._processor.apply(conn, inputs)
+
+    async def fire_due_timers(self, limit: int = 100) -> int:
+        """Claim due timers and apply them; returns how many fired."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            timers: list[TimerFired] = await store.claim_due_timers(conn, limit)
+            if not timers:
+                return 0
+            result = await self._processor.apply(conn, timers)
+        self._relay.submit(result.outbox)
+        return len(timers)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        await dead_letter(self._publisher, self._topology.dead_letter_exchange, message, reason)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']) or '<body>'}: {error['msg']}"
+        for error in exc.errors()[:10]
+    ]
+    return "; ".join(problems)

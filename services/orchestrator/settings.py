@@ -1,0 +1,23 @@
+"""The orchestrator's settings (environment, prefix `RELAYFLOW_ORCHESTRATOR_` for its own)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from relayflow.settings import Settings
+
+
+class OrchestratorSettings(Settings):
+    model_config = SettingsConfigDict(env_prefix="RELAYFLOW_", extra="ignore", frozen=True)
+
+    # Deliveries the broker may hand over before we ack; bounds memory and batch size.
+    orchestrator_prefetch: int = Field(default=256, ge=1)
+    orchestrator_batch_size: int = Field(default=128, ge=1)
+    # Batches handled at once; each locks only its own workflows.
+    orchestrator_workers: int = Field(default=2, ge=1)
+    outbox_stale_after: float = Field(default=5.0, gt=0)
+    outbox_sweep_interval: float = Field(default=1.0, gt=0)
+    timer_poll_interval: float = Field(default=0.25, gt=0)
+    # How long applied message ids are kept for deduplication.
+    inbox_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)

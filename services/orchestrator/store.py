@@ -1,0 +1,179 @@
+"""Workflow state, events, inbox, outbox and timers in PostgreSQL, a batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relayflow.amqp import OutgoingMessage
+from relayflow.contracts import WorkflowEvent, encode
+from relayflow.db import Connection, Queries
+from services.orchestrator.machine import (
+    StepState,
+    Timer,
+    TimerFired,
+    WorkflowState,
+    WorkflowStatus,
+)
+
+QUERIES = Queries.load("services.orchestrator")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    message: OutgoingMessage
+
+
+def _state_from_row(row: Any) -> WorkflowState:
+    return WorkflowState(
+        id=row["id"],
+        name=row["name"],
+        status=WorkflowStatus(row["status"]),
+        input=row["input"],
+        input_hash=row["input_hash"],
+        idempotency_key=row["idempotency_key"],
+        steps={name: StepState.from_json(step) for name, step in row["steps"].items()},
+        signals=row["signals"],
+        output=row["output"],
+        error=row["error"],
+        last_seq=row["last_seq"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _steps_json(state: WorkflowState) -> dict[str, Any]:
+    return {name: step.to_json() for name, step in state.steps.items()}
+
+
+async def claim_inbox(conn: Connection, message_ids: Sequence[str]) -> set[str]:
+    """Record the ids; returns those not seen before."""
+    rows = await conn.fetch(QUERIES.inbox_claim, list(message_ids))
+    return {row["message_id"] for row in rows}
+
+
+async def lock_workflows(conn: Connection, ids: Iterable[str]) -> dict[str, WorkflowState]:
+    """Lock the rows (in id order, so concurrent batches cannot deadlock) and load them."""
+    rows = await conn.fetch(QUERIES.lock_workflows, sorted(set(ids)))
+    return {row["id"]: _state_from_row(row) for row in rows}
+
+
+async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) -> set[str]:
+    """Insert new workflows; returns the ids inserted (an existing id is left alone)."""
+    if not states:
+        return set()
+    rows = await conn.fetch(
+        QUERIES.insert_workflows,
+        [s.id for s in states],
+        [s.name for s in states],
+        [s.status.value for s in states],
+        [s.input for s in states],
+        [s.input_hash for s in states],
+        [s.idempotency_key for s in states],
+        [_steps_json(s) for s in states],
+        [s.signals for s in states],
+        [s.output for s in states],
+        [s.error for s in states],
+        [s.last_seq for s in states],
+        [s.created_at for s in states],
+        [s.updated_at for s in states],
+        [s.finished_at for s in states],
+    )
+    return {row["id"] for row in rows}
+
+
+async def update_workflows(conn: Connection, states: Sequence[WorkflowState]) -> None:
+    if not states:
+        return
+    await conn.execute(
+        QUERIES.update_workflows,
+        [s.id for s in states],
+        [s.status.value for s in states],
+        [_steps_json(s) for s in states],
+        [s.signals for s in states],
+        [s.output for s in states],
+        [s.error for s in states],
+        [s.last_seq for s in states],
+        [s.updated_at for s in states],
+        [s.finished_at for s in states],
+    )
+
+
+async def insert_events(conn: Connection, events: Sequence[WorkflowEvent]) -> None:
+    if not events:
+        return
+    await conn.execute(
+        QUERIES.insert_events,
+        [e.workflow_id for e in events],
+        [e.seq for e in events],
+        [e.event.value for e in events],
+        [orjson.loads(encode(e)) for e in events],
+        [e.created_at for e in events],
+    )
+
+
+async def enqueue(conn: Connection, messages: Sequence[OutgoingMessage]) -> list[OutboxRow]:
+    if not messages:
+        return []
+    rows = await conn.fetch(
+        QUERIES.insert_outbox,
+        [m.exchange for m in messages],
+        [m.routing_key for m in messages],
+        [m.message_id for m in messages],
+        [m.type for m in messages],
+        [m.body for m in messages],
+        [m.mandatory for m in messages],
+    )
+    by_message_id = {m.message_id: m for m in messages}
+    return [OutboxRow(row["id"], by_message_id[row["message_id"]]) for row in rows]
+
+
+async def insert_timers(conn: Connection, timers: Sequence[Timer]) -> None:
+    if not timers:
+        return
+    await conn.execute(
+        QUERIES.insert_timers,
+        [t.workflow_id for t in timers],
+        [t.step_name for t in timers],
+        [t.attempt for t in timers],
+        [t.fire_at for t in timers],
+    )
+
+
+async def claim_due_timers(conn: Connection, limit: int) -> list[TimerFired]:
+    rows = await conn.fetch(QUERIES.claim_due_timers, limit)
+    return [TimerFired(row["workflow_id"], row["step_name"], row["attempt"]) for row in rows]
+
+
+async def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:
+    if ids:
+        await conn.execute(QUERIES.delete_outbox, list(ids))
+
+
+async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) -> list[OutboxRow]:
+    rows = await conn.fetch(QUERIES.claim_stale_outbox, older_than, limit)
+    return [
+        OutboxRow(
+            row["id"],
+            OutgoingMessage(
+                exchange=row["exchange"],
+                routing_key=row["routing_key"],
+                body=bytes(row["body"]),
+                message_id=row["message_id"],
+                type=row["type"],
+                headers={"x-schema-version": 1},
+                mandatory=row["mandatory"],
+            ),
+        )
+        for row in rows
+    ]
+
+
+async def purge_inbox(conn: Connection, older_than: float, limit: int) -> int:
+    status = await conn.execute(QUERIES.purge_inbox, older_than, limit)
+    return int(status.split()[-1])

@@ -1,0 +1,346 @@
+"""The orchestrator against the real broker and database: inbox, outbox, dead letters, timers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from relayflow.amqp import Publisher
+from relayflow.contracts import (
+    StartWorkflow,
+    StepCommand,
+    StepResult,
+    StepResultStatus,
+    decode,
+    encode,
+    new_message_id,
+    new_workflow_id,
+)
+from relayflow.settings import Settings
+from relayflow.topology import RESULT_KEY, START_KEY, Topology
+from relayflow.workflow import WorkflowRegistry, define_workflow, task, wait
+from services.orchestrator.__main__ import serve
+from services.orchestrator.processor import Processor
+from services.orchestrator.relay import OutboxRelay
+from services.orchestrator.service import Orchestrator
+from services.orchestrator.settings import OrchestratorSettings
+from tests.support import wait_for
+
+FORM = {"name": "Ada", "email": "ada@example.com", "message": "hello"}
+
+
+@contextlib.asynccontextmanager
+async def running_orchestrator(settings: Settings) -> AsyncIterator[None]:
+    """The real orchestrator service, in this process, on the test's namespace."""
+    own = OrchestratorSettings(**settings.model_dump(), outbox_stale_after=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(own, stop))
+    try:
+        # Wait until it consumes: the queue then has a consumer.
+        async def consuming() -> bool:
+            if task.done():
+                task.result()
+            connection = await aio_pika.connect(settings.amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                try:
+                    queue = await channel.declare_queue(
+                        Topology(settings.namespace).orchestrator_queue, passive=True
+                    )
+                except aio_pika.exceptions.ChannelClosed:
+                    return False
+                return (queue.declaration_result.consumer_count or 0) > 0
+
+        await wait_for(consuming)
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def publish(
+    connection: aio_pika.abc.AbstractRobustConnection, exchange: str, key: str, body: bytes
+) -> None:
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    async with channel:
+        target = await channel.get_exchange(exchange, ensure=False)
+        await target.publish(aio_pika.Message(body, message_id=new_message_id()), routing_key=key)
+
+
+async def next_message(
+    connection: aio_pika.abc.AbstractRobustConnection, queue_name: str, timeout: float = 15
+) -> aio_pika.abc.AbstractIncomingMessage:
+    channel = await connection.channel()
+    queue = await channel.get_queue(queue_name, ensure=False)
+
+    async def fetch() -> aio_pika.abc.AbstractIncomingMessage | None:
+        return await queue.get(fail=False, no_ack=True)
+
+    message: aio_pika.abc.AbstractIncomingMessage = await wait_for(fetch, timeout=timeout)
+    await channel.close()
+    return message
+
+
+async def event_types(pool: asyncpg.Pool[Any], workflow_id: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT event FROM workflow_events WHERE workflow_id = $1 ORDER BY seq", workflow_id
+    )
+    return [row["event"] for row in rows]
+
+
+def start_message(workflow_id: str) -> StartWorkflow:
+    return StartWorkflow(
+        message_id=new_message_id(),
+        workflow_id=workflow_id,
+        workflow_name="formSubmission",
+        input=FORM,
+    )
+
+
+async def test_start_dispatches_first_step_and_records_events(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A StartWorkflow on the broker becomes a workflow row, its events, and the first command."""
+    workflow_id = new_workflow_id()
+    async with running_orchestrator(settings):
+        await publish(
+            amqp_connection, topology.exchange, START_KEY, encode(start_message(workflow_id))
+        )
+        command = decode(
+            (await next_message(amqp_connection, topology.step_queue("validate"))).body
+        )
+    assert isinstance(command, StepCommand)
+    assert (command.workflow_id, command.step_name, command.attempt) == (workflow_id, "validate", 1)
+    assert command.input == FORM
+    assert await event_types(pool, workflow_id) == ["workflow.started", "step.started"]
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_duplicated_messages_apply_once(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """The same message delivered twice (same message id), and the same start sent again under a
+    new id, each change the workflow only once."""
+    workflow_id = new_workflow_id()
+    start = start_message(workflow_id)
+    async with running_orchestrator(settings):
+        await publish(amqp_connection, topology.exchange, START_KEY, encode(start))
+        await next_message(amqp_connection, topology.step_queue("validate"))
+        done = StepResult(
+            message_id=f"res:{workflow_id}:validate:0:1",
+            workflow_id=workflow_id,
+            step_name="validate",
+            attempt=1,
+            status=StepResultStatus.SUCCEEDED,
+            output={"valid": True},
+        )
+        for message in (done, done, start, start.model_copy(update={"message_id": "again"})):
+            await publish(
+                amqp_connection,
+                topology.exchange,
+                RESULT_KEY if message is done else START_KEY,
+                encode(message),
+            )
+        await next_message(amqp_connection, topology.step_queue("persist"))
+        # A marker behind the duplicates: once it is dead-lettered every copy has been delivered,
+        # and leaving the block stops the orchestrator only after the batches in hand finish.
+        await publish(amqp_connection, topology.exchange, START_KEY, b"marker")
+        await next_message(amqp_connection, topology.dead_letter_queue)
+    assert await event_types(pool, workflow_id) == [
+        "workflow.started",
+        "step.started",
+        "step.completed",
+        "step.started",
+    ]
+
+
+async def test_poison_and_unknown_messages_are_dead_lettered_with_reason(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Bad input goes to the dead-letter queue on first delivery with its reason, and the
+    orchestrator goes on consuming."""
+    unknown = start_message(new_workflow_id()).model_copy(update={"workflow_name": "noSuchFlow"})
+    good_id = new_workflow_id()
+    async with running_orchestrator(settings):
+        await publish(amqp_connection, topology.exchange, START_KEY, b"{not json")
+        await publish(amqp_connection, topology.exchange, START_KEY, b'{"type": "StartWorkflow"}')
+        await publish(amqp_connection, topology.exchange, START_KEY, encode(unknown))
+        await publish(amqp_connection, topology.exchange, START_KEY, encode(start_message(good_id)))
+        reasons = []
+        for _ in range(3):
+            dead = await next_message(amqp_connection, topology.dead_letter_queue)
+            reasons.append(str((dead.headers or {})["x-relayflow-reason"]))
+        await next_message(amqp_connection, topology.step_queue("validate"))
+    assert "invalid message" in reasons[0]
+    assert "JSON" in reasons[0]
+    assert "invalid message" in reasons[1]
+    assert "workflowId" in reasons[1]
+    assert "unknown workflow 'noSuchFlow'" in reasons[2]
+
+
+async def test_outbox_rows_left_by_a_crash_are_sent_by_the_sweep(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+    registry: WorkflowRegistry,
+) -> None:
+    """A crash between commit and publish leaves rows in the outbox; the relay's sweep (here or in
+    another replica) sends them and empties the outbox."""
+    channel = await amqp_connection.channel()
+    await topology.declare(channel, registry.task_names())
+    workflow_id = new_workflow_id()
+    processor = Processor(registry, topology)
+    async with pool.acquire() as conn, conn.transaction():
+        result = await processor.apply(conn, [start_message(workflow_id)])
+    # ... and the process died here, before the relay published anything.
+    assert len(result.outbox) == 3
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%"
+        )
+        == 3
+    )
+    publisher = await Publisher.open(amqp_connection)
+    relay = OutboxRelay(pool, publisher, stale_after=0.01)
+    assert await relay.sweep_once() >= 3
+    command = decode((await next_message(amqp_connection, topology.step_queue("validate"))).body)
+    assert isinstance(command, StepCommand)
+    assert command.workflow_id == workflow_id
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%"
+        )
+        == 0
+    )
+    await publisher.close()
+    await channel.close()
+
+
+class Empty(BaseModel):
+    pass
+
+
+async def test_wait_timeout_fires_from_a_durable_timer(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A wait's timeout is a row in PostgreSQL: whichever replica polls next fails the workflow."""
+    definition = define_workflow(
+        "quickWait",
+        input_model=Empty,
+        steps=[
+            task("ask"),
+            wait(
+                "hear", after=["ask"], correlation_from="ask.id", timeout=timedelta(milliseconds=50)
+            ),
+        ],
+    )
+    registry = WorkflowRegistry([definition])
+    channel = await amqp_connection.channel()
+    await topology.declare(channel, registry.task_names())
+    processor = Processor(registry, topology)
+    workflow_id = new_workflow_id()
+    start = StartWorkflow(
+        message_id=new_message_id(), workflow_id=workflow_id, workflow_name="quickWait", input={}
+    )
+    asked = StepResult(
+        message_id=new_message_id(),
+        workflow_id=workflow_id,
+        step_name="ask",
+        attempt=1,
+        status=StepResultStatus.SUCCEEDED,
+        output={"id": "corr-1"},
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await processor.apply(conn, [start])
+    async with pool.acquire() as conn, conn.transaction():
+        await processor.apply(conn, [asked])
+    publisher = await Publisher.open(amqp_connection)
+    relay = OutboxRelay(pool, publisher)
+    orchestrator = Orchestrator(pool, processor, relay, publisher, topology)
+
+    async def fired() -> int:
+        return await orchestrator.fire_due_timers()
+
+    assert await wait_for(fired) == 1
+    row = await pool.fetchrow("SELECT status, error FROM workflows WHERE id = $1", workflow_id)
+    assert row is not None
+    assert row["status"] == "failed"
+    assert row["error"]["type"] == "WaitTimeout"
+    assert await event_types(pool, workflow_id) == [
+        "workflow.started",
+        "step.started",
+        "step.completed",
+        "step.started",
+        "step.failed",
+        "workflow.failed",
+    ]
+    await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
+    await publisher.close()
+    await channel.close()
+
+
+@pytest.mark.parametrize("replicas", [2])
+async def test_concurrent_replicas_do_not_double_advance(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+    registry: WorkflowRegistry,
+    replicas: int,
+) -> None:
+    """Two transactions applying copies of the same result at once (as two replicas would) move the
+    workflow once: row locks plus the state machine's attempt check."""
+    channel = await amqp_connection.channel()
+    await topology.declare(channel, registry.task_names())
+    processor = Processor(registry, topology)
+    workflow_id = new_workflow_id()
+    async with pool.acquire() as conn, conn.transaction():
+        await processor.apply(conn, [start_message(workflow_id)])
+
+    async def apply_copy(index: int) -> None:
+        copy = StepResult(
+            message_id=f"copy-{index}-{workflow_id}",
+            workflow_id=workflow_id,
+            step_name="validate",
+            attempt=1,
+            status=StepResultStatus.SUCCEEDED,
+            output={"copy": index},
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            await processor.apply(conn, [copy], now=datetime.now(UTC))
+
+    await asyncio.gather(*(apply_copy(i) for i in range(replicas)))
+    assert await event_types(pool, workflow_id) == [
+        "workflow.started",
+        "step.started",
+        "step.completed",
+        "step.started",
+    ]
+    steps = orjson.loads(
+        orjson.dumps(await pool.fetchval("SELECT steps FROM workflows WHERE id = $1", workflow_id))
+    )
+    assert steps["persist"]["status"] == "running"
+    await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
+    await channel.close()

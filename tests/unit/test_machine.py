@@ -1,0 +1,333 @@
+"""The pure workflow state machine, without broker or database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from relayflow.contracts import (
+    ErrorInfo,
+    EventType,
+    ExternalReply,
+    StartWorkflow,
+    StepResult,
+    StepResultStatus,
+)
+from relayflow.workflow import WorkflowDefinition, define_workflow, task, wait
+from services.orchestrator import machine
+from services.orchestrator.machine import (
+    Ignored,
+    Rejected,
+    StepStatus,
+    TimerFired,
+    Transition,
+    WorkflowState,
+    WorkflowStatus,
+)
+from workflows.form_submission import FORM_SUBMISSION
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+FORM = {"name": "Ada", "email": "ada@example.com", "message": "hello"}
+
+
+class Anything(BaseModel):
+    pass
+
+
+def start(definition: WorkflowDefinition, payload: dict[str, Any] | None = None) -> Transition:
+    message = StartWorkflow(
+        message_id="m1",
+        workflow_id="wf_1",
+        workflow_name=definition.name,
+        input=payload if payload is not None else FORM,
+    )
+    return machine.start(definition, message, NOW)
+
+
+def result(
+    state: WorkflowState, step: str, output: Any = None, *, error: ErrorInfo | None = None
+) -> StepResult:
+    return StepResult(
+        message_id=f"r-{step}-{state.steps[step].attempts}",
+        workflow_id=state.id,
+        step_name=step,
+        attempt=state.steps[step].attempts,
+        status=StepResultStatus.FAILED if error else StepResultStatus.SUCCEEDED,
+        output=output,
+        error=error,
+    )
+
+
+def applied(outcome: machine.Outcome) -> Transition:
+    assert isinstance(outcome, Transition), outcome
+    return outcome
+
+
+def reply(correlation_id: str, payload: dict[str, Any] | None = None) -> ExternalReply:
+    return ExternalReply(
+        message_id=f"reply:{correlation_id}",
+        workflow_id="wf_1",
+        correlation_id=correlation_id,
+        payload=payload or {"ticketId": "T-1"},
+    )
+
+
+def test_start_dispatches_only_the_roots() -> None:
+    """A new workflow sends the first step's command and numbers its events from 1."""
+    t = start(FORM_SUBMISSION)
+    assert [c.step_name for c in t.commands] == ["validate"]
+    assert t.commands[0].attempt == 1
+    assert t.commands[0].input == FORM
+    assert [(e.seq, e.event) for e in t.events] == [
+        (1, EventType.WORKFLOW_STARTED),
+        (2, EventType.STEP_STARTED),
+    ]
+    assert t.state.steps["validate"].status is StepStatus.RUNNING
+    assert t.state.steps["persist"].status is StepStatus.PENDING
+
+
+def test_seed_workflow_runs_to_completion() -> None:
+    """The seed's five steps, including the durable wait for the external reply, complete in order
+    and the workflow's output is finalize's."""
+    state = start(FORM_SUBMISSION).state
+    state = applied(
+        machine.on_step_result(FORM_SUBMISSION, state, result(state, "validate", {"ok": 1}), NOW)
+    ).state
+    t = applied(
+        machine.on_step_result(
+            FORM_SUBMISSION, state, result(state, "persist", {"recordId": "r"}), NOW
+        )
+    )
+    assert [c.step_name for c in t.commands] == ["publishToMQ"]
+    t = applied(
+        machine.on_step_result(
+            FORM_SUBMISSION, t.state, result(t.state, "publishToMQ", {"correlationId": "c1"}), NOW
+        )
+    )
+    assert t.commands == []
+    assert t.state.steps["awaitResponse"].status is StepStatus.WAITING
+    assert t.state.steps["awaitResponse"].correlation_id == "c1"
+    assert [timer.fire_at for timer in t.timers] == [NOW + timedelta(seconds=60)]
+    t = applied(machine.on_reply(FORM_SUBMISSION, t.state, reply("c1"), NOW))
+    assert [c.step_name for c in t.commands] == ["finalize"]
+    assert t.commands[0].dependencies == {
+        "awaitResponse": {"ticketId": "T-1"},
+        "persist": {"recordId": "r"},
+    }
+    t = applied(
+        machine.on_step_result(
+            FORM_SUBMISSION, t.state, result(t.state, "finalize", {"done": True}), NOW
+        )
+    )
+    assert t.state.status is WorkflowStatus.COMPLETED
+    assert t.state.output == {"done": True}
+    assert t.events[-1].event is EventType.WORKFLOW_COMPLETED
+    assert t.events[-1].terminal
+
+
+def test_reply_before_wait_is_kept_until_the_wait_starts() -> None:
+    """The external system may answer before publishToMQ's result reaches us; the reply must not
+    be lost, and the wait completes the moment it starts."""
+    state = start(FORM_SUBMISSION).state
+    for step, output in [("validate", {}), ("persist", {"recordId": "r"})]:
+        state = applied(
+            machine.on_step_result(FORM_SUBMISSION, state, result(state, step, output), NOW)
+        ).state
+    state = applied(machine.on_reply(FORM_SUBMISSION, state, reply("c1"), NOW)).state
+    assert state.signals == {"c1": {"ticketId": "T-1"}}
+    assert isinstance(machine.on_reply(FORM_SUBMISSION, state, reply("c1"), NOW), Ignored)
+    t = applied(
+        machine.on_step_result(
+            FORM_SUBMISSION, state, result(state, "publishToMQ", {"correlationId": "c1"}), NOW
+        )
+    )
+    assert t.state.steps["awaitResponse"].status is StepStatus.COMPLETED
+    assert t.state.signals == {}
+    assert t.timers == []
+    assert [c.step_name for c in t.commands] == ["finalize"]
+
+
+def test_step_failure_fails_the_workflow_with_the_error() -> None:
+    """Until retry policies exist, a failed step ends the workflow `failed` with its error."""
+    state = start(FORM_SUBMISSION).state
+    error = ErrorInfo(type="ValueError", message="bad", retryable=False)
+    t = applied(
+        machine.on_step_result(FORM_SUBMISSION, state, result(state, "validate", error=error), NOW)
+    )
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.state.error == {
+        "type": "ValueError",
+        "message": "bad",
+        "retryable": False,
+        "step": "validate",
+    }
+    assert [e.event for e in t.events] == [EventType.STEP_FAILED, EventType.WORKFLOW_FAILED]
+    assert t.commands == []
+
+
+def test_stale_and_late_results_are_ignored() -> None:
+    """A duplicate or out-of-date result must not move a workflow twice."""
+    state = start(FORM_SUBMISSION).state
+    first = result(state, "validate", {})
+    state = applied(machine.on_step_result(FORM_SUBMISSION, state, first, NOW)).state
+    assert isinstance(machine.on_step_result(FORM_SUBMISSION, state, first, NOW), Ignored)
+    wrong_attempt = result(state, "persist").model_copy(update={"attempt": 7})
+    assert isinstance(machine.on_step_result(FORM_SUBMISSION, state, wrong_attempt, NOW), Ignored)
+
+
+def test_unknown_step_and_wait_results_are_rejected() -> None:
+    """Input that can never apply is rejected (dead-lettered), not silently acknowledged."""
+    state = start(FORM_SUBMISSION).state
+    bogus = result(state, "validate").model_copy(update={"step_name": "nope"})
+    assert isinstance(machine.on_step_result(FORM_SUBMISSION, state, bogus, NOW), Rejected)
+    on_wait = result(state, "validate").model_copy(update={"step_name": "awaitResponse"})
+    assert isinstance(machine.on_step_result(FORM_SUBMISSION, state, on_wait, NOW), Rejected)
+
+
+def test_wait_timeout_fails_and_late_reply_does_not_resurrect() -> None:
+    """A wait that times out fails the workflow; a reply arriving afterwards changes nothing."""
+    state = start(FORM_SUBMISSION).state
+    for step, output in [
+        ("validate", {}),
+        ("persist", {}),
+        ("publishToMQ", {"correlationId": "c1"}),
+    ]:
+        state = applied(
+            machine.on_step_result(FORM_SUBMISSION, state, result(state, step, output), NOW)
+        ).state
+    stale = TimerFired("wf_1", "awaitResponse", attempt=9)
+    assert isinstance(machine.on_timer(FORM_SUBMISSION, state, stale, NOW), Ignored)
+    t = applied(
+        machine.on_timer(FORM_SUBMISSION, state, TimerFired("wf_1", "awaitResponse", 1), NOW)
+    )
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.state.error is not None
+    assert t.state.error["type"] == "WaitTimeout"
+    assert isinstance(machine.on_reply(FORM_SUBMISSION, t.state, reply("c1"), NOW), Ignored)
+
+
+def test_missing_correlation_id_fails_the_wait() -> None:
+    """A wait whose correlation id is missing from its source step's output can never complete."""
+    state = start(FORM_SUBMISSION).state
+    for step in ["validate", "persist"]:
+        state = applied(
+            machine.on_step_result(FORM_SUBMISSION, state, result(state, step, {}), NOW)
+        ).state
+    t = applied(
+        machine.on_step_result(FORM_SUBMISSION, state, result(state, "publishToMQ", {}), NOW)
+    )
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.state.steps["awaitResponse"].error == {
+        "type": "MissingCorrelationId",
+        "message": "publishToMQ.correlationId is missing or not a string",
+        "retryable": False,
+    }
+
+
+def test_duplicate_start_same_input_is_ignored_other_input_rejected() -> None:
+    """Starting an existing workflow again is a no-op, but reusing its id for another request is
+    an error that must surface."""
+    state = start(FORM_SUBMISSION).state
+    same = StartWorkflow(
+        message_id="m2", workflow_id="wf_1", workflow_name="formSubmission", input=dict(FORM)
+    )
+    other = same.model_copy(update={"input": {**FORM, "message": "different"}})
+    assert isinstance(machine.duplicate_start(state, same), Ignored)
+    assert isinstance(machine.duplicate_start(state, other), Rejected)
+
+
+DIAMOND = define_workflow(
+    "diamond",
+    input_model=Anything,
+    steps=[task("a"), task("b", after=["a"]), task("c", after=["a"]), task("d", after=["b", "c"])],
+)
+
+
+def test_parallel_branches_dispatch_together_and_join() -> None:
+    """Steps whose dependencies are met together are dispatched together; a join waits for all."""
+    state = start(DIAMOND, {}).state
+    t = applied(machine.on_step_result(DIAMOND, state, result(state, "a", 1), NOW))
+    assert sorted(c.step_name for c in t.commands) == ["b", "c"]
+    t = applied(machine.on_step_result(DIAMOND, t.state, result(t.state, "c", 3), NOW))
+    assert t.commands == []
+    t = applied(machine.on_step_result(DIAMOND, t.state, result(t.state, "b", 2), NOW))
+    assert [c.step_name for c in t.commands] == ["d"]
+    assert t.commands[0].dependencies == {"b": 2, "c": 3}
+    t = applied(machine.on_step_result(DIAMOND, t.state, result(t.state, "d", 4), NOW))
+    assert t.state.status is WorkflowStatus.COMPLETED
+    assert t.state.output == {"d": 4}
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> WorkflowDefinition:
+    size = draw(st.integers(min_value=1, max_value=8))
+    steps = []
+    for index in range(size):
+        deps = (
+            draw(st.sets(st.integers(min_value=0, max_value=index - 1), max_size=3))
+            if index
+            else set()
+        )
+        steps.append(task(f"s{index}", after=[f"s{dep}" for dep in sorted(deps)]))
+    return define_workflow("random", input_model=Anything, steps=steps)
+
+
+@settings(max_examples=150, deadline=None)
+@given(definition=dags(), data=st.data())
+def test_any_dag_completes_once_in_dependency_order(
+    definition: WorkflowDefinition, data: st.DataObject
+) -> None:
+    """Whatever the DAG and whatever order results arrive in (duplicates included), every step is
+    dispatched exactly once, never before its dependencies complete, and the event numbers run
+    1, 2, 3, … without gaps."""
+    t = start(definition, {})
+    state = t.state
+    events = list(t.events)
+    in_flight = [c.step_name for c in t.commands]
+    dispatched = list(in_flight)
+    delivered: list[StepResult] = []
+    while in_flight:
+        step = in_flight.pop(data.draw(st.integers(min_value=0, max_value=len(in_flight) - 1)))
+        message = result(state, step, {"from": step})
+        delivered.append(message)
+        outcome = applied(machine.on_step_result(definition, state, message, NOW))
+        for command in outcome.commands:
+            assert all(
+                outcome.state.steps[dep].status is StepStatus.COMPLETED
+                for dep in definition.steps[command.step_name].after
+            )
+        state = outcome.state
+        events.extend(outcome.events)
+        in_flight.extend(c.step_name for c in outcome.commands)
+        dispatched.extend(c.step_name for c in outcome.commands)
+        replay: bool = data.draw(st.booleans())
+        if replay:
+            again = data.draw(st.sampled_from(delivered))
+            assert isinstance(machine.on_step_result(definition, state, again, NOW), Ignored)
+    assert sorted(dispatched) == sorted(definition.order)
+    assert state.status is WorkflowStatus.COMPLETED
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert state.last_seq == len(events)
+
+
+def test_definition_rejects_cycles_and_unknown_dependencies() -> None:
+    """A broken DAG fails when it is defined, not in the middle of a run."""
+    from relayflow.errors import DefinitionError
+
+    with pytest.raises(DefinitionError, match="cycle"):
+        define_workflow(
+            "x", input_model=Anything, steps=[task("a", after=["b"]), task("b", after=["a"])]
+        )
+    with pytest.raises(DefinitionError, match="unknown step"):
+        define_workflow("x", input_model=Anything, steps=[task("a", after=["zz"])])
+    with pytest.raises(DefinitionError, match="must name a step it comes after"):
+        define_workflow(
+            "x",
+            input_model=Anything,
+            steps=[task("a"), wait("w", correlation_from="a.id", timeout=timedelta(seconds=1))],
+        )
