@@ -1,0 +1,65 @@
+-- The step services' invocation records: one row per (workflow_id, step_name, step_key).
+-- Every transition is guarded by the lease owner, the attempt and the status it leaves.
+
+-- name: claim
+-- Take the invocation to run it: a new one, a failed one on a newer attempt, or one whose lease
+-- expired (its holder died). A stale command never takes over a newer attempt's row.
+INSERT INTO step_invocations AS s (
+    workflow_id, step_name, step_key, status, attempt, executions,
+    lease_owner, lease_expires_at, started_at
+)
+VALUES ($1, $2, $3, 'running', $4, 1, $5, now() + make_interval(secs => $6), now())
+ON CONFLICT (workflow_id, step_name, step_key) DO UPDATE
+SET status = 'running',
+    attempt = EXCLUDED.attempt,
+    executions = s.executions + 1,
+    lease_owner = EXCLUDED.lease_owner,
+    lease_expires_at = EXCLUDED.lease_expires_at,
+    output = NULL,
+    error = NULL,
+    started_at = now(),
+    finished_at = NULL
+WHERE (s.status = 'failed' AND s.attempt < EXCLUDED.attempt)
+   OR (s.status = 'running' AND s.lease_expires_at < now() AND s.attempt <= EXCLUDED.attempt)
+RETURNING s.status, s.attempt, s.executions, s.lease_owner, s.output, s.error,
+          s.started_at, s.finished_at,
+          EXTRACT(EPOCH FROM (s.lease_expires_at - now()))::float8 AS lease_remaining;
+
+-- name: get
+SELECT status, attempt, executions, lease_owner, output, error, started_at, finished_at,
+       EXTRACT(EPOCH FROM (lease_expires_at - now()))::float8 AS lease_remaining
+FROM step_invocations
+WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3;
+
+-- name: renew
+UPDATE step_invocations
+SET lease_expires_at = now() + make_interval(secs => $6)
+WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3
+  AND attempt = $4 AND lease_owner = $5 AND status = 'running'
+RETURNING lease_expires_at;
+
+-- name: succeed
+UPDATE step_invocations
+SET status = 'succeeded', output = $6, error = NULL, finished_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3
+  AND attempt = $4 AND lease_owner = $5 AND status = 'running'
+RETURNING status, attempt, executions, lease_owner, output, error, started_at, finished_at,
+          NULL::float8 AS lease_remaining;
+
+-- name: fail
+UPDATE step_invocations
+SET status = 'failed', error = $6, output = NULL, finished_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3
+  AND attempt = $4 AND lease_owner = $5 AND status = 'running'
+RETURNING status, attempt, executions, lease_owner, output, error, started_at, finished_at,
+          NULL::float8 AS lease_remaining;
+
+-- name: release
+-- Give the lease up at once (a stop that hands the command back), so that the redelivery
+-- need not wait for it to expire.
+UPDATE step_invocations
+SET lease_expires_at = now() - interval '1 millisecond'
+WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3
+  AND attempt = $4 AND lease_owner = $5 AND status = 'running';

@@ -1,0 +1,40 @@
+"""The external system's lifespan: broker and topology, then the consumer until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from relayflow.amqp import connect
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+from services.external.settings import ExternalSettings
+from services.external.system import ExternalConfig, ExternalSystem
+
+
+async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
+    """Run until `stop` is set, then let in-flight replies finish and return."""
+    workflows = WorkflowRegistry.from_modules(settings.workflows)
+    topology = Topology(
+        namespace=settings.namespace,
+        queue_type=settings.queue_type,
+        delivery_limit=settings.delivery_limit,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        connection = await connect(settings.amqp_url, name="relayflow-external")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await topology.declare(channel, workflows.task_names())
+        await channel.close()
+        system = ExternalSystem(
+            connection=connection,
+            topology=topology,
+            config=ExternalConfig(
+                reply_delay=settings.external_reply_delay, prefetch=settings.external_prefetch
+            ),
+        )
+        await system.start()
+        try:
+            await stop.wait()
+        finally:
+            await system.stop(grace=settings.shutdown_grace_seconds)

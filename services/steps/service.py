@@ -1,0 +1,63 @@
+"""The step service's lifespan: database, broker, topology, then the worker until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from relayflow.amqp import connect
+from relayflow.errors import ConfigurationError, DefinitionError
+from relayflow.runtime import prepare_database
+from relayflow.steps import StepRegistry, StepWorker, WorkerConfig
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+from services.steps.settings import StepServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def load_steps(settings: StepServiceSettings) -> StepRegistry:
+    """The step bodies this process serves; a wrong module or step name stops it at start-up."""
+    try:
+        registry = StepRegistry.from_modules(settings.step_modules)
+        selected = registry.select(settings.steps) if settings.steps else registry
+    except (DefinitionError, ImportError) as exc:
+        raise ConfigurationError(str(exc)) from exc
+    if not len(selected):
+        raise ConfigurationError(f"no steps to serve in {settings.step_modules}")
+    return selected
+
+
+async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
+    """Run until `stop` is set, then finish or hand back what is in flight and return."""
+    steps = load_steps(settings)
+    workflows = WorkflowRegistry.from_modules(settings.workflows)
+    topology = Topology(
+        namespace=settings.namespace,
+        queue_type=settings.queue_type,
+        delivery_limit=settings.delivery_limit,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await prepare_database(settings)
+        stack.push_async_callback(pool.close)
+        connection = await connect(settings.amqp_url, name="relayflow-steps")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await topology.declare(channel, {*workflows.task_names(), *steps.names()})
+        await channel.close()
+        worker = StepWorker(
+            steps=steps,
+            pool=pool,
+            connection=connection,
+            topology=topology,
+            config=WorkerConfig(
+                prefetch=settings.step_prefetch, lease_seconds=settings.step_lease_seconds
+            ),
+        )
+        await worker.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping: %d step(s) in flight", worker.inflight)
+            await worker.stop(grace=settings.shutdown_grace_seconds)

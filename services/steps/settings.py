@@ -1,0 +1,30 @@
+"""Settings of the step service (environment, prefix `RELAYFLOW_`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from relayflow.settings import Settings, split_csv
+
+
+class StepServiceSettings(Settings):
+    # Modules whose `steps` registries this service loads.
+    step_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["services.steps.form_submission"]
+    )
+    # The steps this process serves (RELAYFLOW_STEPS=validate,persist); empty: all it loads.
+    steps: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Unacknowledged commands per step queue, i.e. invocations running at once per step.
+    step_prefetch: int = Field(default=32, ge=1)
+    # How long a claimed invocation stays leased without renewal (renewed every third of it).
+    step_lease_seconds: float = Field(default=30.0, gt=0)
+    # How long in-flight steps may take to finish on stop before they are handed back.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    @field_validator("step_modules", "steps", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return split_csv(value)
