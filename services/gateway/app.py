@@ -1,0 +1,122 @@
+"""The app factory. The lifespan owns every resource — pool, broker connection, publisher, event
+hub — and hands them to handlers as one typed `GatewayState`; nothing lives in module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from relayflow.amqp import Publisher, connect
+from relayflow.runtime import prepare_database
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+from services.gateway.events import EventHub
+from services.gateway.openapi import build_openapi
+from services.gateway.pages import healthz, load_assets, openapi_endpoint, readyz
+from services.gateway.responses import error_response
+from services.gateway.settings import GatewaySettings
+from services.gateway.state import STATE_KEY, GatewayState
+from services.gateway.store import GatewayStore
+from services.gateway.submit import start_workflow, submit_form
+from services.gateway.workflows import get_workflow, workflow_events
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: GatewaySettings | None = None, *, stopping: asyncio.Event | None = None
+) -> Starlette:
+    """`stopping`, once set, ends every open event stream so that the server can drain (the
+    process's stop event; uvicorn only closes the lifespan after connections are gone)."""
+    settings = settings or GatewaySettings()
+    # Definitions are checked here, so a broken workflow module fails before anything opens.
+    registry = WorkflowRegistry.from_modules(settings.workflows)
+    topology = Topology(
+        namespace=settings.namespace,
+        queue_type=settings.queue_type,
+        delivery_limit=settings.delivery_limit,
+    )
+    assets = load_assets()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await prepare_database(settings)
+            stack.push_async_callback(pool.close)
+            connection = await connect(settings.amqp_url, name="relayflow-gateway")
+            stack.push_async_callback(connection.close)
+            # The whole topology, so that workflow.start is routable before the orchestrator runs.
+            channel = await connection.channel()
+            await topology.declare(channel, registry.task_names())
+            await channel.close()
+            publisher = await Publisher.open(
+                connection, confirm_timeout=settings.gateway_publish_timeout
+            )
+            stack.push_async_callback(publisher.close)
+            hub = EventHub(buffer=settings.gateway_subscriber_buffer)
+            stack.push_async_callback(hub.stop)
+            await hub.start(await connection.channel(), topology)
+            if stopping is not None:
+                watcher = asyncio.create_task(_close_on(stopping, hub), name="gateway:stopping")
+                stack.callback(watcher.cancel)
+            log.info(
+                "gateway ready: namespace %s, workflows %s",
+                settings.namespace,
+                ", ".join(registry.names()),
+            )
+            yield {
+                STATE_KEY: GatewayState(
+                    settings=settings,
+                    registry=registry,
+                    topology=topology,
+                    pool=pool,
+                    store=GatewayStore(pool),
+                    connection=connection,
+                    publisher=publisher,
+                    hub=hub,
+                )
+            }
+
+    routes = [
+        Route("/", assets["index.html"].respond, methods=["GET"]),
+        *(
+            Route(f"/static/{name}", asset.respond, methods=["GET"])
+            for name, asset in sorted(assets.items())
+        ),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(build_openapi(registry)).respond, methods=["GET"]),
+        Route("/submit", submit_form, methods=["POST"]),
+        Route("/workflows/{name}", start_workflow, methods=["POST"]),
+        Route("/workflows/{workflow_id}", get_workflow, methods=["GET"]),
+        Route("/workflows/{workflow_id}/events", workflow_events, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+
+
+async def _close_on(stopping: asyncio.Event, hub: EventHub) -> None:
+    await stopping.wait()
+    hub.close()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error; the gateway logged the details")

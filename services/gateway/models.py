@@ -1,0 +1,85 @@
+"""The shapes of the gateway's HTTP answers (camelCase on the wire). The same models build the
+responses and the OpenAPI document, so the two cannot disagree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+WorkflowStatus = Literal["running", "completed", "failed"]
+StepStatus = Literal["pending", "running", "waiting", "completed", "failed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class Accepted(_Model):
+    """The broker has confirmed the StartWorkflow: the workflow will run (once)."""
+
+    workflow_id: str = Field(examples=["wf_01jd8n2w0a3k5y6q7r8s9t0v1w"])
+    status: Literal["accepted"] = "accepted"
+
+
+class FieldError(_Model):
+    """One field of the input that did not validate; `loc` is its path ([] for the body)."""
+
+    loc: list[str | int]
+    message: str
+    type: str
+
+
+class ErrorBody(_Model):
+    """Every error answer: what went wrong, and per field where the input was at fault."""
+
+    error: str
+    fields: list[FieldError] | None = None
+
+
+class ErrorView(_Model):
+    """A failure as data (`relayflow.contracts.ErrorInfo`); extra keys the orchestrator adds are
+    kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+    retryable: bool = True
+
+
+class StepView(_Model):
+    name: str
+    status: StepStatus
+    attempts: int = 0
+    output: Any = None
+    error: ErrorView | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class WorkflowView(_Model):
+    """A workflow's state as the orchestrator last committed it; steps in definition order."""
+
+    workflow_id: str
+    name: str
+    status: WorkflowStatus
+    input: dict[str, Any]
+    output: Any = None
+    error: ErrorView | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    steps: list[StepView]
+
+
+class Health(_Model):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(_Model):
+    status: Literal["ready", "unavailable"]
+    database: bool
+    broker: bool

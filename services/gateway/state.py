@@ -1,0 +1,38 @@
+"""What the lifespan opens and every handler uses, in one typed place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aio_pika.abc import AbstractRobustConnection
+from starlette.requests import Request
+
+from relayflow.amqp import Publisher
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+from services.gateway.events import EventHub
+from services.gateway.settings import GatewaySettings
+from services.gateway.store import GatewayStore
+
+STATE_KEY = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    settings: GatewaySettings
+    registry: WorkflowRegistry
+    topology: Topology
+    pool: asyncpg.Pool[Any]
+    store: GatewayStore
+    connection: AbstractRobustConnection
+    publisher: Publisher
+    hub: EventHub
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state = request.scope.get("state", {}).get(STATE_KEY)
+    if not isinstance(state, GatewayState):  # pragma: no cover - a wiring mistake
+        raise TypeError("the gateway lifespan has not run")
+    return state

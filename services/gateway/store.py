@@ -1,0 +1,90 @@
+"""What the gateway reads from and writes to PostgreSQL; the SQL lives in `queries.sql`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from relayflow.db import Queries
+from services.gateway.models import WorkflowStatus
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    workflow_id: str
+    request_hash: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRow:
+    id: str
+    name: str
+    status: WorkflowStatus  # the column's CHECK allows nothing else
+    input: dict[str, Any]
+    output: Any
+    error: Any
+    steps: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    event: str
+    body: dict[str, Any]
+
+
+class GatewayStore:
+    def __init__(self, pool: asyncpg.Pool[Any], queries: Queries | None = None) -> None:
+        self._pool = pool
+        self._q = queries or Queries.load("services.gateway")
+
+    async def claim_idempotency_key(
+        self, workflow_name: str, key: str, workflow_id: str, request_hash: str
+    ) -> KeyRecord:
+        """Record the key, or return what it was first used for."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                self._q.claim_idempotency_key, workflow_name, key, workflow_id, request_hash
+            )
+            if row is not None:
+                return KeyRecord(row["workflow_id"], row["request_hash"], created=True)
+            row = await conn.fetchrow(self._q.get_idempotency_key, workflow_name, key)
+        if row is None:  # pragma: no cover - keys are never deleted while the gateway runs
+            raise RuntimeError(f"idempotency key {key!r} conflicted but cannot be read")
+        return KeyRecord(row["workflow_id"], row["request_hash"], created=False)
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        row = await self._pool.fetchrow(self._q.get_workflow, workflow_id)
+        if row is None:
+            return None
+        return WorkflowRow(
+            id=row["id"],
+            name=row["name"],
+            status=row["status"],
+            input=row["input"],
+            output=row["output"],
+            error=row["error"],
+            steps=row["steps"] or {},
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
+        )
+
+    async def workflow_exists(self, workflow_id: str) -> bool:
+        return bool(await self._pool.fetchval(self._q.workflow_exists, workflow_id))
+
+    async def events_after(
+        self, workflow_id: str, after_seq: int, *, limit: int = 1000
+    ) -> list[StoredEvent]:
+        rows = await self._pool.fetch(self._q.events_after, workflow_id, after_seq, limit)
+        return [StoredEvent(row["seq"], row["event"], row["body"]) for row in rows]
+
+    async def ping(self) -> None:
+        await self._pool.fetchval(self._q.ping)

@@ -1,0 +1,157 @@
+"""Event streams: every event of a workflow, exactly once and in order, over SSE.
+
+A stream subscribes to the live hub *first*, then replays PostgreSQL from just after the last
+event the client saw (`Last-Event-ID`), then follows live events. A live event at or below the
+last sent seq is a duplicate and skipped; one beyond the next expected seq means something was
+missed (or arrived out of order), so the gap is read from PostgreSQL — every event is committed
+there before it is published — and live events ahead of the gap wait in a small buffer. Every
+`catch_up_interval` without live traffic the stream rereads PostgreSQL too, which covers events
+published while the hub's broker connection was down. After the terminal event
+(`workflow.completed` / `workflow.failed`) the stream ends.
+
+A workflow nobody has heard of (no row, no events) may still be starting: the stream waits up to
+`unknown_wait` seconds for it, then sends one `workflow.unknown` event and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sse_starlette import ServerSentEvent
+
+from relayflow.contracts import EventType
+from services.gateway.events import LiveEvent, Signal, Subscription
+from services.gateway.store import GatewayStore, StoredEvent
+
+TERMINAL_EVENTS = frozenset({str(EventType.WORKFLOW_COMPLETED), str(EventType.WORKFLOW_FAILED)})
+UNKNOWN_EVENT = "workflow.unknown"
+REPLAY_PAGE = 500
+# While a gap is open or the workflow is not known yet, PostgreSQL is polled this often.
+_GAP_POLL = 0.25
+_UNKNOWN_POLL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    seq: int
+    event: str
+    body: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
+
+    def to_sse(self) -> ServerSentEvent:
+        return ServerSentEvent(
+            data=orjson.dumps(self.body, option=orjson.OPT_SORT_KEYS).decode(),
+            id=str(self.seq),
+            event=self.event,
+        )
+
+
+@dataclass(slots=True)
+class Sequencer:
+    """Puts events from two sources (replay and live) into one gap-free, duplicate-free order."""
+
+    last: int = 0
+    ahead: dict[int, Outgoing] = field(default_factory=dict)
+    finished: bool = False
+
+    @property
+    def has_gap(self) -> bool:
+        return bool(self.ahead)
+
+    def accept(self, events: Iterable[Outgoing]) -> list[Outgoing]:
+        """The events that can go out now, in order; the rest wait for the gap to close."""
+        ready: list[Outgoing] = []
+        for event in events:
+            if self.finished or event.seq <= self.last:
+                continue
+            self.ahead[event.seq] = event
+            while not self.finished and self.last + 1 in self.ahead:
+                nxt = self.ahead.pop(self.last + 1)
+                self.last = nxt.seq
+                ready.append(nxt)
+                self.finished = nxt.terminal
+        if self.finished:
+            self.ahead.clear()
+        else:
+            # Anything that can no longer go out (seq already passed) is dropped.
+            for seq in [seq for seq in self.ahead if seq <= self.last]:
+                del self.ahead[seq]
+        return ready
+
+
+def _from_store(event: StoredEvent) -> Outgoing:
+    return Outgoing(event.seq, event.event, event.body)
+
+
+def _from_live(event: LiveEvent) -> Outgoing:
+    return Outgoing(event.seq, event.event, event.body)
+
+
+async def _replay(store: GatewayStore, workflow_id: str, sequencer: Sequencer) -> list[Outgoing]:
+    ready: list[Outgoing] = []
+    while not sequencer.finished:
+        rows = await store.events_after(workflow_id, sequencer.last, limit=REPLAY_PAGE)
+        ready.extend(sequencer.accept(map(_from_store, rows)))
+        if len(rows) < REPLAY_PAGE:
+            break
+    return ready
+
+
+async def follow(
+    store: GatewayStore,
+    subscription: Subscription,
+    *,
+    last_event_id: int,
+    unknown_wait: float,
+    catch_up_interval: float,
+) -> AsyncIterator[ServerSentEvent]:
+    """The SSE body for one client; `subscription` must be taken before this starts."""
+    workflow_id = subscription.workflow_id
+    sequencer = Sequencer(last=last_event_id)
+    loop = asyncio.get_running_loop()
+    with subscription:
+        for event in await _replay(store, workflow_id, sequencer):
+            yield event.to_sse()
+        if sequencer.finished:
+            return
+        known = sequencer.last > last_event_id or await store.workflow_exists(workflow_id)
+        give_up_at = loop.time() + unknown_wait
+        while not sequencer.finished:
+            if sequencer.has_gap:
+                timeout = _GAP_POLL
+            elif not known:
+                timeout = min(_UNKNOWN_POLL, max(0.0, give_up_at - loop.time()))
+            else:
+                timeout = catch_up_interval
+            item = await subscription.get(timeout)
+            if item is Signal.CLOSED:
+                return  # the gateway is stopping; the client resumes with Last-Event-ID
+            ready: list[Outgoing] = []
+            if isinstance(item, LiveEvent):
+                ready = sequencer.accept([_from_live(item)])
+            if not isinstance(item, LiveEvent) or sequencer.has_gap:
+                # A timeout, a resync after overflow, or a gap: PostgreSQL has it all.
+                ready.extend(await _replay(store, workflow_id, sequencer))
+            for event in ready:
+                yield event.to_sse()
+            if not known:
+                known = bool(ready) or await store.workflow_exists(workflow_id)
+                if not known and loop.time() >= give_up_at:
+                    yield ServerSentEvent(
+                        data=orjson.dumps(
+                            {
+                                "error": f"no workflow {workflow_id!r} appeared within "
+                                f"{unknown_wait:g}s",
+                                "workflowId": workflow_id,
+                            }
+                        ).decode(),
+                        event=UNKNOWN_EVENT,
+                    )
+                    return

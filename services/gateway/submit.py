@@ -1,0 +1,111 @@
+"""Starting workflows: `POST /submit` (the contact form) and `POST /workflows/{name}`.
+
+The answer is 202 only once the broker has confirmed the StartWorkflow (publisher confirms,
+mandatory routing); any doubt is a 503 and never a false accept. A retry with the same
+Idempotency-Key publishes again with the same workflow id: the orchestrator starts a workflow id
+once, so this also heals a first attempt that got a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relayflow.amqp import OutgoingMessage
+from relayflow.topology import START_KEY
+from services.gateway.intake import (
+    InputError,
+    StartRequest,
+    check_idempotency_key,
+    parse_body,
+    request_hash,
+    validate_input,
+)
+from services.gateway.models import Accepted
+from services.gateway.responses import error_response, model_response
+from services.gateway.state import GatewayState, gateway_state
+
+log = logging.getLogger(__name__)
+
+FORM_WORKFLOW = "formSubmission"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+async def submit_form(request: Request) -> Response:
+    return await _start(request, FORM_WORKFLOW)
+
+
+async def start_workflow(request: Request) -> Response:
+    return await _start(request, request.path_params["name"])
+
+
+async def _start(request: Request, workflow_name: str) -> Response:
+    state = gateway_state(request)
+    definition = state.registry.get(workflow_name)
+    if definition is None:
+        return error_response(
+            404,
+            f"no workflow named {workflow_name!r}; known: {', '.join(state.registry.names())}",
+        )
+    try:
+        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+        body = await _read_body(request, state.settings.gateway_max_body_bytes)
+        validated = validate_input(definition, parse_body(body))
+    except InputError as exc:
+        return error_response(exc.status, exc.message, exc.fields)
+    start = StartRequest.create(workflow_name, validated, key)
+    if key is not None:
+        record = await state.store.claim_idempotency_key(
+            workflow_name, key, start.workflow_id, request_hash(validated)
+        )
+        if record.request_hash != request_hash(validated):
+            return error_response(
+                409,
+                f"Idempotency-Key {key!r} was already used for workflow {record.workflow_id} "
+                "with a different request body; use a new key for a different request",
+            )
+    try:
+        await _publish(state, start)
+    except Exception as exc:
+        log.warning(
+            "could not confirm StartWorkflow %s (%s): %s",
+            start.workflow_id,
+            workflow_name,
+            exc or type(exc).__name__,
+        )
+        return error_response(
+            503,
+            "the message broker did not confirm the start of the workflow; it may not run. "
+            "Retry the request"
+            + (" with the same Idempotency-Key" if key is not None else "")
+            + ".",
+            headers={"Retry-After": "1"},
+        )
+    return model_response(Accepted(workflow_id=start.workflow_id), status_code=202)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputError(413, f"the request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError(413, f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _publish(state: GatewayState, start: StartRequest) -> None:
+    message = OutgoingMessage.of(
+        start.message(), exchange=state.topology.exchange, routing_key=START_KEY
+    )
+    # The Publisher's own timeout covers the confirm; this one also bounds the wait for a
+    # channel that is reopening after a broker outage.
+    async with asyncio.timeout(state.settings.gateway_publish_timeout):
+        await state.publisher.publish(message)

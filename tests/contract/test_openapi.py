@@ -1,0 +1,105 @@
+"""The committed `schemas/openapi.json` is the gateway's HTTP contract: it must be exactly what
+the code builds, and well-formed enough for client generators."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from relayflow.workflow import WorkflowRegistry
+from services.gateway.openapi import build_openapi, render
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "schemas" / "openapi.json"
+REGENERATE = ".venv/bin/python -m services.gateway.openapi > schemas/openapi.json"
+SEED_WORKFLOWS = ["workflows.form_submission"]
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return build_openapi(WorkflowRegistry.from_modules(SEED_WORKFLOWS))
+
+
+def test_committed_document_matches_the_code(document: dict[str, Any]) -> None:
+    """Clients are generated from the committed file; it must not drift from what is served."""
+    assert COMMITTED.is_file(), f"schemas/openapi.json is missing; create it with `{REGENERATE}`"
+    assert COMMITTED.read_text(encoding="utf-8") == render(document), (
+        f"schemas/openapi.json differs from the code; regenerate it with `{REGENERATE}` "
+        "and review the diff"
+    )
+
+
+def test_generator_command_prints_the_committed_document() -> None:
+    """The regeneration command in the failure message must itself work, warning-free."""
+    env = {k: v for k, v in os.environ.items() if k != "RELAYFLOW_WORKFLOWS"}
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "services.gateway.openapi"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == COMMITTED.read_text(encoding="utf-8")
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_document_is_well_formed(document: dict[str, Any]) -> None:
+    """Every $ref resolves and every component is valid JSON Schema 2020-12, as OpenAPI 3.1
+    requires; a dangling ref breaks every client generator."""
+    assert document["openapi"].startswith("3.1.")
+    schemas = document["components"]["schemas"]
+    for ref in _refs(document):
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+    for schema in schemas.values():
+        Draft202012Validator.check_schema(schema)
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert operation["responses"], f"{method.upper()} {path} documents no response"
+
+
+def _validator(document: dict[str, Any], name: str) -> Draft202012Validator:
+    # Resolve component refs by embedding the components as $defs of a wrapper schema.
+    raw = json.dumps(document["components"]["schemas"]).replace("#/components/schemas/", "#/$defs/")
+    return Draft202012Validator({"$defs": json.loads(raw), "$ref": f"#/$defs/{name}"})
+
+
+def test_documented_shapes_match_real_requests_and_answers(document: dict[str, Any]) -> None:
+    """The form schema accepts the form and refuses extras, and the documented answers describe
+    what the gateway really sends."""
+    submit = document["paths"]["/submit"]["post"]
+    form_ref = submit["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    form = _validator(document, form_ref.rsplit("/", 1)[-1])
+    assert form.is_valid({"name": "Ada", "email": "ada@example.com", "message": "hi"})
+    assert not form.is_valid({"name": "Ada", "email": "ada@example.com", "message": "hi", "x": 1})
+    assert not form.is_valid({"name": "Ada", "email": "ada@example.com"})
+    assert set(submit["responses"]) >= {"202", "400", "409", "422", "503"}
+    accepted = _validator(document, "Accepted")
+    assert accepted.is_valid({"workflowId": "wf_01jd8n2w0a3k5y6q7r8s9t0v1w", "status": "accepted"})
+    error = _validator(document, "ErrorBody")
+    assert error.is_valid(
+        {
+            "error": "invalid",
+            "fields": [{"loc": ["email"], "message": "bad", "type": "value_error"}],
+        }
+    )
+    events = document["paths"]["/workflows/{workflowId}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]

@@ -1,0 +1,332 @@
+"""Event streams over SSE: every seq exactly once and in order, whether the client connects
+before, during or after the run, with live events duplicated, reordered or missing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
+
+from relayflow.amqp import OutgoingMessage, Publisher
+from relayflow.contracts import EventType, WorkflowEvent, new_message_id, new_workflow_id
+from relayflow.settings import Settings
+from relayflow.topology import Topology
+from services.gateway.events import EventHub, LiveEvent, Signal
+from services.gateway.stream import Outgoing, Sequencer
+from tests.integration.gateway_harness import RunningGateway, SseEvent, SseStream, running_gateway
+
+STEPS = ["validate", "persist", "publishToMQ", "awaitResponse", "finalize"]
+
+
+class Run:
+    """Plays the orchestrator's part: commit the event, then publish it on the fanout."""
+
+    def __init__(
+        self, pool: asyncpg.Pool[Any], publisher: Publisher, topology: Topology, last: int = 6
+    ) -> None:
+        self.workflow_id = new_workflow_id()
+        self.last = last  # the seq of the terminal event
+        self.padding = 0  # bytes of filler in each event's data
+        self.pool = pool
+        self.publisher = publisher
+        self.topology = topology
+        self.events: dict[int, WorkflowEvent] = {}
+
+    def event(self, seq: int) -> WorkflowEvent:
+        if seq not in self.events:
+            kind, step = EventType.WORKFLOW_STARTED, None
+            if seq == self.last:
+                kind = EventType.WORKFLOW_COMPLETED
+            elif seq > 1:
+                kind = EventType.STEP_STARTED if seq % 2 == 0 else EventType.STEP_COMPLETED
+                step = STEPS[(seq // 2 - 1) % len(STEPS)]
+            self.events[seq] = WorkflowEvent(
+                message_id=new_message_id(),
+                workflow_id=self.workflow_id,
+                workflow_name="formSubmission",
+                seq=seq,
+                event=kind,
+                step_name=step,
+                data={"n": seq, "filler": "x" * self.padding},
+            )
+        return self.events[seq]
+
+    def body(self, seq: int) -> dict[str, Any]:
+        return self.event(seq).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    async def store(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            event = self.event(seq)
+            await self.pool.execute(
+                "INSERT INTO workflow_events (workflow_id, seq, event, body, created_at) "
+                "VALUES ($1, $2, $3, $4, now())",
+                self.workflow_id,
+                seq,
+                str(event.event),
+                self.body(seq),
+            )
+
+    async def publish(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            await self.publisher.publish(
+                OutgoingMessage.of(
+                    self.event(seq),
+                    exchange=self.topology.events_exchange,
+                    routing_key="",
+                    mandatory=False,
+                )
+            )
+
+    async def burst(self, seqs: Iterable[int]) -> None:
+        """Publish concurrently (confirms pipelined), so events arrive back to back."""
+        messages = [
+            OutgoingMessage.of(
+                self.event(seq),
+                exchange=self.topology.events_exchange,
+                routing_key="",
+                mandatory=False,
+            )
+            for seq in seqs
+        ]
+        assert not any(await self.publisher.publish_many(messages))
+
+    async def emit(self, seqs: Iterable[int]) -> None:
+        seqs = list(seqs)
+        await self.store(seqs)
+        await self.publish(seqs)
+
+    def url(self) -> str:
+        return f"/workflows/{self.workflow_id}/events"
+
+
+@pytest.fixture
+async def publisher(
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+) -> AsyncIterator[Publisher]:
+    publisher = await Publisher.open(amqp_connection)
+    yield publisher
+    await publisher.close()
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(settings, gateway_unknown_workflow_wait=30.0) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def run(pool: asyncpg.Pool[Any], publisher: Publisher, topology: Topology) -> Run:
+    return Run(pool, publisher, topology)
+
+
+def assert_exactly(events: list[SseEvent], run: Run, seqs: Iterable[int]) -> None:
+    expected = list(seqs)
+    assert [e.seq for e in events] == expected
+    assert [e.event for e in events] == [str(run.event(s).event) for s in expected]
+    assert [e.data for e in events] == [run.body(s) for s in expected]
+
+
+async def connected(
+    gateway: RunningGateway,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    resume: asyncio.Event | None = None,
+) -> tuple[SseStream, asyncio.Task[list[SseEvent]]]:
+    stream = SseStream(gateway.client, url, headers=headers or {}, resume=resume)
+    task = stream.start()
+    await asyncio.wait_for(stream.connected.wait(), 10)
+    assert stream.status_code == 200
+    assert stream.content_type is not None
+    assert stream.content_type.startswith("text/event-stream")
+    return stream, task
+
+
+async def test_clients_before_during_and_after_see_every_event_once_in_order(
+    gateway: RunningGateway, run: Run
+) -> None:
+    """The stream's contract: subscribe, replay, follow, fill gaps — whenever the client
+    connects, with live events duplicated, out of order, or never delivered live at all."""
+    _, before = await connected(gateway, run.url())  # not even the workflow exists yet
+    await run.emit([1, 2])
+    _, during = await connected(gateway, run.url())
+    await run.store([3, 4])
+    await run.publish([4, 2, 1])  # 3 is never published live: a gap, filled from PostgreSQL
+    await run.emit([5])
+    await run.store([6])
+    await run.publish([6, 3, 6])  # terminal first, then a late 3, then a duplicate
+    async with asyncio.timeout(20):
+        seen_before, seen_during = await asyncio.gather(before, during)
+    _, after = await connected(gateway, run.url())
+    async with asyncio.timeout(20):
+        seen_after = await after
+    for seen in (seen_before, seen_during, seen_after):
+        assert_exactly(seen, run, range(1, 7))
+
+
+async def test_last_event_id_resumes_after_that_seq(gateway: RunningGateway, run: Run) -> None:
+    """A reconnecting EventSource sends Last-Event-ID; it must get only what it has not seen,
+    first from PostgreSQL, then live, until the terminal event."""
+    await run.emit([1, 2, 3])
+    _, task = await connected(gateway, run.url(), headers={"Last-Event-ID": "2"})
+    await run.emit([4, 5])
+    await run.emit([6])
+    async with asyncio.timeout(20):
+        assert_exactly(await task, run, [3, 4, 5, 6])
+    _, by_query = await connected(gateway, f"{run.url()}?lastEventId=4")
+    async with asyncio.timeout(20):
+        assert_exactly(await by_query, run, [5, 6])
+
+
+async def test_bad_last_event_id_is_400(gateway: RunningGateway, run: Run) -> None:
+    """A non-numeric Last-Event-ID cannot be resumed from; say so rather than replay all."""
+    response = await gateway.client.get(run.url(), headers={"Last-Event-ID": "abc"})
+    assert response.status_code == 400
+    assert "Last-Event-ID" in response.json()["error"]
+
+
+async def test_unknown_workflow_stream_ends_with_an_unknown_event(
+    settings: Settings, run: Run
+) -> None:
+    """A stream for an id that never starts must not hang forever: after the bounded wait it
+    says so with one `workflow.unknown` event and closes; meanwhile pings keep proxies open."""
+    async with running_gateway(
+        settings, gateway_unknown_workflow_wait=1.0, gateway_ping_interval=0.2
+    ) as gateway:
+        stream, task = await connected(gateway, run.url())
+        async with asyncio.timeout(10):
+            (event,) = await task
+    assert stream.pings >= 1  # keep-alive comments while nothing happens
+    assert event.event == "workflow.unknown"
+    assert event.id is None
+    assert event.data["workflowId"] == run.workflow_id
+
+
+async def test_unparseable_event_is_skipped_and_the_hub_keeps_going(
+    gateway: RunningGateway,
+    run: Run,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    topology: Topology,
+) -> None:
+    """A garbage message on the events fanout must not kill the one consumer every stream
+    depends on."""
+    _, task = await connected(gateway, run.url())
+    channel = await amqp_connection.channel()
+    exchange = await channel.get_exchange(topology.events_exchange)
+    await exchange.publish(aio_pika.Message(b"{not json"), routing_key="")
+    await exchange.publish(aio_pika.Message(b'{"type": "WorkflowEvent"}'), routing_key="")
+    await channel.close()
+    await run.emit(range(1, 7))
+    async with asyncio.timeout(20):
+        assert_exactly(await task, run, range(1, 7))
+
+
+async def test_a_slow_stream_neither_stalls_others_nor_loses_events(
+    settings: Settings, run: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that stops reading fills its socket, then its subscriber queue: the hub must
+    keep serving the other streams, and the slow one must resync from PostgreSQL once it reads
+    again, still with every seq once."""
+    caplog.set_level(logging.DEBUG, logger="services.gateway.events")
+    run.last, run.padding = 200, 100_000  # ~20 MB: more than the server's send buffer holds
+    # The slow client's receive buffer is pinned small, so loopback auto-tuning (up to tens of
+    # MB here) cannot absorb the burst and hide the back-pressure this test is about.
+    small_buffer = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 16_384)]
+    )
+    async with (
+        running_gateway(settings, gateway_subscriber_buffer=4) as gateway,
+        httpx.AsyncClient(
+            transport=small_buffer, base_url=gateway.client.base_url, timeout=30
+        ) as slow_client,
+    ):
+        resume = asyncio.Event()
+        slow_stream = SseStream(slow_client, run.url(), headers={}, resume=resume)
+        slow = slow_stream.start()
+        await asyncio.wait_for(slow_stream.connected.wait(), 10)
+        _, fast = await connected(gateway, run.url())
+        await run.store(range(1, 201))
+        await run.burst(range(1, 201))
+        async with asyncio.timeout(30):
+            assert_exactly(await fast, run, range(1, 201))
+        assert not slow.done()
+        resume.set()
+        async with asyncio.timeout(30):
+            assert_exactly(await slow, run, range(1, 201))
+    assert any("fell behind" in record.getMessage() for record in caplog.records)
+
+
+async def test_stopping_gateway_ends_open_streams(settings: Settings, run: Run) -> None:
+    """uvicorn waits for open connections before it shuts down; a stopping gateway must end its
+    event streams (clients resume elsewhere with Last-Event-ID) instead of hanging."""
+    async with running_gateway(settings) as gateway:
+        await run.emit([1])
+        _, task = await connected(gateway, run.url())
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        gateway.stop.set()
+        async with asyncio.timeout(10):
+            seen = await task
+            await gateway.serving
+        assert loop.time() - began < 5
+    assert_exactly(seen, run, [1])
+
+
+async def test_hub_drops_a_full_subscriber_to_a_resync_marker() -> None:
+    """The hub never blocks on a slow stream: a full queue is emptied and left with RESYNC,
+    while other subscribers of the same workflow keep every event."""
+    hub = EventHub(buffer=2)
+    slow = hub.subscribe("wf_x")
+    fast = hub.subscribe("wf_x")
+    other = hub.subscribe("wf_y")
+    for seq in (1, 2, 3):
+        event = LiveEvent("wf_x", seq, "step.started", {"seq": seq}, terminal=False)
+        hub.dispatch(event)
+        if seq < 3:
+            got = await fast.get(1)
+            assert isinstance(got, LiveEvent)
+            assert got.seq == seq
+    assert await slow.get(1) is Signal.RESYNC
+    assert await slow.get(0.01) is None
+    assert await other.get(0.01) is None
+    hub.close()
+    assert await fast.get(1) is not None  # seq 3, then CLOSED
+    assert await fast.get(1) is Signal.CLOSED
+    assert hub.subscribe("wf_z") is not None
+    assert hub.subscriber_count == 0
+
+
+@settings_(max_examples=200, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=12),
+    data=st.data(),
+)
+def test_sequencer_emits_each_seq_once_in_order_whatever_the_arrival_order(
+    n: int, data: st.DataObject
+) -> None:
+    """Live events arrive duplicated and out of order; the sequencer alone must turn any arrival
+    order that eventually holds every seq into 1..n exactly once, ending at the terminal one."""
+    arrivals = data.draw(
+        st.lists(st.integers(min_value=1, max_value=n), max_size=3 * n).map(
+            lambda extra: [*range(1, n + 1), *extra]
+        )
+    )
+    order = data.draw(st.permutations(arrivals))
+    sequencer = Sequencer()
+    sent: list[int] = []
+    for seq in order:
+        kind = "workflow.completed" if seq == n else "step.started"
+        sent.extend(event.seq for event in sequencer.accept([Outgoing(seq, kind, {})]))
+    assert sent == list(range(1, n + 1))
+    assert sequencer.finished
+    assert not sequencer.has_gap

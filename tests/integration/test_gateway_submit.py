@@ -1,0 +1,243 @@
+"""Starting workflows through the gateway, against the real broker and database: 202 only after
+the broker confirmed, 422/400 for bad input, idempotency keys, 503 when unconfirmed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+
+from relayflow.contracts import StartWorkflow, decode, workflow_id_for_key
+from relayflow.settings import Settings
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+from tests.integration.gateway_harness import RunningGateway, running_gateway
+from tests.support import get_messages
+
+FORM = {"name": "Ada Lovelace", "email": "ada@example.com", "message": "Hello there"}
+WORKFLOW_ID = re.compile(r"^wf_[0-9a-z]{26}$")
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(settings) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def channel(
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    channel = await amqp_connection.channel()
+    yield channel
+    await channel.close()
+
+
+async def started(
+    channel: aio_pika.abc.AbstractChannel, topology: Topology, count: int
+) -> list[StartWorkflow]:
+    found: list[StartWorkflow] = []
+    async for message in get_messages(channel, topology.orchestrator_queue, count=count):
+        assert message.content_type == "application/json"
+        assert message.type == "StartWorkflow"
+        decoded = decode(message.body)
+        assert isinstance(decoded, StartWorkflow)
+        assert message.message_id == decoded.message_id
+        found.append(decoded)
+    return found
+
+
+async def queued(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> int:
+    queue = await channel.declare_queue(topology.orchestrator_queue, passive=True)
+    count = queue.declaration_result.message_count
+    assert count is not None
+    return count
+
+
+async def test_submit_answers_202_after_the_start_is_on_the_orchestrator_queue(
+    gateway: RunningGateway, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """The core promise: a 202 means a StartWorkflow with this id and input is queued."""
+    response = await gateway.client.post("/submit", json={**FORM, "name": "  Ada Lovelace "})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "accepted"
+    assert WORKFLOW_ID.match(body["workflowId"])
+    (start,) = await started(channel, topology, 1)
+    assert start.workflow_id == body["workflowId"]
+    assert start.workflow_name == "formSubmission"
+    assert start.input == FORM  # normalised by the input model (whitespace stripped)
+    assert start.idempotency_key is None
+
+
+async def test_generic_start_route_and_unknown_workflow(
+    gateway: RunningGateway, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """Any registered workflow starts through /workflows/{name}; an unknown name is a 404."""
+    response = await gateway.client.post("/workflows/formSubmission", json=FORM)
+    assert response.status_code == 202, response.text
+    (start,) = await started(channel, topology, 1)
+    assert start.workflow_id == response.json()["workflowId"]
+
+    missing = await gateway.client.post("/workflows/noSuchFlow", json=FORM)
+    assert missing.status_code == 404
+    assert "noSuchFlow" in missing.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "loc", "type_"),
+    [
+        pytest.param({**FORM, "email": "not-an-email"}, ["email"], "value_error", id="bad-email"),
+        pytest.param(
+            {k: v for k, v in FORM.items() if k != "message"}, ["message"], "missing", id="missing"
+        ),
+        pytest.param({**FORM, "admin": True}, ["admin"], "extra_forbidden", id="extra"),
+        pytest.param({**FORM, "name": "   "}, ["name"], "string_too_short", id="blank-name"),
+        pytest.param({**FORM, "name": 42}, ["name"], "string_type", id="wrong-type"),
+        pytest.param([FORM], [], "dict_type", id="not-an-object"),
+    ],
+)
+async def test_invalid_input_is_422_per_field(
+    gateway: RunningGateway,
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    payload: Any,
+    loc: list[str],
+    type_: str,
+) -> None:
+    """A client must learn which field is wrong and why, and nothing may be started."""
+    response = await gateway.client.post("/submit", json=payload)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"]
+    assert [(f["loc"], f["type"]) for f in body["fields"]] == [(loc, type_)]
+    assert all(f["message"] for f in body["fields"])
+    assert await queued(channel, topology) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        pytest.param(b'{"name": "Ada", ', "not valid JSON", id="truncated"),
+        pytest.param(b"name=Ada&email=a@example.com", "not valid JSON", id="form-encoded"),
+        pytest.param(b"", "empty", id="empty"),
+    ],
+)
+async def test_malformed_body_is_400(
+    gateway: RunningGateway,
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    content: bytes,
+    fragment: str,
+) -> None:
+    """A body that is not JSON gets a clear 400, not a 500, and starts nothing."""
+    response = await gateway.client.post(
+        "/submit", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]
+    assert await queued(channel, topology) == 0
+
+
+async def test_same_idempotency_key_same_body_gives_same_workflow(
+    gateway: RunningGateway,
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Retries with a key name one workflow (deterministically), and each retry is re-published
+    so that a first attempt the broker never confirmed is healed; the orchestrator dedups."""
+    key = f"order-{topology.namespace}"
+    headers = {"Idempotency-Key": key}
+    first = await gateway.client.post("/submit", json=FORM, headers=headers)
+    # Equivalent after validation (whitespace is stripped): the same request.
+    second = await gateway.client.post(
+        "/submit", json={**FORM, "message": " Hello there "}, headers=headers
+    )
+    assert first.status_code == second.status_code == 202, (first.text, second.text)
+    workflow_id = first.json()["workflowId"]
+    assert second.json()["workflowId"] == workflow_id
+    assert workflow_id == workflow_id_for_key("formSubmission", key)
+
+    starts = await started(channel, topology, 2)
+    assert {s.workflow_id for s in starts} == {workflow_id}
+    assert {s.idempotency_key for s in starts} == {key}
+    assert len({s.message_id for s in starts}) == 2
+    row = await pool.fetchrow(
+        "SELECT workflow_id FROM idempotency_keys WHERE workflow_name = $1 AND key = $2",
+        "formSubmission",
+        key,
+    )
+    assert row is not None
+    assert row["workflow_id"] == workflow_id
+
+
+async def test_same_idempotency_key_different_body_is_409(
+    gateway: RunningGateway, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """Reusing a key for another request must be refused, not silently mapped to the first."""
+    headers = {"Idempotency-Key": f"k-{topology.namespace}"}
+    first = await gateway.client.post("/submit", json=FORM, headers=headers)
+    assert first.status_code == 202
+    other = await gateway.client.post(
+        "/submit", json={**FORM, "message": "Something else"}, headers=headers
+    )
+    assert other.status_code == 409, other.text
+    assert "different request body" in other.json()["error"]
+    assert first.json()["workflowId"] in other.json()["error"]
+    assert len(await started(channel, topology, 1)) == 1
+    assert await queued(channel, topology) == 0
+
+
+async def test_invalid_idempotency_key_is_400(gateway: RunningGateway) -> None:
+    """An oversized key cannot be stored or carried on the wire; say so up front."""
+    response = await gateway.client.post(
+        "/submit", json=FORM, headers={"Idempotency-Key": "k" * 201}
+    )
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["error"]
+
+
+async def test_unroutable_start_is_503_and_a_retry_with_the_key_heals_it(
+    gateway: RunningGateway,
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    registry: WorkflowRegistry,
+) -> None:
+    """No false accept: when the broker returns the mandatory message (no queue bound), the
+    client gets 503, and retrying with the same key once routing is back starts the workflow."""
+    await channel.queue_delete(topology.orchestrator_queue)
+    headers = {"Idempotency-Key": f"heal-{topology.namespace}"}
+    refused = await gateway.client.post("/submit", json=FORM, headers=headers)
+    assert refused.status_code == 503, refused.text
+    assert "same Idempotency-Key" in refused.json()["error"]
+    assert refused.headers["retry-after"] == "1"
+
+    await topology.declare(channel, registry.task_names())
+    healed = await gateway.client.post("/submit", json=FORM, headers=headers)
+    assert healed.status_code == 202, healed.text
+    (start,) = await started(channel, topology, 1)
+    assert start.workflow_id == healed.json()["workflowId"]
+
+
+async def test_missing_exchange_is_503_and_the_gateway_recovers(
+    gateway: RunningGateway,
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    registry: WorkflowRegistry,
+) -> None:
+    """A publish to a missing exchange makes the broker close the publishing channel: that must
+    be a 503, and later requests must work again once the exchange is back."""
+    await channel.exchange_delete(topology.exchange)
+    refused = await gateway.client.post("/submit", json=FORM)
+    assert refused.status_code == 503, refused.text
+
+    await topology.declare(channel, registry.task_names())
+    accepted = await gateway.client.post("/submit", json=FORM)
+    assert accepted.status_code == 202, accepted.text
+    (start,) = await started(channel, topology, 1)
+    assert start.workflow_id == accepted.json()["workflowId"]
