@@ -99,7 +99,8 @@ async def ensure_database(dsn: str) -> None:
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         log.info("created database %s", name)
-    except asyncpg.DuplicateDatabaseError:
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        # Another service won the race (PostgreSQL reports the loser either way).
         pass
     finally:
         await admin.close()

@@ -1,0 +1,118 @@
+"""The supervisor that runs every service as its own process (`relayflow-run`), exercised with
+small stand-in programs instead of the real services."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from relayflow import supervisor
+
+# Exits 0 on SIGTERM, like the real services.
+POLITE = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "print('hello from {name}', flush=True)\n"
+    "print('to stderr', file=sys.stderr, flush=True)\n"
+    "time.sleep(60)\n"
+)
+STUBBORN = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ignoring SIGTERM', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def program(source: str, name: str = "") -> list[str]:
+    return [sys.executable, "-c", source.replace("{name}", name)]
+
+
+class Output:
+    """Collects what the supervisor writes, and lets a test await a line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+
+    async def wait_for(self, line: str) -> None:
+        async with asyncio.timeout(10):
+            while line not in self.lines:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def test_prefixes_output_and_stops_all_on_request() -> None:
+    """Operators read interleaved logs by the service prefix; a stop must reach every service."""
+    output = Output()
+    lines = output.lines
+    stop = asyncio.Event()
+    commands = {"gateway": program(POLITE, "gw"), "orchestrator": program(POLITE, "orch")}
+    run = asyncio.create_task(supervisor.supervise(commands, stop, grace=5, write=output.write))
+    await output.wait_for("gateway      | hello from gw")
+    await output.wait_for("orchestrator | hello from orch")
+    await output.wait_for("orchestrator | to stderr")
+    stop.set()
+    assert await run == 0
+    assert "gateway      | hello from gw" in lines
+    assert "orchestrator | hello from orch" in lines
+    assert "orchestrator | to stderr" in lines
+    assert "run          | gateway exited with code 0" in lines
+
+
+async def test_one_service_dying_stops_the_others_and_fails() -> None:
+    """A half-running system hides failures; the supervisor must stop everything and say why."""
+    lines: list[str] = []
+    commands = {"steps": program(POLITE, "steps"), "external": program("raise SystemExit(3)")}
+    code = await supervisor.supervise(commands, asyncio.Event(), grace=5, write=lines.append)
+    assert code == 1
+    assert any("external exited unexpectedly with code 3" in line for line in lines)
+    assert any("steps exited with code 0" in line for line in lines)
+
+
+async def test_a_service_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
+    """A hung service must not keep `relayflow-run` (or CI) from ending."""
+    output = Output()
+    lines = output.lines
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        supervisor.supervise({"steps": program(STUBBORN)}, stop, grace=0.3, write=output.write)
+    )
+    await output.wait_for("steps | ignoring SIGTERM")
+    stop.set()
+    assert await run == 1
+    assert any("steps has not stopped; killing it" in line for line in lines)
+    assert any("steps exited with code -9" in line for line in lines)
+
+
+async def test_unreachable_broker_and_database_are_explained() -> None:
+    """Starting without RabbitMQ or PostgreSQL must say how to start them, not stack-trace."""
+    problems = await supervisor.check_services(
+        "amqp://guest:secret@127.0.0.1:1/",
+        "postgresql://postgres@127.0.0.1:1/relayflow",
+        connect_timeout=2,
+    )
+    assert len(problems) == 2
+    assert "rabbitmq-server -detached" in problems[0]
+    assert "secret" not in problems[0]
+    assert "pg_ctlcluster" in problems[1]
+    assert "/postgres" in problems[1]
+
+
+def test_unknown_service_is_a_usage_error() -> None:
+    """A typo in --only should not silently run nothing."""
+    with pytest.raises(SystemExit) as exit_info:
+        supervisor.main(["--only", "gateway,bogus"])
+    assert exit_info.value.code == 2
+
+
+def test_every_service_runs_as_its_own_module() -> None:
+    """Process names must say which service they are, as in production."""
+    assert set(supervisor.SERVICES) == {"gateway", "orchestrator", "steps", "external"}
+    assert all(module == f"services.{name}" for name, module in supervisor.SERVICES.items())
