@@ -1,0 +1,144 @@
+"""The whole system as processes, the way the quick start runs it: gateway, orchestrator, step
+service and external system, each its own OS process on this test run's database and namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import httpx
+import pytest
+
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+from tests.support import delete_topology, unique_name, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("gateway", "orchestrator", "steps", "external")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class System:
+    """Handles on the running services; tests may kill and restart them."""
+
+    env: dict[str, str]
+    base_url: str
+    namespace: str
+    log_dir: Path
+    processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    async def start(self, service: str) -> None:
+        log = (self.log_dir / f"{service}.log").open("ab")
+        self.processes[service] = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        log.close()
+
+    async def kill(self, service: str) -> None:
+        """SIGKILL: no chance to finish, ack or clean up anything."""
+        process = self.processes.pop(service)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+    async def terminate(self, service: str) -> int:
+        process = self.processes.pop(service)
+        process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(process.wait(), 30)
+
+    def logs(self, service: str) -> str:
+        return (self.log_dir / f"{service}.log").read_text(errors="replace")
+
+    async def wait_ready(self, client: httpx.AsyncClient) -> None:
+        async def ready() -> bool:
+            for name, process in self.processes.items():
+                if process.returncode is not None:
+                    raise AssertionError(f"{name} exited early:\n{self.logs(name)[-3000:]}")
+            try:
+                response = await client.get(f"{self.base_url}/readyz")
+            except httpx.TransportError:
+                return False
+            return response.status_code == 200
+
+        await wait_for(ready, timeout=60, interval=0.1)
+
+    async def wait_consuming(self, queue: str, connection: aio_pika.abc.AbstractConnection) -> None:
+        async def consuming() -> bool:
+            channel = await connection.channel()
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                return False
+            count = declared.declaration_result.consumer_count or 0
+            await channel.close()
+            return count > 0
+
+        await wait_for(consuming, timeout=60, interval=0.1)
+
+
+@pytest.fixture(scope="module")
+async def system(
+    amqp_url: str,
+    database_url: str,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    registry: WorkflowRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[System]:
+    namespace = unique_name("e")
+    port = free_port()
+    env = {
+        **os.environ,
+        "AMQP_URL": amqp_url,
+        "DATABASE_URL": database_url,
+        "RELAYFLOW_NAMESPACE": namespace,
+        "RELAYFLOW_GATEWAY_PORT": str(port),
+        "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
+        # Long enough to kill the orchestrator while workflows wait for their reply.
+        "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.5",
+        "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    system = System(
+        env=env,
+        base_url=f"http://127.0.0.1:{port}",
+        namespace=namespace,
+        log_dir=tmp_path_factory.mktemp("logs"),
+    )
+    for service in SERVICES:
+        await system.start(service)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await system.wait_ready(client)
+        topology = Topology(namespace)
+        for queue in (
+            topology.orchestrator_queue,
+            topology.external_queue,
+            topology.step_queue("finalize"),
+        ):
+            await system.wait_consuming(queue, amqp_connection)
+        yield system
+    finally:
+        for name in list(system.processes):
+            with contextlib.suppress(Exception):
+                await system.terminate(name)
+        await delete_topology(amqp_connection, Topology(namespace), registry.task_names())
