@@ -20,6 +20,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from pamqp.common import FieldTable
 
+from relayflow.settings import Settings
+
 START_KEY = "workflow.start"
 SIGNAL_KEY = "workflow.signal"
 RESULT_KEY = "step.result"
@@ -35,6 +37,14 @@ class Topology:
     namespace: str
     queue_type: str = "quorum"
     delivery_limit: int = 20
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(
+            namespace=settings.namespace,
+            queue_type=settings.queue_type,
+            delivery_limit=settings.delivery_limit,
+        )
 
     @property
     def exchange(self) -> str:

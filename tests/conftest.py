@@ -94,8 +94,4 @@ async def settings(
 
 @pytest.fixture
 def topology(settings: Settings) -> Topology:
-    return Topology(
-        namespace=settings.namespace,
-        queue_type=settings.queue_type,
-        delivery_limit=settings.delivery_limit,
-    )
+    return Topology.from_settings(settings)

@@ -15,11 +15,7 @@ from services.external.system import ExternalConfig, ExternalSystem
 async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then let in-flight replies finish and return."""
     workflows = WorkflowRegistry.from_modules(settings.workflows)
-    topology = Topology(
-        namespace=settings.namespace,
-        queue_type=settings.queue_type,
-        delivery_limit=settings.delivery_limit,
-    )
+    topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
         connection = await connect(settings.amqp_url, name="relayflow-external")
         stack.push_async_callback(connection.close)

@@ -40,11 +40,7 @@ def create_app(
     settings = settings or GatewaySettings()
     # Definitions are checked here, so a broken workflow module fails before anything opens.
     registry = WorkflowRegistry.from_modules(settings.workflows)
-    topology = Topology(
-        namespace=settings.namespace,
-        queue_type=settings.queue_type,
-        delivery_limit=settings.delivery_limit,
-    )
+    topology = Topology.from_settings(settings)
     assets = load_assets()
 
     @contextlib.asynccontextmanager

@@ -24,11 +24,7 @@ log = logging.getLogger("services.orchestrator")
 
 async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
     registry = WorkflowRegistry.from_modules(settings.workflows)
-    topology = Topology(
-        namespace=settings.namespace,
-        queue_type=settings.queue_type,
-        delivery_limit=settings.delivery_limit,
-    )
+    topology = Topology.from_settings(settings)
     pool = await prepare_database(settings)
     connection = await connect(settings.amqp_url, name="relayflow-orchestrator")
     try:

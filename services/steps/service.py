@@ -33,11 +33,7 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then finish or hand back what is in flight and return."""
     steps = load_steps(settings)
     workflows = WorkflowRegistry.from_modules(settings.workflows)
-    topology = Topology(
-        namespace=settings.namespace,
-        queue_type=settings.queue_type,
-        delivery_limit=settings.delivery_limit,
-    )
+    topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
         pool = await prepare_database(settings)
         stack.push_async_callback(pool.close)
