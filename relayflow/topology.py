@@ -1,7 +1,8 @@
 """Exchange, queue and routing-key names, and their declaration.
 
     <ns>            direct   commands and results:
-                               workflow.start, workflow.signal, step.result -> <ns>.orchestrator
+                               workflow.start, workflow.signal, step.result,
+                               workflow.control                             -> <ns>.orchestrator
                                step.run.<step>                              -> <ns>.step.<step>
                                external.request                             -> <ns>.external
     <ns>.events     fanout   workflow events -> one exclusive queue per gateway replica
@@ -25,6 +26,8 @@ from relayflow.settings import Settings
 START_KEY = "workflow.start"
 SIGNAL_KEY = "workflow.signal"
 RESULT_KEY = "step.result"
+# Cancel and retry requests for a workflow.
+CONTROL_KEY = "workflow.control"
 EXTERNAL_REQUEST_KEY = "external.request"
 
 
@@ -85,7 +88,7 @@ class Topology:
     def queue_bindings(self, step_names: Iterable[str]) -> dict[str, list[str]]:
         """Every durable work queue and the routing keys bound to it on the main exchange."""
         bindings = {
-            self.orchestrator_queue: [START_KEY, SIGNAL_KEY, RESULT_KEY],
+            self.orchestrator_queue: [START_KEY, SIGNAL_KEY, RESULT_KEY, CONTROL_KEY],
             self.external_queue: [EXTERNAL_REQUEST_KEY],
         }
         for step in sorted(set(step_names)):

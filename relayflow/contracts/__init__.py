@@ -7,6 +7,7 @@ The committed JSON Schemas under `schemas/` are generated from these models
 from relayflow.contracts.messages import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
+    CancelWorkflow,
     Envelope,
     ErrorInfo,
     EventType,
@@ -14,6 +15,7 @@ from relayflow.contracts.messages import (
     ExternalRequest,
     Message,
     OrchestratorInput,
+    RetryWorkflow,
     StartWorkflow,
     StepCommand,
     StepResult,
@@ -30,6 +32,7 @@ from relayflow.contracts.messages import (
 __all__ = [
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
+    "CancelWorkflow",
     "Envelope",
     "ErrorInfo",
     "EventType",
@@ -37,6 +40,7 @@ __all__ = [
     "ExternalRequest",
     "Message",
     "OrchestratorInput",
+    "RetryWorkflow",
     "StartWorkflow",
     "StepCommand",
     "StepResult",

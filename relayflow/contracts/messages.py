@@ -146,16 +146,39 @@ class ExternalReply(Envelope):
     payload: dict[str, Any]
 
 
+class CancelWorkflow(Envelope):
+    """Asks the orchestrator to cancel a running workflow: no further step is dispatched and
+    results still in flight are ignored. Cancelling a finished workflow changes nothing."""
+
+    type: Literal["CancelWorkflow"] = "CancelWorkflow"
+    reason: Annotated[str, Field(max_length=1000)] = ""
+
+
+class RetryWorkflow(Envelope):
+    """Asks the orchestrator to run a failed (or cancelled) workflow again from the steps that
+    did not complete; completed steps keep their outputs and do not run again."""
+
+    type: Literal["RetryWorkflow"] = "RetryWorkflow"
+    reason: Annotated[str, Field(max_length=1000)] = ""
+
+
 class EventType(StrEnum):
     WORKFLOW_STARTED = "workflow.started"
     WORKFLOW_COMPLETED = "workflow.completed"
     WORKFLOW_FAILED = "workflow.failed"
+    WORKFLOW_CANCELLED = "workflow.cancelled"
+    # A failed or cancelled workflow was asked to run again; it is `running` after this event.
+    WORKFLOW_RETRIED = "workflow.retried"
     STEP_STARTED = "step.started"
     STEP_COMPLETED = "step.completed"
     STEP_FAILED = "step.failed"
+    # An attempt failed and another is scheduled (data: attempt, nextAttempt, nextAttemptAt, error).
+    STEP_RETRYING = "step.retrying"
 
 
-TERMINAL_EVENTS = frozenset({EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED})
+TERMINAL_EVENTS = frozenset(
+    {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELLED}
+)
 
 
 class WorkflowEvent(Envelope):
@@ -174,11 +197,19 @@ class WorkflowEvent(Envelope):
 
 
 Message = Annotated[
-    StartWorkflow | StepCommand | StepResult | ExternalRequest | ExternalReply | WorkflowEvent,
+    StartWorkflow
+    | StepCommand
+    | StepResult
+    | ExternalRequest
+    | ExternalReply
+    | WorkflowEvent
+    | CancelWorkflow
+    | RetryWorkflow,
     Field(discriminator="type"),
 ]
 OrchestratorInput = Annotated[
-    StartWorkflow | StepResult | ExternalReply, Field(discriminator="type")
+    StartWorkflow | StepResult | ExternalReply | CancelWorkflow | RetryWorkflow,
+    Field(discriminator="type"),
 ]
 
 MESSAGE_TYPES: dict[str, type[Envelope]] = {
@@ -188,6 +219,8 @@ MESSAGE_TYPES: dict[str, type[Envelope]] = {
     "ExternalRequest": ExternalRequest,
     "ExternalReply": ExternalReply,
     "WorkflowEvent": WorkflowEvent,
+    "CancelWorkflow": CancelWorkflow,
+    "RetryWorkflow": RetryWorkflow,
 }
 
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
