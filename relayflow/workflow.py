@@ -29,17 +29,70 @@ from relayflow.errors import DefinitionError
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed task is tried again. Attempt n (n ≥ 2) starts after
+    `initial_interval * backoff_coefficient ** (n - 2)`, capped at `max_interval`, spread by
+    ±`jitter` (a fraction) so that a burst of failures does not retry in lockstep. An error whose
+    type is in `non_retryable_errors`, or that the step marked non-retryable, is not retried."""
+
+    max_attempts: int = 5
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = 2.0
+    max_interval: timedelta = timedelta(seconds=30)
+    jitter: float = 0.2
+    non_retryable_errors: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise DefinitionError("max_attempts must be at least 1")
+        if self.initial_interval < timedelta(0) or self.max_interval < self.initial_interval:
+            raise DefinitionError("need 0 <= initial_interval <= max_interval")
+        if self.backoff_coefficient < 1:
+            raise DefinitionError("backoff_coefficient must be at least 1")
+        if not 0 <= self.jitter < 1:
+            raise DefinitionError("jitter is a fraction in [0, 1)")
+
+    def retries(self, error_type: str, retryable: bool, attempts_made: int) -> bool:
+        return (
+            retryable
+            and error_type not in self.non_retryable_errors
+            and attempts_made < self.max_attempts
+        )
+
+    def delay(self, attempts_made: int, spread: float) -> timedelta:
+        """The wait before the next attempt; `spread` in [-1, 1] picks a point in the jitter."""
+        base = self.initial_interval * self.backoff_coefficient ** max(attempts_made - 1, 0)
+        capped = min(base, self.max_interval)
+        return capped * (1 + self.jitter * spread)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True, slots=True)
 class StepSpec:
     name: str
     kind: Literal["task", "wait"]
     after: tuple[str, ...] = ()
     # For waits: where the correlation id comes from, as "<step>.<field>" of a dependency's output.
     correlation_from: str | None = None
+    # Tasks: start-to-close timeout of one attempt (a step that never reports back is retried or
+    # failed). Waits: how long to wait for the reply.
     timeout: timedelta | None = None
+    # Tasks only; None takes the workflow's policy.
+    retry: RetryPolicy | None = None
 
 
-def task(name: str, *, after: Iterable[str] = ()) -> StepSpec:
-    return StepSpec(name=name, kind="task", after=tuple(after))
+def task(
+    name: str,
+    *,
+    after: Iterable[str] = (),
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
+) -> StepSpec:
+    if timeout is not None and timeout <= timedelta(0):
+        raise DefinitionError(f"step {name!r}: timeout must be positive")
+    return StepSpec(name=name, kind="task", after=tuple(after), retry=retry, timeout=timeout)
 
 
 def wait(
@@ -68,6 +121,13 @@ class WorkflowDefinition:
     # The workflow's output is the output of this step, or of every sink step by name.
     output_from: str | None = None
     dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The retry policy of tasks that name none.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The whole run's limit: past it the workflow fails with WorkflowTimeout.
+    timeout: timedelta | None = None
+
+    def retry_policy(self, step: str) -> RetryPolicy:
+        return self.steps[step].retry or self.retry
 
     def roots(self) -> list[str]:
         return [name for name in self.order if not self.steps[name].after]
@@ -88,6 +148,8 @@ def define_workflow(
     input_model: type[BaseModel],
     steps: Sequence[StepSpec],
     output_from: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
 ) -> WorkflowDefinition:
     """Check the DAG once, at definition time, so a mistake fails at start-up, not mid-run."""
     by_name: dict[str, StepSpec] = {}
@@ -122,6 +184,8 @@ def define_workflow(
         order=order,
         output_from=output_from,
         dependents={step: tuple(names) for step, names in dependents.items()},
+        retry=retry or RetryPolicy(),
+        timeout=timeout,
     )
 
 

@@ -87,9 +87,7 @@ async def settings(
         queue_type="quorum",
     )
     yield settings
-    await delete_topology(
-        amqp_connection, Topology(namespace=namespace), registry.task_names()
-    )
+    await delete_topology(amqp_connection, Topology(namespace=namespace), registry.task_names())
 
 
 @pytest.fixture

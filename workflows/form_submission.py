@@ -7,10 +7,13 @@ from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
-from relayflow.workflow import WorkflowDefinition, define_workflow, task, wait
+from relayflow.workflow import RetryPolicy, WorkflowDefinition, define_workflow, task, wait
 
 NAME = "formSubmission"
 REPLY_TIMEOUT = timedelta(seconds=60)
+# Start-to-close limit of one attempt of each task: generous, since a timed-out attempt is
+# retried while the first may still be running.
+STEP_TIMEOUT = timedelta(seconds=60)
 
 
 class ContactForm(BaseModel):
@@ -27,18 +30,20 @@ FORM_SUBMISSION: WorkflowDefinition = define_workflow(
     NAME,
     input_model=ContactForm,
     steps=[
-        task("validate"),
-        task("persist", after=["validate"]),
-        task("publishToMQ", after=["persist"]),
+        task("validate", timeout=STEP_TIMEOUT),
+        task("persist", after=["validate"], timeout=STEP_TIMEOUT),
+        task("publishToMQ", after=["persist"], timeout=STEP_TIMEOUT),
         wait(
             "awaitResponse",
             after=["publishToMQ"],
             correlation_from="publishToMQ.correlationId",
             timeout=REPLY_TIMEOUT,
         ),
-        task("finalize", after=["awaitResponse", "persist"]),
+        task("finalize", after=["awaitResponse", "persist"], timeout=STEP_TIMEOUT),
     ],
     output_from="finalize",
+    # Transient failures (a database restart, a dropped connection) are retried with backoff.
+    retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=500)),
 )
 
 WORKFLOWS = [FORM_SUBMISSION]

@@ -7,6 +7,7 @@ The committed JSON Schemas under `schemas/` are generated from these models
 from relayflow.contracts.messages import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
+    TERMINAL_EVENTS,
     CancelWorkflow,
     Envelope,
     ErrorInfo,
@@ -32,6 +33,7 @@ from relayflow.contracts.messages import (
 __all__ = [
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
+    "TERMINAL_EVENTS",
     "CancelWorkflow",
     "Envelope",
     "ErrorInfo",

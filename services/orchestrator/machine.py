@@ -20,9 +20,11 @@ from typing import Any
 import orjson
 
 from relayflow.contracts import (
+    CancelWorkflow,
     ErrorInfo,
     EventType,
     ExternalReply,
+    RetryWorkflow,
     StartWorkflow,
     StepCommand,
     StepResult,
@@ -38,14 +40,31 @@ class WorkflowStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     WAITING = "waiting"
+    # An attempt failed; the next starts when its retry timer fires.
+    RETRYING = "retrying"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# Steps that still have work ahead of them: a cancel or a workflow timeout stops them.
+_UNFINISHED = frozenset(
+    {StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING, StepStatus.RETRYING}
+)
+
+
+class TimerKind(StrEnum):
+    WAIT_TIMEOUT = "wait_timeout"
+    STEP_TIMEOUT = "step_timeout"
+    RETRY = "retry"
+    WORKFLOW_TIMEOUT = "workflow_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +76,7 @@ class StepState:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     correlation_id: str | None = None
+    next_attempt_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +87,7 @@ class StepState:
             "startedAt": self.started_at.isoformat() if self.started_at else None,
             "finishedAt": self.finished_at.isoformat() if self.finished_at else None,
             "correlationId": self.correlation_id,
+            "nextAttemptAt": self.next_attempt_at.isoformat() if self.next_attempt_at else None,
         }
 
     @classmethod
@@ -79,6 +100,7 @@ class StepState:
             started_at=_parse_time(data.get("startedAt")),
             finished_at=_parse_time(data.get("finishedAt")),
             correlation_id=data.get("correlationId"),
+            next_attempt_at=_parse_time(data.get("nextAttemptAt")),
         )
 
 
@@ -103,6 +125,8 @@ class WorkflowState:
     error: dict[str, Any] | None = None
     last_seq: int = 0
     finished_at: datetime | None = None
+    # 1, then +1 each time the workflow is retried: timers of an earlier run are stale.
+    run: int = 1
 
     @property
     def finished(self) -> bool:
@@ -112,18 +136,22 @@ class WorkflowState:
 @dataclass(frozen=True, slots=True)
 class Timer:
     workflow_id: str
-    step_name: str
+    kind: TimerKind
+    # The step's attempt it belongs to; for a workflow timeout, the workflow's run.
     attempt: int
     fire_at: datetime
+    step_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
-    """A durable timer came due: the wait of `step_name` at `attempt` timed out."""
+    """A durable timer came due. It only acts if the step (or the workflow's run) is still at
+    the attempt it was set for; otherwise it is stale and ignored."""
 
     workflow_id: str
-    step_name: str
+    kind: TimerKind
     attempt: int
+    step_name: str = ""
 
 
 @dataclass(slots=True)
@@ -170,6 +198,7 @@ def start(definition: WorkflowDefinition, message: StartWorkflow, now: datetime)
     )
     transition = Transition(state=state)
     _emit(transition, EventType.WORKFLOW_STARTED, now, data={"input": message.input})
+    _set_workflow_timer(definition, transition, now)
     _advance(definition, transition, now)
     return transition
 
@@ -197,6 +226,7 @@ def on_step_result(
     if state.finished:
         return Ignored(f"workflow {state.id} is already {state.status.value}")
     if step.status is not StepStatus.RUNNING or step.attempts != message.attempt:
+        # A late result (after a timeout, a retry or a cancel) changes nothing.
         return Ignored(
             f"stale result for {message.step_name} attempt {message.attempt} "
             f"(step is {step.status.value} at attempt {step.attempts})"
@@ -206,7 +236,7 @@ def on_step_result(
         _complete_step(transition, message.step_name, message.output, now)
     else:
         error = message.error or ErrorInfo(type="UnknownError", message="no error given")
-        _fail_step(transition, message.step_name, error, now)
+        _attempt_failed(definition, transition, message.step_name, error, now)
     _advance(definition, transition, now)
     return transition
 
@@ -214,24 +244,26 @@ def on_step_result(
 def on_reply(
     definition: WorkflowDefinition, state: WorkflowState, message: ExternalReply, now: datetime
 ) -> Outcome:
-    if state.finished:
-        return Ignored(f"reply {message.correlation_id} after workflow {state.id} finished")
-    for name, step in state.steps.items():
-        if step.status is StepStatus.WAITING and step.correlation_id == message.correlation_id:
-            transition = Transition(state=state)
-            _complete_step(transition, name, message.payload, now)
-            _advance(definition, transition, now)
-            return transition
+    if state.status is WorkflowStatus.COMPLETED:
+        return Ignored(f"reply {message.correlation_id} after workflow {state.id} completed")
+    if not state.finished:
+        for name, step in state.steps.items():
+            if step.status is StepStatus.WAITING and step.correlation_id == message.correlation_id:
+                transition = Transition(state=state)
+                _complete_step(transition, name, message.payload, now)
+                _advance(definition, transition, now)
+                return transition
     if message.correlation_id in state.signals or _consumed(state, message.correlation_id):
         return Ignored(f"reply {message.correlation_id} already received")
-    # The reply overtook the step that will wait for it: keep it until that step starts.
+    # The reply overtook the step that will wait for it, or came after the wait gave up: keep
+    # it for that step (a retried workflow's wait finds it), without resuming anything now.
     signals = {**state.signals, message.correlation_id: message.payload}
     return Transition(state=replace(state, signals=signals, updated_at=now))
 
 
 def _consumed(state: WorkflowState, correlation_id: str) -> bool:
     return any(
-        step.correlation_id == correlation_id and step.status is not StepStatus.WAITING
+        step.correlation_id == correlation_id and step.status is StepStatus.COMPLETED
         for step in state.steps.values()
     )
 
@@ -239,20 +271,96 @@ def _consumed(state: WorkflowState, correlation_id: str) -> bool:
 def on_timer(
     definition: WorkflowDefinition, state: WorkflowState, timer: TimerFired, now: datetime
 ) -> Outcome:
+    if state.finished:
+        return Ignored(f"{timer.kind.value} timer for a {state.status.value} workflow")
+    if timer.kind is TimerKind.WORKFLOW_TIMEOUT:
+        if timer.attempt != state.run:
+            return Ignored("workflow timeout of an earlier run")
+        return _time_out_workflow(definition, state, now)
     step = state.steps.get(timer.step_name)
-    if step is None or state.finished:
-        return Ignored("timer for a finished workflow or unknown step")
-    if step.status is not StepStatus.WAITING or step.attempts != timer.attempt:
-        return Ignored(f"timer for {timer.step_name} attempt {timer.attempt} is stale")
+    expected = {
+        TimerKind.WAIT_TIMEOUT: StepStatus.WAITING,
+        TimerKind.STEP_TIMEOUT: StepStatus.RUNNING,
+        TimerKind.RETRY: StepStatus.RETRYING,
+    }[timer.kind]
+    if step is None or step.status is not expected or step.attempts != timer.attempt:
+        return Ignored(f"{timer.kind.value} timer for {timer.step_name} #{timer.attempt} is stale")
     spec = definition.steps[timer.step_name]
-    timeout = spec.timeout.total_seconds() if spec.timeout else 0
     transition = Transition(state=state)
-    error = ErrorInfo(
-        type="WaitTimeout",
-        message=f"no reply with correlation id {step.correlation_id!r} within {timeout:g}s",
-        retryable=False,
+    limit = spec.timeout.total_seconds() if spec.timeout else 0
+    if timer.kind is TimerKind.RETRY:
+        _start_step(spec, transition, now)
+    elif timer.kind is TimerKind.STEP_TIMEOUT:
+        error = ErrorInfo(
+            type="StepTimeout",
+            message=f"attempt {step.attempts} did not report back within {limit:g}s",
+            retryable=True,
+        )
+        _attempt_failed(definition, transition, timer.step_name, error, now)
+    else:
+        error = ErrorInfo(
+            type="WaitTimeout",
+            message=f"no reply with correlation id {step.correlation_id!r} within {limit:g}s",
+            retryable=False,
+        )
+        _fail_step(transition, timer.step_name, error, now)
+    _advance(definition, transition, now)
+    return transition
+
+
+def on_cancel(state: WorkflowState, message: CancelWorkflow, now: datetime) -> Outcome:
+    """Stop a running workflow: unfinished steps become cancelled and any result, reply or timer
+    still on its way is ignored. Cancelling a finished workflow changes nothing."""
+    if state.finished:
+        return Ignored(f"workflow {state.id} is already {state.status.value}")
+    transition = Transition(state=state)
+    _stop_unfinished_steps(transition, now)
+    error = {"type": "Cancelled", "message": message.reason or "cancelled on request"}
+    transition.state = replace(
+        transition.state,
+        status=WorkflowStatus.CANCELLED,
+        error=error,
+        finished_at=now,
+        updated_at=now,
     )
-    _fail_step(transition, timer.step_name, error, now)
+    _emit(transition, EventType.WORKFLOW_CANCELLED, now, data={"reason": message.reason})
+    return transition
+
+
+def on_retry(
+    definition: WorkflowDefinition, state: WorkflowState, message: RetryWorkflow, now: datetime
+) -> Outcome:
+    """Run a failed or cancelled workflow again from the steps that did not complete; completed
+    steps keep their outputs. Retrying a running or completed workflow changes nothing."""
+    if state.status not in (WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
+        return Ignored(
+            f"workflow {state.id} is {state.status.value}; only failed or cancelled "
+            "workflows are retried"
+        )
+    steps = {
+        name: replace(step, status=StepStatus.PENDING, error=None, next_attempt_at=None)
+        if step.status in (StepStatus.FAILED, StepStatus.CANCELLED)
+        else step
+        for name, step in state.steps.items()
+    }
+    transition = Transition(
+        state=replace(
+            state,
+            status=WorkflowStatus.RUNNING,
+            steps=steps,
+            error=None,
+            finished_at=None,
+            updated_at=now,
+            run=state.run + 1,
+        )
+    )
+    _emit(
+        transition,
+        EventType.WORKFLOW_RETRIED,
+        now,
+        data={"reason": message.reason, "run": state.run + 1},
+    )
+    _set_workflow_timer(definition, transition, now)
     _advance(definition, transition, now)
     return transition
 
@@ -326,6 +434,96 @@ def _fail_step(transition: Transition, name: str, error: ErrorInfo, now: datetim
     )
 
 
+def _attempt_failed(
+    definition: WorkflowDefinition,
+    transition: Transition,
+    name: str,
+    error: ErrorInfo,
+    now: datetime,
+) -> None:
+    """An attempt failed: schedule the next one if the step's retry policy allows, else fail
+    the step (and so the workflow)."""
+    step = transition.state.steps[name]
+    policy = definition.retry_policy(name)
+    if not policy.retries(error.type, error.retryable, step.attempts):
+        _fail_step(transition, name, error, now)
+        return
+    delay = policy.delay(step.attempts, _spread(transition.state.id, name, step.attempts))
+    next_at = now + delay
+    error_json = error.model_dump(mode="json")
+    _set_step(
+        transition,
+        name,
+        replace(step, status=StepStatus.RETRYING, error=error_json, next_attempt_at=next_at),
+        now,
+    )
+    _emit(
+        transition,
+        EventType.STEP_RETRYING,
+        now,
+        step_name=name,
+        data={
+            "attempt": step.attempts,
+            "nextAttempt": step.attempts + 1,
+            "nextAttemptAt": next_at.isoformat(),
+            "error": error_json,
+        },
+    )
+    transition.timers.append(
+        Timer(transition.state.id, TimerKind.RETRY, step.attempts, next_at, step_name=name)
+    )
+
+
+def _spread(workflow_id: str, step: str, attempt: int) -> float:
+    """A point in [-1, 1] for the retry jitter: looks random across workflows, yet the same
+    input always gives the same schedule (the machine stays a pure function)."""
+    digest = hashlib.blake2b(f"{workflow_id}/{step}/{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**63 - 1
+
+
+def _stop_unfinished_steps(transition: Transition, now: datetime) -> None:
+    state = transition.state
+    steps = {
+        name: replace(step, status=StepStatus.CANCELLED, finished_at=now, next_attempt_at=None)
+        if step.status in _UNFINISHED
+        else step
+        for name, step in state.steps.items()
+    }
+    transition.state = replace(state, steps=steps, updated_at=now)
+
+
+def _time_out_workflow(
+    definition: WorkflowDefinition, state: WorkflowState, now: datetime
+) -> Transition:
+    limit = definition.timeout.total_seconds() if definition.timeout else 0
+    transition = Transition(state=state)
+    _stop_unfinished_steps(transition, now)
+    error = {
+        "type": "WorkflowTimeout",
+        "message": f"the workflow did not finish within {limit:g}s",
+        "retryable": False,
+    }
+    transition.state = replace(
+        transition.state,
+        status=WorkflowStatus.FAILED,
+        error=error,
+        finished_at=now,
+        updated_at=now,
+    )
+    _emit(transition, EventType.WORKFLOW_FAILED, now, data={"error": error})
+    return transition
+
+
+def _set_workflow_timer(
+    definition: WorkflowDefinition, transition: Transition, now: datetime
+) -> None:
+    if definition.timeout is not None:
+        state = transition.state
+        transition.timers.append(
+            Timer(state.id, TimerKind.WORKFLOW_TIMEOUT, state.run, now + definition.timeout)
+        )
+
+
 def _advance(definition: WorkflowDefinition, transition: Transition, now: datetime) -> None:
     """Dispatch every step whose dependencies are complete; finish the workflow when it can.
     Loops because a wait whose reply is already here completes at once and may unblock more."""
@@ -356,6 +554,7 @@ def _advance(definition: WorkflowDefinition, transition: Transition, now: dateti
 
 
 def _start_step(spec: StepSpec, transition: Transition, now: datetime) -> None:
+    """Start the step's next attempt: dispatch a task, or begin a wait."""
     state = transition.state
     step = state.steps[spec.name]
     attempt = step.attempts + 1
@@ -364,7 +563,14 @@ def _start_step(spec: StepSpec, transition: Transition, now: datetime) -> None:
         _set_step(
             transition,
             spec.name,
-            replace(step, status=StepStatus.RUNNING, attempts=attempt, started_at=now),
+            replace(
+                step,
+                status=StepStatus.RUNNING,
+                attempts=attempt,
+                started_at=now,
+                finished_at=None,
+                next_attempt_at=None,
+            ),
             now,
         )
         _emit(
@@ -384,6 +590,10 @@ def _start_step(spec: StepSpec, transition: Transition, now: datetime) -> None:
                 dependencies=dependencies,
             )
         )
+        if spec.timeout is not None:
+            transition.timers.append(
+                Timer(state.id, TimerKind.STEP_TIMEOUT, attempt, now + spec.timeout, spec.name)
+            )
         return
     correlation_id = _correlation_id(spec, dependencies)
     if correlation_id is None:
@@ -407,6 +617,7 @@ def _start_step(spec: StepSpec, transition: Transition, now: datetime) -> None:
             status=StepStatus.WAITING,
             attempts=attempt,
             started_at=now,
+            finished_at=None,
             correlation_id=correlation_id,
         ),
         now,
@@ -425,7 +636,9 @@ def _start_step(spec: StepSpec, transition: Transition, now: datetime) -> None:
         transition.state = replace(transition.state, signals=remaining)
         _complete_step(transition, spec.name, payload, now)
     elif spec.timeout is not None:
-        transition.timers.append(Timer(state.id, spec.name, attempt, now + spec.timeout))
+        transition.timers.append(
+            Timer(state.id, TimerKind.WAIT_TIMEOUT, attempt, now + spec.timeout, spec.name)
+        )
 
 
 def _correlation_id(spec: StepSpec, dependencies: dict[str, Any]) -> str | None:
@@ -454,8 +667,10 @@ def _finish(
     else:
         assert failed_step is not None
         error = {**(state.steps[failed_step].error or {}), "step": failed_step}
+        # Parallel branches still in flight stop here; a retry of the workflow restarts them.
+        _stop_unfinished_steps(transition, now)
         transition.state = replace(
-            state, status=status, error=error, finished_at=now, updated_at=now
+            transition.state, status=status, error=error, finished_at=now, updated_at=now
         )
         _emit(transition, EventType.WORKFLOW_FAILED, now, data={"error": error})
 

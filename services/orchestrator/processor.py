@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from relayflow.amqp import OutgoingMessage
-from relayflow.contracts import ExternalReply, StartWorkflow, StepResult
+from relayflow.contracts import (
+    CancelWorkflow,
+    ExternalReply,
+    RetryWorkflow,
+    StartWorkflow,
+    StepResult,
+)
 from relayflow.db import Connection
 from relayflow.topology import Topology, step_key
-from relayflow.workflow import WorkflowRegistry
+from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
 from services.orchestrator import machine, store
 from services.orchestrator.machine import (
     Ignored,
@@ -31,7 +37,7 @@ from services.orchestrator.store import OutboxRow
 
 log = logging.getLogger(__name__)
 
-Input = StartWorkflow | StepResult | ExternalReply | TimerFired
+Input = StartWorkflow | StepResult | ExternalReply | CancelWorkflow | RetryWorkflow | TimerFired
 
 
 @dataclass(slots=True)
@@ -130,12 +136,7 @@ class Processor:
         definition = self._registry.get(state.name)
         if definition is None:
             return Rejected(f"workflow {state.id} is a {state.name!r}, which is not registered")
-        if isinstance(item, StepResult):
-            return machine.on_step_result(definition, state, item, now)
-        if isinstance(item, ExternalReply):
-            return machine.on_reply(definition, state, item, now)
-        assert isinstance(item, TimerFired)
-        return machine.on_timer(definition, state, item, now)
+        return _route(definition, state, item, now)
 
     def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
         messages: list[OutgoingMessage] = []
@@ -158,3 +159,21 @@ class Processor:
                 for event in transition.events
             )
         return messages
+
+
+def _route(
+    definition: WorkflowDefinition, state: WorkflowState, item: Input, now: datetime
+) -> Outcome:
+    match item:
+        case StepResult():
+            return machine.on_step_result(definition, state, item, now)
+        case ExternalReply():
+            return machine.on_reply(definition, state, item, now)
+        case CancelWorkflow():
+            return machine.on_cancel(state, item, now)
+        case RetryWorkflow():
+            return machine.on_retry(definition, state, item, now)
+        case TimerFired():
+            return machine.on_timer(definition, state, item, now)
+        case StartWorkflow():
+            raise AssertionError("starts are applied before everything else")

@@ -10,7 +10,7 @@ RETURNING message_id;
 
 -- name: lock_workflows
 SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
-       last_seq, created_at, updated_at, finished_at
+       last_seq, run, created_at, updated_at, finished_at
 FROM workflows
 WHERE id = ANY($1::text[])
 ORDER BY id
@@ -18,10 +18,10 @@ FOR UPDATE;
 
 -- name: insert_workflows
 INSERT INTO workflows (id, name, status, input, input_hash, idempotency_key, steps, signals,
-                       output, error, last_seq, created_at, updated_at, finished_at)
+                       output, error, last_seq, run, created_at, updated_at, finished_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
                      $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::integer[],
-                     $12::timestamptz[], $13::timestamptz[], $14::timestamptz[])
+                     $12::integer[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])
 ORDER BY 1
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
@@ -29,10 +29,11 @@ RETURNING id;
 -- name: update_workflows
 UPDATE workflows AS w
 SET status = u.status, steps = u.steps, signals = u.signals, output = u.output,
-    error = u.error, last_seq = u.last_seq, updated_at = u.updated_at, finished_at = u.finished_at
+    error = u.error, last_seq = u.last_seq, run = u.run, updated_at = u.updated_at,
+    finished_at = u.finished_at
 FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[],
-            $7::integer[], $8::timestamptz[], $9::timestamptz[])
-     AS u(id, status, steps, signals, output, error, last_seq, updated_at, finished_at)
+            $7::integer[], $8::integer[], $9::timestamptz[], $10::timestamptz[])
+     AS u(id, status, steps, signals, output, error, last_seq, run, updated_at, finished_at)
 WHERE w.id = u.id;
 
 -- name: insert_events
@@ -45,8 +46,8 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[]
 RETURNING id, message_id;
 
 -- name: insert_timers
-INSERT INTO timers (workflow_id, step_name, attempt, fire_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[]);
+INSERT INTO timers (workflow_id, kind, step_name, attempt, fire_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::timestamptz[]);
 
 -- name: claim_due_timers
 -- Several replicas poll; SKIP LOCKED hands each due timer to exactly one of them.
@@ -58,7 +59,7 @@ WHERE id IN (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING workflow_id, step_name, attempt;
+RETURNING workflow_id, kind, step_name, attempt;
 
 -- name: delete_outbox
 DELETE FROM outbox WHERE id = ANY($1::bigint[]);

@@ -15,6 +15,7 @@ from services.orchestrator.machine import (
     StepState,
     Timer,
     TimerFired,
+    TimerKind,
     WorkflowState,
     WorkflowStatus,
 )
@@ -41,6 +42,7 @@ def _state_from_row(row: Any) -> WorkflowState:
         output=row["output"],
         error=row["error"],
         last_seq=row["last_seq"],
+        run=row["run"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
@@ -80,6 +82,7 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.output for s in states],
         [s.error for s in states],
         [s.last_seq for s in states],
+        [s.run for s in states],
         [s.created_at for s in states],
         [s.updated_at for s in states],
         [s.finished_at for s in states],
@@ -99,6 +102,7 @@ async def update_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.output for s in states],
         [s.error for s in states],
         [s.last_seq for s in states],
+        [s.run for s in states],
         [s.updated_at for s in states],
         [s.finished_at for s in states],
     )
@@ -139,6 +143,7 @@ async def insert_timers(conn: Connection, timers: Sequence[Timer]) -> None:
     await conn.execute(
         QUERIES.insert_timers,
         [t.workflow_id for t in timers],
+        [t.kind.value for t in timers],
         [t.step_name for t in timers],
         [t.attempt for t in timers],
         [t.fire_at for t in timers],
@@ -147,7 +152,12 @@ async def insert_timers(conn: Connection, timers: Sequence[Timer]) -> None:
 
 async def claim_due_timers(conn: Connection, limit: int) -> list[TimerFired]:
     rows = await conn.fetch(QUERIES.claim_due_timers, limit)
-    return [TimerFired(row["workflow_id"], row["step_name"], row["attempt"]) for row in rows]
+    return [
+        TimerFired(
+            row["workflow_id"], TimerKind(row["kind"]), row["attempt"], step_name=row["step_name"]
+        )
+        for row in rows
+    ]
 
 
 async def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:

@@ -13,11 +13,13 @@ import pytest
 
 from relayflow.contracts import (
     MESSAGE_TYPES,
+    CancelWorkflow,
     Envelope,
     ErrorInfo,
     EventType,
     ExternalReply,
     ExternalRequest,
+    RetryWorkflow,
     StartWorkflow,
     StepCommand,
     StepResult,
@@ -93,6 +95,8 @@ def _examples() -> list[Envelope]:
             step_name="charge",
             data={"error": {"type": "Timeout", "message": "slow", "retryable": True}},
         ),
+        CancelWorkflow(**common, reason="no longer needed"),
+        RetryWorkflow(**common),
     ]
 
 

@@ -8,6 +8,7 @@ import aio_pika
 import asyncpg
 
 from relayflow.db import migrate
+from relayflow.db.migrate import available_migrations
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 
@@ -17,7 +18,7 @@ async def test_migrations_are_idempotent(pool: asyncpg.Pool[Any]) -> None:
     async with pool.acquire() as conn:
         assert await migrate(conn) == []
         versions = await conn.fetch("SELECT version FROM relayflow_migrations ORDER BY version")
-    assert [row["version"] for row in versions] == [1, 2]
+    assert [row["version"] for row in versions] == [m.version for m in available_migrations()]
 
 
 async def test_topology_declares_twice(

@@ -16,6 +16,9 @@ from pydantic import BaseModel
 
 from relayflow.amqp import Publisher
 from relayflow.contracts import (
+    CancelWorkflow,
+    ErrorInfo,
+    RetryWorkflow,
     StartWorkflow,
     StepCommand,
     StepResult,
@@ -26,8 +29,8 @@ from relayflow.contracts import (
     new_workflow_id,
 )
 from relayflow.settings import Settings
-from relayflow.topology import RESULT_KEY, START_KEY, Topology
-from relayflow.workflow import WorkflowRegistry, define_workflow, task, wait
+from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology
+from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task, wait
 from services.orchestrator.__main__ import serve
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
@@ -344,3 +347,109 @@ async def test_concurrent_replicas_do_not_double_advance(
     assert steps["persist"]["status"] == "running"
     await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
     await channel.close()
+
+
+async def test_retry_timer_dispatches_the_next_attempt(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A retryable failure is retried from a timer row in PostgreSQL, so a restart between the
+    failure and the retry loses nothing: the next attempt's command is in the outbox once the
+    timer fires, whichever replica fires it."""
+    definition = define_workflow(
+        "flakyCall",
+        input_model=Empty,
+        steps=[
+            task(
+                "call",
+                retry=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=50),
+                    max_interval=timedelta(milliseconds=50),
+                ),
+            )
+        ],
+    )
+    registry = WorkflowRegistry([definition])
+    channel = await amqp_connection.channel()
+    await topology.declare(channel, registry.task_names())
+    processor = Processor(registry, topology)
+    workflow_id = new_workflow_id()
+    start = StartWorkflow(
+        message_id=new_message_id(), workflow_id=workflow_id, workflow_name="flakyCall", input={}
+    )
+    failed = StepResult(
+        message_id=new_message_id(),
+        workflow_id=workflow_id,
+        step_name="call",
+        attempt=1,
+        status=StepResultStatus.FAILED,
+        error=ErrorInfo(type="ConnectionError", message="reset", retryable=True),
+    )
+    for message in (start, failed):
+        async with pool.acquire() as conn, conn.transaction():
+            await processor.apply(conn, [message])
+    publisher = await Publisher.open(amqp_connection)
+    # A fresh orchestrator, as after a restart: all it has is the database.
+    orchestrator = Orchestrator(pool, processor, OutboxRelay(pool, publisher), publisher, topology)
+
+    async def fired() -> int:
+        return await orchestrator.fire_due_timers()
+
+    assert await wait_for(fired) == 1
+    commands = await pool.fetch(
+        "SELECT message_id FROM outbox WHERE message_id LIKE $1 ORDER BY id", f"cmd:{workflow_id}%"
+    )
+    assert [row["message_id"] for row in commands] == [
+        f"cmd:{workflow_id}:call:0:1",
+        f"cmd:{workflow_id}:call:0:2",
+    ]
+    assert await event_types(pool, workflow_id) == [
+        "workflow.started",
+        "step.started",
+        "step.retrying",
+        "step.started",
+    ]
+    await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
+    await publisher.close()
+    await channel.close()
+
+
+async def test_cancel_and_retry_arrive_as_messages(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Cancel and retry are messages on workflow.control, applied durably and idempotently: the
+    cancelled workflow runs again from where it stopped when retried."""
+    workflow_id = new_workflow_id()
+    async with running_orchestrator(settings):
+        await publish(
+            amqp_connection, topology.exchange, START_KEY, encode(start_message(workflow_id))
+        )
+        await next_message(amqp_connection, topology.step_queue("validate"))
+        cancel = CancelWorkflow(message_id=new_message_id(), workflow_id=workflow_id, reason="x")
+        for _ in range(2):
+            await publish(amqp_connection, topology.exchange, CONTROL_KEY, encode(cancel))
+
+        async def status() -> str | None:
+            value = await pool.fetchval("SELECT status FROM workflows WHERE id = $1", workflow_id)
+            return value if value == "cancelled" else None
+
+        await wait_for(status)
+        retry = RetryWorkflow(message_id=new_message_id(), workflow_id=workflow_id)
+        await publish(amqp_connection, topology.exchange, CONTROL_KEY, encode(retry))
+        command = decode(
+            (await next_message(amqp_connection, topology.step_queue("validate"))).body
+        )
+    assert isinstance(command, StepCommand)
+    assert command.attempt == 2
+    assert await event_types(pool, workflow_id) == [
+        "workflow.started",
+        "step.started",
+        "workflow.cancelled",
+        "workflow.retried",
+        "step.started",
+    ]

@@ -11,20 +11,23 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from relayflow.contracts import (
+    CancelWorkflow,
     ErrorInfo,
     EventType,
     ExternalReply,
+    RetryWorkflow,
     StartWorkflow,
     StepResult,
     StepResultStatus,
 )
-from relayflow.workflow import WorkflowDefinition, define_workflow, task, wait
+from relayflow.workflow import RetryPolicy, WorkflowDefinition, define_workflow, task, wait
 from services.orchestrator import machine
 from services.orchestrator.machine import (
     Ignored,
     Rejected,
     StepStatus,
     TimerFired,
+    TimerKind,
     Transition,
     WorkflowState,
     WorkflowStatus,
@@ -148,12 +151,15 @@ def test_reply_before_wait_is_kept_until_the_wait_starts() -> None:
     )
     assert t.state.steps["awaitResponse"].status is StepStatus.COMPLETED
     assert t.state.signals == {}
-    assert t.timers == []
+    # No wait timeout was set: only finalize's own start-to-close timer.
+    assert [(timer.kind, timer.step_name) for timer in t.timers] == [
+        (TimerKind.STEP_TIMEOUT, "finalize")
+    ]
     assert [c.step_name for c in t.commands] == ["finalize"]
 
 
 def test_step_failure_fails_the_workflow_with_the_error() -> None:
-    """Until retry policies exist, a failed step ends the workflow `failed` with its error."""
+    """A non-retryable failure ends the workflow `failed` with the step's error."""
     state = start(FORM_SUBMISSION).state
     error = ErrorInfo(type="ValueError", message="bad", retryable=False)
     t = applied(
@@ -190,7 +196,8 @@ def test_unknown_step_and_wait_results_are_rejected() -> None:
 
 
 def test_wait_timeout_fails_and_late_reply_does_not_resurrect() -> None:
-    """A wait that times out fails the workflow; a reply arriving afterwards changes nothing."""
+    """A wait that times out fails the workflow; a reply arriving afterwards changes nothing now,
+    but is kept, so that retrying the workflow completes the wait with it."""
     state = start(FORM_SUBMISSION).state
     for step, output in [
         ("validate", {}),
@@ -200,15 +207,20 @@ def test_wait_timeout_fails_and_late_reply_does_not_resurrect() -> None:
         state = applied(
             machine.on_step_result(FORM_SUBMISSION, state, result(state, step, output), NOW)
         ).state
-    stale = TimerFired("wf_1", "awaitResponse", attempt=9)
+    stale = TimerFired("wf_1", TimerKind.WAIT_TIMEOUT, 9, step_name="awaitResponse")
     assert isinstance(machine.on_timer(FORM_SUBMISSION, state, stale, NOW), Ignored)
-    t = applied(
-        machine.on_timer(FORM_SUBMISSION, state, TimerFired("wf_1", "awaitResponse", 1), NOW)
-    )
+    timeout = TimerFired("wf_1", TimerKind.WAIT_TIMEOUT, 1, "awaitResponse")
+    t = applied(machine.on_timer(FORM_SUBMISSION, state, timeout, NOW))
     assert t.state.status is WorkflowStatus.FAILED
     assert t.state.error is not None
     assert t.state.error["type"] == "WaitTimeout"
-    assert isinstance(machine.on_reply(FORM_SUBMISSION, t.state, reply("c1"), NOW), Ignored)
+    late = applied(machine.on_reply(FORM_SUBMISSION, t.state, reply("c1"), NOW))
+    assert (late.events, late.commands, late.state.status) == ([], [], WorkflowStatus.FAILED)
+    assert isinstance(machine.on_timer(FORM_SUBMISSION, late.state, timeout, NOW), Ignored)
+    again = applied(machine.on_retry(FORM_SUBMISSION, late.state, retry_message(), NOW))
+    assert again.state.steps["awaitResponse"].status is StepStatus.COMPLETED
+    assert again.state.steps["awaitResponse"].attempts == 2
+    assert [c.step_name for c in again.commands] == ["finalize"]
 
 
 def test_missing_correlation_id_fails_the_wait() -> None:
@@ -331,3 +343,176 @@ def test_definition_rejects_cycles_and_unknown_dependencies() -> None:
             input_model=Anything,
             steps=[task("a"), wait("w", correlation_from="a.id", timeout=timedelta(seconds=1))],
         )
+
+
+def retry_message() -> RetryWorkflow:
+    return RetryWorkflow(message_id="retry-1", workflow_id="wf_1", reason="operator")
+
+
+def cancel_message() -> CancelWorkflow:
+    return CancelWorkflow(message_id="cancel-1", workflow_id="wf_1", reason="not needed")
+
+
+FLAKY = define_workflow(
+    "flaky",
+    input_model=Anything,
+    steps=[
+        task(
+            "call",
+            retry=RetryPolicy(
+                max_attempts=3,
+                initial_interval=timedelta(seconds=1),
+                backoff_coefficient=2,
+                max_interval=timedelta(seconds=10),
+                jitter=0.1,
+                non_retryable_errors=frozenset({"BadRequest"}),
+            ),
+            timeout=timedelta(seconds=5),
+        ),
+        task("after", after=["call"]),
+    ],
+    timeout=timedelta(minutes=10),
+)
+BOOM = ErrorInfo(type="ConnectionError", message="reset", retryable=True)
+
+
+def test_retryable_failure_schedules_the_next_attempt_durably() -> None:
+    """A retryable failure becomes a step.retrying event and a retry timer with backoff; the
+    timer dispatches the next attempt, and the late result of the old attempt is ignored."""
+    first = start(FLAKY, {})
+    assert {(t.kind, t.attempt) for t in first.timers} == {
+        (TimerKind.WORKFLOW_TIMEOUT, 1),
+        (TimerKind.STEP_TIMEOUT, 1),
+    }
+    state = first.state
+    old = result(state, "call", error=BOOM)
+    t = applied(machine.on_step_result(FLAKY, state, old, NOW))
+    step = t.state.steps["call"]
+    assert step.status is StepStatus.RETRYING
+    assert [e.event for e in t.events] == [EventType.STEP_RETRYING]
+    assert t.events[0].data["nextAttempt"] == 2
+    (timer,) = t.timers
+    assert timer.kind is TimerKind.RETRY
+    assert timedelta(seconds=0.9) <= timer.fire_at - NOW <= timedelta(seconds=1.1)
+    assert step.next_attempt_at == timer.fire_at
+    fired = TimerFired("wf_1", TimerKind.RETRY, 1, "call")
+    t = applied(machine.on_timer(FLAKY, t.state, fired, NOW))
+    assert [(c.step_name, c.attempt) for c in t.commands] == [("call", 2)]
+    assert isinstance(machine.on_timer(FLAKY, t.state, fired, NOW), Ignored)
+    assert isinstance(machine.on_step_result(FLAKY, t.state, old, NOW), Ignored)
+
+
+def test_backoff_grows_and_attempts_run_out() -> None:
+    """The wait doubles per attempt; after max_attempts the step and the workflow fail with the
+    last error."""
+    state = start(FLAKY, {}).state
+    delays = []
+    for attempt in (1, 2):
+        t = applied(machine.on_step_result(FLAKY, state, result(state, "call", error=BOOM), NOW))
+        delays.append(t.timers[0].fire_at - NOW)
+        fired = TimerFired("wf_1", TimerKind.RETRY, attempt, "call")
+        state = applied(machine.on_timer(FLAKY, t.state, fired, NOW)).state
+    assert delays[1] > delays[0] * 1.5
+    t = applied(machine.on_step_result(FLAKY, state, result(state, "call", error=BOOM), NOW))
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.state.steps["call"].attempts == 3
+    assert t.state.error == {**BOOM.model_dump(), "step": "call"}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ErrorInfo(type="ValueError", message="no", retryable=False),
+        ErrorInfo(type="BadRequest", message="listed as non-retryable", retryable=True),
+    ],
+)
+def test_non_retryable_errors_fail_at_once(error: ErrorInfo) -> None:
+    """An error the step marks non-retryable, or whose type the policy lists, is not retried."""
+    state = start(FLAKY, {}).state
+    t = applied(machine.on_step_result(FLAKY, state, result(state, "call", error=error), NOW))
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.timers == []
+
+
+def test_step_that_never_reports_back_times_out_and_retries() -> None:
+    """Start-to-close timeout: a step service that took the command and vanished does not hang
+    the workflow; the attempt fails as StepTimeout and the retry policy applies."""
+    state = start(FLAKY, {}).state
+    t = applied(
+        machine.on_timer(FLAKY, state, TimerFired("wf_1", TimerKind.STEP_TIMEOUT, 1, "call"), NOW)
+    )
+    assert t.state.steps["call"].status is StepStatus.RETRYING
+    assert t.events[0].data["error"]["type"] == "StepTimeout"
+
+
+def test_workflow_timeout_fails_the_run_and_stops_its_steps() -> None:
+    """A workflow past its own limit fails as WorkflowTimeout; nothing it started is resumed."""
+    state = start(FLAKY, {}).state
+    timer = TimerFired("wf_1", TimerKind.WORKFLOW_TIMEOUT, 1)
+    t = applied(machine.on_timer(FLAKY, state, timer, NOW))
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.state.error is not None
+    assert t.state.error["type"] == "WorkflowTimeout"
+    assert t.state.steps["call"].status is StepStatus.CANCELLED
+    assert isinstance(
+        machine.on_step_result(FLAKY, t.state, result(state, "call", 1), NOW), Ignored
+    )
+
+
+def test_cancel_stops_everything_and_is_idempotent() -> None:
+    """Cancel ends a running workflow; results still in flight and a second cancel are ignored."""
+    state = start(FORM_SUBMISSION).state
+    in_flight = result(state, "validate", {})
+    t = applied(machine.on_cancel(state, cancel_message(), NOW))
+    assert t.state.status is WorkflowStatus.CANCELLED
+    assert [e.event for e in t.events] == [EventType.WORKFLOW_CANCELLED]
+    assert t.events[0].terminal
+    assert {s.status for s in t.state.steps.values()} == {StepStatus.CANCELLED}
+    assert isinstance(machine.on_step_result(FORM_SUBMISSION, t.state, in_flight, NOW), Ignored)
+    assert isinstance(machine.on_cancel(t.state, cancel_message(), NOW), Ignored)
+
+
+def test_retry_runs_again_from_the_failed_step_only() -> None:
+    """Retrying a failed workflow re-dispatches the failed step with the next attempt number and
+    keeps completed steps' outputs; retrying a running workflow does nothing."""
+    state = start(FORM_SUBMISSION).state
+    state = applied(
+        machine.on_step_result(FORM_SUBMISSION, state, result(state, "validate", {"v": 1}), NOW)
+    ).state
+    bad = ErrorInfo(type="IntegrityError", message="dup", retryable=False)
+    state = applied(
+        machine.on_step_result(FORM_SUBMISSION, state, result(state, "persist", error=bad), NOW)
+    ).state
+    assert state.status is WorkflowStatus.FAILED
+    t = applied(machine.on_retry(FORM_SUBMISSION, state, retry_message(), NOW))
+    assert t.state.status is WorkflowStatus.RUNNING
+    assert t.state.run == 2
+    assert [e.event for e in t.events] == [EventType.WORKFLOW_RETRIED, EventType.STEP_STARTED]
+    assert [(c.step_name, c.attempt) for c in t.commands] == [("persist", 2)]
+    assert t.commands[0].dependencies == {"validate": {"v": 1}}
+    assert t.state.steps["validate"].attempts == 1
+    assert isinstance(machine.on_retry(FORM_SUBMISSION, t.state, retry_message(), NOW), Ignored)
+    stale_timer = TimerFired("wf_1", TimerKind.WORKFLOW_TIMEOUT, 1)
+    assert isinstance(machine.on_timer(FORM_SUBMISSION, t.state, stale_timer, NOW), Ignored)
+
+
+def test_cancelled_workflow_can_be_retried() -> None:
+    """A cancelled run can be resumed: the cancelled steps are dispatched again."""
+    state = start(FORM_SUBMISSION).state
+    cancelled = applied(machine.on_cancel(state, cancel_message(), NOW)).state
+    t = applied(machine.on_retry(FORM_SUBMISSION, cancelled, retry_message(), NOW))
+    assert [(c.step_name, c.attempt) for c in t.commands] == [("validate", 2)]
+
+
+def test_failure_in_one_branch_stops_the_other_and_retry_restarts_both() -> None:
+    """When one parallel branch fails, the other branch's running step is stopped, so that a
+    retry of the workflow dispatches it again rather than waiting forever for a result that the
+    finished workflow ignored."""
+    state = start(DIAMOND, {}).state
+    state = applied(machine.on_step_result(DIAMOND, state, result(state, "a", 1), NOW)).state
+    bad = ErrorInfo(type="X", message="x", retryable=False)
+    t = applied(machine.on_step_result(DIAMOND, state, result(state, "b", error=bad), NOW))
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.state.steps["c"].status is StepStatus.CANCELLED
+    again = applied(machine.on_retry(DIAMOND, t.state, retry_message(), NOW))
+    assert sorted((c.step_name, c.attempt) for c in again.commands) == [("b", 2), ("c", 2)]
