@@ -7,9 +7,13 @@ then followed live from the events fanout).
 
     app.py       the app factory and the lifespan that owns pool, connection, publisher and hub
     submit.py    POST /submit, POST /workflows/{name}   (intake.py: validation, ids, hashes)
-    workflows.py GET /workflows/{id}, GET /workflows/{id}/events   (stream.py: the SSE logic)
+    workflows.py GET /workflows (list), GET /workflows/{id}, GET /workflows/{id}/events (SSE,
+                 stream.py), GET /events (every workflow's events, feed.py)
+    control.py   POST /workflows/{id}/cancel, POST /workflows/{id}/retry
     events.py    the live-event hub: one events-fanout consumer per process
     store.py     PostgreSQL reads and the idempotency-key write (queries.sql)
-    pages.py     the form page, /healthz, /readyz, /openapi.json   (openapi.py builds it)
+    dashboard.py the pages at / and /ui/… (html.py renders them, dag.py lays out steps; the
+                 scripts and styles are in static/)
+    pages.py     static assets, /healthz, /readyz, /openapi.json   (openapi.py builds it)
     server.py    uvicorn under relayflow.runtime; __main__.py is `relayflow-gateway`
 """

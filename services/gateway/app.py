@@ -19,6 +19,8 @@ from relayflow.amqp import Publisher, connect
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
+from services.gateway import dashboard
+from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
 from services.gateway.openapi import build_openapi
 from services.gateway.pages import healthz, load_assets, openapi_endpoint, readyz
@@ -27,7 +29,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.state import STATE_KEY, GatewayState
 from services.gateway.store import GatewayStore
 from services.gateway.submit import start_workflow, submit_form
-from services.gateway.workflows import get_workflow, workflow_events
+from services.gateway.workflows import all_events, get_workflow, list_workflows, workflow_events
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,9 @@ def create_app(
                 connection, confirm_timeout=settings.gateway_publish_timeout
             )
             stack.push_async_callback(publisher.close)
-            hub = EventHub(buffer=settings.gateway_subscriber_buffer)
+            hub = EventHub(
+                buffer=settings.gateway_subscriber_buffer, recent=settings.gateway_recent_events
+            )
             stack.push_async_callback(hub.stop)
             await hub.start(await connection.channel(), topology)
             if stopping is not None:
@@ -83,7 +87,10 @@ def create_app(
             }
 
     routes = [
-        Route("/", assets["index.html"].respond, methods=["GET"]),
+        Route("/", dashboard.home, methods=["GET"]),
+        Route("/ui/list", dashboard.list_fragment, methods=["GET"]),
+        Route("/ui/workflows/{workflow_id}", dashboard.workflow_page, methods=["GET"]),
+        Route("/ui/workflows/{workflow_id}/panel", dashboard.panel_fragment, methods=["GET"]),
         *(
             Route(f"/static/{name}", asset.respond, methods=["GET"])
             for name, asset in sorted(assets.items())
@@ -92,9 +99,13 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint(build_openapi(registry)).respond, methods=["GET"]),
         Route("/submit", submit_form, methods=["POST"]),
+        Route("/workflows", list_workflows, methods=["GET"]),
         Route("/workflows/{name}", start_workflow, methods=["POST"]),
         Route("/workflows/{workflow_id}", get_workflow, methods=["GET"]),
         Route("/workflows/{workflow_id}/events", workflow_events, methods=["GET"]),
+        Route("/workflows/{workflow_id}/cancel", cancel_workflow, methods=["POST"]),
+        Route("/workflows/{workflow_id}/retry", retry_workflow, methods=["POST"]),
+        Route("/events", all_events, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

@@ -2,10 +2,15 @@
 event streams open in this process.
 
 The hub consumes a server-named exclusive queue bound to the events fanout, so every replica
-sees every event. Each stream subscribes to one workflow id and gets a bounded queue; when a
-stream falls behind and its queue fills, the hub empties it and leaves a `RESYNC` marker, and
-the stream replays from PostgreSQL (where every event is stored before it is published). A slow
-stream therefore never holds up the consumer or the other streams.
+sees every event. Each stream subscribes to one workflow id — or, for the dashboard's feed, to
+every workflow through a filter — and gets a bounded queue; when a stream falls behind and its
+queue fills, the hub empties it and leaves a `RESYNC` marker, and the stream replays from
+PostgreSQL (where every event is stored before it is published) or from the hub's recent-events
+ring. A slow stream therefore never holds up the consumer or the other streams.
+
+Every event the hub receives gets a `position` (1, 2, 3, … in arrival order) within this hub's
+`epoch` (random per process): the feed's SSE ids. The last `recent` events are kept so that a
+feed client that reconnects to the same process resumes without a gap.
 """
 
 from __future__ import annotations
@@ -14,11 +19,19 @@ import asyncio
 import contextlib
 import enum
 import logging
-from dataclasses import dataclass
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
 from pydantic import ValidationError
 
 from relayflow.contracts import WorkflowEvent
@@ -28,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 class Signal(enum.Enum):
-    RESYNC = "resync"  # events were dropped: read PostgreSQL
+    RESYNC = "resync"  # this stream's buffered events were dropped: read them again
+    RESET = "reset"  # the hub itself may have missed events (its channel was reopened)
     CLOSED = "closed"  # the gateway is stopping
 
 
@@ -39,14 +53,29 @@ class LiveEvent:
     event: str
     body: dict[str, Any]  # the WorkflowEvent wire JSON as published
     terminal: bool
+    workflow_name: str = ""
+    position: int = 0  # set by the hub on arrival
 
 
 Item = LiveEvent | Signal
+EventFilter = Callable[[LiveEvent], bool]
 
 
 class Subscription:
-    def __init__(self, hub: EventHub, workflow_id: str, buffer: int) -> None:
+    """One stream's bounded inbox: a workflow's events, or (workflow_id None) every event that
+    `accepts` lets through."""
+
+    __slots__ = ("_hub", "_queue", "accepts", "workflow_id")
+
+    def __init__(
+        self,
+        hub: EventHub,
+        workflow_id: str | None,
+        buffer: int,
+        accepts: EventFilter | None = None,
+    ) -> None:
         self.workflow_id = workflow_id
+        self.accepts = accepts
         self._hub = hub
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=buffer)
 
@@ -54,16 +83,23 @@ class Subscription:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            # Too slow to keep up: drop what is buffered; the stream rereads PostgreSQL.
-            log.debug("a stream of %s fell behind; it will replay", self.workflow_id)
+            # Too slow to keep up: drop what is buffered; the stream rereads its source.
+            log.debug("a stream of %s fell behind; it will replay", self.workflow_id or "*")
+            marker = item if isinstance(item, Signal) else Signal.RESYNC
             while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(Signal.RESYNC if item is not Signal.CLOSED else item)
+                dropped = self._queue.get_nowait()
+                if dropped is Signal.CLOSED or (
+                    dropped is Signal.RESET and marker is not Signal.CLOSED
+                ):
+                    marker = dropped
+            self._queue.put_nowait(marker)
 
     async def get(self, within: float) -> Item | None:
         """The next item, or None after `within` seconds without one."""
+        # asyncio.timeout, not wait_for: no extra task per idle stream.
         try:
-            return await asyncio.wait_for(self._queue.get(), within)
+            async with asyncio.timeout(within):
+                return await self._queue.get()
         except TimeoutError:
             return None
 
@@ -78,9 +114,13 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self, *, buffer: int = 256) -> None:
+    def __init__(self, *, buffer: int = 256, recent: int = 1000) -> None:
         self._buffer = buffer
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._feeds: set[Subscription] = set()
+        self._recent: deque[LiveEvent] = deque(maxlen=recent)
+        self.epoch = secrets.token_hex(4)
+        self.position = 0
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
@@ -88,7 +128,7 @@ class EventHub:
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(subs) for subs in self._subscribers.values())
+        return sum(len(subs) for subs in self._subscribers.values()) + len(self._feeds)
 
     @property
     def consuming(self) -> bool:
@@ -103,6 +143,14 @@ class EventHub:
         self._channel = channel
         self._queue = await topology.declare_event_listener(channel)
         self._consumer_tag = await self._queue.consume(self._on_message)
+        if isinstance(channel, AbstractRobustChannel):
+            # A reopened channel consumes a new exclusive queue: whatever was published in
+            # between never reaches it, so every stream rereads its source.
+            channel.reopen_callbacks.add(self._on_reopen)
+
+    def _on_reopen(self, *_: object) -> None:
+        log.info("the events channel was reopened; streams resync")
+        self.resync_all()
 
     def subscribe(self, workflow_id: str) -> Subscription:
         subscription = Subscription(self, workflow_id, self._buffer)
@@ -112,7 +160,31 @@ class EventHub:
             self._subscribers.setdefault(workflow_id, set()).add(subscription)
         return subscription
 
+    def subscribe_all(self, accepts: EventFilter | None = None) -> Subscription:
+        """A feed of every workflow's events that `accepts` lets through, from now on."""
+        subscription = Subscription(self, None, self._buffer, accepts)
+        if self._closed:
+            subscription.offer(Signal.CLOSED)
+        else:
+            self._feeds.add(subscription)
+        return subscription
+
+    def recent_after(self, position: int) -> list[LiveEvent] | None:
+        """The events this hub received after `position`, or None if the ring no longer holds
+        all of them (the caller must start over)."""
+        if position > self.position:
+            return None
+        if position == self.position:
+            return []
+        oldest = self._recent[0].position if self._recent else self.position + 1
+        if position + 1 < oldest:
+            return None
+        return [event for event in self._recent if event.position > position]
+
     def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription.workflow_id is None:
+            self._feeds.discard(subscription)
+            return
         subs = self._subscribers.get(subscription.workflow_id)
         if subs is not None:
             subs.discard(subscription)
@@ -120,11 +192,29 @@ class EventHub:
                 del self._subscribers[subscription.workflow_id]
 
     def dispatch(self, event: LiveEvent) -> int:
-        """Hand `event` to this workflow's streams; returns how many got it."""
+        """Number `event`, keep it in the recent ring and hand it to its workflow's streams and
+        to the feeds that accept it; returns how many streams got it."""
+        self.position += 1
+        event = replace(event, position=self.position)
+        self._recent.append(event)
         subs = self._subscribers.get(event.workflow_id, ())
         for subscription in tuple(subs):
             subscription.offer(event)
-        return len(subs)
+        handed = len(subs)
+        for feed in tuple(self._feeds):
+            if feed.accepts is None or feed.accepts(event):
+                feed.offer(event)
+                handed += 1
+        return handed
+
+    def resync_all(self) -> None:
+        """Live events may have been missed (the broker connection was re-established): every
+        stream rereads its source."""
+        for subs in tuple(self._subscribers.values()):
+            for subscription in tuple(subs):
+                subscription.offer(Signal.RESET)
+        for feed in tuple(self._feeds):
+            feed.offer(Signal.RESET)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -142,7 +232,10 @@ class EventHub:
         for subs in tuple(self._subscribers.values()):
             for subscription in tuple(subs):
                 subscription.offer(Signal.CLOSED)
+        for feed in tuple(self._feeds):
+            feed.offer(Signal.CLOSED)
         self._subscribers.clear()
+        self._feeds.clear()
 
     async def stop(self) -> None:
         self.close()
@@ -168,4 +261,5 @@ def parse_event(body: bytes) -> LiveEvent:
         event=str(event.event),
         body=raw,
         terminal=event.terminal,
+        workflow_name=event.workflow_name,
     )

@@ -9,8 +9,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-WorkflowStatus = Literal["running", "completed", "failed"]
-StepStatus = Literal["pending", "running", "waiting", "completed", "failed"]
+WorkflowStatus = Literal["running", "completed", "failed", "cancelled"]
+StepStatus = Literal[
+    "pending", "running", "waiting", "retrying", "completed", "failed", "cancelled"
+]
+WORKFLOW_STATUSES: tuple[WorkflowStatus, ...] = ("running", "completed", "failed", "cancelled")
+FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 class _Model(BaseModel):
@@ -58,6 +62,8 @@ class StepView(_Model):
     error: ErrorView | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # While `retrying`: when the next attempt starts.
+    next_attempt_at: datetime | None = None
 
 
 class WorkflowView(_Model):
@@ -73,6 +79,42 @@ class WorkflowView(_Model):
     updated_at: datetime
     finished_at: datetime | None = None
     steps: list[StepView]
+
+
+class WorkflowSummary(_Model):
+    """One row of the workflow list: enough to show progress without every step's output."""
+
+    workflow_id: str
+    name: str
+    status: WorkflowStatus
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    # The seq of the workflow's latest event (its SSE `id`).
+    last_seq: int
+    steps_total: int
+    steps_completed: int
+    # Steps now running, waiting for a reply or waiting to retry.
+    active_steps: list[str]
+    error: ErrorView | None = None
+
+
+class WorkflowPage(_Model):
+    """A page of the list, newest first; `next` is the cursor of the following (older) page, to
+    pass as `before`, or null on the last page."""
+
+    items: list[WorkflowSummary]
+    next: str | None = None
+
+
+class ActionAccepted(_Model):
+    """The broker confirmed the CancelWorkflow or RetryWorkflow; the orchestrator applies it once
+    and says so with a `workflow.cancelled` or `workflow.retried` event."""
+
+    workflow_id: str
+    action: Literal["cancel", "retry"]
+    message_id: str
+    status: Literal["accepted"] = "accepted"
 
 
 class Health(_Model):

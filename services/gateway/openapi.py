@@ -20,7 +20,16 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from relayflow.contracts import WorkflowEvent
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry
-from services.gateway.models import Accepted, ErrorBody, Health, Readiness, WorkflowView
+from services.gateway.models import (
+    WORKFLOW_STATUSES,
+    Accepted,
+    ActionAccepted,
+    ErrorBody,
+    Health,
+    Readiness,
+    WorkflowPage,
+    WorkflowView,
+)
 
 REF = "#/components/schemas/{model}"
 FORM_WORKFLOW = "formSubmission"
@@ -76,7 +85,16 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
     ]
     answers: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
-        for model in (Accepted, ErrorBody, WorkflowView, Health, Readiness, WorkflowEvent)
+        for model in (
+            Accepted,
+            ActionAccepted,
+            ErrorBody,
+            WorkflowView,
+            WorkflowPage,
+            Health,
+            Readiness,
+            WorkflowEvent,
+        )
     ]
     refs, defs = models_json_schema([*inputs, *answers], by_alias=True, ref_template=REF)
 
@@ -128,7 +146,11 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                 "Replays the stored events after `Last-Event-ID` (or `lastEventId`), then follows "
                 "live ones: each SSE event has `id` = the event's seq, `event` = its type and "
                 "`data` = the WorkflowEvent JSON (schema `WorkflowEvent`). Every seq arrives once, "
-                "in order; the stream ends after `workflow.completed` or `workflow.failed`. For a "
+                "in order. The stream ends after the terminal event (`workflow.completed`, "
+                "`workflow.failed` or `workflow.cancelled`) unless later events follow it (a "
+                "retried workflow goes on with `workflow.retried`); a reconnect whose "
+                "Last-Event-ID is at or past the terminal event of a finished workflow is "
+                "answered 204, which makes browsers stop reconnecting. For a "
                 "workflow id nobody knows yet, the stream waits (30 s by default, "
                 "RELAYFLOW_GATEWAY_UNKNOWN_WORKFLOW_WAIT) for it to start, then sends one "
                 "`workflow.unknown` event ({error, workflowId}) and ends. Comment pings keep the "
@@ -162,21 +184,159 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                         }
                     },
                 },
+                "204": {"description": "The client has seen the end of a finished workflow."},
                 "400": _json(error_ref, "Last-Event-ID is not a seq."),
             },
         }
     }
-    paths["/"] = {
+    for action, applies in (("cancel", "a running"), ("retry", "a failed or cancelled")):
+        paths[f"/workflows/{{workflowId}}/{action}"] = {
+            "post": {
+                "operationId": f"{action}_workflow",
+                "summary": f"{action.capitalize()} {applies} workflow",
+                "description": (
+                    f"Publishes a {'CancelWorkflow' if action == 'cancel' else 'RetryWorkflow'} "
+                    "to the main exchange with routing key `workflow.control` (confirmed, "
+                    "mandatory); the orchestrator applies it once and emits "
+                    f"`workflow.{'cancelled' if action == 'cancel' else 'retried'}`. With an "
+                    "Idempotency-Key the message id is derived from it, so a repeated request is "
+                    "the same message."
+                ),
+                "tags": ["workflows"],
+                "parameters": [
+                    workflow_id,
+                    {**_IDEMPOTENCY_KEY, "description": "The same key sends the same message."},
+                    {
+                        "name": "reason",
+                        "in": "query",
+                        "required": False,
+                        "description": "Recorded in the event's data.",
+                        "schema": {"type": "string", "maxLength": 1000},
+                    },
+                ],
+                "responses": {
+                    "202": _json(ref(ActionAccepted), "The broker confirmed the message."),
+                    "400": _json(error_ref, "The Idempotency-Key is invalid."),
+                    "404": _json(error_ref, "No workflow with this id."),
+                    "409": _json(error_ref, f"Only {applies} workflow can be {action}ed."),
+                    "503": _json(error_ref, "The broker did not confirm; retry."),
+                },
+            }
+        }
+    list_filters = [
+        {
+            "name": "status",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "enum": list(WORKFLOW_STATUSES)},
+        },
+        {
+            "name": "workflow",
+            "in": "query",
+            "required": False,
+            "description": "A workflow name.",
+            "schema": {"type": "string"},
+        },
+    ]
+    paths["/workflows"] = {
         "get": {
-            "operationId": "form_page",
-            "summary": "The contact form, following its workflow live",
-            "tags": ["pages"],
+            "operationId": "list_workflows",
+            "summary": "Workflows, newest first, filtered and paginated",
+            "description": (
+                "Keyset pagination: pass a page's `next` as `before` for the following (older) "
+                "page; rows created meanwhile never shift a page."
+            ),
+            "tags": ["workflows"],
+            "parameters": [
+                *list_filters,
+                {
+                    "name": "id",
+                    "in": "query",
+                    "required": False,
+                    "description": "A workflow id or the start of one.",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+                },
+                {
+                    "name": "before",
+                    "in": "query",
+                    "required": False,
+                    "description": "The `next` cursor of the previous page.",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                },
+            ],
+            "responses": {
+                "200": _json(ref(WorkflowPage), "A page of workflows."),
+                "400": _json(error_ref, "A parameter cannot be used; the error says which."),
+            },
+        }
+    }
+    paths["/events"] = {
+        "get": {
+            "operationId": "all_events",
+            "summary": "Every workflow's events as Server-Sent Events (the dashboard's feed)",
+            "description": (
+                "`event` = the event type and `data` = the WorkflowEvent JSON, as on a "
+                "workflow's stream, filtered by workflow name and by status (an event is sent to "
+                "a status filter when it enters or leaves that status; step events count as "
+                "`running`). Ids are `<epoch>.<position>` of the gateway process. The stream "
+                "starts with a `reset` event ({reason}): load the list (`GET /workflows`), then "
+                "apply what follows. A reconnect with Last-Event-ID to the same gateway process "
+                "resumes with the events missed, if it still holds them; otherwise — another "
+                "replica, a restart, too long away, or a client that fell behind — it gets a "
+                "`reset` again. Comment pings keep the connection alive; it never ends by itself."
+            ),
+            "tags": ["workflows"],
+            "parameters": [
+                *list_filters,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                },
+            ],
             "responses": {
                 "200": {
-                    "description": "An HTML page.",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
-                }
+                    "description": "An event stream.",
+                    "content": {
+                        "text/event-stream": {
+                            "schema": {"type": "string"},
+                            "x-event-schema": ref(WorkflowEvent),
+                        }
+                    },
+                },
+                "400": _json(error_ref, "A filter cannot be used."),
             },
+        }
+    }
+    html_answer = {
+        "200": {
+            "description": "An HTML page.",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+    }
+    paths["/"] = {
+        "get": {
+            "operationId": "dashboard",
+            "summary": "The dashboard: the contact form and the live workflow list",
+            "description": "Takes the list's parameters (status, workflow, id, before, limit).",
+            "tags": ["pages"],
+            "responses": html_answer,
+        }
+    }
+    paths["/ui/workflows/{workflowId}"] = {
+        "get": {
+            "operationId": "workflow_page",
+            "summary": "A workflow's page: steps, events, cancel and retry, live",
+            "tags": ["pages"],
+            "parameters": [workflow_id],
+            "responses": {**html_answer, "404": {"description": "An HTML page saying so."}},
         }
     }
     paths["/healthz"] = {

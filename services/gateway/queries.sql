@@ -14,7 +14,8 @@ FROM idempotency_keys
 WHERE workflow_name = $1 AND key = $2;
 
 -- name: get_workflow
-SELECT id, name, status, input, output, error, steps, created_at, updated_at, finished_at
+SELECT id, name, status, input, output, error, steps, created_at, updated_at, finished_at,
+       last_seq
 FROM workflows
 WHERE id = $1;
 
@@ -32,3 +33,23 @@ LIMIT $3;
 
 -- name: ping
 SELECT 1;
+
+-- name: workflow_progress
+-- What decides whether a resuming event stream has anything left to send.
+SELECT status, last_seq FROM workflows WHERE id = $1;
+
+-- name: list_workflows
+-- The dashboard's list, newest first. Each filter applies only when its parameter is not null
+-- (status $1, name $2, id LIKE pattern $3, keyset cursor $4/$5); parameters are planned per call
+-- (custom plans), so each combination uses its index: workflows_status_created_id_idx,
+-- workflows_name_created_idx, workflows_id_pattern_idx or workflows_created_at_idx.
+SELECT id, name, status, created_at, updated_at, finished_at, last_seq, error,
+       (SELECT coalesce(jsonb_object_agg(s.key, s.value -> 'status'), '{}'::jsonb)
+        FROM jsonb_each(steps) AS s) AS step_statuses
+FROM workflows
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR name = $2)
+  AND ($3::text IS NULL OR id LIKE $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::text))
+ORDER BY created_at DESC, id DESC
+LIMIT $6;

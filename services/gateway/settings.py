@@ -23,6 +23,9 @@ class GatewaySettings(Settings):
     gateway_ping_interval: float = Field(default=15.0, gt=0)
     # Live events buffered per stream; a stream that falls further behind replays from the DB.
     gateway_subscriber_buffer: int = Field(default=256, ge=1)
+    # Recent events each gateway keeps so that a reconnecting `GET /events` client resumes
+    # without a gap (an older Last-Event-ID gets a `reset`).
+    gateway_recent_events: int = Field(default=1000, ge=1)
     # How often a live stream re-reads PostgreSQL in case a live event was lost (broker outage).
     gateway_catch_up_interval: float = Field(default=10.0, gt=0)
     gateway_max_body_bytes: int = Field(default=64 * 1024, ge=1024)

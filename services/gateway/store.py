@@ -31,6 +31,37 @@ class WorkflowRow:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    last_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    status: WorkflowStatus
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """What the list shows; None means no filter. `id_prefix` is matched literally."""
+
+    status: str | None = None
+    name: str | None = None
+    id_prefix: str | None = None
+    # Keyset cursor: rows strictly older than (created_at, id).
+    before: tuple[datetime, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    id: str
+    name: str
+    status: WorkflowStatus
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    last_seq: int
+    error: Any
+    step_statuses: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +106,7 @@ class GatewayStore:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             finished_at=row["finished_at"],
+            last_seq=row["last_seq"],
         )
 
     async def workflow_exists(self, workflow_id: str) -> bool:
@@ -86,5 +118,43 @@ class GatewayStore:
         rows = await self._pool.fetch(self._q.events_after, workflow_id, after_seq, limit)
         return [StoredEvent(row["seq"], row["event"], row["body"]) for row in rows]
 
+    async def workflow_progress(self, workflow_id: str) -> Progress | None:
+        row = await self._pool.fetchrow(self._q.workflow_progress, workflow_id)
+        return None if row is None else Progress(row["status"], row["last_seq"])
+
+    async def list_workflows(self, where: ListFilter, *, limit: int) -> list[SummaryRow]:
+        pattern = None if where.id_prefix is None else like_prefix(where.id_prefix)
+        before_at, before_id = where.before if where.before is not None else (None, None)
+        rows = await self._pool.fetch(
+            self._q.list_workflows,
+            where.status,
+            where.name,
+            pattern,
+            before_at,
+            before_id,
+            limit,
+        )
+        return [
+            SummaryRow(
+                id=row["id"],
+                name=row["name"],
+                status=row["status"],
+                created_at=row["created_at"],
+                updated_at=row["updated_at"],
+                finished_at=row["finished_at"],
+                last_seq=row["last_seq"],
+                error=row["error"],
+                step_statuses=row["step_statuses"] or {},
+            )
+            for row in rows
+        ]
+
     async def ping(self) -> None:
         await self._pool.fetchval(self._q.ping)
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with `prefix` (its `%`, `_` and `\\` escaped)."""
+    for char in ("\\", "%", "_"):
+        prefix = prefix.replace(char, "\\" + char)
+    return prefix + "%"

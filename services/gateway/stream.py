@@ -7,7 +7,10 @@ missed (or arrived out of order), so the gap is read from PostgreSQL — every e
 there before it is published — and live events ahead of the gap wait in a small buffer. Every
 `catch_up_interval` without live traffic the stream rereads PostgreSQL too, which covers events
 published while the hub's broker connection was down. After the terminal event
-(`workflow.completed` / `workflow.failed`) the stream ends.
+(`workflow.completed`, `workflow.failed` or `workflow.cancelled`) the stream ends — unless later
+events follow it (a failed or cancelled workflow can be retried: `workflow.retried`, then more),
+in which case the stream goes on. A client that reconnects having seen the current terminal event
+of a finished workflow is answered 204 (by the handler), which makes browsers stop retrying.
 
 A workflow nobody has heard of (no row, no events) may still be starting: the stream waits up to
 `unknown_wait` seconds for it, then sends one `workflow.unknown` event and ends.
@@ -16,18 +19,18 @@ A workflow nobody has heard of (no row, no events) may still be starting: the st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sse_starlette import ServerSentEvent
 
-from relayflow.contracts import EventType
+from relayflow.contracts import TERMINAL_EVENTS as _TERMINAL
 from services.gateway.events import LiveEvent, Signal, Subscription
 from services.gateway.store import GatewayStore, StoredEvent
 
-TERMINAL_EVENTS = frozenset({str(EventType.WORKFLOW_COMPLETED), str(EventType.WORKFLOW_FAILED)})
+TERMINAL_EVENTS = frozenset(str(event) for event in _TERMINAL)
 UNKNOWN_EVENT = "workflow.unknown"
 REPLAY_PAGE = 500
 # While a gap is open or the workflow is not known yet, PostgreSQL is polled this often.
@@ -66,24 +69,31 @@ class Sequencer:
         return bool(self.ahead)
 
     def accept(self, events: Iterable[Outgoing]) -> list[Outgoing]:
-        """The events that can go out now, in order; the rest wait for the gap to close."""
+        """The events that can go out now, in order; the rest wait for the gap to close.
+        `finished` says whether the last one sent is terminal (a retry may follow it later)."""
         ready: list[Outgoing] = []
         for event in events:
-            if self.finished or event.seq <= self.last:
-                continue
-            self.ahead[event.seq] = event
-            while not self.finished and self.last + 1 in self.ahead:
-                nxt = self.ahead.pop(self.last + 1)
-                self.last = nxt.seq
-                ready.append(nxt)
-                self.finished = nxt.terminal
-        if self.finished:
-            self.ahead.clear()
-        else:
-            # Anything that can no longer go out (seq already passed) is dropped.
-            for seq in [seq for seq in self.ahead if seq <= self.last]:
-                del self.ahead[seq]
+            if event.seq > self.last:
+                self.ahead[event.seq] = event
+        while self.last + 1 in self.ahead:
+            nxt = self.ahead.pop(self.last + 1)
+            self.last = nxt.seq
+            ready.append(nxt)
+            self.finished = nxt.terminal
         return ready
+
+
+async def with_retry(
+    retry_ms: int, events: AsyncGenerator[ServerSentEvent, None]
+) -> AsyncIterator[ServerSentEvent]:
+    """`events`, after a `retry:` field that tells the browser how soon to reconnect if the stream
+    breaks (the default is a few seconds)."""
+    try:
+        yield ServerSentEvent(retry=retry_ms)
+        async for event in events:
+            yield event
+    finally:
+        await events.aclose()
 
 
 def _from_store(event: StoredEvent) -> Outgoing:
@@ -96,7 +106,7 @@ def _from_live(event: LiveEvent) -> Outgoing:
 
 async def _replay(store: GatewayStore, workflow_id: str, sequencer: Sequencer) -> list[Outgoing]:
     ready: list[Outgoing] = []
-    while not sequencer.finished:
+    while True:
         rows = await store.events_after(workflow_id, sequencer.last, limit=REPLAY_PAGE)
         ready.extend(sequencer.accept(map(_from_store, rows)))
         if len(rows) < REPLAY_PAGE:
@@ -111,9 +121,10 @@ async def follow(
     last_event_id: int,
     unknown_wait: float,
     catch_up_interval: float,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
     """The SSE body for one client; `subscription` must be taken before this starts."""
     workflow_id = subscription.workflow_id
+    assert workflow_id is not None
     sequencer = Sequencer(last=last_event_id)
     loop = asyncio.get_running_loop()
     with subscription:

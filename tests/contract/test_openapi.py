@@ -103,3 +103,38 @@ def test_documented_shapes_match_real_requests_and_answers(document: dict[str, A
     )
     events = document["paths"]["/workflows/{workflowId}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
+
+
+def test_dashboard_endpoints_are_documented(document: dict[str, Any]) -> None:
+    """The list, the feed and the actions are part of the HTTP contract like the rest: their
+    answers are documented and the documented shapes describe what the gateway sends."""
+    paths = document["paths"]
+    for action in ("cancel", "retry"):
+        assert set(paths[f"/workflows/{{workflowId}}/{action}"]["post"]["responses"]) >= {
+            "202",
+            "404",
+            "409",
+            "503",
+        }
+    assert "204" in paths["/workflows/{workflowId}/events"]["get"]["responses"]
+    assert "text/event-stream" in paths["/events"]["get"]["responses"]["200"]["content"]
+    page = _validator(document, "WorkflowPage")
+    item = {
+        "workflowId": "wf_x",
+        "name": "formSubmission",
+        "status": "cancelled",
+        "createdAt": "2026-01-01T00:00:00Z",
+        "updatedAt": "2026-01-01T00:00:01Z",
+        "finishedAt": None,
+        "lastSeq": 3,
+        "stepsTotal": 5,
+        "stepsCompleted": 1,
+        "activeSteps": [],
+        "error": None,
+    }
+    assert page.is_valid({"items": [item], "next": None})
+    assert not page.is_valid({"items": [{**item, "status": "sleeping"}], "next": None})
+    accepted = _validator(document, "ActionAccepted")
+    assert accepted.is_valid(
+        {"workflowId": "wf_x", "action": "retry", "messageId": "m", "status": "accepted"}
+    )

@@ -24,6 +24,7 @@ from relayflow.topology import Topology
 from services.gateway.events import EventHub, LiveEvent, Signal
 from services.gateway.stream import Outgoing, Sequencer
 from tests.integration.gateway_harness import RunningGateway, SseEvent, SseStream, running_gateway
+from tests.support import wait_for
 
 STEPS = ["validate", "persist", "publishToMQ", "awaitResponse", "finalize"]
 
@@ -32,10 +33,17 @@ class Run:
     """Plays the orchestrator's part: commit the event, then publish it on the fanout."""
 
     def __init__(
-        self, pool: asyncpg.Pool[Any], publisher: Publisher, topology: Topology, last: int = 6
+        self,
+        pool: asyncpg.Pool[Any],
+        publisher: Publisher,
+        topology: Topology,
+        last: int = 6,
+        name: str = "formSubmission",
     ) -> None:
         self.workflow_id = new_workflow_id()
+        self.name = name
         self.last = last  # the seq of the terminal event
+        self.kinds: dict[int, EventType] = {}  # overrides of the default event per seq
         self.padding = 0  # bytes of filler in each event's data
         self.pool = pool
         self.publisher = publisher
@@ -45,7 +53,11 @@ class Run:
     def event(self, seq: int) -> WorkflowEvent:
         if seq not in self.events:
             kind, step = EventType.WORKFLOW_STARTED, None
-            if seq == self.last:
+            if seq in self.kinds:
+                kind = self.kinds[seq]
+                if kind.value.startswith("step."):
+                    step = STEPS[0]
+            elif seq == self.last:
                 kind = EventType.WORKFLOW_COMPLETED
             elif seq > 1:
                 kind = EventType.STEP_STARTED if seq % 2 == 0 else EventType.STEP_COMPLETED
@@ -53,7 +65,7 @@ class Run:
             self.events[seq] = WorkflowEvent(
                 message_id=new_message_id(),
                 workflow_id=self.workflow_id,
-                workflow_name="formSubmission",
+                workflow_name=self.name,
                 seq=seq,
                 event=kind,
                 step_name=step,
@@ -107,6 +119,21 @@ class Run:
 
     def url(self) -> str:
         return f"/workflows/{self.workflow_id}/events"
+
+    async def save_state(self, status: str, last_seq: int) -> None:
+        """The workflow row as the orchestrator commits it with its events."""
+        await self.pool.execute(
+            """
+            INSERT INTO workflows (id, name, status, input, input_hash, steps, last_seq,
+                                   created_at, updated_at)
+            VALUES ($1, $2, $3, '{}', 'h', '{}', $4, now(), now())
+            ON CONFLICT (id) DO UPDATE SET status = $3, last_seq = $4, updated_at = now()
+            """,
+            self.workflow_id,
+            self.name,
+            status,
+            last_seq,
+        )
 
 
 @pytest.fixture
@@ -330,3 +357,133 @@ def test_sequencer_emits_each_seq_once_in_order_whatever_the_arrival_order(
     assert sent == list(range(1, n + 1))
     assert sequencer.finished
     assert not sequencer.has_gap
+
+
+async def test_a_client_that_saw_the_end_gets_204_and_a_retried_workflow_streams_on(
+    gateway: RunningGateway, run: Run
+) -> None:
+    """Browsers reconnect whenever a stream ends; only a 204 stops them. Once a client has seen
+    the terminal event of a finished workflow it gets 204 — but a failed workflow can be retried,
+    and then the same reconnect must stream the new events (and a fresh client must not stop at
+    the old terminal event)."""
+    run.last = 7
+    run.kinds = {4: EventType.WORKFLOW_FAILED, 5: EventType.WORKFLOW_RETRIED}
+    await run.emit([1, 2, 3, 4])
+    await run.save_state("failed", 4)
+    _, first = await connected(gateway, run.url())
+    async with asyncio.timeout(20):
+        assert_exactly(await first, run, [1, 2, 3, 4])
+    for headers in ({"Last-Event-ID": "4"}, {"Last-Event-ID": "9"}):
+        ended = await gateway.client.get(run.url(), headers=headers)
+        assert ended.status_code == 204
+        assert ended.content == b""
+
+    await run.emit([5])  # workflow.retried: running again
+    await run.save_state("running", 5)
+    _, resumed = await connected(gateway, run.url(), headers={"Last-Event-ID": "4"})
+    _, fresh = await connected(gateway, run.url())
+    await run.emit([6, 7])
+    await run.save_state("completed", 7)
+    async with asyncio.timeout(20):
+        assert_exactly(await resumed, run, [5, 6, 7])
+        assert_exactly(await fresh, run, range(1, 8))
+    assert (await gateway.client.get(run.url(), headers={"Last-Event-ID": "7"})).status_code == 204
+
+
+async def test_every_gateway_replica_delivers_every_event_to_its_own_clients(
+    settings: Settings, run: Run
+) -> None:
+    """Behind a load balancer each browser talks to one replica: each replica's queue on the
+    events fanout must see every event, not a share of them."""
+    async with running_gateway(settings) as one, running_gateway(settings) as two:
+        _, on_one = await connected(one, run.url())
+        _, on_two = await connected(two, run.url())
+        feeds = [await connected(gateway, "/events") for gateway in (one, two)]
+        await run.emit(range(1, 7))
+        async with asyncio.timeout(20):
+            assert_exactly(await on_one, run, range(1, 7))
+            assert_exactly(await on_two, run, range(1, 7))
+        for stream, task in feeds:
+            await until_events(stream, lambda events: len(events) >= 7)
+            task.cancel()
+            assert [e.event for e in stream.events] == [
+                "reset",
+                *(run.body(s)["event"] for s in range(1, 7)),
+            ]
+
+
+async def until_events(stream: SseStream, done: Any, timeout: float = 20) -> list[SseEvent]:
+    async def check() -> bool:
+        return bool(done(stream.events))
+
+    await wait_for(check, timeout=timeout)
+    return stream.events
+
+
+def seqs_of(events: Iterable[SseEvent], run: Run) -> list[int]:
+    return [
+        e.data["seq"]
+        for e in events
+        if e.event != "reset" and e.data["workflowId"] == run.workflow_id
+    ]
+
+
+async def test_feed_starts_with_reset_filters_and_resumes_without_gap(
+    gateway: RunningGateway,
+    pool: asyncpg.Pool[Any],
+    publisher: Publisher,
+    topology: Topology,
+) -> None:
+    """The dashboard's feed: a new client is told to load the list (`reset`), filters keep to a
+    workflow name or a status, and a client that reconnects to the same gateway with its
+    Last-Event-ID gets exactly what it missed; an id it cannot resume from gets a reset."""
+    mine = Run(pool, publisher, topology, name="feedTest")
+    other = Run(pool, publisher, topology, name="otherFlow")
+    all_stream, all_task = await connected(gateway, "/events")
+    named, named_task = await connected(gateway, "/events?workflow=feedTest")
+    done_stream, done_task = await connected(gateway, "/events?status=completed")
+    await mine.emit([1, 2, 3])
+    await other.emit([1, 2])
+    events = await until_events(all_stream, lambda ev: len(ev) >= 6)
+    assert events[0].event == "reset"
+    assert events[0].data == {"reason": "connected"}
+    await until_events(named, lambda ev: len(ev) >= 4)
+    assert seqs_of(named.events, mine) == [1, 2, 3]
+    assert {e.data["workflowName"] for e in named.events[1:]} == {"feedTest"}
+    resume_from = named.events[2].id  # seen up to mine's seq 2
+    named_task.cancel()
+
+    await mine.emit([4, 5])
+    await mine.emit([6])  # the terminal event
+    await other.emit([3, 4, 5, 6])
+    await until_events(all_stream, lambda ev: len(ev) >= 13)  # the hub has them all
+    stream_r, task_r = await connected(
+        gateway, "/events?workflow=feedTest", headers={"Last-Event-ID": str(resume_from)}
+    )
+    await until_events(stream_r, lambda ev: len(ev) >= 4)
+    assert stream_r.events[0].event != "reset"
+    assert seqs_of(stream_r.events, mine) == [3, 4, 5, 6]
+    task_r.cancel()
+
+    await until_events(done_stream, lambda ev: len(ev) >= 3)
+    assert [e.event for e in done_stream.events] == [
+        "reset",
+        "workflow.completed",
+        "workflow.completed",
+    ]
+    done_task.cancel()
+
+    stale, stale_task = await connected(gateway, "/events", headers={"Last-Event-ID": "nope.3"})
+    await until_events(stale, lambda ev: len(ev) >= 1)
+    assert stale.events[0].event == "reset"
+    stale_task.cancel()
+    await until_events(all_stream, lambda ev: len(ev) >= 13)
+    ids = [e.id for e in all_stream.events]
+    assert len(set(ids)) == len(ids)
+    all_task.cancel()
+
+
+async def test_feed_and_list_parameters_are_checked(gateway: RunningGateway) -> None:
+    """A filter the gateway cannot apply is refused, not silently ignored."""
+    assert (await gateway.client.get("/events?status=sleeping")).status_code == 400
+    assert (await gateway.client.get("/events?workflow=no%20such")).status_code == 400

@@ -1,19 +1,27 @@
-"""Reading a workflow's state, and the gateway's small endpoints (page, health, OpenAPI)."""
+"""Reading workflows (one, and the list), acting on them (cancel, retry), the dashboard's pages
+and the gateway's small endpoints (health, OpenAPI)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import asyncpg
 import pytest
 
-from relayflow.contracts import new_workflow_id
+from relayflow.contracts import decode, new_workflow_id
+from relayflow.db import Queries
 from relayflow.settings import Settings
+from relayflow.topology import CONTROL_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
+from services.gateway.dag import columns
 from services.gateway.openapi import build_openapi
+from services.gateway.store import like_prefix
 from tests.integration.gateway_harness import RunningGateway, running_gateway
+from tests.support import get_messages
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -104,6 +112,7 @@ async def test_workflow_view_lists_steps_in_definition_order(
         "error": None,
         "startedAt": None,
         "finishedAt": None,
+        "nextAttemptAt": None,
     }
 
 
@@ -121,10 +130,246 @@ async def test_health_readiness_page_and_openapi(
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert 'id="contact"' in page.text
+    assert 'id="workflows"' in page.text
+    for asset in ("/static/live.js", "/static/home.js", "/static/workflow.js", "/static/style.css"):
+        response = await gateway.client.get(asset)
+        assert response.status_code == 200
+        # Nothing is fetched from the internet at run time.
+        assert "http://" not in response.text
+        assert "https://" not in response.text
     assert "http://" not in page.text
     assert "https://" not in page.text
-    for asset in ("/static/app.js", "/static/style.css"):
-        assert (await gateway.client.get(asset)).status_code == 200
 
     document = await gateway.client.get("/openapi.json")
     assert document.json() == build_openapi(registry)
+
+
+async def insert_workflow(
+    pool: asyncpg.Pool[Any],
+    workflow_id: str,
+    *,
+    name: str = "formSubmission",
+    status: str = "running",
+    created_at: datetime = T0,
+    steps: dict[str, Any] | None = None,
+    last_seq: int = 0,
+) -> None:
+    await pool.execute(
+        """
+        INSERT INTO workflows (id, name, status, input, input_hash, steps, last_seq,
+                               created_at, updated_at)
+        VALUES ($1, $2, $3, $4, 'h', $5, $6, $7, $7)
+        """,
+        workflow_id,
+        name,
+        status,
+        {"name": "Ada", "email": "ada@example.com", "message": "hi"},
+        steps or {},
+        last_seq,
+        created_at,
+    )
+
+
+async def test_list_is_newest_first_filtered_and_paginated_by_keyset(
+    gateway: RunningGateway, pool: asyncpg.Pool[Any]
+) -> None:
+    """The dashboard's list: newest first, filters that combine, an id prefix taken literally,
+    and pages that neither skip nor repeat a row — even when rows share a created_at."""
+    name = f"list{uuid.uuid4().hex[:8]}"
+    ids: list[str] = []
+    for index in range(7):
+        workflow_id = f"wf_{name}_{index}"
+        ids.append(workflow_id)
+        await insert_workflow(
+            pool,
+            workflow_id,
+            name=name,
+            status="failed" if index % 3 == 0 else "completed",
+            # Pairs of rows share a timestamp: only the id breaks the tie.
+            created_at=T0 + timedelta(seconds=index // 2),
+            steps={"validate": {"status": "completed"}, "persist": {"status": "running"}},
+            last_seq=index,
+        )
+    newest_first = sorted(ids, key=lambda i: (int(i.rsplit("_", 1)[1]) // 2, i), reverse=True)
+
+    pages: list[str] = []
+    params: dict[str, Any] = {"workflow": name, "limit": 3}
+    while True:
+        response = await gateway.client.get("/workflows", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.extend(item["workflowId"] for item in body["items"])
+        if body["next"] is None:
+            break
+        params["before"] = body["next"]
+    assert pages == newest_first
+
+    failed = (
+        await gateway.client.get("/workflows", params={"workflow": name, "status": "failed"})
+    ).json()
+    assert [item["workflowId"] for item in failed["items"]] == [ids[6], ids[3], ids[0]]
+    item = failed["items"][0]
+    assert item["stepsTotal"] == 2
+    assert item["stepsCompleted"] == 1
+    assert item["activeSteps"] == ["persist"]
+    assert item["lastSeq"] == 6
+
+    by_prefix = (await gateway.client.get("/workflows", params={"id": f"wf_{name}_1"})).json()
+    assert [item["workflowId"] for item in by_prefix["items"]] == [ids[1]]
+    # `_` and `%` are literal in a prefix, not LIKE wildcards.
+    assert (await gateway.client.get("/workflows", params={"id": "wf%"})).status_code == 400
+    wildcard = (await gateway.client.get("/workflows", params={"id": f"wf_{name}__"})).json()
+    assert wildcard["items"] == []
+
+    for bad in ({"status": "sleeping"}, {"limit": "0"}, {"limit": "x"}, {"before": "nope"}):
+        response = await gateway.client.get("/workflows", params=bad)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]
+
+
+async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[Any]) -> None:
+    """Large numbers of workflows: every filter combination of the list is an index scan in list
+    order (with a LIMIT), never a scan and sort of the whole table."""
+    name = f"big{uuid.uuid4().hex[:8]}"
+    await pool.execute(
+        """
+        INSERT INTO workflows (id, name, status, input, input_hash, steps, created_at, updated_at)
+        SELECT 'wf_' || $1 || '_' || i, CASE WHEN i % 10 = 0 THEN $1 ELSE $1 || 'x' END,
+               (ARRAY['running', 'completed', 'failed', 'cancelled'])[1 + i % 4], '{}', 'h', '{}',
+               $2::timestamptz + i * interval '1 second', now()
+        FROM generate_series(1, 20000) AS i
+        """,
+        name,
+        T0,
+    )
+    await pool.execute("ANALYZE workflows")
+    query = Queries.load("services.gateway").list_workflows
+    cursor = (T0 + timedelta(hours=3), "wf_zzz")
+    cases = [
+        (None, None, None, None, None),
+        ("failed", None, None, None, None),
+        (None, name, None, None, None),
+        ("running", name, None, *cursor),
+        (None, None, like_prefix(f"wf_{name}_123"), None, None),
+    ]
+    async with pool.acquire() as conn:
+        for status, workflow, pattern, before_at, before_id in cases:
+            plan = await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) {query}",
+                status,
+                workflow,
+                pattern,
+                before_at,
+                before_id,
+                50,
+            )
+            text = str(plan)
+            assert "Seq Scan" not in text, (status, workflow, pattern, text)
+            assert "Index" in text, text
+    await pool.execute("DELETE FROM workflows WHERE id LIKE $1", like_prefix(f"wf_{name}_"))
+
+
+async def test_cancel_and_retry_publish_control_messages_or_refuse(
+    gateway: RunningGateway,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    topology: Topology,
+) -> None:
+    """The actions' contract: 404 for an unknown workflow, 409 when the status makes no sense,
+    else a confirmed CancelWorkflow/RetryWorkflow on workflow.control (the orchestrator queue),
+    the same message id for the same Idempotency-Key."""
+    running, failed = new_workflow_id(), new_workflow_id()
+    await insert_workflow(pool, running, status="running")
+    await insert_workflow(pool, failed, status="failed")
+
+    unknown = await gateway.client.post(f"/workflows/{new_workflow_id()}/cancel")
+    assert unknown.status_code == 404
+    for workflow_id, action in ((running, "retry"), (failed, "cancel")):
+        refused = await gateway.client.post(f"/workflows/{workflow_id}/{action}")
+        assert refused.status_code == 409
+        assert "the workflow is" in refused.json()["error"]
+
+    cancel = await gateway.client.post(
+        f"/workflows/{running}/cancel?reason=bored", headers={"Idempotency-Key": "k1"}
+    )
+    again = await gateway.client.post(
+        f"/workflows/{running}/cancel?reason=bored", headers={"Idempotency-Key": "k1"}
+    )
+    retry = await gateway.client.post(f"/workflows/{failed}/retry")
+    for response in (cancel, again, retry):
+        assert response.status_code == 202, response.text
+    assert cancel.json()["messageId"] == again.json()["messageId"]
+    assert cancel.json() == {
+        "workflowId": running,
+        "action": "cancel",
+        "messageId": cancel.json()["messageId"],
+        "status": "accepted",
+    }
+
+    channel = await amqp_connection.channel()
+    got = [message async for message in get_messages(channel, topology.orchestrator_queue, count=3)]
+    await channel.close()
+    decoded = [decode(message.body) for message in got]
+    assert [type(m).__name__ for m in decoded] == [
+        "CancelWorkflow",
+        "CancelWorkflow",
+        "RetryWorkflow",
+    ]
+    assert all(message.routing_key == CONTROL_KEY for message in got)
+    assert [m.workflow_id for m in decoded] == [running, running, failed]
+    assert [m.message_id for m in decoded] == [
+        cancel.json()["messageId"],
+        cancel.json()["messageId"],
+        retry.json()["messageId"],
+    ]
+    assert decoded[0].reason == "bored"
+    assert decoded[0].idempotency_key == "k1"
+
+
+async def test_dashboard_pages_and_fragments(
+    gateway: RunningGateway, pool: asyncpg.Pool[Any]
+) -> None:
+    """The server renders what the pages show: a workflow page with its steps laid out by the
+    DAG and the actions its status allows, the list fragment, and a readable 404."""
+    workflow_id = new_workflow_id()
+    await insert_workflow(
+        pool,
+        workflow_id,
+        status="failed",
+        steps={
+            "validate": {
+                "status": "failed",
+                "attempts": 1,
+                "error": {"type": "DisposableEmail", "message": "<b>no</b>", "retryable": False},
+            }
+        },
+        last_seq=4,
+    )
+    page = await gateway.client.get(f"/ui/workflows/{workflow_id}")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert 'data-action="retry"' in text
+    assert 'data-action="cancel"' not in text
+    assert "&lt;b&gt;no&lt;/b&gt;" in text  # escaped, never markup
+    assert text.count('<li class="col">') == 5  # the seed DAG is a chain of five
+    assert 'data-last-seq="4"' in text
+
+    panel = await gateway.client.get(f"/ui/workflows/{workflow_id}/panel?compact=1")
+    assert panel.status_code == 200
+    assert 'class="step-lines"' in panel.text
+    rows = await gateway.client.get("/ui/list", params={"id": workflow_id})
+    assert f'data-workflow-id="{workflow_id}"' in rows.text
+    assert (await gateway.client.get("/ui/list?status=nope")).status_code == 400
+
+    missing = await gateway.client.get(f"/ui/workflows/{new_workflow_id()}")
+    assert missing.status_code == 404
+    assert "No workflow" in missing.text
+
+
+def test_dag_columns_put_parallel_steps_side_by_side() -> None:
+    """Steps that can run together share a column; a join sits right of its deepest input."""
+    order = ["a", "b", "c", "d", "e"]
+    after = {"b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["a"]}
+    assert columns(order, after) == [["a"], ["b", "c", "e"], ["d"]]
+    assert columns([], {}) == []

@@ -1,0 +1,91 @@
+"""The dashboard's pages and the fragments their scripts swap in.
+
+GET /                              the form and the workflow list (filters, pages)
+GET /ui/list?…                     the list's table and pager, for live refresh
+GET /ui/workflows/{id}             a workflow: state, steps as a DAG, events (live)
+GET /ui/workflows/{id}/panel       its state and steps, for live refresh (?compact=1: the
+                                   home page's view of a submission)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from services.gateway import html
+from services.gateway.models import WorkflowPage
+from services.gateway.state import GatewayState, gateway_state
+from services.gateway.workflows import QueryError, list_filter, list_page, workflow_view
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _page(content: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(content, status_code=status_code, headers=_NO_STORE)
+
+
+def _params(request: Request) -> dict[str, str]:
+    keys = ("id", "status", "workflow", "before", "limit")
+    return {key: request.query_params[key] for key in keys if request.query_params.get(key)}
+
+
+async def _list(state: GatewayState, params: dict[str, str]) -> WorkflowPage:
+    where, limit = list_filter(params)  # QueryError if a parameter is unusable
+    return await list_page(state.store, where, limit)
+
+
+async def home(request: Request) -> Response:
+    state = gateway_state(request)
+    params = _params(request)
+    problem = None
+    try:
+        listed = await _list(state, params)
+    except QueryError as exc:
+        # A hand-edited URL: show the problem and the unfiltered list rather than an error page.
+        problem, params = str(exc), {}
+        listed = await _list(state, params)
+    content = html.home(
+        listed.items, listed.next, params, state.registry.names(), datetime.now(UTC), problem
+    )
+    return _page(content)
+
+
+async def list_fragment(request: Request) -> Response:
+    state = gateway_state(request)
+    params = _params(request)
+    try:
+        listed = await _list(state, params)
+    except QueryError as exc:
+        return _page(f'<p class="form-error">{html.esc(exc)}</p>', 400)
+    return _page(html.workflow_list(listed.items, listed.next, params, datetime.now(UTC)))
+
+
+async def workflow_page(request: Request) -> Response:
+    state = gateway_state(request)
+    workflow_id: str = request.path_params["workflow_id"]
+    row = await state.store.get_workflow(workflow_id)
+    if row is None:
+        return _page(html.not_found_page(workflow_id), 404)
+    definition = state.registry.get(row.name)
+    view = workflow_view(row, definition)
+    return _page(html.workflow_page(view, definition, datetime.now(UTC), row.last_seq))
+
+
+async def panel_fragment(request: Request) -> Response:
+    state = gateway_state(request)
+    workflow_id: str = request.path_params["workflow_id"]
+    row = await state.store.get_workflow(workflow_id)
+    if row is None:
+        return _page(html.pending_panel(workflow_id), 404)
+    definition = state.registry.get(row.name)
+    compact = request.query_params.get("compact") == "1"
+    content = html.panel(
+        workflow_view(row, definition),
+        definition,
+        datetime.now(UTC),
+        last_seq=row.last_seq,
+        compact=compact,
+    )
+    return _page(content)

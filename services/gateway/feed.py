@@ -1,0 +1,128 @@
+"""The feed: every workflow's events on one SSE stream (`GET /events`), for the dashboard's list.
+
+Events carry no global order (each workflow numbers its own), so the feed's ids are the gateway
+hub's: `<epoch>.<position>`, where `epoch` is random per gateway process and `position` counts the
+events that process received. The hub keeps its most recent events in a ring, so:
+
+- a client that reconnects to the same process with a `Last-Event-ID` the ring still covers gets
+  what it missed (filtered as before), then live events: no gap, no duplicate;
+- any other client — a first connection, another replica, a restarted gateway, an id too old, or
+  a stream that fell behind further than the ring — first gets a `reset` event: "what you have may
+  be stale, fetch the list again (`GET /workflows`), then apply the events that follow".
+
+A first connection therefore always starts with `reset`, and a client needs one code path: on
+`reset`, (re)load the list. Events are filtered by workflow name and by status (see `touches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterable
+
+import orjson
+from sse_starlette import ServerSentEvent
+
+from services.gateway.events import EventFilter, EventHub, LiveEvent, Signal, Subscription
+
+RESET_EVENT = "reset"
+
+_AFTER = {
+    "workflow.started": ("running",),
+    "workflow.retried": ("failed", "cancelled", "running"),
+    "workflow.completed": ("running", "completed"),
+    "workflow.failed": ("running", "failed"),
+    "workflow.cancelled": ("running", "cancelled"),
+}
+
+
+def touches(event: str) -> tuple[str, ...]:
+    """The workflow statuses an event concerns: the status it leaves and the one it enters
+    (`workflow.retried` leaves failed or cancelled). Step events happen while running. A feed
+    filtered on a status gets exactly the events that can change a list filtered on it."""
+    return _AFTER.get(event, ("running",))
+
+
+def event_filter(workflow: str | None, status: str | None) -> EventFilter | None:
+    if workflow is None and status is None:
+        return None
+
+    def accepts(event: LiveEvent) -> bool:
+        return (workflow is None or event.workflow_name == workflow) and (
+            status is None or status in touches(event.event)
+        )
+
+    return accepts
+
+
+def parse_last_id(raw: str | None) -> tuple[str, int] | None:
+    """`<epoch>.<position>`, or None for anything else (which means: start with a reset)."""
+    if not raw:
+        return None
+    epoch, _, position = raw.partition(".")
+    if not epoch or not position.isdigit():
+        return None
+    return epoch, int(position)
+
+
+def _event(epoch: str, event: LiveEvent) -> ServerSentEvent:
+    return ServerSentEvent(
+        data=orjson.dumps(event.body, option=orjson.OPT_SORT_KEYS).decode(),
+        id=f"{epoch}.{event.position}",
+        event=event.event,
+    )
+
+
+def _reset(epoch: str, position: int, reason: str) -> ServerSentEvent:
+    return ServerSentEvent(
+        data=orjson.dumps({"reason": reason}).decode(),
+        id=f"{epoch}.{position}",
+        event=RESET_EVENT,
+    )
+
+
+def _filtered(events: Iterable[LiveEvent], accepts: EventFilter | None) -> list[LiveEvent]:
+    return [event for event in events if accepts is None or accepts(event)]
+
+
+async def follow_feed(
+    hub: EventHub,
+    subscription: Subscription,
+    *,
+    start: int,
+    missed: list[LiveEvent] | None,
+    keep_alive: float,
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """The feed's SSE body. `start` is the hub position when `subscription` was taken, and
+    `missed` what the client missed up to then (None: it must reset); both must be read in the
+    same step as the subscription, with no await in between."""
+    accepts = subscription.accepts
+    epoch = hub.epoch
+    with subscription:
+        if missed is None:
+            yield _reset(epoch, start, "connected")
+        else:
+            for event in _filtered(missed, accepts):
+                yield _event(epoch, event)
+        last = start
+        while True:
+            item = await subscription.get(keep_alive)
+            if item is None:
+                continue  # idle: sse-starlette's pings keep the connection open
+            if item is Signal.CLOSED:
+                return
+            if isinstance(item, Signal):  # RESYNC (this stream overflowed) or RESET
+                caught_up = hub.recent_after(last) if item is Signal.RESYNC else None
+                if caught_up is None:
+                    # Too far behind for the ring: the client reloads the list, which reflects
+                    # everything up to now, so only newer events matter after this.
+                    last = hub.position
+                    yield _reset(epoch, last, "missed events")
+                    continue
+                for event in _filtered(caught_up, accepts):
+                    yield _event(epoch, event)
+                last = max(last, hub.position)
+                continue
+            assert isinstance(item, LiveEvent)
+            if item.position <= last:
+                continue
+            last = item.position
+            yield _event(epoch, item)

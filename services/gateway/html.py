@@ -1,0 +1,417 @@
+"""The dashboard's HTML, rendered on the server from plain data (no template engine: small
+functions, every value escaped with `esc`). The pages' scripts only swap in fragments rendered
+here and append event rows, so what a page shows is decided in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import orjson
+
+from relayflow.workflow import WorkflowDefinition
+from services.gateway.dag import columns
+from services.gateway.models import WORKFLOW_STATUSES, ErrorView, StepView, WorkflowSummary
+from services.gateway.models import WorkflowView as View
+
+ACTIONS = {"running": ("cancel",), "failed": ("retry",), "cancelled": ("retry",)}
+MAX_JSON_CHARS = 20_000
+
+
+def esc(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def pretty_json(value: Any) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    if len(text) > MAX_JSON_CHARS:
+        text = text[:MAX_JSON_CHARS] + "\n… (truncated)"
+    return text
+
+
+def duration(start: datetime | None, end: datetime | None, now: datetime | None = None) -> str:
+    """`412 ms`, `3.2 s`, `4 min 05 s`; empty without a start."""
+    if start is None:
+        return ""
+    seconds = max(0.0, ((end or now or datetime.now(UTC)) - start).total_seconds())
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def when(moment: datetime | None) -> str:
+    """A <time> the page's script shows in the reader's time zone; UTC until it does."""
+    if moment is None:
+        return ""
+    iso = moment.astimezone(UTC).isoformat()
+    return f'<time datetime="{esc(iso)}">{esc(moment.astimezone(UTC).strftime("%H:%M:%S"))}</time>'
+
+
+def pill(status: str, **attrs: str) -> str:
+    extra = "".join(
+        f' {esc(name.replace("_", "-"))}="{esc(value)}"' for name, value in attrs.items()
+    )
+    return f'<span class="pill s-{esc(status)}"{extra}>{esc(status)}</span>'
+
+
+def page(
+    title: str, body: str, *, scripts: Sequence[str] = (), data: Mapping[str, str] = {}
+) -> str:
+    attrs = "".join(f' data-{esc(key)}="{esc(value)}"' for key, value in data.items())
+    tags = "".join(f'\n  <script src="/static/{esc(src)}" defer></script>' for src in scripts)
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <meta name="color-scheme" content="light">
+  <title>{esc(title)} · relayflow</title>
+  <link rel="icon" href="data:,">
+  <link rel="stylesheet" href="/static/style.css">{tags}
+</head>
+<body{attrs}>
+  <header class="topbar">
+    <a class="brand" href="/"><span class="logo" aria-hidden="true"></span>relayflow</a>
+    <nav><a href="/">Dashboard</a><a href="/openapi.json">API</a></nav>
+  </header>
+  <main>
+{body}
+  </main>
+</body>
+</html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# The home page: the form and the list
+
+
+def contact_form() -> str:
+    return """<section class="card" id="new" aria-labelledby="new-title">
+  <h2 id="new-title">New submission</h2>
+  <p class="muted">Your message starts a durable <code>formSubmission</code> workflow; watch it
+  run step by step.</p>
+  <form id="contact" novalidate>
+    <label for="name">Name</label>
+    <input id="name" name="name" autocomplete="name" required maxlength="200">
+    <p class="field-error" data-for="name"></p>
+    <label for="email">Email</label>
+    <input id="email" name="email" type="email" autocomplete="email" required>
+    <p class="field-error" data-for="email"></p>
+    <label for="message">Message</label>
+    <textarea id="message" name="message" rows="4" required maxlength="10000"></textarea>
+    <p class="field-error" data-for="message"></p>
+    <p class="form-error" id="form-error" role="alert"></p>
+    <button type="submit" class="btn primary" id="send">Send</button>
+  </form>
+  <div id="progress" hidden aria-live="polite">
+    <div id="progress-panel"></div>
+    <div class="row-actions">
+      <a class="btn" id="open-workflow" href="#">Open workflow</a>
+      <button type="button" class="btn ghost" id="again">Send another</button>
+    </div>
+  </div>
+</section>"""
+
+
+def list_query(params: Mapping[str, str | None]) -> str:
+    kept = {key: value for key, value in params.items() if value}
+    return urlencode(kept)
+
+
+def filters(params: Mapping[str, str], names: Iterable[str]) -> str:
+    status = params.get("status", "")
+    workflow = params.get("workflow", "")
+    status_options = "".join(
+        f'<option value="{esc(s)}"{" selected" if s == status else ""}>{esc(s)}</option>'
+        for s in WORKFLOW_STATUSES
+    )
+    name_options = "".join(
+        f'<option value="{esc(n)}"{" selected" if n == workflow else ""}>{esc(n)}</option>'
+        for n in names
+    )
+    return f"""<form class="filters" id="filters" method="get" action="/" role="search">
+    <input type="search" name="id" placeholder="Find by id…" aria-label="Find by workflow id"
+           value="{esc(params.get("id", ""))}" autocomplete="off" spellcheck="false">
+    <select name="status" aria-label="Status">
+      <option value="">Any status</option>{status_options}</select>
+    <select name="workflow" aria-label="Workflow">
+      <option value="">Any workflow</option>{name_options}</select>
+    <button type="submit" class="btn">Filter</button>
+  </form>"""
+
+
+def progress_cell(item: WorkflowSummary) -> str:
+    total = max(item.steps_total, 1)
+    percent = round(100 * item.steps_completed / total)
+    active = ", ".join(item.active_steps)
+    note = esc(active) if active else (esc(item.error.message) if item.error else "")
+    return (
+        f'<div class="bar" role="img" aria-label="{item.steps_completed} of '
+        f'{item.steps_total} steps completed"><span style="width:{percent}%"></span></div>'
+        f'<span class="small muted">{item.steps_completed}/{item.steps_total}'
+        f"{' · ' + note if note else ''}</span>"
+    )
+
+
+def list_rows(items: Sequence[WorkflowSummary], now: datetime) -> str:
+    if not items:
+        return '<tr class="empty"><td colspan="4">No workflows match.</td></tr>'
+    rows = []
+    for item in items:
+        href = f"/ui/workflows/{quote(item.workflow_id)}"
+        rows.append(
+            f'<tr data-workflow-id="{esc(item.workflow_id)}" data-status="{esc(item.status)}">'
+            f'<td><a class="mono" href="{esc(href)}">{esc(item.workflow_id)}</a>'
+            f'<div class="small muted">{esc(item.name)}</div></td>'
+            f"<td>{pill(item.status)}</td>"
+            f'<td class="progress">{progress_cell(item)}</td>'
+            f'<td class="when">{when(item.created_at)}'
+            f'<div class="small muted">{esc(duration(item.created_at, item.finished_at, now))}'
+            "</div></td></tr>"
+        )
+    return "".join(rows)
+
+
+def workflow_list(
+    items: Sequence[WorkflowSummary],
+    next_cursor: str | None,
+    params: Mapping[str, str],
+    now: datetime,
+) -> str:
+    """The list's table and pager: what `/ui/list` returns and the home page embeds."""
+    base = {key: params.get(key) for key in ("id", "status", "workflow")}
+    newer = ""
+    if params.get("before"):
+        newer = f'<a class="btn ghost" href="/?{esc(list_query(base))}">← Newest</a>'
+    older = ""
+    if next_cursor:
+        older = (
+            f'<a class="btn ghost" rel="next" href="/?'
+            f'{esc(list_query({**base, "before": next_cursor}))}">Older →</a>'
+        )
+    return f"""<div class="table-wrap"><table class="list">
+    <thead><tr><th>Workflow</th><th>Status</th><th>Progress</th><th>Created</th></tr></thead>
+    <tbody id="rows">{list_rows(items, now)}</tbody>
+  </table></div>
+  <nav class="pager" aria-label="Pages">{newer}{older}</nav>"""
+
+
+def home(  # noqa: PLR0917 - one page's data, each piece named at the one call site
+    items: Sequence[WorkflowSummary],
+    next_cursor: str | None,
+    params: Mapping[str, str],
+    names: Iterable[str],
+    now: datetime,
+    problem: str | None = None,
+) -> str:
+    feed = list_query({"workflow": params.get("workflow"), "status": params.get("status")})
+    body = f"""<div class="home">
+{contact_form()}
+<section class="card" id="workflows" aria-labelledby="list-title"
+         data-list-query="{esc(list_query(params))}" data-feed-query="{esc(feed)}">
+  <div class="card-head">
+    <h2 id="list-title">Workflows</h2>
+    <span class="live" id="list-live" data-state="connecting">connecting…</span>
+  </div>
+  {filters(params, names)}
+  {f'<p class="form-error">{esc(problem)}</p>' if problem else ""}
+  <div id="list">{workflow_list(items, next_cursor, params, now)}</div>
+</section>
+</div>"""
+    return page("Dashboard", body, scripts=("live.js", "home.js"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A workflow's page
+
+
+def _json_block(summary: str, value: Any, key: str, *, open_: bool = False) -> str:
+    return (
+        f'<details data-key="{esc(key)}"{" open" if open_ else ""}><summary>{esc(summary)}'
+        f"</summary><pre>{esc(pretty_json(value))}</pre></details>"
+    )
+
+
+def _error_block(error: ErrorView, key: str) -> str:
+    retry = "retryable" if error.retryable else "not retryable"
+    return (
+        f'<div class="error" data-key="{esc(key)}"><strong>{esc(error.type)}</strong> '
+        f'<span class="small">({retry})</span><div>{esc(error.message)}</div></div>'
+    )
+
+
+def step_input(view: View, definition: WorkflowDefinition | None, name: str) -> Any:
+    """What a step was given: the workflow's input, and its dependencies' outputs by name."""
+    after = definition.steps[name].after if definition and name in definition.steps else ()
+    outputs = {step.name: step.output for step in view.steps}
+    if not after:
+        return view.input
+    return {"input": view.input, "dependencies": {dep: outputs.get(dep) for dep in after}}
+
+
+def step_card(
+    step: StepView, view: View, definition: WorkflowDefinition | None, now: datetime
+) -> str:
+    spec = definition.steps.get(step.name) if definition else None
+    kind = spec.kind if spec else "task"
+    meta: list[str] = [kind]
+    if step.attempts:
+        meta.append(f"attempt {step.attempts}")
+    took = duration(step.started_at, step.finished_at, now)
+    if took:
+        meta.append(took)
+    if step.status == "retrying" and step.next_attempt_at is not None:
+        meta.append(f"next at {step.next_attempt_at.astimezone(UTC):%H:%M:%S}")
+    after = ", ".join(spec.after) if spec and spec.after else ""
+    parts = [
+        f'<article class="step s-{esc(step.status)}" data-step="{esc(step.name)}" '
+        f'data-status="{esc(step.status)}">',
+        f"<header><h3>{esc(step.name)}</h3>{pill(step.status, data_step_status=step.name)}"
+        "</header>",
+        f'<p class="small muted">{esc(" · ".join(meta))}</p>',
+    ]
+    if after:
+        parts.append(f'<p class="small muted">after {esc(after)}</p>')
+    if step.status != "pending":
+        parts.append(
+            _json_block("Input", step_input(view, definition, step.name), f"{step.name}:in")
+        )
+    if step.output is not None:
+        parts.append(_json_block("Output", step.output, f"{step.name}:out"))
+    if step.error is not None:
+        parts.append(_error_block(step.error, f"{step.name}:err"))
+    parts.append("</article>")
+    return "".join(parts)
+
+
+def steps_lines(view: View, now: datetime) -> str:
+    """The compact form: one line per step, in order."""
+    lines = []
+    for step in view.steps:
+        took = duration(step.started_at, step.finished_at, now)
+        lines.append(
+            f'<li class="step-line s-{esc(step.status)}" data-step="{esc(step.name)}">'
+            f'<span class="name">{esc(step.name)}</span>'
+            f'<span class="small muted">{esc(took)}</span>'
+            f"{pill(step.status, data_step_status=step.name)}</li>"
+        )
+    return f'<ol class="step-lines">{"".join(lines)}</ol>'
+
+
+def steps_graph(view: View, definition: WorkflowDefinition | None, now: datetime) -> str:
+    by_name = {step.name: step for step in view.steps}
+    order = [step.name for step in view.steps]
+    after = {name: spec.after for name, spec in (definition.steps.items() if definition else ())}
+    cols = columns(order, after)
+    rendered = "".join(
+        '<li class="col">'
+        + "".join(step_card(by_name[name], view, definition, now) for name in col)
+        + "</li>"
+        for col in cols
+    )
+    return f'<ol class="dag" aria-label="Steps, in dependency order">{rendered}</ol>'
+
+
+def action_buttons(view: View) -> str:
+    buttons = []
+    for action in ACTIONS.get(view.status, ()):
+        if action == "cancel":
+            buttons.append(
+                '<button type="button" class="btn danger" data-action="cancel">Cancel</button>'
+            )
+        else:
+            buttons.append(
+                '<button type="button" class="btn primary" data-action="retry">'
+                "Retry failed steps</button>"
+            )
+    return "".join(buttons)
+
+
+def panel(
+    view: View,
+    definition: WorkflowDefinition | None,
+    now: datetime,
+    *,
+    last_seq: int,
+    compact: bool = False,
+) -> str:
+    """A workflow's state: what the workflow page shows above its events, and (compact) what the
+    home page shows under the form while a submission runs."""
+    facts = [f"<div><dt>Workflow</dt><dd>{esc(view.name)}</dd></div>"]
+    facts.append(f"<div><dt>Created</dt><dd>{when(view.created_at)}</dd></div>")
+    if view.finished_at:
+        facts.append(f"<div><dt>Finished</dt><dd>{when(view.finished_at)}</dd></div>")
+    took = duration(view.created_at, view.finished_at, now)
+    facts.append(f"<div><dt>Duration</dt><dd>{esc(took)}</dd></div>")
+    error = _error_block(view.error, "wf:err") if view.error is not None else ""
+    head = (
+        f'<div class="wf-head"><div class="wf-title"><h1 class="mono">{esc(view.workflow_id)}</h1>'
+        f"{pill(view.status, data_workflow_status='')}</div>"
+        f'<div class="actions">{"" if compact else action_buttons(view)}</div></div>'
+        f'<dl class="facts">{"".join(facts)}</dl>{error}'
+    )
+    steps = steps_lines(view, now) if compact else steps_graph(view, definition, now)
+    io = ""
+    if not compact:
+        io = '<div class="io">' + _json_block("Workflow input", view.input, "wf:in", open_=True)
+        if view.output is not None:
+            io += _json_block("Workflow output", view.output, "wf:out", open_=True)
+        io += "</div>"
+    return (
+        f'<div class="panel{" compact" if compact else ""}" data-status="{esc(view.status)}" '
+        f'data-last-seq="{last_seq}">'
+        f'{head}<h2 class="section">Steps</h2>{steps}{io}</div>'
+    )
+
+
+def workflow_page(
+    view: View, definition: WorkflowDefinition | None, now: datetime, last_seq: int
+) -> str:
+    state = panel(view, definition, now, last_seq=last_seq)
+    body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
+<section class="card" id="panel" aria-live="polite">{state}</section>
+<p class="toast" id="toast" role="status" hidden></p>
+<section class="card" aria-labelledby="events-title">
+  <div class="card-head">
+    <h2 id="events-title">Events</h2>
+    <span class="live" id="live" data-state="connecting">connecting…</span>
+  </div>
+  <div class="table-wrap"><table class="events">
+    <thead><tr><th>#</th><th>Time</th><th>Event</th><th>Step</th><th>Details</th></tr></thead>
+    <tbody id="events"></tbody>
+  </table></div>
+</section>"""
+    return page(
+        view.workflow_id,
+        body,
+        scripts=("live.js", "workflow.js"),
+        data={"workflow-id": view.workflow_id},
+    )
+
+
+def pending_panel(workflow_id: str) -> str:
+    """A submission the orchestrator has not started yet (its start is still in flight)."""
+    return (
+        f'<div class="panel" data-status="accepted" data-last-seq="0"><div class="wf-head">'
+        f'<div class="wf-title"><h1 class="mono">{esc(workflow_id)}</h1>'
+        f"{pill('accepted', data_workflow_status='')}</div></div>"
+        '<p class="muted">Starting…</p></div>'
+    )
+
+
+def not_found_page(workflow_id: str) -> str:
+    body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
+<section class="card"><h1>No workflow <code>{esc(workflow_id)}</code></h1>
+<p class="muted">It may still be starting: reload in a moment, or go back to the list.</p>
+</section>"""
+    return page("Not found", body)
