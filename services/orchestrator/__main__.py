@@ -39,7 +39,9 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             sweep_interval=settings.outbox_sweep_interval,
         )
         orchestrator = Orchestrator(pool, Processor(registry, topology), relay, publisher, topology)
-        queue = await channel.get_queue(topology.orchestrator_queue, ensure=False)
+        # ensure=True returns the queue the robust channel tracks, so that its consumer is
+        # restored after a reconnect (an untracked queue object would silently stop consuming).
+        queue = await channel.get_queue(topology.orchestrator_queue)
         consumer = BatchConsumer(
             queue,
             orchestrator.handle_batch,

@@ -24,7 +24,9 @@ class StepServiceSettings(Settings):
     # How long in-flight steps may take to finish on stop before they are handed back.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
+    # Not named `_csv`: that would replace the base class's validator of `workflows`, and
+    # RELAYFLOW_WORKFLOWS=a,b would then be refused.
     @field_validator("step_modules", "steps", mode="before")
     @classmethod
-    def _csv(cls, value: object) -> object:
+    def _csv_steps(cls, value: object) -> object:
         return split_csv(value)

@@ -1,0 +1,70 @@
+"""`python -m chaos`: run N workflows through the real services while injecting faults, check
+that nothing was lost, duplicated or invented, and print the figures as one JSON line.
+Exit status 0 when every check passed, 1 otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from chaos.runner import FAULTS, Config, run
+
+
+def parse(argv: Sequence[str] | None) -> Config:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
+    parser.add_argument("--workflows", type=int, default=300, help="workflows to start")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule")
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated subset of {','.join(FAULTS)}",
+    )
+    parser.add_argument("--subscribers", type=int, default=20, help="SSE streams to follow")
+    parser.add_argument("--settle-timeout", type=float, default=240.0)
+    parser.add_argument("--step-delay", type=float, default=0.05, help="seconds per step body")
+    parser.add_argument(
+        "--spare-orchestrator-amqp",
+        action="store_true",
+        help="never restart the broker nor cut the orchestrator's broker link",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown or not faults:
+        parser.error(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+    if args.spare_orchestrator_amqp:
+        faults = tuple(f for f in faults if f != "restart-broker")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiormq", "aio_pika", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    return Config(
+        workflows=args.workflows,
+        duration=args.duration,
+        seed=args.seed,
+        faults=faults,
+        subscribers=args.subscribers,
+        settle_timeout=args.settle_timeout,
+        step_delay=args.step_delay,
+        spare_orchestrator_amqp=args.spare_orchestrator_amqp,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse(argv)
+    report = asyncio.run(run(config))
+    sys.stdout.write(json.dumps(report, sort_keys=False) + "\n")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""The whole system as processes on a private broker and database, with a fault proxy on every
+link from a service to RabbitMQ and to PostgreSQL.
+
+Like `tests/e2e`'s `System`, but each service process reaches the broker and the database
+through its own pair of `FaultProxy`s, so a test (or the chaos suite) can cut, black-hole or slow
+one service's links, and the broker and database are private instances it may restart. The
+harness itself talks to both directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import httpx
+import orjson
+
+from relayflow.db import create_pool, migrate
+from relayflow.topology import Topology
+from tests.tools.fault_proxy import FaultProxy
+from tests.tools.ledger import LEDGER_DDL, STEP_NAMES, WORKFLOW_NAME
+from tests.tools.private_services import PrivatePostgres, PrivateRabbit, free_low_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("gateway", "orchestrator", "steps", "external")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+async def poll(
+    condition: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> Any:
+    """Await `condition` until it returns something truthy; AssertionError after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await condition()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Links:
+    """One service's two proxied links."""
+
+    amqp: FaultProxy
+    db: FaultProxy
+
+
+@dataclass
+class Cluster:
+    rabbit: PrivateRabbit
+    postgres: PrivatePostgres
+    database: str
+    log_dir: Path
+    namespace: str = field(default_factory=lambda: f"f{uuid.uuid4().hex[:10]}")
+    gateway_port: int = field(default_factory=free_low_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    links: dict[str, Links] = field(default_factory=dict)
+    processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    pool: asyncpg.Pool[Any] | None = None
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def database_url(self) -> str:
+        """Direct, for the harness (not through a proxy)."""
+        return self.postgres.url(self.database)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.namespace)
+
+    def db(self) -> asyncpg.Pool[Any]:
+        assert self.pool is not None, "Cluster.setup() has not run"
+        return self.pool
+
+    def env_for(self, service: str) -> dict[str, str]:
+        links = self.links[service]
+        return {
+            **os.environ,
+            "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{links.amqp.port}/",
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{links.db.port}/{self.database}",
+            "RELAYFLOW_NAMESPACE": self.namespace,
+            "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
+            "RELAYFLOW_GATEWAY_PORT": str(self.gateway_port),
+            "RELAYFLOW_WORKFLOWS": "workflows.form_submission,tests.tools.ledger",
+            "RELAYFLOW_STEP_MODULES": "services.steps.form_submission,tests.tools.ledger",
+            "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
+            "RELAYFLOW_STEP_LEASE_SECONDS": "3",
+            "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.2",
+            "RELAYFLOW_GATEWAY_CATCH_UP_INTERVAL": "2",
+            "RELAYFLOW_DB_POOL_MAX": "6",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Database migrated with the ledger, and a proxy pair for every service."""
+        await self.postgres.create_database(self.database)
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await migrate(conn)
+            await conn.execute(LEDGER_DDL)
+        finally:
+            await conn.close()
+        self.pool = await create_pool(self.database_url, min_size=1, max_size=4)
+        for service in SERVICES:
+            amqp = FaultProxy(self.rabbit.address, name=f"{service}->amqp")
+            db = FaultProxy(self.postgres.address, name=f"{service}->db")
+            await amqp.start()
+            await db.start()
+            self.links[service] = Links(amqp=amqp, db=db)
+
+    async def start(self, service: str) -> None:
+        log = (self.log_dir / f"{service}.log").open("ab")
+        self.processes[service] = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            cwd=ROOT,
+            env=self.env_for(service),
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        log.close()
+
+    async def start_all(self, client: httpx.AsyncClient) -> None:
+        for service in SERVICES:
+            await self.start(service)
+        await self.wait_ready(client)
+
+    async def kill(self, service: str) -> None:
+        """SIGKILL: no chance to finish, ack or clean up anything."""
+        process = self.processes.pop(service)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+    async def terminate(self, service: str, timeout: float = 30) -> int:
+        """SIGTERM, and the exit code."""
+        process = self.processes.pop(service)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(process.wait(), timeout)
+
+    async def teardown(self) -> None:
+        for name in list(self.processes):
+            try:
+                await self.terminate(name, timeout=20)
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    await self.kill(name)
+            except Exception:
+                pass
+        for links in self.links.values():
+            await links.amqp.stop()
+            await links.db.stop()
+        if self.pool is not None:
+            await self.pool.close()
+
+    def logs(self, service: str) -> str:
+        path = self.log_dir / f"{service}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.returncode is not None:
+                raise AssertionError(
+                    f"{name} exited with {process.returncode}:\n{self.logs(name)[-3000:]}"
+                )
+
+    async def wait_ready(self, client: httpx.AsyncClient, timeout: float = 90) -> None:
+        """The gateway answers /readyz and every work queue has its consumer."""
+
+        async def ready() -> bool:
+            self.check_alive()
+            if "gateway" in self.processes:
+                try:
+                    response = await client.get(f"{self.base_url}/readyz")
+                except httpx.TransportError:
+                    return False
+                if response.status_code != 200:
+                    return False
+            return await self.consumers_ready()
+
+        await poll(ready, timeout=timeout, interval=0.2, what="services ready")
+
+    async def queue_counts(self) -> dict[str, tuple[int, int]]:
+        """(messages ready, consumers) per work queue of this namespace, declared passively."""
+        topology = self.topology
+        names = [
+            topology.orchestrator_queue,
+            topology.external_queue,
+            topology.dead_letter_queue,
+            *(
+                topology.step_queue(s)
+                for s in (*STEP_NAMES, "validate", "persist", "publishToMQ", "finalize")
+            ),
+        ]
+        counts: dict[str, tuple[int, int]] = {}
+        connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+        try:
+            for name in names:
+                channel = await connection.channel()
+                try:
+                    declared = await channel.declare_queue(name, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    continue
+                result = declared.declaration_result
+                counts[name] = (result.message_count or 0, result.consumer_count or 0)
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        finally:
+            await connection.close()
+        return counts
+
+    async def consumers_ready(self) -> bool:
+        try:
+            counts = await self.queue_counts()
+        except (OSError, aio_pika.exceptions.AMQPError):
+            return False
+        wanted: list[str] = []
+        topology = self.topology
+        if "orchestrator" in self.processes:
+            wanted.append(topology.orchestrator_queue)
+        if "steps" in self.processes:
+            wanted.extend(topology.step_queue(s) for s in STEP_NAMES)
+        if "external" in self.processes:
+            wanted.append(topology.external_queue)
+        return all(counts.get(name, (0, 0))[1] > 0 for name in wanted)
+
+    # -- driving and observing -------------------------------------------------------------
+
+    async def submit(self, client: httpx.AsyncClient, tag: str) -> str | None:
+        """Start a ledger workflow through the gateway; its id if accepted (202), else None."""
+        try:
+            response = await client.post(
+                f"{self.base_url}/workflows/{WORKFLOW_NAME}",
+                json={"tag": tag},
+                headers={"Idempotency-Key": tag},
+            )
+        except httpx.TransportError:
+            return None
+        if response.status_code != 202:
+            return None
+        workflow_id: str = response.json()["workflowId"]
+        return workflow_id
+
+    async def submit_many(self, client: httpx.AsyncClient, count: int, prefix: str) -> list[str]:
+        answers = await asyncio.gather(
+            *(self.submit(client, f"{prefix}-{i}-{uuid.uuid4().hex[:6]}") for i in range(count))
+        )
+        return [answer for answer in answers if answer is not None]
+
+    async def statuses(self, ids: Sequence[str]) -> dict[str, str]:
+        rows = await self.db().fetch("SELECT id, status FROM workflows WHERE id = ANY($1)", ids)
+        return {row["id"]: row["status"] for row in rows}
+
+    async def wait_terminal(self, ids: Sequence[str], timeout: float = 120) -> dict[str, str]:
+        """Every workflow in `ids` finished; returns their statuses."""
+        last: dict[str, str] = {}
+
+        async def done() -> bool:
+            nonlocal last
+            self.check_alive()
+            last = await self.statuses(ids)
+            return len(last) == len(ids) and all(s in TERMINAL for s in last.values())
+
+        try:
+            await poll(done, timeout=timeout, interval=0.25, what="all workflows terminal")
+        except AssertionError:
+            stuck = {i: last.get(i, "<absent>") for i in ids if last.get(i) not in TERMINAL}
+            raise AssertionError(
+                f"{len(stuck)} of {len(ids)} workflow(s) not finished: {list(stuck.items())[:5]}"
+            ) from None
+        return last
+
+    async def ledger(self, ids: Iterable[str]) -> dict[tuple[str, str], int]:
+        rows = await self.db().fetch(
+            "SELECT workflow_id, step_name, effects FROM fault_ledger WHERE workflow_id = ANY($1)",
+            list(ids),
+        )
+        return {(row["workflow_id"], row["step_name"]): row["effects"] for row in rows}
+
+    async def assert_exactly_once(self, ids: Sequence[str], timeout: float = 120) -> None:
+        """Every workflow completed and every step's effect was committed exactly once."""
+        statuses = await self.wait_terminal(ids, timeout=timeout)
+        failed = {i: s for i, s in statuses.items() if s != "completed"}
+        errors = []
+        if failed:
+            rows = await self.db().fetch(
+                "SELECT id, status, error FROM workflows WHERE id = ANY($1)", list(failed)
+            )
+            errors = [dict(row) for row in rows[:3]]
+        assert not failed, f"{len(failed)} workflow(s) did not complete: {errors}"
+        ledger = await self.ledger(ids)
+        expected = {(i, step) for i in ids for step in STEP_NAMES}
+        assert set(ledger) == expected, f"missing effects: {sorted(expected - set(ledger))[:5]}"
+        duplicated = {key: n for key, n in ledger.items() if n != 1}
+        assert not duplicated, f"duplicated effects: {duplicated}"
+
+    async def wait_step_state(self, status: str, step: str | None = None, least: int = 1) -> None:
+        """Until at least `least` ledger-step invocations are in `status`."""
+
+        async def reached() -> bool:
+            count = await self.db().fetchval(
+                "SELECT count(*) FROM step_invocations WHERE status = $1"
+                " AND ($2::text IS NULL OR step_name = $2)",
+                status,
+                step,
+            )
+            return bool(count >= least)
+
+        await poll(reached, timeout=60, interval=0.05, what=f"{least} invocation(s) {status}")
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(
+    rabbit: PrivateRabbit,
+    postgres: PrivatePostgres,
+    log_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    start: bool = True,
+) -> AsyncIterator[Cluster]:
+    """A fresh database and namespace on the private instances, with every service running."""
+    cluster = Cluster(
+        rabbit=rabbit,
+        postgres=postgres,
+        database=f"faults_{uuid.uuid4().hex[:10]}",
+        log_dir=log_dir,
+        extra_env=dict(extra_env or {}),
+    )
+    try:
+        await cluster.setup()
+        if start:
+            async with httpx.AsyncClient(timeout=10) as client:
+                await cluster.start_all(client)
+        yield cluster
+    finally:
+        await cluster.teardown()
+
+
+async def read_sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse a text/event-stream into {id, event, data} dicts, skipping comments (pings)."""
+    event: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if "data" in event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                event["data"] = orjson.loads(value)
+            elif name in ("id", "event"):
+                event[name] = value
