@@ -1,0 +1,279 @@
+"""`python -m bench`: relayflow against Celery and DBOS, side by side in one run.
+
+Each repetition starts every system afresh (its own database and queue names on the shared
+RabbitMQ and PostgreSQL), runs its phases, records peak memory and stops it; the systems'
+order rotates from one repetition to the next, and the figures are medians over repetitions.
+Phases per system: warm-up; `--serial-n` five-step workflows at 1 in flight; `--n` at
+`--concurrency` in flight (throughput, latency, HTTP accept, machine CPU per workflow); 1- and
+10-step workflows at 1 in flight (`--marginal-n` each) for the marginal cost of a step.
+Then the scale-out run (2 orchestrators, 2 step services) and the SSE fan-out run.
+
+The last line of output is `BENCH_JSON {...}`, everything in one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.driver import System
+from bench.fanout import fanout
+from bench.infra import Infra
+from bench.measure import Phase, median
+from bench.ours import Relayflow
+from bench.report import OURS, PEERS, SCALE, figures, medians, ratios, render, targets
+
+ALL = (OURS, *PEERS)
+NEEDS = {
+    "celery-pg": ("celery", "sqlalchemy", "psycopg2"),
+    "celery-rpc": ("celery", "psycopg2"),
+    "dbos": ("dbos", "psycopg2"),
+    "dbos-queue": ("dbos", "psycopg2"),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    n: int
+    concurrency: int
+    serial_n: int
+    marginal_n: int
+    warmup: int
+    repeat: int
+    only: tuple[str, ...]
+    scale: bool
+    fanout: int
+    log_dir: Path
+    profile: Path | None
+
+
+def parse(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--n", type=int, help="workflows in the loaded phase (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=50, help="in flight (default 50)")
+    parser.add_argument("--serial-n", type=int, help="workflows at 1 in flight (default 300)")
+    parser.add_argument("--marginal-n", type=int, help="1- and 10-step workflows each (100)")
+    parser.add_argument("--warmup", type=int, help="warm-up workflows per system (default 50)")
+    parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 3)")
+    parser.add_argument(
+        "--only",
+        default=",".join(ALL),
+        help=f"comma-separated systems (default: all of {','.join(ALL)})",
+    )
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale-out run")
+    parser.add_argument(
+        "--fanout", type=int, help="SSE subscribers of the fan-out run, 0 to skip (default 1000)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a short run: n 200, serial 50, marginal 30, warm-up 20, 1 repetition, fan-out 200",
+    )  # fmt: skip
+    parser.add_argument("--log-dir", type=Path, help="service logs (default: a temp dir)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy each of our services during relayflow's loaded phase (first repetition) "
+        "and write text summaries to DIR",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    unknown = sorted(set(only) - set(ALL))
+    if unknown or not only:
+        parser.error(f"unknown systems {unknown}; choose from {','.join(ALL)}")
+
+    def pick(value: int | None, full: int, short: int) -> int:
+        return value if value is not None else (short if quick else full)
+
+    return Options(
+        n=pick(args.n, 1000, 200),
+        concurrency=args.concurrency,
+        serial_n=pick(args.serial_n, 300, 50),
+        marginal_n=pick(args.marginal_n, 100, 30),
+        warmup=pick(args.warmup, 50, 20),
+        repeat=pick(args.repeat, 3, 1),
+        only=only,
+        scale=not args.no_scale and OURS in only,
+        fanout=pick(args.fanout, 1000, 200) if OURS in only else 0,
+        log_dir=args.log_dir or Path(tempfile.mkdtemp(prefix="relayflow-bench-")),
+        profile=args.profile,
+    )
+
+
+def missing_packages(name: str) -> list[str]:
+    return [pkg for pkg in NEEDS.get(name, ()) if importlib.util.find_spec(pkg) is None]
+
+
+def make_system(name: str, infra: Infra, log_dir: Path) -> System:
+    if name == OURS:
+        return Relayflow(infra, log_dir)
+    if name == SCALE:
+        return Relayflow(infra, log_dir, orchestrators=2, step_services=2, name=SCALE)
+    if name.startswith("celery-"):
+        from bench.celery_peer import CeleryPeer
+
+        return CeleryPeer(infra, log_dir, backend=name.removeprefix("celery-"))
+    from bench.dbos_peer import DbosPeer
+
+    return DbosPeer(infra, log_dir, queued=name == "dbos-queue")
+
+
+async def run_system(
+    system: System, options: Options, *, load_only: bool = False, profile: Path | None = None
+) -> tuple[dict[str, Phase], dict[str, float | None]]:
+    phases: dict[str, Phase] = {}
+    c = options.concurrency
+    try:
+        await system.start()  # inside: a system that fails to start is still cleaned up
+        if options.warmup:
+            await system.run(5, options.warmup, min(c, 10))
+        if not load_only:
+            phases["serial"] = await system.run(5, options.serial_n, 1)
+        if profile is not None and isinstance(system, Relayflow):
+            from bench.profile import Profiler
+
+            async with Profiler(system.pids(), profile):
+                phases["load"] = await system.run(5, options.n, c)
+        else:
+            phases["load"] = await system.run(5, options.n, c)
+        if not load_only:
+            phases["marginal1"] = await system.run(1, options.marginal_n, 1)
+            phases["marginal10"] = await system.run(10, options.marginal_n, 1)
+        memory = system.memory()
+    finally:
+        await system.stop()
+    return phases, memory
+
+
+def _brief(name: str, phases: dict[str, Phase]) -> str:
+    parts = []
+    for key, phase in phases.items():
+        parts.append(
+            f"{key} {phase.throughput:.1f}/s p50 {phase.latency_ms(50):.1f} ms "
+            f"p99 {phase.latency_ms(99):.1f} ms cpu {phase.cpu_ms_per_workflow:.1f} ms/wf"
+            + (f" errors {phase.errors}" if phase.errors else "")
+        )
+    return f"  {name}: " + "; ".join(parts)
+
+
+async def amain(options: Options) -> dict[str, Any]:
+    infra = Infra.from_env()
+    unavailable: dict[str, str] = {}
+    systems = [name for name in ALL if name in options.only]
+    for name in list(systems):
+        missing = missing_packages(name)
+        if missing:
+            unavailable[name] = f"not installed: {', '.join(missing)} (pip install -e '.[bench]')"
+            systems.remove(name)
+    if options.scale:
+        systems.append(SCALE)
+    per_rep: dict[str, list[dict[str, float | None]]] = {name: [] for name in systems}
+    memory: dict[str, list[dict[str, float | None]]] = {name: [] for name in systems}
+    raw: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+    for rep in range(options.repeat):
+        order = [s for s in systems if s not in unavailable]
+        shift = rep % max(1, len(order))
+        order = order[shift:] + order[:shift]
+        print(f"repetition {rep + 1}/{options.repeat}: {', '.join(order)}", flush=True)
+        for name in order:
+            system = make_system(name, infra, options.log_dir / f"rep{rep + 1}")
+            profile = options.profile if rep == 0 and name == OURS else None
+            try:
+                phases, mem = await run_system(
+                    system, options, load_only=name == SCALE, profile=profile
+                )
+            except Exception as exc:  # a peer that cannot run here is reported, not fatal
+                if name == OURS:
+                    raise
+                unavailable[name] = f"failed: {exc!r}"[:500]
+                print(f"  {name}: could not run ({exc!r}); skipping it from now on", flush=True)
+                continue
+            per_rep[name].append(figures(phases))
+            memory[name].append(mem)
+            raw[name].append({key: phase.summary() for key, phase in phases.items()})
+            print(_brief(name, phases), flush=True)
+    medians_by_system = {name: medians(reps) for name, reps in per_rep.items() if reps}
+    memory_medians = {
+        name: {role: median(m.get(role) for m in mems) for role in mems[0]}
+        for name, mems in memory.items()
+        if mems
+    }
+    result: dict[str, Any] = {
+        "systems": medians_by_system,
+        "ratios": ratios(medians_by_system),
+        "targets": targets(medians_by_system),
+        "memory_mib": memory_medians,
+        "unavailable": unavailable,
+        "runs": raw,
+    }
+    if SCALE in medians_by_system and OURS in medians_by_system:
+        one, two = medians_by_system[OURS], medians_by_system[SCALE]
+        if one.get("throughput") and two.get("throughput"):
+            result["scale_throughput_ratio"] = two["throughput"] / one["throughput"]  # type: ignore[operator]
+    if options.fanout:
+        print(f"fan-out: {options.fanout} SSE subscribers of one workflow", flush=True)
+        system = Relayflow(infra, options.log_dir / "fanout", name="relayflow-fanout")
+        try:
+            await system.start()
+            result["fanout"] = await fanout(system, options.fanout)
+        finally:
+            await system.stop()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse(argv)
+    logging.basicConfig(level=logging.WARNING)
+    started = time.time()
+    print(f"relayflow bench: logs in {options.log_dir}", flush=True)
+    result = asyncio.run(amain(options))
+    extra: dict[str, Any] = {}
+    if "scale_throughput_ratio" in result:
+        extra["Scale-out (2 orchestrators + 2 step services) ÷ 1 + 1, throughput"] = (
+            f"{result['scale_throughput_ratio']:.2f}x"
+        )
+    if "fanout" in result:
+        extra["SSE fan-out on one gateway"] = ", ".join(
+            f"{k} {v}" for k, v in result["fanout"].items()
+        )
+    for name, why in result["unavailable"].items():
+        extra[f"{name} not measured"] = why
+    print()
+    print(render(result["systems"], result["memory_mib"], options.concurrency, options.repeat,
+                 extra))  # fmt: skip
+    result["config"] = {
+        "n": options.n,
+        "concurrency": options.concurrency,
+        "serial_n": options.serial_n,
+        "marginal_n": options.marginal_n,
+        "warmup": options.warmup,
+        "repeat": options.repeat,
+        "cpus": _cpus(),
+        "python": platform.python_version(),
+        "seconds": round(time.time() - started, 1),
+    }
+    print("BENCH_JSON " + orjson.dumps(result).decode())
+    sys.stdout.flush()
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,169 @@
+"""relayflow itself, as the quick start runs it: gateway, orchestrator(s) and step service(s),
+each its own process, driven over HTTP + SSE from the bench process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from bench.driver import closed_loop
+from bench.http import Connection, EventStream, HttpError
+from bench.infra import Infra, Processes, free_port, unique, wait_until
+from bench.measure import Phase, Sample, peak_mib
+from bench.workflows import BY_LENGTH, WORKFLOWS
+from relayflow.topology import Topology
+from relayflow.workflow import WorkflowRegistry
+
+TERMINAL = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled"})
+HOST = "127.0.0.1"
+
+
+class Relayflow:
+    """`orchestrators` replicas and `step_services` step-service processes behind one gateway."""
+
+    def __init__(
+        self,
+        infra: Infra,
+        log_dir: Path,
+        *,
+        orchestrators: int = 1,
+        step_services: int = 1,
+        name: str = "relayflow",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.infra = infra
+        self.orchestrators = orchestrators
+        self.step_services = step_services
+        self.port = free_port()
+        self.namespace = unique("bench")
+        self.database = unique("bench_rf_")
+        self.topology = Topology(self.namespace)
+        self.step_names = WorkflowRegistry(WORKFLOWS).task_names()
+        # What a step service without RELAYFLOW_WORKFLOWS declares as well (see start()).
+        seed = WorkflowRegistry.from_modules(["workflows.form_submission"])
+        self.seed_step_names = seed.task_names()
+        self.log_dir = log_dir
+        self.extra_env = extra_env or {}
+        self.processes: Processes | None = None
+        self._memory: dict[str, float | None] = {}
+
+    def roles(self) -> list[str]:
+        orchestrators = [f"orchestrator{i + 1}" for i in range(self.orchestrators)]
+        steps = [f"steps{i + 1}" for i in range(self.step_services)]
+        return ["gateway", *orchestrators, *steps]
+
+    async def start(self) -> None:
+        database_url = await self.infra.create_database(self.database)
+        env = {
+            "AMQP_URL": self.infra.amqp_url,
+            "DATABASE_URL": database_url,
+            "RELAYFLOW_NAMESPACE": self.namespace,
+            "RELAYFLOW_GATEWAY_HOST": HOST,
+            "RELAYFLOW_GATEWAY_PORT": str(self.port),
+            "RELAYFLOW_WORKFLOWS": "bench.workflows",
+            "RELAYFLOW_STEP_MODULES": "bench.steps",
+            "RELAYFLOW_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        self.processes = Processes(self.log_dir / self.name, {**os.environ, **env})
+        # The gateway migrates the database first; the others then find it ready.
+        await self.processes.python("gateway", "-m", "services.gateway")
+        await wait_until(self._ready, timeout=60, what=f"{self.name} gateway")
+        for role in self.roles()[1:]:
+            if role.startswith("orch"):
+                await self.processes.python(role, "-m", "services.orchestrator")
+            else:
+                # services/steps/settings.py's own `_csv` validator shadows the shared one for
+                # RELAYFLOW_WORKFLOWS, so a step service refuses any value of it; left unset,
+                # it declares the seed workflow's step queues too (removed at stop).
+                env = {k: v for k, v in self.processes.env.items() if k != "RELAYFLOW_WORKFLOWS"}
+                self.processes.env, saved = env, self.processes.env
+                try:
+                    await self.processes.python(role, "-m", "services.steps")
+                finally:
+                    self.processes.env = saved
+        queues = [self.topology.orchestrator_queue] + [
+            self.topology.step_queue(step) for step in self.step_names
+        ]
+        want = {self.topology.orchestrator_queue: self.orchestrators}
+
+        async def consuming() -> bool:
+            assert self.processes is not None
+            self.processes.check_alive()
+            for queue in queues:
+                if await self.infra.consumers(queue) < want.get(queue, self.step_services):
+                    return False
+            return True
+
+        await wait_until(consuming, timeout=60, what=f"{self.name} consumers", interval=0.2)
+
+    async def _ready(self) -> bool:
+        assert self.processes is not None
+        self.processes.check_alive()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, self.port)
+        except OSError:
+            return False
+        writer.write(f"GET /readyz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        head = await reader.read(64)
+        writer.close()
+        return b" 200 " in head
+
+    def pids(self) -> dict[str, int]:
+        return self.processes.pids() if self.processes is not None else {}
+
+    async def run(self, steps: int, n: int, concurrency: int) -> Phase:
+        workflow = BY_LENGTH[steps]
+        connections = [Connection(HOST, self.port) for _ in range(concurrency)]
+        free = list(connections)
+        loop = asyncio.get_running_loop()
+
+        async def one(i: int) -> Sample:
+            connection = free.pop()
+            try:
+                t0 = loop.time()
+                response = await connection.post_json(f"/workflows/{workflow}", {"n": i})
+                accepted = loop.time()
+                if response.status != 202:
+                    raise HttpError(f"submit answered {response.status}: {response.body[:200]!r}")
+                workflow_id = response.json()["workflowId"]  # type: ignore[index]
+            finally:
+                free.append(connection)
+            stream = EventStream(HOST, self.port, f"/workflows/{workflow_id}/events")
+            try:
+                await stream.open()
+                last = await stream.read_until(TERMINAL)
+            finally:
+                await stream.close()
+            if last != "workflow.completed":
+                raise HttpError(f"{workflow_id} ended with {last}")
+            return Sample(latency=loop.time() - t0, accept=accepted - t0)
+
+        try:
+            return await closed_loop(steps, n, concurrency, one)
+        finally:
+            for connection in connections:
+                await connection.close()
+
+    def memory(self) -> dict[str, float | None]:
+        if self.processes is not None:
+            self._memory = {role: peak_mib([pid]) for role, pid in self.pids().items()}
+        return dict(self._memory)
+
+    async def stop(self) -> None:
+        self.memory()
+        if self.processes is not None:
+            await self.processes.stop()
+            self.processes = None
+        names = [*self.step_names, *self.seed_step_names]
+        queues = [*self.topology.queue_bindings(names), self.topology.dead_letter_queue]
+        exchanges = [
+            self.topology.exchange,
+            self.topology.events_exchange,
+            self.topology.dead_letter_exchange,
+        ]
+        await self.infra.delete_amqp(queues, exchanges)
+        await self.infra.drop_database(self.database)

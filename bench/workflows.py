@@ -1,0 +1,44 @@
+"""Bench-only workflows: linear chains of trivial tasks (`RELAYFLOW_WORKFLOWS=bench.workflows`).
+
+`bench5` is the seed's five-step shape; `bench1` and `bench10` give the marginal cost of a step;
+`benchfan` holds a workflow open (its `gate` step sleeps) while many SSE subscribers attach.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relayflow.workflow import StepSpec, WorkflowDefinition, define_workflow, task
+
+MAX_STEPS = 10
+
+
+class BenchInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = 0
+    # Seconds the `gate` step sleeps (fan-out run only).
+    sleep: float = Field(default=0.0, ge=0, le=60)
+
+
+def step_name(index: int) -> str:
+    return f"b{index}"
+
+
+def chain(name: str, length: int) -> WorkflowDefinition:
+    specs: list[StepSpec] = [
+        task(step_name(i), after=[step_name(i - 1)] if i > 1 else []) for i in range(1, length + 1)
+    ]
+    return define_workflow(name, input_model=BenchInput, steps=specs, output_from=step_name(length))
+
+
+FANOUT = define_workflow(
+    "benchfan",
+    input_model=BenchInput,
+    steps=[task("gate"), task(step_name(1), after=["gate"])],
+    output_from=step_name(1),
+)
+
+WORKFLOWS = [chain("bench1", 1), chain("bench5", 5), chain("bench10", MAX_STEPS), FANOUT]
+# Workflow name by number of steps, for the phases of a run.
+BY_LENGTH = {1: "bench1", 5: "bench5", 10: "bench10"}
