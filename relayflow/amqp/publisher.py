@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
-from relayflow.contracts import Envelope, encode
+from relayflow.contracts import BaseMessage, encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +23,15 @@ class OutgoingMessage:
     type: str
     headers: Mapping[str, Any] = field(default_factory=dict)
     correlation_id: str | None = None
-    # False only where no queue may be listening yet (the events fanout): the broker's confirm
-    # is then enough, and an unrouted message is not an error.
+    # False for broadcasts (the events fanout): no queue may be listening yet, so an unrouted
+    # message is not an error, and since what they carry is also in PostgreSQL they are sent
+    # transient, sparing the broker a disk write. Work messages are mandatory and persistent.
     mandatory: bool = True
 
     @classmethod
     def of(
         cls,
-        message: Envelope,
+        message: BaseMessage,
         *,
         exchange: str,
         routing_key: str,
@@ -82,7 +83,11 @@ class Publisher:
                 message_id=message.message_id,
                 type=message.type,
                 content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                delivery_mode=(
+                    aio_pika.DeliveryMode.PERSISTENT
+                    if message.mandatory
+                    else aio_pika.DeliveryMode.NOT_PERSISTENT
+                ),
                 headers=dict(message.headers),
                 correlation_id=message.correlation_id,
             ),

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relayflow.contracts.messages import MESSAGE_TYPES, SCHEMA_VERSION, Envelope
+from relayflow.contracts.messages import MESSAGE_TYPES, SCHEMA_VERSION, BaseMessage
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE_URI = "https://relayflow.dev/schemas/"
@@ -23,7 +23,7 @@ def schema_filename(message_type: str) -> str:
     return f"{message_type}.schema.json"
 
 
-def message_schema(message_type: str, model: type[Envelope]) -> dict[str, Any]:
+def message_schema(message_type: str, model: type[BaseMessage]) -> dict[str, Any]:
     """The JSON Schema of one message as it travels on the wire (camelCase keys)."""
     schema = model.model_json_schema(by_alias=True, mode="validation")
     # `type` has a default in Python, but it is the discriminator `decode` dispatches on, so a

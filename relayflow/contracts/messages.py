@@ -67,14 +67,19 @@ WorkflowId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 StepName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
 
 
-class Envelope(_Model):
+class BaseMessage(_Model):
     """Fields every message carries."""
 
     message_id: Annotated[str, Field(min_length=1, max_length=200)]
     schema_version: Literal[1] = 1
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Envelope(BaseMessage):
+    """Fields every message about one workflow carries."""
+
     workflow_id: WorkflowId
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    created_at: datetime = Field(default_factory=utcnow)
 
 
 class StartWorkflow(Envelope):
@@ -196,6 +201,15 @@ class WorkflowEvent(Envelope):
         return self.event in TERMINAL_EVENTS
 
 
+class WorkflowEventBatch(BaseMessage):
+    """The events one orchestrator transaction produced, possibly of many workflows, published
+    as one message on the events fanout: a handful of broker messages per batch instead of one
+    per event. Each event is exactly what `workflow_events` stores."""
+
+    type: Literal["WorkflowEventBatch"] = "WorkflowEventBatch"
+    events: Annotated[list[WorkflowEvent], Field(min_length=1)]
+
+
 Message = Annotated[
     StartWorkflow
     | StepCommand
@@ -203,6 +217,7 @@ Message = Annotated[
     | ExternalRequest
     | ExternalReply
     | WorkflowEvent
+    | WorkflowEventBatch
     | CancelWorkflow
     | RetryWorkflow,
     Field(discriminator="type"),
@@ -212,13 +227,14 @@ OrchestratorInput = Annotated[
     Field(discriminator="type"),
 ]
 
-MESSAGE_TYPES: dict[str, type[Envelope]] = {
+MESSAGE_TYPES: dict[str, type[BaseMessage]] = {
     "StartWorkflow": StartWorkflow,
     "StepCommand": StepCommand,
     "StepResult": StepResult,
     "ExternalRequest": ExternalRequest,
     "ExternalReply": ExternalReply,
     "WorkflowEvent": WorkflowEvent,
+    "WorkflowEventBatch": WorkflowEventBatch,
     "CancelWorkflow": CancelWorkflow,
     "RetryWorkflow": RetryWorkflow,
 }
@@ -227,7 +243,7 @@ _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
 M = TypeVar("M")
 
 
-def encode(message: Envelope) -> bytes:
+def encode(message: BaseMessage) -> bytes:
     """The wire form: compact JSON with camelCase keys."""
     return orjson.dumps(message.model_dump(mode="json", by_alias=True, exclude_none=True))
 

@@ -39,6 +39,15 @@ async def init_connection(conn: asyncpg.Connection[Any]) -> None:
         )
 
 
+async def _end_open_transaction(conn: asyncpg.Connection[Any]) -> None:
+    """Reset a connection returning to the pool. asyncpg's default runs a multi-statement reset
+    query on every release (a round trip each time); we keep no session state (no LISTEN, no
+    prepared cursors, advisory locks are released explicitly), so only an open transaction, left
+    by a cancelled task, needs ending."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 10, wait: float = 30.0
 ) -> asyncpg.Pool[Any]:
@@ -52,6 +61,7 @@ async def create_pool(
                 min_size=min_size,
                 max_size=max_size,
                 init=init_connection,
+                reset=_end_open_transaction,
                 command_timeout=60,
             )
             return pool

@@ -23,7 +23,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from aio_pika.abc import (
@@ -32,9 +32,9 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
 )
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
-from relayflow.contracts import WorkflowEvent
+from relayflow.contracts import WorkflowEvent, WorkflowEventBatch
 from relayflow.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -218,12 +218,13 @@ class EventHub:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            event = parse_event(message.body)
+            events = parse_events(message.body)
         except ValueError as exc:
             # Every event is also stored in PostgreSQL, so streams lose nothing by this.
             log.warning("ignoring an unparseable workflow event %s: %s", message.message_id, exc)
         else:
-            self.dispatch(event)
+            for event in events:
+                self.dispatch(event)
         await message.ack()
 
     def close(self) -> None:
@@ -248,18 +249,30 @@ class EventHub:
                 await self._channel.close()
 
 
-def parse_event(body: bytes) -> LiveEvent:
-    """Raises ValueError (pydantic's ValidationError or orjson's) for anything but an event."""
+_broadcast: TypeAdapter[WorkflowEvent | WorkflowEventBatch] = TypeAdapter(
+    Annotated[WorkflowEvent | WorkflowEventBatch, Field(discriminator="type")]
+)
+
+
+def parse_events(body: bytes) -> list[LiveEvent]:
+    """The events of one broadcast: a `WorkflowEventBatch` (what the orchestrator sends) or a
+    single `WorkflowEvent`. Raises ValueError for anything else."""
     try:
         raw = orjson.loads(body)
-        event = WorkflowEvent.model_validate(raw)
+        message = _broadcast.validate_python(raw)
     except (orjson.JSONDecodeError, ValidationError) as exc:
         raise ValueError(str(exc)) from exc
+    if isinstance(message, WorkflowEvent):
+        return [_live(message, raw)]
+    return [_live(event, body) for event, body in zip(message.events, raw["events"], strict=True)]
+
+
+def _live(event: WorkflowEvent, body: dict[str, Any]) -> LiveEvent:
     return LiveEvent(
         workflow_id=event.workflow_id,
         seq=event.seq,
         event=str(event.event),
-        body=raw,
+        body=body,
         terminal=event.terminal,
         workflow_name=event.workflow_name,
     )

@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
@@ -155,7 +156,7 @@ async def all_events(request: Request) -> Response:
             ),
         ),
         ping=settings.gateway_ping_interval,
-        background=BackgroundTask(subscription.close),
+        background=BackgroundTask(_closer(subscription)),
     )
 
 
@@ -203,7 +204,7 @@ async def workflow_events(request: Request) -> Response:
         ),
         ping=settings.gateway_ping_interval,
         # Also if the stream never starts iterating (the client left at once).
-        background=BackgroundTask(subscription.close),
+        background=BackgroundTask(_closer(subscription)),
     )
 
 
@@ -248,3 +249,17 @@ def _error(stored: Any) -> ErrorView | None:
         return ErrorView.model_validate(stored)
     except ValidationError:
         return ErrorView(type="UnknownError", message=str(stored), retryable=False)
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _closer(subscription: _Closable) -> Callable[[], Awaitable[None]]:
+    """An async wrapper: Starlette runs a sync background function in a worker thread, a hop per
+    stream that the event loop does not need (closing only touches in-memory structures)."""
+
+    async def close() -> None:
+        subscription.close()
+
+    return close

@@ -20,6 +20,7 @@ from relayflow.contracts import (
     RetryWorkflow,
     StartWorkflow,
     StepResult,
+    WorkflowEventBatch,
 )
 from relayflow.db import Connection
 from relayflow.topology import Topology, step_key
@@ -139,24 +140,23 @@ class Processor:
         return _route(definition, state, item, now)
 
     def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
-        messages: list[OutgoingMessage] = []
-        for transition in transitions:
-            messages.extend(
-                OutgoingMessage.of(
-                    command,
-                    exchange=self._topology.exchange,
-                    routing_key=step_key(command.step_name),
-                )
-                for command in transition.commands
+        messages = [
+            OutgoingMessage.of(
+                command,
+                exchange=self._topology.exchange,
+                routing_key=step_key(command.step_name),
             )
-            messages.extend(
+            for transition in transitions
+            for command in transition.commands
+        ]
+        events = [event for transition in transitions for event in transition.events]
+        if events:
+            # One broadcast for the whole batch: its first event's id names it uniquely.
+            batch = WorkflowEventBatch(message_id=f"evb:{events[0].message_id}", events=events)
+            messages.append(
                 OutgoingMessage.of(
-                    event,
-                    exchange=self._topology.events_exchange,
-                    routing_key="",
-                    mandatory=False,
+                    batch, exchange=self._topology.events_exchange, routing_key="", mandatory=False
                 )
-                for event in transition.events
             )
         return messages
 

@@ -25,6 +25,7 @@ from relayflow.contracts import (
     StepResult,
     StepResultStatus,
     WorkflowEvent,
+    WorkflowEventBatch,
     decode,
     encode,
     new_message_id,
@@ -94,6 +95,22 @@ def _examples() -> list[Envelope]:
             workflow_name="form_submission",
             step_name="charge",
             data={"error": {"type": "Timeout", "message": "slow", "retryable": True}},
+        ),
+        WorkflowEventBatch(
+            message_id=new_message_id(),
+            events=[
+                WorkflowEvent(
+                    **common, seq=2, event=EventType.STEP_STARTED, workflow_name="form_submission"
+                ),
+                WorkflowEvent(
+                    message_id=new_message_id(),
+                    workflow_id="wf_other",
+                    seq=9,
+                    event=EventType.WORKFLOW_COMPLETED,
+                    workflow_name="form_submission",
+                    data={"output": {"ok": True}},
+                ),
+            ],
         ),
         CancelWorkflow(**common, reason="no longer needed"),
         RetryWorkflow(**common),

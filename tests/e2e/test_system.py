@@ -273,15 +273,21 @@ async def test_captured_messages_match_the_committed_schemas(
         message = await capture.get(fail=False, no_ack=True)
         if message is None:
             return bool(seen.get("WorkflowEvent", 0) >= 12)
+        validate_wire_message(message.body)
         body = orjson.loads(message.body)
-        if body.get("workflowId") == workflow_id:
-            validate_wire_message(message.body)
+        if body["type"] == "WorkflowEventBatch":
+            ours = [event for event in body["events"] if event["workflowId"] == workflow_id]
+            if ours:
+                seen["WorkflowEventBatch"] = seen.get("WorkflowEventBatch", 0) + 1
+                seen["WorkflowEvent"] = seen.get("WorkflowEvent", 0) + len(ours)
+        elif body.get("workflowId") == workflow_id:
             seen[body["type"]] = seen.get(body["type"], 0) + 1
         return False
 
     await wait_for(drained, timeout=20, interval=0)
     await channel.close()
     assert set(seen) == {
+        "WorkflowEventBatch",
         "StartWorkflow",
         "StepCommand",
         "StepResult",
