@@ -87,11 +87,13 @@ class Processor:
                 changed.add(item.workflow_id)
                 transitions.append(outcome)
 
-        await store.update_workflows(conn, [current[wid] for wid in sorted(changed)])
-        events = [event for t in transitions for event in t.events]
-        await store.insert_events(conn, events)
-        await store.insert_timers(conn, [timer for t in transitions for timer in t.timers])
-        outbox = await store.enqueue(conn, self._outgoing(transitions))
+        outbox = await store.write_batch(
+            conn,
+            [current[wid] for wid in sorted(changed)],
+            [event for t in transitions for event in t.events],
+            [timer for t in transitions for timer in t.timers],
+            self._outgoing(transitions),
+        )
         final = [outcome if outcome is not None else Ignored("not applied") for outcome in outcomes]
         return BatchResult(outcomes=final, outbox=outbox)
 

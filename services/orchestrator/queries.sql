@@ -26,28 +26,35 @@ ORDER BY 1
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
--- name: update_workflows
-UPDATE workflows AS w
-SET status = u.status, steps = u.steps, signals = u.signals, output = u.output,
-    error = u.error, last_seq = u.last_seq, run = u.run, updated_at = u.updated_at,
-    finished_at = u.finished_at
-FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[],
-            $7::integer[], $8::integer[], $9::timestamptz[], $10::timestamptz[])
-     AS u(id, status, steps, signals, output, error, last_seq, run, updated_at, finished_at)
-WHERE w.id = u.id;
-
--- name: insert_events
-INSERT INTO workflow_events (workflow_id, seq, event, body, created_at)
-SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::jsonb[], $5::timestamptz[]);
-
--- name: insert_outbox
+-- name: write_batch
+-- Everything a batch changes, in one round trip: the workflows' new states, their events, the
+-- timers they set and the messages to send (outbox). PostgreSQL runs every data-modifying CTE
+-- exactly once, whether or not the final query reads it; empty arrays write nothing.
+WITH updated AS (
+    UPDATE workflows AS w
+    SET status = u.status, steps = u.steps, signals = u.signals, output = u.output,
+        error = u.error, last_seq = u.last_seq, run = u.run, updated_at = u.updated_at,
+        finished_at = u.finished_at
+    FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[],
+                $7::integer[], $8::integer[], $9::timestamptz[], $10::timestamptz[])
+         AS u(id, status, steps, signals, output, error, last_seq, run, updated_at, finished_at)
+    WHERE w.id = u.id
+    RETURNING 1
+), events AS (
+    INSERT INTO workflow_events (workflow_id, seq, event, body, created_at)
+    SELECT * FROM unnest($11::text[], $12::integer[], $13::text[], $14::jsonb[],
+                         $15::timestamptz[])
+    RETURNING 1
+), new_timers AS (
+    INSERT INTO timers (workflow_id, kind, step_name, attempt, fire_at)
+    SELECT * FROM unnest($16::text[], $17::text[], $18::text[], $19::integer[],
+                         $20::timestamptz[])
+    RETURNING 1
+)
 INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::boolean[])
+SELECT * FROM unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::bytea[],
+                     $26::boolean[])
 RETURNING id, message_id;
-
--- name: insert_timers
-INSERT INTO timers (workflow_id, kind, step_name, attempt, fire_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::timestamptz[]);
 
 -- name: claim_due_timers
 -- Several replicas poll; SKIP LOCKED hands each due timer to exactly one of them.

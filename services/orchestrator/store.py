@@ -90,11 +90,17 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
     return {row["id"] for row in rows}
 
 
-async def update_workflows(conn: Connection, states: Sequence[WorkflowState]) -> None:
-    if not states:
-        return
-    await conn.execute(
-        QUERIES.update_workflows,
+async def write_batch(
+    conn: Connection,
+    states: Sequence[WorkflowState],
+    events: Sequence[WorkflowEvent],
+    timers: Sequence[Timer],
+    messages: Sequence[OutgoingMessage],
+) -> list[OutboxRow]:
+    """Write a batch's changed workflows, events, timers and outgoing messages in one round
+    trip; returns the outbox rows to hand to the relay."""
+    rows = await conn.fetch(
+        QUERIES.write_batch,
         [s.id for s in states],
         [s.status.value for s in states],
         [_steps_json(s) for s in states],
@@ -105,27 +111,16 @@ async def update_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.run for s in states],
         [s.updated_at for s in states],
         [s.finished_at for s in states],
-    )
-
-
-async def insert_events(conn: Connection, events: Sequence[WorkflowEvent]) -> None:
-    if not events:
-        return
-    await conn.execute(
-        QUERIES.insert_events,
         [e.workflow_id for e in events],
         [e.seq for e in events],
         [e.event.value for e in events],
         [orjson.loads(encode(e)) for e in events],
         [e.created_at for e in events],
-    )
-
-
-async def enqueue(conn: Connection, messages: Sequence[OutgoingMessage]) -> list[OutboxRow]:
-    if not messages:
-        return []
-    rows = await conn.fetch(
-        QUERIES.insert_outbox,
+        [t.workflow_id for t in timers],
+        [t.kind.value for t in timers],
+        [t.step_name for t in timers],
+        [t.attempt for t in timers],
+        [t.fire_at for t in timers],
         [m.exchange for m in messages],
         [m.routing_key for m in messages],
         [m.message_id for m in messages],
@@ -135,19 +130,6 @@ async def enqueue(conn: Connection, messages: Sequence[OutgoingMessage]) -> list
     )
     by_message_id = {m.message_id: m for m in messages}
     return [OutboxRow(row["id"], by_message_id[row["message_id"]]) for row in rows]
-
-
-async def insert_timers(conn: Connection, timers: Sequence[Timer]) -> None:
-    if not timers:
-        return
-    await conn.execute(
-        QUERIES.insert_timers,
-        [t.workflow_id for t in timers],
-        [t.kind.value for t in timers],
-        [t.step_name for t in timers],
-        [t.attempt for t in timers],
-        [t.fire_at for t in timers],
-    )
 
 
 async def claim_due_timers(conn: Connection, limit: int) -> list[TimerFired]:
