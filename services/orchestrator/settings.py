@@ -14,8 +14,10 @@ class OrchestratorSettings(Settings):
     # Deliveries the broker may hand over before we ack; bounds memory and batch size.
     orchestrator_prefetch: int = Field(default=256, ge=1)
     orchestrator_batch_size: int = Field(default=128, ge=1)
-    # Batches handled at once; each locks only its own workflows.
-    orchestrator_workers: int = Field(default=2, ge=1)
+    # Batches handled at once; each locks only its own workflows. One is best on a 2-core
+    # machine (bench: larger batches, fewer commits); more helps where PostgreSQL has cores to
+    # spare for concurrent transactions.
+    orchestrator_workers: int = Field(default=1, ge=1)
     outbox_stale_after: float = Field(default=5.0, gt=0)
     outbox_sweep_interval: float = Field(default=1.0, gt=0)
     timer_poll_interval: float = Field(default=0.25, gt=0)
