@@ -3,18 +3,22 @@ answers the orchestrator with a `StepResult`.
 
 An invocation is (workflowId, stepName, stepKey), one row of `step_invocations`. For a command:
 
-1. Claim the row in one statement: new, failed on an older attempt, or running with an expired
-   lease (its holder died). The claim leases it to this worker for `lease_seconds`.
+1. Claim the row in one statement, inside a transaction: new, failed on an older attempt, or
+   running with an expired lease (its holder died).
 2. Not claimed: the row decides (`store.decide`). Succeeded → publish the stored output again;
    failed on this attempt or a newer one → publish the stored failure again; running under a live
    lease → a duplicate is in flight: keep the delivery, poll until the row settles or the lease
    expires, then decide again. The result's message id is deterministic, so a copy is deduplicated
    by the orchestrator's inbox.
-3. Claimed: run the body while a background task renews the lease every `lease_seconds / 3`.
-4. Record the outcome with an UPDATE guarded by lease owner, attempt and status. A transactional
-   step's body runs in the same transaction as its success record, so its writes commit exactly
-   once. Zero rows means the lease was lost: roll back, publish nothing, look again.
-5. Commit, publish the result (confirmed, mandatory), then ack. A crash in between is healed by
+3. Claimed: run the body. While it is quick (`inline_budget`) — and always for a transactional
+   step — the claim stays uncommitted and the outcome is recorded in the same transaction: one
+   commit per step, the row lock keeps duplicates waiting, and a crash leaves no claim behind. A
+   transactional body's writes share that transaction (a savepoint lets a failure be recorded
+   without them), so they commit exactly once. A non-transactional body that outlives the budget
+   gets its claim committed as a lease, renewed every `lease_seconds / 3` while it runs, and its
+   outcome is recorded by an UPDATE guarded by lease owner, attempt and status (zero rows: the
+   lease was lost, publish nothing, look again).
+4. Commit, publish the result (confirmed, mandatory), then ack. A crash in between is healed by
    the redelivery, which finds the settled row and publishes its outcome.
 
 A message that is not a `StepCommand` for a step this worker serves is dead-lettered with a reason
@@ -79,6 +83,10 @@ class WorkerConfig:
     # outage does not exhaust the queue's delivery limit and dead-letter good commands.
     retry_backoff: float = 1.0
     retry_backoff_max: float = 30.0
+    # A body that finishes within this many seconds runs in the claim's own transaction: one
+    # commit records claim and outcome together. A longer one gets its claim committed and runs
+    # on under a renewed lease. (Transactional steps always run in that transaction.)
+    inline_budget: float = 0.2
 
     def backoff(self, deliveries: int) -> float:
         return float(min(self.retry_backoff * 2 ** min(deliveries, 16), self.retry_backoff_max))
@@ -95,6 +103,13 @@ class InvalidCommand(Exception):
 @dataclass(frozen=True, slots=True)
 class _Succeeded:
     output: Any
+
+
+class _NotClaimed:
+    """The invocation's row would not be claimed: look at it and decide."""
+
+
+_NOT_CLAIMED = _NotClaimed()
 
 
 def result_message_id(workflow_id: str, step_name: str, step_key: str, attempt: int) -> str:
@@ -274,9 +289,8 @@ class StepWorker:
         deadline = loop.time() + self._config.duplicate_wait
         delay = 0.05
         while True:
-            claimed = await self._store.claim(self._pool, command)
-            if claimed is not None:
-                settled = await self._run(command, definition)
+            settled = await self._claim_and_run(command, definition)
+            if not isinstance(settled, _NotClaimed):
                 if settled is not None:
                     await self._publish_result(command, settled)
                     return
@@ -314,46 +328,93 @@ class StepWorker:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self._config.poll_max)
 
-    async def _run(self, command: StepCommand, definition: StepDefinition) -> Invocation | None:
-        """Run a claimed invocation and record its outcome; None if the lease was lost."""
+    async def _claim_and_run(
+        self, command: StepCommand, definition: StepDefinition
+    ) -> Invocation | _NotClaimed | None:
+        """Claim the invocation and run it to a recorded outcome; `_NOT_CLAIMED` if the row
+        would not be claimed, None if the lease was lost.
+
+        The claim and the outcome share one transaction while the body is quick (or
+        transactional): until it commits, the uncommitted claim row is the lease — a duplicate
+        delivery waits on its lock, and a crash leaves no claim behind to wait out. A
+        non-transactional body still running after `inline_budget` has its claim committed and
+        finishes under a renewed lease, so that no transaction stays open for long."""
+        body: asyncio.Future[_Succeeded | ErrorInfo] | None = None
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                if await self._store.claim(conn, command) is None:
+                    await transaction.rollback()
+                    return _NOT_CLAIMED
+                outcome: _Succeeded | ErrorInfo | None
+                if definition.transactional:
+                    outcome = await self._call_in_savepoint(command, definition, conn)
+                else:
+                    body = asyncio.ensure_future(self._call(command, definition, None))
+                    done, _ = await asyncio.wait({body}, timeout=self._config.inline_budget)
+                    outcome = body.result() if done else None
+                if outcome is None:
+                    # Slow: make the claim visible as a lease, and hold no transaction open
+                    # for the rest of the body.
+                    await transaction.commit()
+                else:
+                    recorded = await self._record(conn, command, outcome)
+                    if recorded is None:
+                        await transaction.rollback()
+                    else:
+                        await transaction.commit()
+                    return recorded
+            except BaseException:
+                if body is not None:
+                    body.cancel()
+                if conn.is_in_transaction():
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+                raise
+        assert body is not None
+        return await self._finish_under_lease(command, body)
+
+    async def _finish_under_lease(
+        self, command: StepCommand, body: asyncio.Future[_Succeeded | ErrorInfo]
+    ) -> Invocation | None:
         try:
-            if definition.transactional:
-                return await self._run_transactional(command, definition)
             async with self._lease(command):
-                outcome = await self._call(command, definition, None)
-            if isinstance(outcome, ErrorInfo):
-                return await self._store.fail(self._pool, command, outcome)
-            return await self._store.succeed(self._pool, command, outcome.output)
+                outcome = await body
+            return await self._record(self._pool, command, outcome)
         except asyncio.CancelledError:
+            body.cancel()
             # Stopping: give the lease up so that the redelivery can run it at once.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._store.release(self._pool, command), timeout=2.0)
             raise
 
-    async def _run_transactional(
-        self, command: StepCommand, definition: StepDefinition
-    ) -> Invocation | None:
-        """The body and its success record in one transaction: both commit, or neither."""
-        async with self._pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                async with self._lease(command):
-                    outcome = await self._call(command, definition, conn)
-                recorded = None
-                if not isinstance(outcome, ErrorInfo):
-                    recorded = await self._store.succeed(conn, command, outcome.output)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await transaction.rollback()
-                raise
-            if recorded is not None:
-                await transaction.commit()
-                return recorded
-            await transaction.rollback()
+    async def _call_in_savepoint(
+        self, command: StepCommand, definition: StepDefinition, conn: DbConnection
+    ) -> _Succeeded | ErrorInfo:
+        """A transactional body: its writes stand or fall with the outcome. A failure rolls back
+        to the savepoint, so the failure can still be recorded in the same transaction."""
+        savepoint = conn.transaction()
+        await savepoint.start()
+        try:
+            outcome = await self._call(command, definition, conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await savepoint.rollback()
+            raise
         if isinstance(outcome, ErrorInfo):
-            return await self._store.fail(self._pool, command, outcome)
-        return None  # the lease was lost: the body's writes are rolled back with it
+            await savepoint.rollback()
+        else:
+            await savepoint.commit()
+        return outcome
+
+    async def _record(
+        self, db: DbConnection | asyncpg.Pool[Any], command: StepCommand, outcome: Any
+    ) -> Invocation | None:
+        if isinstance(outcome, ErrorInfo):
+            return await self._store.fail(db, command, outcome)
+        assert isinstance(outcome, _Succeeded)
+        return await self._store.succeed(db, command, outcome.output)
 
     async def _call(
         self,

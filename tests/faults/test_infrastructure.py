@@ -36,7 +36,7 @@ async def test_broker_restart_mid_run(
     consumers and carry on, and no accepted workflow may be lost or run a step twice."""
     ids = await cluster.submit_many(client, 30, "broker-restart")
     assert len(ids) == 30
-    await cluster.wait_step_state("running", least=3)
+    await cluster.wait_in_flight(least=3)
     await private_rabbit.restart()
     await cluster.wait_ready(client)
     more = await cluster.submit_many(client, 10, "after-restart")
@@ -50,7 +50,7 @@ async def test_postgres_restart_mid_run(
     must be retried whole, so every workflow completes with each effect committed once."""
     ids = await cluster.submit_many(client, 30, "pg-restart")
     assert len(ids) == 30
-    await cluster.wait_step_state("running", least=3)
+    await cluster.wait_in_flight(least=3)
     await private_postgres.restart(mode="fast")
     more = await cluster.submit_many(client, 10, "after-pg-restart")
     await cluster.assert_exactly_once(ids + more)
@@ -73,7 +73,7 @@ async def test_connections_cut(
     """Connections cut at once mid-run (a network blip): the services reconnect, and the cut
     transactions and unacked deliveries are retried without duplicate effects."""
     ids = await cluster.submit_many(client, 30, f"cut-{link}")
-    await cluster.wait_step_state("running", least=3)
+    await cluster.wait_in_flight(least=3)
     for service in services:
         await getattr(cluster.links[service], link).cut()
     await cluster.assert_exactly_once(ids, timeout=timeout)
@@ -96,7 +96,7 @@ async def test_connections_black_holed(
     """Links that go silent for a few seconds (no FIN, no RST) must be outlived: once they pass
     again, every workflow completes, each effect once."""
     ids = await cluster.submit_many(client, 20, f"hole-{link}")
-    await cluster.wait_step_state("running", least=3)
+    await cluster.wait_in_flight(least=3)
     for service in services:
         getattr(cluster.links[service], link).blackhole()
     try:

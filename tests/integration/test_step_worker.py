@@ -429,7 +429,8 @@ async def test_lease_is_renewed_while_the_body_runs(
         return {"value": ctx.input.value}
 
     wf = new_workflow_id()
-    config = WorkerConfig(lease_seconds=0.6)
+    # No inline budget: the claim commits at once, so the lease is what protects the body.
+    config = WorkerConfig(lease_seconds=0.6, inline_budget=0)
     async with running(steps, pool, amqp_connection, declared, config) as worker:
         await send(publisher, declared, command(wf, "slow"))
 
@@ -545,7 +546,13 @@ async def test_stop_hands_unfinished_work_back_at_once(
         return {"value": ctx.input.value}
 
     wf = new_workflow_id()
-    first = StepWorker(steps=steps, pool=pool, connection=amqp_connection, topology=declared)
+    first = StepWorker(
+        steps=steps,
+        pool=pool,
+        connection=amqp_connection,
+        topology=declared,
+        config=WorkerConfig(inline_budget=0),  # claim committed: a lease to release
+    )
     await first.start()
     await send(publisher, declared, command(wf, "slow"))
     await asyncio.wait_for(stuck.wait(), timeout=20)
@@ -556,6 +563,51 @@ async def test_stop_hands_unfinished_work_back_at_once(
     row = await invocation(pool, wf)
     assert row is not None
     assert (row["status"], row["executions"]) == ("succeeded", 2)
+
+
+async def test_stop_within_the_inline_window_leaves_no_claim_behind(
+    declared: Topology,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    publisher: Publisher,
+) -> None:
+    """While a quick body runs, its claim is an uncommitted row: a worker stopped (or killed)
+    then leaves nothing to wait out, and the redelivery claims the invocation afresh."""
+    stuck = asyncio.Event()
+    steps = StepRegistry()
+
+    @steps.step("slow")
+    async def slow(ctx: StepContext[Item]) -> dict[str, int]:
+        stuck.set()
+        await asyncio.Event().wait()
+        return {}
+
+    fast = StepRegistry()
+
+    @fast.step("slow")
+    async def quick(ctx: StepContext[Item]) -> dict[str, int]:
+        return {"value": ctx.input.value}
+
+    wf = new_workflow_id()
+    first = StepWorker(
+        steps=steps,
+        pool=pool,
+        connection=amqp_connection,
+        topology=declared,
+        config=WorkerConfig(inline_budget=60),
+    )
+    await first.start()
+    await send(publisher, declared, command(wf, "slow"))
+    await asyncio.wait_for(stuck.wait(), timeout=20)
+    assert await invocation(pool, wf) is None  # the claim is not visible until it commits
+    await first.stop(grace=0.1)
+    async with running(fast, pool, amqp_connection, declared):
+        [(_, result)] = await take_results(channel, declared, 1)
+    assert result.output == {"value": 21}
+    row = await invocation(pool, wf)
+    assert row is not None
+    assert (row["status"], row["executions"]) == ("succeeded", 1)
 
 
 async def test_database_outage_hands_commands_back_without_dead_lettering(

@@ -322,6 +322,22 @@ class Cluster:
         duplicated = {key: n for key, n in ledger.items() if n != 1}
         assert not duplicated, f"duplicated effects: {duplicated}"
 
+    async def wait_in_flight(self, least: int = 1) -> None:
+        """Until at least `least` ledger-step bodies hold their effect in an open transaction.
+
+        A quick or transactional step keeps its claim uncommitted until its outcome is recorded,
+        so `step_invocations` cannot show it; PostgreSQL's own view of the step service's
+        sessions can: idle in a transaction whose last statement wrote the ledger."""
+
+        async def reached() -> bool:
+            count = await self.db().fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'idle in transaction' AND query LIKE '%fault_ledger%'"
+            )
+            return bool(count >= least)
+
+        await poll(reached, timeout=60, interval=0.02, what=f"{least} ledger bodies in flight")
+
     async def wait_step_state(self, status: str, step: str | None = None, least: int = 1) -> None:
         """Until at least `least` ledger-step invocations are in `status`."""
 
