@@ -48,7 +48,9 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
             connection=connection,
             topology=topology,
             config=WorkerConfig(
-                prefetch=settings.step_prefetch, lease_seconds=settings.step_lease_seconds
+                prefetch=settings.step_prefetch,
+                lease_seconds=settings.step_lease_seconds,
+                inline_budget=settings.step_inline_budget,
             ),
         )
         await worker.start()

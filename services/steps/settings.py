@@ -21,6 +21,8 @@ class StepServiceSettings(Settings):
     step_prefetch: int = Field(default=32, ge=1)
     # How long a claimed invocation stays leased without renewal (renewed every third of it).
     step_lease_seconds: float = Field(default=30.0, gt=0)
+    # A body quicker than this records its claim and outcome in one transaction (one commit).
+    step_inline_budget: float = Field(default=0.2, ge=0)
     # How long in-flight steps may take to finish on stop before they are handed back.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
