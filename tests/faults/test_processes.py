@@ -26,7 +26,7 @@ async def test_step_service_killed_after_commit_before_ack(
     result is not published and the command not acked. The redelivery must republish the stored
     result, not run the body again."""
     ids = await cluster.submit_many(client, 5, "after-commit")
-    await cluster.wait_in_flight()
+    await cluster.wait_in_flight(step="left")
     # From now on nothing the step service sends reaches the broker: its result publish hangs.
     cluster.links["steps"].amqp.blackhole()
     await cluster.wait_step_state("succeeded", step="left")
@@ -43,7 +43,7 @@ async def test_step_service_killed_mid_transaction(
     """Killed while a transactional body holds its uncommitted effect: the effect and the claim
     must roll back together, and the redelivery must run the invocation once more."""
     ids = await cluster.submit_many(client, 5, "mid-tx")
-    await cluster.wait_in_flight(least=2)
+    await cluster.wait_in_flight(least=2, step="left")
     settled = await cluster.db().fetchval(
         "SELECT count(*) FROM step_invocations WHERE step_name = 'left'"
     )

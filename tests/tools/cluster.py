@@ -322,17 +322,20 @@ class Cluster:
         duplicated = {key: n for key, n in ledger.items() if n != 1}
         assert not duplicated, f"duplicated effects: {duplicated}"
 
-    async def wait_in_flight(self, least: int = 1) -> None:
-        """Until at least `least` ledger-step bodies hold their effect in an open transaction.
+    async def wait_in_flight(self, least: int = 1, step: str | None = None) -> None:
+        """Until at least `least` slowed ledger-step bodies (of `step`, or any) hold their
+        written effect in an open transaction.
 
         A quick or transactional step keeps its claim uncommitted until its outcome is recorded,
         so `step_invocations` cannot show it; PostgreSQL's own view of the step service's
-        sessions can: idle in a transaction whose last statement wrote the ledger."""
+        sessions can: a slowed body's last statement is its `ledger-in-flight:<step>` marker."""
+        pattern = f"%ledger-in-flight:{step or ''}%"
 
         async def reached() -> bool:
             count = await self.db().fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND state = 'idle in transaction' AND query LIKE '%fault_ledger%'"
+                " AND state = 'idle in transaction' AND query LIKE $1",
+                pattern,
             )
             return bool(count >= least)
 

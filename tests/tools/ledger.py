@@ -46,6 +46,10 @@ DO UPDATE SET effects = fault_ledger.effects + 1, last_at = clock_timestamp()
 """
 
 
+# One constant statement per step, so that its name is in the statement's text.
+_IN_FLIGHT = {name: f"SELECT 'ledger-in-flight:{name}'" for name in STEP_NAMES}
+
+
 class LedgerInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,7 +84,9 @@ async def _effect(ctx: StepContext[LedgerInput]) -> dict[str, str]:
     await ctx.connection.execute(_RECORD, ctx.workflow_id, ctx.step_name)
     delay = _delay_for(ctx.step_name)
     if delay:
-        # The effect is written but not committed: a kill or a cut now must roll it back.
+        # A marker the tests can see in pg_stat_activity (parameters do not show there): this
+        # step's body holds its written, uncommitted effect. A kill or a cut now must roll it back.
+        await ctx.connection.execute(_IN_FLIGHT[ctx.step_name])
         await asyncio.sleep(delay)
     return {"step": ctx.step_name, "tag": ctx.input.tag}
 
