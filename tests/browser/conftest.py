@@ -8,20 +8,16 @@ Set `RELAYFLOW_SCREENSHOTS=docs` to refresh the README's screenshot while the te
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
-import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from tests.e2e.conftest import ROOT, SERVICES, System, free_port
-from tests.support import delete_topology, unique_name
+from tests.e2e.conftest import ROOT, System, running_system
 
 CHROMIUM = Path(os.environ.get("RELAYFLOW_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -60,38 +56,16 @@ async def system(
     registry: WorkflowRegistry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[System]:
-    namespace = unique_name("b")
-    port = free_port()
-    env = {
-        **os.environ,
-        "AMQP_URL": amqp_url,
-        "DATABASE_URL": database_url,
-        "RELAYFLOW_NAMESPACE": namespace,
-        "RELAYFLOW_GATEWAY_PORT": str(port),
-        "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
-        "RELAYFLOW_EXTERNAL_REPLY_DELAY": str(REPLY_DELAY),
-        "PYTHONUNBUFFERED": "1",
-    }
-    system = System(
-        env=env,
-        base_url=f"http://127.0.0.1:{port}",
-        namespace=namespace,
+    async with running_system(
+        prefix="b",
+        amqp_url=amqp_url,
+        database_url=database_url,
+        amqp_connection=amqp_connection,
+        registry=registry,
         log_dir=tmp_path_factory.mktemp("logs"),
-    )
-    for service in SERVICES:
-        await system.start(service)
-    try:
-        async with httpx.AsyncClient(timeout=10) as client:
-            await system.wait_ready(client)
-        topology = Topology(namespace)
-        for queue in (topology.orchestrator_queue, topology.external_queue):
-            await system.wait_consuming(queue, amqp_connection)
+        env={"RELAYFLOW_EXTERNAL_REPLY_DELAY": str(REPLY_DELAY)},
+    ) as system:
         yield system
-    finally:
-        for name in list(system.processes):
-            with contextlib.suppress(Exception):
-                await system.terminate(name)
-        await delete_topology(amqp_connection, Topology(namespace), registry.task_names())
 
 
 @pytest.fixture(scope="session")

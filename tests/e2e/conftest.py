@@ -96,33 +96,35 @@ class System:
         await wait_for(consuming, timeout=60, interval=0.1)
 
 
-@pytest.fixture(scope="module")
-async def system(
+@contextlib.asynccontextmanager
+async def running_system(
+    *,
+    prefix: str,
     amqp_url: str,
     database_url: str,
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
     registry: WorkflowRegistry,
-    tmp_path_factory: pytest.TempPathFactory,
+    log_dir: Path,
+    env: dict[str, str],
 ) -> AsyncIterator[System]:
-    namespace = unique_name("e")
+    """Every service as its own process on a fresh namespace, ready and consuming; stopped and
+    its queues removed afterwards."""
+    namespace = unique_name(prefix)
     port = free_port()
-    env = {
-        **os.environ,
-        "AMQP_URL": amqp_url,
-        "DATABASE_URL": database_url,
-        "RELAYFLOW_NAMESPACE": namespace,
-        "RELAYFLOW_GATEWAY_PORT": str(port),
-        "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
-        # Long enough to kill the orchestrator while workflows wait for their reply.
-        "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.5",
-        "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
     system = System(
-        env=env,
+        env={
+            **os.environ,
+            "AMQP_URL": amqp_url,
+            "DATABASE_URL": database_url,
+            "RELAYFLOW_NAMESPACE": namespace,
+            "RELAYFLOW_GATEWAY_PORT": str(port),
+            "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        },
         base_url=f"http://127.0.0.1:{port}",
         namespace=namespace,
-        log_dir=tmp_path_factory.mktemp("logs"),
+        log_dir=log_dir,
     )
     for service in SERVICES:
         await system.start(service)
@@ -142,3 +144,28 @@ async def system(
             with contextlib.suppress(Exception):
                 await system.terminate(name)
         await delete_topology(amqp_connection, Topology(namespace), registry.task_names())
+
+
+@pytest.fixture(scope="module")
+async def system(
+    amqp_url: str,
+    database_url: str,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    registry: WorkflowRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[System]:
+    env = {
+        # Long enough to kill the orchestrator while workflows wait for their reply.
+        "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.5",
+        "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
+    }
+    async with running_system(
+        prefix="e",
+        amqp_url=amqp_url,
+        database_url=database_url,
+        amqp_connection=amqp_connection,
+        registry=registry,
+        log_dir=tmp_path_factory.mktemp("logs"),
+        env=env,
+    ) as system:
+        yield system
