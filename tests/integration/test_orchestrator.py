@@ -302,6 +302,9 @@ async def test_wait_timeout_fires_from_a_durable_timer(
     ]
     await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
     await publisher.close()
+    # The shared teardown knows only the seed's steps: remove this workflow's own.
+    for step in registry.task_names():
+        await channel.queue_delete(topology.step_queue(step))
     await channel.close()
 
 
@@ -414,6 +417,9 @@ async def test_retry_timer_dispatches_the_next_attempt(
     ]
     await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
     await publisher.close()
+    # The shared teardown knows only the seed's steps: remove this workflow's own.
+    for step in registry.task_names():
+        await channel.queue_delete(topology.step_queue(step))
     await channel.close()
 
 
