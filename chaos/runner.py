@@ -27,7 +27,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from chaos.checks import History, count_by, judge, stream_violation
 from relayflow.contracts import workflow_id_for_key
 from relayflow.topology import RESULT_KEY, START_KEY, step_key
-from tests.tools.cluster import Cluster, read_sse, running_cluster
+from tests.support import read_sse
+from tests.tools.cluster import Cluster, running_cluster
 from tests.tools.ledger import STEP_NAMES, WORKFLOW_NAME
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit
 

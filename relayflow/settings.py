@@ -15,7 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
-def _split_csv(value: object) -> object:
+def split_csv(value: object) -> object:
+    """Accept `a,b,c` from the environment for list settings."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
@@ -43,7 +44,7 @@ class Settings(BaseSettings):
     @field_validator("workflows", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
-        return _split_csv(value)
+        return split_csv(value)
 
     @field_validator("namespace")
     @classmethod
@@ -62,7 +63,3 @@ class Settings(BaseSettings):
             raise ValueError(f"must be 'quorum' or 'classic', got {value!r}")
         return value
 
-
-def split_csv(value: object) -> object:
-    """Accept `a,b,c` from the environment for list settings of the services."""
-    return _split_csv(value)

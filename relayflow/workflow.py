@@ -129,17 +129,11 @@ class WorkflowDefinition:
     def retry_policy(self, step: str) -> RetryPolicy:
         return self.steps[step].retry or self.retry
 
-    def roots(self) -> list[str]:
-        return [name for name in self.order if not self.steps[name].after]
-
     def sinks(self) -> list[str]:
         return [name for name in self.order if not self.dependents.get(name)]
 
     def task_names(self) -> list[str]:
         return [name for name in self.order if self.steps[name].kind == "task"]
-
-    def input_schema(self) -> dict[str, Any]:
-        return self.input_model.model_json_schema()
 
 
 def define_workflow(

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
+import httpx
+import orjson
 
 from relayflow.topology import Topology
 
@@ -104,7 +106,11 @@ async def delete_topology(
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[Any]], *, timeout: float = 20.0, interval: float = 0.05
+    condition: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str | None = None,
 ) -> Any:
     """Poll an async condition until it returns something truthy; fail with a clear message."""
     loop = asyncio.get_running_loop()
@@ -114,8 +120,27 @@ async def wait_for(
         if result:
             return result
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+            raise AssertionError(f"{what or condition} not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def read_sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse a text/event-stream into {id, event, data} dicts, skipping comments (pings)."""
+    event: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if "data" in event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                event["data"] = orjson.loads(value)
+            elif name in ("id", "event"):
+                event[name] = value
 
 
 async def get_messages(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -25,7 +24,7 @@ from relayflow.topology import (
 from relayflow.workflow import WorkflowRegistry
 from tests.contract.schema_validation import validate_wire_message
 from tests.e2e.conftest import System
-from tests.support import wait_for
+from tests.support import read_sse, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,25 +37,6 @@ def form(tag: str = "") -> dict[str, str]:
         "email": "ada@example.com",
         "message": f"hello {uuid.uuid4()}",
     }
-
-
-async def read_sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Parse a text/event-stream into {id, event, data} dicts, skipping comments (pings)."""
-    event: dict[str, Any] = {}
-    async for line in response.aiter_lines():
-        if not line:
-            if "data" in event:
-                yield event
-            event = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                event["data"] = orjson.loads(value)
-            elif name in ("id", "event"):
-                event[name] = value
 
 
 async def stream_until_terminal(

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.tools.cluster import SERVICES, Cluster, poll, read_sse
+from tests.support import read_sse, wait_for
+from tests.tools.cluster import SERVICES, Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -128,7 +129,7 @@ async def test_external_system_killed(cluster: Cluster, client: httpx.AsyncClien
         )
         return bool(count >= 2)
 
-    await poll(waiting, timeout=60, what="workflows waiting for the external reply")
+    await wait_for(waiting, timeout=60, what="workflows waiting for the external reply")
     await cluster.kill("external")
     await cluster.start("external")
     statuses = await cluster.wait_terminal(ids)

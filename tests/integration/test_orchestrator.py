@@ -36,7 +36,7 @@ from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.settings import OrchestratorSettings
-from tests.support import wait_for
+from tests.support import get_messages, wait_for
 
 FORM = {"name": "Ada", "email": "ada@example.com", "message": "hello"}
 
@@ -82,14 +82,8 @@ async def publish(
 async def next_message(
     connection: aio_pika.abc.AbstractRobustConnection, queue_name: str, timeout: float = 15
 ) -> aio_pika.abc.AbstractIncomingMessage:
-    channel = await connection.channel()
-    queue = await channel.get_queue(queue_name, ensure=False)
-
-    async def fetch() -> aio_pika.abc.AbstractIncomingMessage | None:
-        return await queue.get(fail=False, no_ack=True)
-
-    message: aio_pika.abc.AbstractIncomingMessage = await wait_for(fetch, timeout=timeout)
-    await channel.close()
+    async with await connection.channel() as channel:
+        [message] = [m async for m in get_messages(channel, queue_name, count=1, timeout=timeout)]
     return message
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,10 @@ from typing import Any
 import aio_pika
 import asyncpg
 import httpx
-import orjson
 
 from relayflow.db import create_pool, migrate
 from relayflow.topology import Topology
+from tests.support import wait_for
 from tests.tools.fault_proxy import FaultProxy
 from tests.tools.ledger import LEDGER_DDL, STEP_NAMES, WORKFLOW_NAME
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit, free_low_port
@@ -34,25 +34,6 @@ from tests.tools.private_services import PrivatePostgres, PrivateRabbit, free_lo
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "orchestrator", "steps", "external")
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-async def poll(
-    condition: Callable[[], Awaitable[Any]],
-    *,
-    timeout: float,
-    interval: float = 0.1,
-    what: str = "condition",
-) -> Any:
-    """Await `condition` until it returns something truthy; AssertionError after `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await condition()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 @dataclass
@@ -206,7 +187,7 @@ class Cluster:
                     return False
             return await self.consumers_ready()
 
-        await poll(ready, timeout=timeout, interval=0.2, what="services ready")
+        await wait_for(ready, timeout=timeout, interval=0.2, what="services ready")
 
     async def queue_counts(self) -> dict[str, tuple[int, int]]:
         """(messages ready, consumers) per work queue of this namespace, declared passively."""
@@ -290,7 +271,7 @@ class Cluster:
             return len(last) == len(ids) and all(s in TERMINAL for s in last.values())
 
         try:
-            await poll(done, timeout=timeout, interval=0.25, what="all workflows terminal")
+            await wait_for(done, timeout=timeout, interval=0.25, what="all workflows terminal")
         except AssertionError:
             stuck = {i: last.get(i, "<absent>") for i in ids if last.get(i) not in TERMINAL}
             raise AssertionError(
@@ -339,7 +320,7 @@ class Cluster:
             )
             return bool(count >= least)
 
-        await poll(reached, timeout=60, interval=0.02, what=f"{least} ledger bodies in flight")
+        await wait_for(reached, timeout=60, interval=0.02, what=f"{least} ledger bodies in flight")
 
     async def wait_step_state(self, status: str, step: str | None = None, least: int = 1) -> None:
         """Until at least `least` ledger-step invocations are in `status`."""
@@ -353,7 +334,7 @@ class Cluster:
             )
             return bool(count >= least)
 
-        await poll(reached, timeout=60, interval=0.05, what=f"{least} invocation(s) {status}")
+        await wait_for(reached, timeout=60, interval=0.05, what=f"{least} invocation(s) {status}")
 
 
 @contextlib.asynccontextmanager
@@ -381,22 +362,3 @@ async def running_cluster(
         yield cluster
     finally:
         await cluster.teardown()
-
-
-async def read_sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Parse a text/event-stream into {id, event, data} dicts, skipping comments (pings)."""
-    event: dict[str, Any] = {}
-    async for line in response.aiter_lines():
-        if not line:
-            if "data" in event:
-                yield event
-            event = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                event["data"] = orjson.loads(value)
-            elif name in ("id", "event"):
-                event[name] = value

@@ -33,8 +33,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
+
+from tests.tools.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class _Link:
             task.cancel()
 
 
-class FaultProxy:
+class FaultProxy(Lifecycle):
     def __init__(
         self,
         target: tuple[str, int],
@@ -102,18 +103,6 @@ class FaultProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- faults ----------------------------------------------------------------------------
 

@@ -28,11 +28,11 @@ import socket
 import tempfile
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aio_pika
 import asyncpg
+
+from tests.tools.lifecycle import Lifecycle
 
 RABBITMQ_BIN = Path(os.environ.get("RELAYFLOW_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 POSTGRES_BIN = Path(os.environ.get("RELAYFLOW_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
@@ -74,7 +74,7 @@ async def _run(*argv: str | Path, env: dict[str, str] | None = None, timeout: fl
     return text
 
 
-class PrivateRabbit:
+class PrivateRabbit(Lifecycle):
     """A RabbitMQ node of our own (3.10 tested): `rabbitmq-server` as a child process."""
 
     def __init__(self, *, name: str | None = None) -> None:
@@ -199,20 +199,8 @@ class PrivateRabbit:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-class PrivatePostgres:
+class PrivatePostgres(Lifecycle):
     """A PostgreSQL cluster of our own in a temporary directory, trust auth, loopback only."""
 
     def __init__(self) -> None:
@@ -333,15 +321,3 @@ class PrivatePostgres:
                 await self.pg_ctl("-m", "immediate", "stop", timeout=30)
         shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
