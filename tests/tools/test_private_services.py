@@ -27,6 +27,9 @@ async def test_private_rabbit_restart_keeps_durable_messages_and_cleans_up() -> 
             (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
         ):
             await channel.declare_queue("durable-q", durable=True)
+        # Close the cut connection now: left to the garbage collector, aio-pika schedules its close
+        # on whatever loop is current then, which may be another test's or a closed one.
+        await connection.close()
         connection = await aio_pika.connect(rabbit.url)
         channel = await connection.channel()
         queue = await channel.declare_queue("durable-q", durable=True)
@@ -49,6 +52,7 @@ async def test_private_postgres_restart_cuts_sessions_and_keeps_data() -> None:
             (asyncpg.PostgresConnectionError, ConnectionError, asyncpg.InterfaceError)
         ):
             await conn.fetchval("SELECT 1")
+        conn.terminate()
         conn = await asyncpg.connect(url)
         assert await conn.fetchval("SELECT x FROM t") == 1
         await conn.close()
