@@ -9,7 +9,7 @@ the outgoing messages (outbox) and timers are written back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -54,11 +54,20 @@ class Processor:
         self._topology = topology
 
     async def apply(
-        self, conn: Connection, inputs: Sequence[Input], now: datetime | None = None
+        self,
+        conn: Connection,
+        inputs: Sequence[Input],
+        now: datetime | None = None,
+        *,
+        locked: Mapping[str, WorkflowState] | None = None,
+        sent: Sequence[int] = (),
     ) -> BatchResult:
+        """`locked`: workflows the caller has already locked in this transaction (they are not
+        read again). `sent`: outbox rows the broker has confirmed, deleted with the batch's
+        writes."""
         now = now or datetime.now(UTC)
         outcomes: list[Outcome | None] = [None] * len(inputs)
-        current: dict[str, WorkflowState] = {}
+        current: dict[str, WorkflowState] = dict(locked or {})
 
         transitions, deferred = await self._start_new(conn, inputs, outcomes, current, now)
 
@@ -93,6 +102,7 @@ class Processor:
             [event for t in transitions for event in t.events],
             [timer for t in transitions for timer in t.timers],
             self._outgoing(transitions),
+            sent=sent,
         )
         final = [outcome if outcome is not None else Ignored("not applied") for outcome in outcomes]
         return BatchResult(outcomes=final, outbox=outbox)

@@ -8,6 +8,27 @@ SELECT unnest($1::text[])
 ON CONFLICT (message_id) DO NOTHING
 RETURNING message_id;
 
+-- name: claim_and_lock
+-- The inbox claim and the lock of the workflows a batch is about, in one round trip: the message
+-- ids not seen before (`fresh`, on every row) and the workflows, locked in id order. The outer
+-- join to one row answers `fresh` even when no workflow is locked.
+WITH fresh AS (
+    INSERT INTO inbox (message_id)
+    SELECT unnest($1::text[])
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING message_id
+)
+SELECT (SELECT array_agg(message_id) FROM fresh) AS fresh, w.*
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN LATERAL (
+    SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
+           last_seq, run, created_at, updated_at, finished_at
+    FROM workflows
+    WHERE id = ANY($2::text[])
+    ORDER BY id
+    FOR UPDATE
+) AS w ON true;
+
 -- name: lock_workflows
 SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
        last_seq, run, created_at, updated_at, finished_at
@@ -28,9 +49,13 @@ RETURNING id;
 
 -- name: write_batch
 -- Everything a batch changes, in one round trip: the workflows' new states, their events, the
--- timers they set and the messages to send (outbox). PostgreSQL runs every data-modifying CTE
--- exactly once, whether or not the final query reads it; empty arrays write nothing.
-WITH updated AS (
+-- timers they set and the messages to send (outbox) — and the removal of outbox rows the relay
+-- has meanwhile had confirmed. PostgreSQL runs every data-modifying CTE exactly once, whether or
+-- not the final query reads it; empty arrays write nothing.
+WITH sent AS (
+    DELETE FROM outbox WHERE id = ANY($27::bigint[])
+    RETURNING 1
+), updated AS (
     UPDATE workflows AS w
     SET status = u.status, steps = u.steps, signals = u.signals, output = u.output,
         error = u.error, last_seq = u.last_seq, run = u.run, updated_at = u.updated_at,

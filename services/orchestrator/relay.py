@@ -1,10 +1,14 @@
 """The outbox relay: publishes what a committed transaction wrote to the outbox.
 
 Fast path: the processor hands over the rows it has just committed and they are published at
-once, with confirms, then deleted. Sweep: rows older than `stale_after` (left by a crash between
-commit and publish, or by a failed publish) are claimed with SKIP LOCKED and sent again, so
-several replicas can sweep without sending a row twice at the same moment. Consumers deduplicate
-by message id, so the rare double send (a slow fast path overlapping a sweep) is harmless.
+once, with confirms. The confirmed rows are deleted by the orchestrator's next transaction along
+with its own writes (`take_sent`), which saves a commit per batch; when no transaction comes
+within `flush_interval`, the relay deletes them itself. Sweep: rows older than `stale_after`
+(left by a crash between commit and publish, or by a failed publish) are claimed with SKIP LOCKED
+and sent again, so several replicas can sweep without sending a row twice at the same moment.
+Consumers deduplicate by message id, so the rare double send (a slow fast path overlapping a
+sweep, or a crash before a confirmed row was deleted) is harmless. Deleting within a quarter
+of `stale_after` keeps the sweep from sending again confirmed rows that merely wait to be deleted.
 """
 
 from __future__ import annotations
@@ -33,23 +37,37 @@ class OutboxRelay:
         stale_after: float = 5.0,
         sweep_interval: float = 1.0,
         sweep_batch: int = 500,
+        flush_interval: float = 0.5,
     ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._stale_after = stale_after
         self._sweep_interval = sweep_interval
         self._sweep_batch = sweep_batch
+        # Well inside `stale_after`, whatever was asked (see the module's docstring).
+        self._flush_interval = min(flush_interval, stale_after / 4)
         self._pending: asyncio.Queue[Sequence[OutboxRow]] = asyncio.Queue()
+        # Ids of rows the broker has confirmed and that are still to be deleted.
+        self._sent: list[int] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def submit(self, rows: Sequence[OutboxRow]) -> None:
         if rows:
             self._pending.put_nowait(rows)
 
+    def take_sent(self) -> list[int]:
+        """The confirmed rows still to delete; the taker deletes them or gives them back."""
+        sent, self._sent = self._sent, []
+        return sent
+
+    def give_back(self, sent: Sequence[int]) -> None:
+        self._sent.extend(sent)
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="outbox:publish"),
             asyncio.create_task(self._sweep_loop(), name="outbox:sweep"),
+            asyncio.create_task(self._flush_loop(), name="outbox:flush"),
         ]
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -63,6 +81,9 @@ class OutboxRelay:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(grace):
+                await self.flush()
 
     async def _publish_loop(self) -> None:
         while True:
@@ -72,9 +93,7 @@ class OutboxRelay:
                 rows.extend(self._pending.get_nowait())
                 taken += 1
             try:
-                sent = await self._publish(rows)
-                async with self._pool.acquire() as conn:
-                    await store.delete_outbox(conn, sent)
+                self._sent.extend(await self._publish(rows))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -98,6 +117,28 @@ class OutboxRelay:
                     error,
                 )
         return sent
+
+    async def flush(self) -> None:
+        """Delete the confirmed rows no transaction has taken."""
+        sent = self.take_sent()
+        if not sent:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await store.delete_outbox(conn, sent)
+        except BaseException:
+            self.give_back(sent)
+            raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("could not delete sent outbox rows; will try again", exc_info=True)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter, ValidationError
 
 from relayflow.amqp import Publisher, dead_letter
-from relayflow.contracts import OrchestratorInput
+from relayflow.contracts import OrchestratorInput, StartWorkflow
 from relayflow.topology import Topology
 from services.orchestrator import store
 from services.orchestrator.machine import Ignored, Rejected, TimerFired
@@ -94,16 +94,31 @@ class Orchestrator:
                 await delivery.message.ack()
 
     async def _transaction(self, deliveries: Sequence[_Delivery]) -> tuple[list[bool], BatchResult]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            ids = [d.input.message_id for d in deliveries]
-            unseen = await store.claim_inbox(conn, ids)
-            fresh: list[bool] = []
-            for message_id in ids:
-                # The first of several copies in one batch is the fresh one.
-                fresh.append(message_id in unseen)
-                unseen.discard(message_id)
-            inputs = [d.input for d, is_fresh in zip(deliveries, fresh, strict=True) if is_fresh]
-            return fresh, await self._processor.apply(conn, inputs)
+        # Outbox rows the relay has had confirmed go out with this transaction's writes (one
+        # commit fewer than deleting them on their own); back to the relay if it fails.
+        sent = self._relay.take_sent()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                ids = [d.input.message_id for d in deliveries]
+                about = [
+                    d.input.workflow_id
+                    for d in deliveries
+                    if not isinstance(d.input, StartWorkflow)
+                ]
+                unseen, locked = await store.claim_and_lock(conn, ids, about)
+                fresh: list[bool] = []
+                for message_id in ids:
+                    # The first of several copies in one batch is the fresh one.
+                    fresh.append(message_id in unseen)
+                    unseen.discard(message_id)
+                inputs = [
+                    d.input for d, is_fresh in zip(deliveries, fresh, strict=True) if is_fresh
+                ]
+                result = await self._processor.apply(conn, inputs, locked=locked, sent=sent)
+        except BaseException:
+            self._relay.give_back(sent)
+            raise
+        return fresh, result
 
     async def fire_due_timers(self, limit: int = 100) -> int:
         """Claim due timers and apply them; returns how many fired."""

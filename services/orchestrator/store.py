@@ -59,9 +59,22 @@ async def claim_inbox(conn: Connection, message_ids: Sequence[str]) -> set[str]:
     return {row["message_id"] for row in rows}
 
 
+async def claim_and_lock(
+    conn: Connection, message_ids: Sequence[str], workflow_ids: Iterable[str]
+) -> tuple[set[str], dict[str, WorkflowState]]:
+    """`claim_inbox` and `lock_workflows` in one round trip: the ids not seen before, and the
+    workflows locked and loaded."""
+    rows = await conn.fetch(QUERIES.claim_and_lock, list(message_ids), sorted(set(workflow_ids)))
+    fresh = set(rows[0]["fresh"] or ()) if rows else set()
+    return fresh, {row["id"]: _state_from_row(row) for row in rows if row["id"] is not None}
+
+
 async def lock_workflows(conn: Connection, ids: Iterable[str]) -> dict[str, WorkflowState]:
     """Lock the rows (in id order, so concurrent batches cannot deadlock) and load them."""
-    rows = await conn.fetch(QUERIES.lock_workflows, sorted(set(ids)))
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = await conn.fetch(QUERIES.lock_workflows, wanted)
     return {row["id"]: _state_from_row(row) for row in rows}
 
 
@@ -96,9 +109,12 @@ async def write_batch(
     events: Sequence[WorkflowEvent],
     timers: Sequence[Timer],
     messages: Sequence[OutgoingMessage],
+    *,
+    sent: Sequence[int] = (),
 ) -> list[OutboxRow]:
-    """Write a batch's changed workflows, events, timers and outgoing messages in one round
-    trip; returns the outbox rows to hand to the relay."""
+    """Write a batch's changed workflows, events, timers and outgoing messages, and delete the
+    outbox rows `sent` (already confirmed by the broker), in one round trip; returns the new
+    outbox rows to hand to the relay."""
     rows = await conn.fetch(
         QUERIES.write_batch,
         [s.id for s in states],
@@ -127,6 +143,7 @@ async def write_batch(
         [m.type for m in messages],
         [m.body for m in messages],
         [m.mandatory for m in messages],
+        list(sent),
     )
     by_message_id = {m.message_id: m for m in messages}
     return [OutboxRow(row["id"], by_message_id[row["message_id"]]) for row in rows]

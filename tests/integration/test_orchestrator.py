@@ -31,6 +31,7 @@ from relayflow.contracts import (
 from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task, wait
+from services.orchestrator import store
 from services.orchestrator.__main__ import serve
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
@@ -231,6 +232,60 @@ async def test_outbox_rows_left_by_a_crash_are_sent_by_the_sweep(
     )
     await publisher.close()
     await channel.close()
+
+
+async def test_claim_and_lock_answers_fresh_ids_with_or_without_workflows(
+    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology
+) -> None:
+    """The one-statement inbox claim must report fresh ids even when no workflow row matches
+    (a batch of starts, or results for unknown workflows), and lock the ones that exist."""
+    workflow_id = new_workflow_id()
+    first, again = f"m1:{workflow_id}", f"m2:{workflow_id}"
+    async with pool.acquire() as conn, conn.transaction():
+        fresh, locked = await store.claim_and_lock(conn, [first], [f"{workflow_id}-unknown"])
+    assert (fresh, locked) == ({first}, {})
+    async with pool.acquire() as conn, conn.transaction():
+        await Processor(registry, topology).apply(conn, [start_message(workflow_id)])
+    async with pool.acquire() as conn, conn.transaction():
+        fresh, locked = await store.claim_and_lock(conn, [first, again], [workflow_id])
+        assert fresh == {again}
+        assert list(locked) == [workflow_id]
+        assert locked[workflow_id].name == "formSubmission"
+        # Locked: another session cannot take the row until this transaction ends.
+        other = await pool.acquire()
+        try:
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await other.execute(
+                    "SELECT 1 FROM workflows WHERE id = $1 FOR UPDATE NOWAIT", workflow_id
+                )
+        finally:
+            await pool.release(other)
+    await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
+
+
+async def test_confirmed_outbox_rows_are_deleted_without_a_commit_of_their_own(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """The relay leaves confirmed rows to the next transaction or its flush: a running
+    orchestrator empties the outbox soon after publishing, and stopping it empties it too."""
+    workflow_id = new_workflow_id()
+    async with running_orchestrator(settings):
+        await publish(
+            amqp_connection, topology.exchange, START_KEY, encode(start_message(workflow_id))
+        )
+        await next_message(amqp_connection, topology.step_queue("validate"))
+
+        async def outbox_empty() -> bool:
+            count = await pool.fetchval(
+                "SELECT count(*) FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%"
+            )
+            return bool(count == 0)
+
+        # Well before the sweep's `stale_after` would send anything again.
+        await wait_for(outbox_empty, timeout=0.5 * 0.9, what="outbox emptied by the relay")
 
 
 class Empty(BaseModel):
