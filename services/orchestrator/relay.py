@@ -93,7 +93,7 @@ class OutboxRelay:
                 rows.extend(self._pending.get_nowait())
                 taken += 1
             try:
-                self._sent.extend(await self._publish(rows))
+                await self.publish(rows)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -101,6 +101,13 @@ class OutboxRelay:
             finally:
                 for _ in range(taken):
                     self._pending.task_done()
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """The fast path for `rows`: publish them and note the confirmed ones for deletion."""
+        sent = await self._publish(rows)
+        # Not `self._sent.extend(await ...)`: that binds the list before the await, and a
+        # transaction that takes the list meanwhile would leave these ids undeleted.
+        self._sent.extend(sent)
 
     async def _publish(self, rows: Sequence[OutboxRow]) -> list[int]:
         results = await self._publisher.publish_many([row.message for row in rows])

@@ -1,0 +1,46 @@
+"""The outbox relay's bookkeeping of confirmed rows, which transactions take to delete them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, cast
+
+from relayflow.amqp import OutgoingMessage, Publisher
+from services.orchestrator.relay import OutboxRelay
+from services.orchestrator.store import OutboxRow
+
+
+class SlowPublisher:
+    """Confirms everything, once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.publishing = asyncio.Event()
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[BaseException | None]:
+        self.publishing.set()
+        await self.release.wait()
+        return [None] * len(messages)
+
+
+def row(row_id: int) -> OutboxRow:
+    message = OutgoingMessage(
+        exchange="x", routing_key="k", body=b"{}", message_id=f"m{row_id}", type="T"
+    )
+    return OutboxRow(row_id, message)
+
+
+async def test_rows_confirmed_while_a_transaction_took_the_list_are_kept_for_the_next() -> None:
+    """A transaction may take the confirmed ids while a publish is awaiting its confirms; the ids
+    confirmed after that must land in the relay's new list, not in the one already taken."""
+    publisher = SlowPublisher()
+    relay = OutboxRelay(cast(Any, None), cast(Publisher, publisher))
+    relay.give_back([1])
+    publishing = asyncio.create_task(relay.publish([row(2), row(3)]))
+    await publisher.publishing.wait()
+    assert relay.take_sent() == [1]
+    publisher.release.set()
+    await publishing
+    assert relay.take_sent() == [2, 3]
+    assert relay.take_sent() == []
