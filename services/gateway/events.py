@@ -3,8 +3,8 @@ event streams open in this process.
 
 The hub consumes a server-named exclusive queue bound to the events fanout, so every replica
 sees every event. Each stream subscribes to one workflow id — or, for the dashboard's feed, to
-every workflow through a filter — and gets a bounded queue; when a stream falls behind and its
-queue fills, the hub empties it and leaves a `RESYNC` marker, and the stream replays from
+every workflow through a filter — and gets a bounded inbox; when a stream falls behind and its
+inbox fills, the hub empties it and leaves a `RESYNC` marker, and the stream replays from
 PostgreSQL (where every event is stored before it is published) or from the hub's recent-events
 ring. A slow stream therefore never holds up the consumer or the other streams.
 
@@ -63,9 +63,13 @@ EventFilter = Callable[[LiveEvent], bool]
 
 class Subscription:
     """One stream's bounded inbox: a workflow's events, or (workflow_id None) every event that
-    `accepts` lets through."""
+    `accepts` lets through. One consumer (its stream) calls `get`.
 
-    __slots__ = ("_hub", "_queue", "accepts", "workflow_id")
+    Not an `asyncio.Queue`: a queue allocates its three deques (about 2 KiB) up front, and most
+    streams sit idle with nothing buffered. Here the buffer exists only while items wait, and a
+    waiting stream holds one future and at most one timer."""
+
+    __slots__ = ("_hub", "_items", "_limit", "_waiter", "accepts", "workflow_id")
 
     def __init__(
         self,
@@ -77,31 +81,48 @@ class Subscription:
         self.workflow_id = workflow_id
         self.accepts = accepts
         self._hub = hub
-        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=buffer)
+        self._limit = buffer
+        self._items: deque[Item] | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: Item) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif len(items) >= self._limit:
             # Too slow to keep up: drop what is buffered; the stream rereads its source.
             log.debug("a stream of %s fell behind; it will replay", self.workflow_id or "*")
             marker = item if isinstance(item, Signal) else Signal.RESYNC
-            while not self._queue.empty():
-                dropped = self._queue.get_nowait()
+            for dropped in items:
                 if dropped is Signal.CLOSED or (
                     dropped is Signal.RESET and marker is not Signal.CLOSED
                 ):
                     marker = dropped
-            self._queue.put_nowait(marker)
+            items.clear()
+            item = marker
+        items.append(item)
+        _wake(self._waiter)
 
-    async def get(self, within: float) -> Item | None:
-        """The next item, or None after `within` seconds without one."""
-        # asyncio.timeout, not wait_for: no extra task per idle stream.
-        try:
-            async with asyncio.timeout(within):
-                return await self._queue.get()
-        except TimeoutError:
+    async def get(self, within: float | None = None) -> Item | None:
+        """The next item, or None after `within` seconds without one (None: wait for one)."""
+        if not self._items:
+            # A bare future and at most a timer: no task, no timeout context per idle stream.
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if within is None else loop.call_later(within, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self._waiter = None
+        items = self._items
+        if not items:
             return None
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
 
     def close(self) -> None:
         self._hub.unsubscribe(self)
@@ -111,6 +132,11 @@ class Subscription:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class EventHub:

@@ -89,7 +89,6 @@ async def follow_feed(
     *,
     start: int,
     missed: list[LiveEvent] | None,
-    keep_alive: float,
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """The feed's SSE body. `start` is the hub position when `subscription` was taken, and
     `missed` what the client missed up to then (None: it must reset); both must be read in the
@@ -104,9 +103,9 @@ async def follow_feed(
                 yield _event(epoch, event)
         last = start
         while True:
-            item = await subscription.get(keep_alive)
-            if item is None:
-                continue  # idle: sse-starlette's pings keep the connection open
+            # Idle, a feed has nothing to do (pings keep the connection open), so it waits without
+            # a timer: one fewer per open dashboard.
+            item = await subscription.get()
             if item is Signal.CLOSED:
                 return
             if isinstance(item, Signal):  # RESYNC (this stream overflowed) or RESET

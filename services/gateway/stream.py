@@ -19,7 +19,7 @@ A workflow nobody has heard of (no row, no events) may still be starting: the st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,19 +81,6 @@ class Sequencer:
             ready.append(nxt)
             self.finished = nxt.terminal
         return ready
-
-
-async def with_retry(
-    retry_ms: int, events: AsyncGenerator[ServerSentEvent, None]
-) -> AsyncIterator[ServerSentEvent]:
-    """`events`, after a `retry:` field that tells the browser how soon to reconnect if the stream
-    breaks (the default is a few seconds)."""
-    try:
-        yield ServerSentEvent(retry=retry_ms)
-        async for event in events:
-            yield event
-    finally:
-        await events.aclose()
 
 
 def _from_store(event: StoredEvent) -> Outgoing:

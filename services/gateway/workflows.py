@@ -7,13 +7,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
-from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,9 +26,10 @@ from services.gateway.models import (
     WorkflowView,
 )
 from services.gateway.responses import error_response, model_response
+from services.gateway.sse import EventStream
 from services.gateway.state import gateway_state
 from services.gateway.store import GatewayStore, ListFilter, SummaryRow, WorkflowRow
-from services.gateway.stream import follow, with_retry
+from services.gateway.stream import follow
 
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 # Browsers reconnect a broken event stream after this many milliseconds (sent as `retry:`).
@@ -144,19 +142,11 @@ async def all_events(request: Request) -> Response:
     start = hub.position
     missed = hub.recent_after(last[1]) if last is not None and last[0] == hub.epoch else None
     settings = state.settings
-    return EventSourceResponse(
-        with_retry(
-            RECONNECT_MS,
-            follow_feed(
-                hub,
-                subscription,
-                start=start,
-                missed=missed,
-                keep_alive=settings.gateway_catch_up_interval,
-            ),
-        ),
+    return EventStream(
+        follow_feed(hub, subscription, start=start, missed=missed),
         ping=settings.gateway_ping_interval,
-        background=BackgroundTask(_closer(subscription)),
+        retry_ms=RECONNECT_MS,
+        on_close=subscription.close,
     )
 
 
@@ -191,20 +181,18 @@ async def workflow_events(request: Request) -> Response:
     # Subscribe before reading PostgreSQL, so that an event published in between is not lost.
     subscription = state.hub.subscribe(workflow_id)
     settings = state.settings
-    return EventSourceResponse(
-        with_retry(
-            RECONNECT_MS,
-            follow(
-                state.store,
-                subscription,
-                last_event_id=last_event_id,
-                unknown_wait=settings.gateway_unknown_workflow_wait,
-                catch_up_interval=settings.gateway_catch_up_interval,
-            ),
+    return EventStream(
+        follow(
+            state.store,
+            subscription,
+            last_event_id=last_event_id,
+            unknown_wait=settings.gateway_unknown_workflow_wait,
+            catch_up_interval=settings.gateway_catch_up_interval,
         ),
         ping=settings.gateway_ping_interval,
+        retry_ms=RECONNECT_MS,
         # Also if the stream never starts iterating (the client left at once).
-        background=BackgroundTask(_closer(subscription)),
+        on_close=subscription.close,
     )
 
 
@@ -249,17 +237,3 @@ def _error(stored: Any) -> ErrorView | None:
         return ErrorView.model_validate(stored)
     except ValidationError:
         return ErrorView(type="UnknownError", message=str(stored), retryable=False)
-
-
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
-def _closer(subscription: _Closable) -> Callable[[], Awaitable[None]]:
-    """An async wrapper: Starlette runs a sync background function in a worker thread, a hop per
-    stream that the event loop does not need (closing only touches in-memory structures)."""
-
-    async def close() -> None:
-        subscription.close()
-
-    return close
