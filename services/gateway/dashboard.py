@@ -67,7 +67,8 @@ async def workflow_page(request: Request) -> Response:
     workflow_id: str = request.path_params["workflow_id"]
     row = await state.store.get_workflow(workflow_id)
     if row is None:
-        return _page(html.not_found_page(workflow_id), 404)
+        # 404 (nothing to show yet), but a live page: the start may still be on its way.
+        return _page(html.pending_workflow_page(workflow_id), 404)
     definition = state.registry.get(row.name)
     view = workflow_view(row, definition)
     return _page(html.workflow_page(view, definition, datetime.now(UTC), row.last_seq))

@@ -377,7 +377,17 @@ def panel(
 def workflow_page(
     view: View, definition: WorkflowDefinition | None, now: datetime, last_seq: int
 ) -> str:
-    state = panel(view, definition, now, last_seq=last_seq)
+    return _live_workflow_page(view.workflow_id, panel(view, definition, now, last_seq=last_seq))
+
+
+def pending_workflow_page(workflow_id: str) -> str:
+    """The page of a workflow the orchestrator has not started yet — a link followed right after
+    the submit. It follows the stream like any workflow page, which waits for the workflow to
+    appear (and says so if it never does)."""
+    return _live_workflow_page(workflow_id, pending_panel(workflow_id))
+
+
+def _live_workflow_page(workflow_id: str, state: str) -> str:
     body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
 <section class="card" id="panel" aria-live="polite">{state}</section>
 <p class="toast" id="toast" role="status" hidden></p>
@@ -392,10 +402,10 @@ def workflow_page(
   </table></div>
 </section>"""
     return page(
-        view.workflow_id,
+        workflow_id,
         body,
         scripts=("live.js", "workflow.js"),
-        data={"workflow-id": view.workflow_id},
+        data={"workflow-id": workflow_id},
     )
 
 
@@ -409,9 +419,3 @@ def pending_panel(workflow_id: str) -> str:
     )
 
 
-def not_found_page(workflow_id: str) -> str:
-    body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
-<section class="card"><h1>No workflow <code>{esc(workflow_id)}</code></h1>
-<p class="muted">It may still be starting: reload in a moment, or go back to the list.</p>
-</section>"""
-    return page("Not found", body)

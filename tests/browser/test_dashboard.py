@@ -123,6 +123,24 @@ async def test_a_page_that_loses_its_gateway_resumes_without_loss_or_repeat(
     await screenshot(page, "workflow.png", tmp_path)
 
 
+async def test_a_page_opened_before_the_workflow_starts_follows_it(
+    page: Page, system: System
+) -> None:
+    """A link followed right after the 202 may reach the gateway before the orchestrator has
+    started the workflow: the page must wait for it and then follow it live, not give up."""
+    await system.terminate("orchestrator")
+    try:
+        workflow_id = await submit(system, form())
+        await page.goto(f"/ui/workflows/{workflow_id}")
+        await mark_page(page)
+        await expect(page.locator("#panel [data-workflow-status]")).to_have_text("accepted")
+    finally:
+        await system.start("orchestrator")
+    await expect(page.locator("#panel [data-workflow-status]")).to_have_text("completed")
+    await assert_each_event_once(page, system, workflow_id)
+    await assert_not_reloaded(page)
+
+
 async def test_cancel_a_running_workflow_from_its_page(page: Page, system: System) -> None:
     """Cancel is offered only while a workflow runs; pressing it ends the workflow as
     `cancelled`, visibly, and offers a retry instead."""

@@ -362,9 +362,13 @@ async def test_dashboard_pages_and_fragments(
     assert f'data-workflow-id="{workflow_id}"' in rows.text
     assert (await gateway.client.get("/ui/list?status=nope")).status_code == 400
 
-    missing = await gateway.client.get(f"/ui/workflows/{new_workflow_id()}")
+    # Not there (yet): a link followed right after the submit gets a live page that waits.
+    missing_id = new_workflow_id()
+    missing = await gateway.client.get(f"/ui/workflows/{missing_id}")
     assert missing.status_code == 404
-    assert "No workflow" in missing.text
+    assert f'data-workflow-id="{missing_id}"' in missing.text
+    assert 'data-status="accepted"' in missing.text
+    assert "workflow.js" in missing.text
 
 
 def test_dag_columns_put_parallel_steps_side_by_side() -> None:
