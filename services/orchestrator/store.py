@@ -130,7 +130,8 @@ async def write_batch(
         [e.workflow_id for e in events],
         [e.seq for e in events],
         [e.event.value for e in events],
-        [orjson.loads(encode(e)) for e in events],
+        # Already JSON: a Fragment goes into the jsonb parameter as is, not parsed and re-dumped.
+        [orjson.Fragment(encode(e)) for e in events],
         [e.created_at for e in events],
         [t.workflow_id for t in timers],
         [t.kind.value for t in timers],
