@@ -1,17 +1,11 @@
 -- The orchestrator's queries. Each takes whole batches (arrays) so that a batch of messages costs
 -- a handful of round trips, not a handful per message.
 
--- name: inbox_claim
--- The message ids not seen before; the rest are duplicates to acknowledge and skip.
-INSERT INTO inbox (message_id)
-SELECT unnest($1::text[])
-ON CONFLICT (message_id) DO NOTHING
-RETURNING message_id;
-
 -- name: claim_and_lock
 -- The inbox claim and the lock of the workflows a batch is about, in one round trip: the message
--- ids not seen before (`fresh`, on every row) and the workflows, locked in id order. The outer
--- join to one row answers `fresh` even when no workflow is locked.
+-- ids not seen before (`fresh`, on every row; the rest are duplicates to acknowledge and skip)
+-- and the workflows, locked in id order. The outer join to one row answers `fresh` even when no
+-- workflow is locked.
 WITH fresh AS (
     INSERT INTO inbox (message_id)
     SELECT unnest($1::text[])

@@ -53,17 +53,11 @@ def _steps_json(state: WorkflowState) -> dict[str, Any]:
     return {name: step.to_json() for name, step in state.steps.items()}
 
 
-async def claim_inbox(conn: Connection, message_ids: Sequence[str]) -> set[str]:
-    """Record the ids; returns those not seen before."""
-    rows = await conn.fetch(QUERIES.inbox_claim, list(message_ids))
-    return {row["message_id"] for row in rows}
-
-
 async def claim_and_lock(
     conn: Connection, message_ids: Sequence[str], workflow_ids: Iterable[str]
 ) -> tuple[set[str], dict[str, WorkflowState]]:
-    """`claim_inbox` and `lock_workflows` in one round trip: the ids not seen before, and the
-    workflows locked and loaded."""
+    """Record the message ids in the inbox and lock the workflows they are about, in one round
+    trip: returns the ids not seen before, and the workflows, locked and loaded."""
     rows = await conn.fetch(QUERIES.claim_and_lock, list(message_ids), sorted(set(workflow_ids)))
     fresh = set(rows[0]["fresh"] or ()) if rows else set()
     return fresh, {row["id"]: _state_from_row(row) for row in rows if row["id"] is not None}
