@@ -98,10 +98,25 @@ class Chaos:
         for index in range(self.config.workflows):
             due = started + spread * index / max(self.config.workflows, 1)
             await asyncio.sleep(max(0.0, due - loop.time()))
-            key = f"chaos-{self.config.seed}-{index}-{uuid.uuid4().hex[:8]}"
-            self.seen.attempted.add(workflow_id_for_key(WORKFLOW_NAME, key))
-            tasks.append(asyncio.create_task(self._submit(client, key, index)))
+            tasks.append(asyncio.create_task(self._submit_new(client, index)))
         await asyncio.gather(*tasks)
+
+    def wave_size(self) -> int:
+        return max(5, self.config.workflows // 20)
+
+    async def submit_wave(self, client: httpx.AsyncClient) -> None:
+        """Submit a wave at once, right after the last fault. Spread workflows may all have
+        finished before it; the wave's completion times how soon the system does work again
+        after the last fault (`last_fault_to_last_completion_s`)."""
+        first = self.config.workflows
+        await asyncio.gather(
+            *(self._submit_new(client, index) for index in range(first, first + self.wave_size()))
+        )
+
+    async def _submit_new(self, client: httpx.AsyncClient, index: int) -> None:
+        key = f"chaos-{self.config.seed}-{index}-{uuid.uuid4().hex[:8]}"
+        self.seen.attempted.add(workflow_id_for_key(WORKFLOW_NAME, key))
+        await self._submit(client, key, index)
 
     async def _submit(self, client: httpx.AsyncClient, key: str, index: int) -> None:
         for attempt in range(60):
@@ -356,6 +371,7 @@ async def run(config: Config) -> dict[str, Any]:
             await chaos.submit_all(client)
             await faults
             last_fault = chaos.seen.faults[-1][0] if chaos.seen.faults else started
+            await chaos.submit_wave(client)
             last_completion = await chaos.settle(client)
             # Streams still open end by themselves after their workflow's terminal event.
             if chaos.subscribers:
@@ -406,6 +422,7 @@ async def run(config: Config) -> dict[str, Any]:
         "ok": all(checks.values()),
         "seed": config.seed,
         "workflows": config.workflows,
+        "recovery_wave": chaos.wave_size(),
         "accepted": len(chaos.seen.accepted),
         "completed": verdict.completed,
         "failed": len(verdict.failed),
@@ -425,8 +442,7 @@ async def run(config: Config) -> dict[str, Any]:
         "sse_problems": dict(list(stream_problems.items())[:3]),
         "faults": count_by(f for _, f in chaos.seen.faults),
         "last_fault_to_last_completion_s": (
-            # 0 when everything had finished before the last fault.
-            round(max(last_completion - last_fault, 0.0), 2)
+            round(last_completion - last_fault, 2)
             if last_completion is not None
             else None
         ),
