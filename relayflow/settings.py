@@ -62,4 +62,3 @@ class Settings(BaseSettings):
         if value not in ("quorum", "classic"):
             raise ValueError(f"must be 'quorum' or 'classic', got {value!r}")
         return value
-

@@ -1,9 +1,11 @@
-"""Connecting to RabbitMQ with a clear answer when it is not there."""
+"""Connecting to RabbitMQ with a clear answer when it is not there, and letting go of it
+without waiting on a broker that does not answer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -46,3 +48,24 @@ async def connect(url: str, *, name: str, wait: float = 30.0) -> AbstractRobustC
             log.warning("RabbitMQ at %s not reachable yet (%s); retrying", redact(url), exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+# How long one step of shutting down (cancel a consumer, close a channel or the connection) may
+# wait for the broker.
+CLOSE_TIMEOUT = 2.0
+
+
+async def quietly(
+    what: str, action: Callable[[], Awaitable[object]], *, within: float = CLOSE_TIMEOUT
+) -> None:
+    """Run one step of letting go of the broker, for at most `within` seconds; a failure or a broker
+    that does not answer is logged and the stop goes on. Without the bound a stop can hang for
+    good: while the broker is unreachable, aio-pika's cancel and close on a robust channel wait
+    for the connection to be ready again (seen: a gateway that never exited after SIGTERM)."""
+    try:
+        async with asyncio.timeout(within):
+            await action()
+    except TimeoutError:
+        log.warning("%s: no answer from the broker within %.0fs; going on without it", what, within)
+    except Exception as exc:  # a stop goes on whatever the broker says
+        log.debug("%s failed: %r", what, exc)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from relayflow.amqp.connection import quietly
 from relayflow.amqp.publisher import OutgoingMessage, Publisher
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,10 @@ class BatchConsumer:
         """Stop taking deliveries and finish those in hand within `grace`; whatever is still
         unsettled after that goes back to the broker when the channel closes."""
         if self._consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+            await quietly(
+                f"cancelling the consumer of {self._queue.name}",
+                functools.partial(self._queue.cancel, self._consumer_tag),
+            )
             self._consumer_tag = None
         for _ in self._tasks:
             self._pending.put_nowait(None)

@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
+from relayflow.amqp.connection import quietly
 from relayflow.contracts import BaseMessage, encode
 
 
@@ -105,4 +106,4 @@ class Publisher:
 
     async def close(self) -> None:
         if not self._channel.is_closed:
-            await self._channel.close()
+            await quietly("closing the publisher's channel", self._channel.close)

@@ -73,3 +73,13 @@ async def create_pool(
             log.warning("PostgreSQL not reachable yet (%s); retrying", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def close_pool(pool: asyncpg.Pool[Any], *, within: float = 5.0) -> None:
+    """Close the pool, waiting at most `within` seconds for borrowed connections to come back
+    (a query stuck on an unreachable server never would); then terminate what is left."""
+    try:
+        await asyncio.wait_for(pool.close(), within)
+    except TimeoutError:
+        log.warning("database connections still busy after %.0fs; terminating them", within)
+        pool.terminate()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -48,7 +49,7 @@ from aio_pika.abc import (
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from relayflow.amqp import OutgoingMessage, Publisher, dead_letter
+from relayflow.amqp import OutgoingMessage, Publisher, dead_letter, quietly
 from relayflow.contracts import (
     Envelope,
     ErrorInfo,
@@ -210,8 +211,9 @@ class StepWorker:
         """Stop taking commands; let those in flight finish within `grace` seconds, then hand
         the rest back to the broker (their leases released so a redelivery need not wait)."""
         for queue, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            await quietly(
+                f"cancelling the consumer of {queue.name}", functools.partial(queue.cancel, tag)
+            )
         self._consumers = []
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
@@ -221,11 +223,9 @@ class StepWorker:
                 log.warning("handing %d unfinished command(s) back", len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
         if self._channel is not None and not self._channel.is_closed:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+            await quietly("closing the consumer channel", self._channel.close)
         if self._publisher is not None:
-            with contextlib.suppress(Exception):
-                await self._publisher.close()
+            await self._publisher.close()
 
     @property
     def inflight(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from relayflow.amqp import connect
+from relayflow.amqp import connect, quietly
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.external.settings import ExternalSettings
@@ -18,7 +18,7 @@ async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
     topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
         connection = await connect(settings.amqp_url, name="relayflow-external")
-        stack.push_async_callback(connection.close)
+        stack.push_async_callback(quietly, "closing the broker connection", connection.close)
         channel = await connection.channel()
         await topology.declare(channel, workflows.task_names())
         await channel.close()

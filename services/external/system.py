@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import PublishError
 
-from relayflow.amqp import OutgoingMessage, Publisher, dead_letter
+from relayflow.amqp import OutgoingMessage, Publisher, dead_letter, quietly
 from relayflow.contracts import ExternalReply, ExternalRequest, decode
 from relayflow.topology import Topology
 
@@ -75,8 +76,9 @@ class ExternalSystem:
     async def stop(self, *, grace: float = 10.0) -> None:
         if self._consumer is not None:
             queue, tag = self._consumer
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            await quietly(
+                f"cancelling the consumer of {queue.name}", functools.partial(queue.cancel, tag)
+            )
             self._consumer = None
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
@@ -84,11 +86,9 @@ class ExternalSystem:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._channel is not None and not self._channel.is_closed:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+            await quietly("closing the consumer channel", self._channel.close)
         if self._publisher is not None:
-            with contextlib.suppress(Exception):
-                await self._publisher.close()
+            await self._publisher.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self._handle(message))

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from relayflow.amqp import Publisher, connect
+from relayflow.amqp import Publisher, connect, quietly
+from relayflow.db import close_pool
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
@@ -49,9 +50,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
             pool = await prepare_database(settings)
-            stack.push_async_callback(pool.close)
+            stack.push_async_callback(close_pool, pool)
             connection = await connect(settings.amqp_url, name="relayflow-gateway")
-            stack.push_async_callback(connection.close)
+            stack.push_async_callback(quietly, "closing the broker connection", connection.close)
             # The whole topology, so that workflow.start is routable before the orchestrator runs.
             channel = await connection.channel()
             await topology.declare(channel, registry.task_names())

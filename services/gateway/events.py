@@ -16,8 +16,8 @@ feed client that reconnects to the same process resumes without a gap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
+import functools
 import logging
 import secrets
 from collections import deque
@@ -34,6 +34,7 @@ from aio_pika.abc import (
 )
 from pydantic import Field, TypeAdapter, ValidationError
 
+from relayflow.amqp import quietly
 from relayflow.contracts import WorkflowEvent, WorkflowEventBatch
 from relayflow.topology import Topology
 
@@ -267,12 +268,13 @@ class EventHub:
     async def stop(self) -> None:
         self.close()
         if self._queue is not None and self._consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+            await quietly(
+                "cancelling the events consumer",
+                functools.partial(self._queue.cancel, self._consumer_tag),
+            )
         self._consumer_tag = None
         if self._channel is not None and not self._channel.is_closed:
-            with contextlib.suppress(Exception):
-                await self._channel.close()
+            await quietly("closing the events channel", self._channel.close)
 
 
 _broadcast: TypeAdapter[WorkflowEvent | WorkflowEventBatch] = TypeAdapter(

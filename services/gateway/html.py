@@ -417,5 +417,3 @@ def pending_panel(workflow_id: str) -> str:
         f"{pill('accepted', data_workflow_status='')}</div></div>"
         '<p class="muted">Starting…</p></div>'
     )
-
-

@@ -9,7 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from relayflow.amqp import BatchConsumer, Publisher, connect
+from relayflow.amqp import BatchConsumer, Publisher, connect, quietly
+from relayflow.db import close_pool
 from relayflow.runtime import prepare_database, run
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
@@ -65,8 +66,8 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
                 await task
         await relay.stop()
     finally:
-        await connection.close()
-        await pool.close()
+        await quietly("closing the broker connection", connection.close)
+        await close_pool(pool)
 
 
 async def _fire_timers(orchestrator: Orchestrator, interval: float) -> None:

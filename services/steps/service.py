@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 
-from relayflow.amqp import connect
+from relayflow.amqp import connect, quietly
+from relayflow.db import close_pool
 from relayflow.errors import ConfigurationError, DefinitionError
 from relayflow.runtime import prepare_database
 from relayflow.steps import StepRegistry, StepWorker, WorkerConfig
@@ -36,9 +37,9 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
     topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
         pool = await prepare_database(settings)
-        stack.push_async_callback(pool.close)
+        stack.push_async_callback(close_pool, pool)
         connection = await connect(settings.amqp_url, name="relayflow-steps")
-        stack.push_async_callback(connection.close)
+        stack.push_async_callback(quietly, "closing the broker connection", connection.close)
         channel = await connection.channel()
         await topology.declare(channel, {*workflows.task_names(), *steps.names()})
         await channel.close()

@@ -166,3 +166,33 @@ async def test_sigterm_is_graceful(
     await cluster.start(service)
     await cluster.wait_ready(client)
     await cluster.assert_exactly_once(ids)
+
+
+@pytest.mark.parametrize("cluster_env", [ledger_env(0.5)])
+@pytest.mark.parametrize("service", SERVICES)
+async def test_sigterm_while_the_broker_does_not_answer(
+    cluster: Cluster, client: httpx.AsyncClient, service: str
+) -> None:
+    """A stop must not wait for a broker that does not answer: with the service's broker link
+    black-holed and its connection cut (it is reconnecting into the silence), SIGTERM still ends
+    it within its grace period with exit 0; back with the link, nothing is lost or done twice."""
+    ids = await cluster.submit_many(client, 5, f"deaf-{service}")
+    assert len(ids) == 5
+    await cluster.wait_in_flight(least=1)
+    link = cluster.links[service].amqp
+    link.blackhole()
+    await link.cut()
+    loop = asyncio.get_running_loop()
+    try:
+        # The fault: a span in which the service has lost its broker and is trying again.
+        await asyncio.sleep(1.0)
+        started = loop.time()
+        code = await cluster.terminate(service, timeout=60)
+        elapsed = loop.time() - started
+    finally:
+        link.pass_through()
+    assert code == 0, cluster.logs(service)[-3000:]
+    assert elapsed < 30, f"took {elapsed:.1f}s to stop"
+    await cluster.start(service)
+    await cluster.wait_ready(client)
+    await cluster.assert_exactly_once(ids)
