@@ -62,9 +62,16 @@ class System:
         await process.wait()
 
     async def terminate(self, service: str) -> int:
+        """SIGTERM, and the exit code; one still running after 30 s is killed (no test leaves a
+        process behind) and TimeoutError raised."""
         process = self.processes.pop(service)
         process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(process.wait(), 30)
+        try:
+            return await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            raise
 
     def logs(self, service: str) -> str:
         return (self.log_dir / f"{service}.log").read_text(errors="replace")

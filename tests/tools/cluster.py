@@ -141,21 +141,23 @@ class Cluster:
         await process.wait()
 
     async def terminate(self, service: str, timeout: float = 30) -> int:
-        """SIGTERM, and the exit code."""
+        """SIGTERM, and the exit code. A process still running after `timeout` is killed (so that
+        no test leaves one behind) and TimeoutError raised."""
         process = self.processes.pop(service)
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(process.wait(), timeout)
+        try:
+            return await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGKILL)
+            await process.wait()
+            raise
 
     async def teardown(self) -> None:
         for name in list(self.processes):
-            try:
+            with contextlib.suppress(Exception):
                 await self.terminate(name, timeout=20)
-            except TimeoutError:
-                with contextlib.suppress(Exception):
-                    await self.kill(name)
-            except Exception:
-                pass
         for links in self.links.values():
             await links.amqp.stop()
             await links.db.stop()
