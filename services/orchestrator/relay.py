@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -55,13 +55,16 @@ class OutboxRelay:
         if rows:
             self._pending.put_nowait(rows)
 
-    def take_sent(self) -> list[int]:
-        """The confirmed rows still to delete; the taker deletes them or gives them back."""
+    @contextlib.contextmanager
+    def take_sent(self) -> Iterator[list[int]]:
+        """The confirmed rows still to delete, for the caller to delete; if it fails (the block
+        raises), they are the relay's again."""
         sent, self._sent = self._sent, []
-        return sent
-
-    def give_back(self, sent: Sequence[int]) -> None:
-        self._sent.extend(sent)
+        try:
+            yield sent
+        except BaseException:
+            self._sent.extend(sent)
+            raise
 
     def start(self) -> None:
         self._tasks = [
@@ -127,15 +130,10 @@ class OutboxRelay:
 
     async def flush(self) -> None:
         """Delete the confirmed rows no transaction has taken."""
-        sent = self.take_sent()
-        if not sent:
-            return
-        try:
-            async with self._pool.acquire() as conn:
-                await store.delete_outbox(conn, sent)
-        except BaseException:
-            self.give_back(sent)
-            raise
+        with self.take_sent() as sent:
+            if sent:
+                async with self._pool.acquire() as conn:
+                    await store.delete_outbox(conn, sent)
 
     async def _flush_loop(self) -> None:
         while True:

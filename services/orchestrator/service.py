@@ -96,8 +96,7 @@ class Orchestrator:
     async def _transaction(self, deliveries: Sequence[_Delivery]) -> tuple[list[bool], BatchResult]:
         # Outbox rows the relay has had confirmed go out with this transaction's writes (one
         # commit fewer than deleting them on their own); back to the relay if it fails.
-        sent = self._relay.take_sent()
-        try:
+        with self._relay.take_sent() as sent:
             async with self._pool.acquire() as conn, conn.transaction():
                 ids = [d.input.message_id for d in deliveries]
                 about = [
@@ -115,9 +114,6 @@ class Orchestrator:
                     d.input for d, is_fresh in zip(deliveries, fresh, strict=True) if is_fresh
                 ]
                 result = await self._processor.apply(conn, inputs, locked=locked, sent=sent)
-        except BaseException:
-            self._relay.give_back(sent)
-            raise
         return fresh, result
 
     async def fire_due_timers(self, limit: int = 100) -> int:

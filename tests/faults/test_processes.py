@@ -180,12 +180,17 @@ async def test_sigterm_while_the_broker_does_not_answer(
     assert len(ids) == 5
     await cluster.wait_in_flight(least=1)
     link = cluster.links[service].amqp
+    attempts = link.connections_accepted
     link.blackhole()
     await link.cut()
     loop = asyncio.get_running_loop()
     try:
-        # The fault: a span in which the service has lost its broker and is trying again.
-        await asyncio.sleep(1.0)
+
+        async def reconnecting() -> bool:
+            return link.connections_accepted > attempts
+
+        # Stop it once it is reconnecting into the silence (aio-pika tries every 5 s).
+        await wait_for(reconnecting, timeout=20, what=f"{service} reconnecting")
         started = loop.time()
         code = await cluster.terminate(service, timeout=60)
         elapsed = loop.time() - started

@@ -40,12 +40,14 @@ from services.orchestrator.settings import OrchestratorSettings
 from tests.support import get_messages, wait_for
 
 FORM = {"name": "Ada", "email": "ada@example.com", "message": "hello"}
+# The running orchestrator's outbox sweep re-sends rows older than this.
+STALE_AFTER = 0.5
 
 
 @contextlib.asynccontextmanager
 async def running_orchestrator(settings: Settings) -> AsyncIterator[None]:
     """The real orchestrator service, in this process, on the test's namespace."""
-    own = OrchestratorSettings(**settings.model_dump(), outbox_stale_after=0.5)
+    own = OrchestratorSettings(**settings.model_dump(), outbox_stale_after=STALE_AFTER)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(own, stop))
     try:
@@ -285,7 +287,7 @@ async def test_confirmed_outbox_rows_are_deleted_without_a_commit_of_their_own(
             return bool(count == 0)
 
         # Well before the sweep's `stale_after` would send anything again.
-        await wait_for(outbox_empty, timeout=0.5 * 0.9, what="outbox emptied by the relay")
+        await wait_for(outbox_empty, timeout=STALE_AFTER * 0.9, what="outbox emptied by the relay")
 
 
 class Empty(BaseModel):

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
+import pytest
+
 from relayflow.amqp import OutgoingMessage, Publisher
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.store import OutboxRow
@@ -31,16 +33,39 @@ def row(row_id: int) -> OutboxRow:
     return OutboxRow(row_id, message)
 
 
+def taken(relay: OutboxRelay) -> list[int]:
+    with relay.take_sent() as sent:
+        return list(sent)
+
+
 async def test_rows_confirmed_while_a_transaction_took_the_list_are_kept_for_the_next() -> None:
     """A transaction may take the confirmed ids while a publish is awaiting its confirms; the ids
     confirmed after that must land in the relay's new list, not in the one already taken."""
     publisher = SlowPublisher()
     relay = OutboxRelay(cast(Any, None), cast(Publisher, publisher))
-    relay.give_back([1])
+    publisher.release.set()
+    await relay.publish([row(1)])
+    publisher.release.clear()
+    publisher.publishing.clear()
     publishing = asyncio.create_task(relay.publish([row(2), row(3)]))
     await publisher.publishing.wait()
-    assert relay.take_sent() == [1]
+    assert taken(relay) == [1]
     publisher.release.set()
     await publishing
-    assert relay.take_sent() == [2, 3]
-    assert relay.take_sent() == []
+    assert taken(relay) == [2, 3]
+    assert taken(relay) == []
+
+
+async def test_ids_taken_by_a_failed_transaction_go_back_to_the_relay() -> None:
+    publisher = SlowPublisher()
+    publisher.release.set()
+    relay = OutboxRelay(cast(Any, None), cast(Publisher, publisher))
+    await relay.publish([row(4), row(5)])
+
+    def roll_back() -> None:
+        with relay.take_sent():
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        roll_back()
+    assert taken(relay) == [4, 5]
