@@ -4,6 +4,7 @@ small stand-in programs instead of the real services."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 
 import pytest
@@ -73,7 +74,8 @@ async def test_one_service_dying_stops_the_others_and_fails() -> None:
     code = await supervisor.supervise(commands, asyncio.Event(), grace=5, write=lines.append)
     assert code == 1
     assert any("external exited unexpectedly with code 3" in line for line in lines)
-    assert any("steps exited with code 0" in line for line in lines)
+    # 0 when its SIGTERM handler was installed in time, -15 when the signal beat Python's start-up.
+    assert any(re.search(r"steps exited with code (0|-15)$", line) for line in lines)
 
 
 async def test_a_service_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
