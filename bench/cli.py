@@ -170,7 +170,12 @@ def _brief(name: str, phases: dict[str, Phase]) -> str:
             f"p99 {phase.latency_ms(99):.1f} ms cpu {phase.cpu_ms_per_workflow:.1f} ms/wf"
             + (f" errors {phase.errors}" if phase.errors else "")
         )
-    return f"  {name}: " + "; ".join(parts)
+    line = f"  {name}: " + "; ".join(parts)
+    load = phases.get("load")
+    if load is not None and load.cpu_by_role:
+        split = ", ".join(f"{role} {ms}" for role, ms in load.cpu_per_workflow_by_role().items())
+        line += f"\n    load CPU ms/wf by process: {split}"
+    return line
 
 
 async def amain(options: Options) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from bench.measure import Phase, Sample, machine_busy_ms
+from bench.measure import Phase, Sample, cpu_split, machine_busy_ms, process_cpu_ms
 
 RunOne = Callable[[int], Awaitable[Sample]]
 
@@ -29,11 +29,18 @@ class System(Protocol):
 
 
 async def closed_loop(
-    steps: int, n: int, concurrency: int, one: RunOne, *, max_errors: int = 20
+    steps: int,
+    n: int,
+    concurrency: int,
+    one: RunOne,
+    *,
+    max_errors: int = 20,
+    roles: dict[int, str] | None = None,
 ) -> Phase:
     """Run `n` workflows with `concurrency` in flight: each worker starts the next as soon as its
-    previous one completes. Stops early after `max_errors` failures (a broken system must not
-    keep the bench running for its whole timeout budget)."""
+    previous one completes. `roles` (pid -> name) splits the phase's CPU by process. Stops early
+    after `max_errors` failures (a broken system must not keep the bench running for its whole
+    timeout budget)."""
     counter = itertools.count()
     samples: list[Sample] = []
     errors = 0
@@ -53,9 +60,11 @@ async def closed_loop(
                     failed.set()
 
     loop = asyncio.get_running_loop()
+    processes0 = process_cpu_ms()
     cpu0, t0 = machine_busy_ms(), loop.time()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
     wall, cpu = loop.time() - t0, machine_busy_ms() - cpu0
+    by_role = cpu_split(processes0, process_cpu_ms(), roles or {})
     if first_error:
         print(f"  ! {errors} workflow(s) failed; first: {first_error[0]!r}")
-    return Phase(steps, n, concurrency, wall, cpu, samples, errors)
+    return Phase(steps, n, concurrency, wall, cpu, samples, errors, by_role)

@@ -41,6 +41,59 @@ def machine_busy_ms() -> float:
     return (total - idle) * _TICK_MS
 
 
+# Command names of the shared servers, so that their share of a phase's CPU can be told apart.
+_SERVERS = {"beam.smp": "rabbitmq", "erl_child_setup": "rabbitmq", "postgres": "postgresql"}
+
+
+def process_cpu_ms() -> dict[int, tuple[str, int, float]]:
+    """Every process's command name, parent pid and CPU time so far (user + system, ms)."""
+    found: dict[int, tuple[str, int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        # fields[0] is field 3 of proc(5): state; ppid is field 4, utime 14, stime 15.
+        cpu_ms = (int(fields[11]) + int(fields[12])) * _TICK_MS
+        found[int(entry.name)] = (name, int(fields[1]), cpu_ms)
+    return found
+
+
+def cpu_split(
+    before: dict[int, tuple[str, int, float]],
+    after: dict[int, tuple[str, int, float]],
+    roles: dict[int, str],
+) -> dict[str, float]:
+    """CPU ms spent between two `process_cpu_ms` snapshots, by role: the processes in `roles` and
+    their descendants under their role, the broker and the database by name, this process as
+    `client`, everything else as `other`. (A process that ended in between is not counted.)"""
+    roles = {**roles, os.getpid(): "client"}
+
+    def role_of(pid: int) -> str:
+        seen = 0
+        current = pid
+        while current > 1 and seen < 64:
+            if current in roles:
+                return roles[current]
+            info = after.get(current)
+            if info is None:
+                break
+            current, seen = info[1], seen + 1
+        return _SERVERS.get(after[pid][0], "other")
+
+    split: dict[str, float] = {}
+    for pid, (_, _, ms) in after.items():
+        spent = ms - before[pid][2] if pid in before else ms
+        if spent > 0:
+            role = role_of(pid)
+            split[role] = split.get(role, 0.0) + spent
+    return split
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants, from /proc (no psutil needed)."""
     children: dict[int, list[int]] = {}
@@ -99,6 +152,8 @@ class Phase:
     cpu_ms: float
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
+    # CPU ms of the phase by process role (see `cpu_split`).
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -127,4 +182,10 @@ class Phase:
             "p50_ms": round(self.latency_ms(50), 2),
             "p99_ms": round(self.latency_ms(99), 2),
             "cpu_ms_per_wf": round(self.cpu_ms_per_workflow, 2),
+            "cpu_ms_per_wf_by_role": self.cpu_per_workflow_by_role(),
         }
+
+    def cpu_per_workflow_by_role(self) -> dict[str, float]:
+        done = max(1, len(self.samples))
+        ordered = sorted(self.cpu_by_role.items(), key=lambda item: -item[1])
+        return {role: round(ms / done, 2) for role, ms in ordered}

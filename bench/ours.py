@@ -143,7 +143,8 @@ class Relayflow:
             return Sample(latency=loop.time() - t0, accept=accepted - t0)
 
         try:
-            return await closed_loop(steps, n, concurrency, one)
+            roles = {pid: role for role, pid in self.pids().items()}
+            return await closed_loop(steps, n, concurrency, one, roles=roles)
         finally:
             for connection in connections:
                 await connection.close()

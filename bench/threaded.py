@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.measure import Phase, Sample, machine_busy_ms
+from bench.measure import Phase, Sample, cpu_split, machine_busy_ms, process_cpu_ms
 
 
 def threaded_closed_loop(
@@ -37,18 +37,21 @@ def threaded_closed_loop(
                 last_done[0] = time.perf_counter()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(n, concurrency))]
+    processes0 = process_cpu_ms()
     cpu0, t0 = machine_busy_ms(), time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall, cpu = time.perf_counter() - t0, machine_busy_ms() - cpu0
+    # The peer's own processes are what is left: `other`.
+    by_role = cpu_split(processes0, process_cpu_ms(), {})
     if errors and samples:
         # A lost workflow holds its thread until its timeout; the rate is that of the others.
         wall = last_done[0] - t0
     if errors:
         print(f"  ! {len(errors)} workflow(s) failed; first: {errors[0]!r}")
-    return Phase(steps, n, concurrency, wall, cpu, samples, len(errors))
+    return Phase(steps, n, concurrency, wall, cpu, samples, len(errors), by_role)
 
 
 class DonePoller:

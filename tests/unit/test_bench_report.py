@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
-from bench.measure import median, percentile
+from bench.measure import cpu_split, median, percentile, process_cpu_ms
 from bench.profile import summarise
 from bench.report import ratios, render, targets
 
@@ -44,3 +46,32 @@ def test_profile_summary_groups_by_area() -> None:
     assert "4 samples" in text
     assert "75.0% self" in text
     assert "asyncpg (PostgreSQL driver)" in text
+
+
+# Burns 0.3 s of CPU, says so, then waits for its stdin to close.
+_BURN = (
+    "import sys, time\n"
+    "end = time.process_time() + 0.3\n"
+    "while time.process_time() < end: pass\n"
+    "print('burnt', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_cpu_split_charges_a_child_to_its_parents_role() -> None:
+    """The per-process CPU split must follow process trees (Celery's prefork children, a
+    service's subprocesses), or a system's cost would hide under `other`."""
+    # The parent only starts the burner (inheriting its pipes) and waits for it.
+    spawn = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {_BURN!r}])"
+    before = process_cpu_ms()
+    with subprocess.Popen(
+        [sys.executable, "-c", spawn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            assert parent.stdout.readline() == "burnt\n"
+            split = cpu_split(before, process_cpu_ms(), {parent.pid: "service"})
+        finally:
+            parent.kill()
+    # Counted whole (neither process existed before), and not under `other`.
+    assert split["service"] >= 300
