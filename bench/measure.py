@@ -97,15 +97,8 @@ def cpu_split(
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants, from /proc (no psutil needed)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+    for child, (_, ppid, _) in process_cpu_ms().items():
+        children.setdefault(ppid, []).append(child)
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
