@@ -71,6 +71,8 @@ class Observed:
     streams: dict[str, list[int]] = field(default_factory=dict)
     stream_ended: dict[str, bool] = field(default_factory=dict)
     reconnects: dict[str, int] = field(default_factory=dict)
+    # The workflow accepted last: most likely still running.
+    latest: str | None = None
     captured: list[tuple[str, aio_pika.Message]] = field(default_factory=list)
 
 
@@ -85,6 +87,8 @@ class Chaos:
         self.rng = random.Random(config.seed)  # noqa: S311 - chaos, not cryptography
         self.seen = Observed()
         self.subscribers: list[asyncio.Task[None]] = []
+        # Set once a subscriber's stream has delivered an event.
+        self.streaming: dict[str, asyncio.Event] = {}
 
     # -- workload --------------------------------------------------------------------------
 
@@ -131,6 +135,7 @@ class Chaos:
             if response is not None and response.status_code == 202:
                 workflow_id: str = response.json()["workflowId"]
                 self.seen.accepted.add(workflow_id)
+                self.seen.latest = workflow_id
                 if index % max(1, self.config.workflows // self.config.subscribers) == 0:
                     self.subscribers.append(
                         asyncio.create_task(self.subscribe(client, workflow_id))
@@ -155,6 +160,7 @@ class Chaos:
                     async for event in events:
                         if "id" in event:
                             seqs.append(int(event["id"]))
+                            self.streaming.setdefault(workflow_id, asyncio.Event()).set()
                         if event.get("event") in (
                             "workflow.completed",
                             "workflow.failed",
@@ -222,6 +228,8 @@ class Chaos:
             await asyncio.sleep(self.rng.uniform(1.0, 4.0))
 
     async def _kill(self, service: str, client: httpx.AsyncClient) -> None:
+        if service == "gateway":
+            await self._follow_through_the_kill(client)
         await self.cluster.kill(service)
         await asyncio.sleep(self.rng.uniform(0.0, 1.0))
         await self.cluster.start(service)
@@ -229,6 +237,20 @@ class Chaos:
             # Submissions retry meanwhile; waiting here keeps faults from piling on one start.
             with contextlib.suppress(AssertionError):
                 await self.cluster.wait_ready(client, timeout=30)
+
+    async def _follow_through_the_kill(self, client: httpx.AsyncClient) -> None:
+        """Have a stream open on a running workflow when the gateway is killed, so that the
+        kill breaks it and its resumption with Last-Event-ID is checked: subscribers picked at
+        submission are rarely mid-stream at the moment of a kill."""
+        workflow_id = self.seen.latest
+        if workflow_id is None or self.seen.stream_ended.get(workflow_id):
+            return
+        if workflow_id not in self.seen.streams:
+            self.subscribers.append(asyncio.create_task(self.subscribe(client, workflow_id)))
+        # Until the stream has delivered an event and so is open (not longer: a fault is due).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.streaming.setdefault(workflow_id, asyncio.Event()).wait()
 
     async def _cut(self, link: str) -> None:
         candidates = [
