@@ -41,9 +41,6 @@ class Relayflow:
         self.database = unique("bench_rf_")
         self.topology = Topology(self.namespace)
         self.step_names = WorkflowRegistry(WORKFLOWS).task_names()
-        # What a step service without RELAYFLOW_WORKFLOWS declares as well (see start()).
-        seed = WorkflowRegistry.from_modules(["workflows.form_submission"])
-        self.seed_step_names = seed.task_names()
         self.log_dir = log_dir
         self.extra_env = extra_env or {}
         self.processes: Processes | None = None
@@ -76,15 +73,7 @@ class Relayflow:
             if role.startswith("orch"):
                 await self.processes.python(role, "-m", "services.orchestrator")
             else:
-                # services/steps/settings.py's own `_csv` validator shadows the shared one for
-                # RELAYFLOW_WORKFLOWS, so a step service refuses any value of it; left unset,
-                # it declares the seed workflow's step queues too (removed at stop).
-                env = {k: v for k, v in self.processes.env.items() if k != "RELAYFLOW_WORKFLOWS"}
-                self.processes.env, saved = env, self.processes.env
-                try:
-                    await self.processes.python(role, "-m", "services.steps")
-                finally:
-                    self.processes.env = saved
+                await self.processes.python(role, "-m", "services.steps")
         queues = [self.topology.orchestrator_queue] + [
             self.topology.step_queue(step) for step in self.step_names
         ]
@@ -159,8 +148,7 @@ class Relayflow:
         if self.processes is not None:
             await self.processes.stop()
             self.processes = None
-        names = [*self.step_names, *self.seed_step_names]
-        queues = [*self.topology.queue_bindings(names), self.topology.dead_letter_queue]
+        queues = [*self.topology.queue_bindings(self.step_names), self.topology.dead_letter_queue]
         exchanges = [
             self.topology.exchange,
             self.topology.events_exchange,

@@ -1,14 +1,21 @@
 -- The step services' invocation records: one row per (workflow_id, step_name, step_key).
 -- Every transition is guarded by the lease owner, the attempt and the status it leaves.
 
--- name: claim
--- Take the invocation to run it: a new one, a failed one on a newer attempt, or one whose lease
--- expired (its holder died). A stale command never takes over a newer attempt's row.
+-- name: claim_many
+-- Take invocations to run them (distinct ones, a batch of commands in one statement): a new one,
+-- a failed one on a newer attempt, or one whose lease expired (its holder died). A stale command
+-- never takes over a newer attempt's row. Rows are taken in key order, so two workers claiming
+-- overlapping batches lock them in the same order and cannot deadlock. Only the rows claimed
+-- come back.
 INSERT INTO step_invocations AS s (
     workflow_id, step_name, step_key, status, attempt, executions,
     lease_owner, lease_expires_at, started_at
 )
-VALUES ($1, $2, $3, 'running', $4, 1, $5, now() + make_interval(secs => $6), now())
+SELECT c.workflow_id, c.step_name, c.step_key, 'running', c.attempt, 1,
+       $5, now() + make_interval(secs => $6), now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[])
+     AS c(workflow_id, step_name, step_key, attempt)
+ORDER BY c.workflow_id, c.step_name, c.step_key
 ON CONFLICT (workflow_id, step_name, step_key) DO UPDATE
 SET status = 'running',
     attempt = EXCLUDED.attempt,
@@ -21,9 +28,25 @@ SET status = 'running',
     finished_at = NULL
 WHERE (s.status = 'failed' AND s.attempt < EXCLUDED.attempt)
    OR (s.status = 'running' AND s.lease_expires_at < now() AND s.attempt <= EXCLUDED.attempt)
-RETURNING s.status, s.attempt, s.executions, s.lease_owner, s.output, s.error,
+RETURNING s.workflow_id, s.step_name, s.step_key,
+          s.status, s.attempt, s.executions, s.lease_owner, s.output, s.error,
           s.started_at, s.finished_at,
           EXTRACT(EPOCH FROM (s.lease_expires_at - now()))::float8 AS lease_remaining;
+
+-- name: settle_many
+-- `succeed` or `fail` for a batch of invocations this worker holds, in one statement; each row is
+-- guarded as those are. Only the rows settled come back.
+UPDATE step_invocations AS s
+SET status = o.status, output = o.output, error = o.error, finished_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::jsonb[],
+            $7::jsonb[])
+     AS o(workflow_id, step_name, step_key, attempt, status, output, error)
+WHERE s.workflow_id = o.workflow_id AND s.step_name = o.step_name AND s.step_key = o.step_key
+  AND s.attempt = o.attempt AND s.lease_owner = $8 AND s.status = 'running'
+RETURNING s.workflow_id, s.step_name, s.step_key,
+          s.status, s.attempt, s.executions, s.lease_owner, s.output, s.error,
+          s.started_at, s.finished_at, NULL::float8 AS lease_remaining;
 
 -- name: get
 SELECT status, attempt, executions, lease_owner, output, error, started_at, finished_at,

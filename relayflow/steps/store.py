@@ -5,12 +5,14 @@ Also the pure decision taken when a command meets a record it could not claim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeAlias
 
 import asyncpg
+import orjson
 
 from relayflow.contracts import ErrorInfo, StepCommand
 from relayflow.db import Queries
@@ -19,6 +21,17 @@ from relayflow.steps.context import DbConnection
 QUERIES = Queries.load("relayflow.steps")
 
 Executor: TypeAlias = "DbConnection | asyncpg.Pool[Any]"
+# (workflow_id, step_name, step_key): what identifies an invocation.
+InvocationKey: TypeAlias = tuple[str, str, str]
+
+
+def invocation_key(command: StepCommand) -> InvocationKey:
+    return (command.workflow_id, command.step_name, command.step_key)
+
+
+def _json(value: Any) -> orjson.Fragment | None:
+    """A value for a jsonb[] parameter: asyncpg would take a list for a nested array."""
+    return None if value is None else orjson.Fragment(orjson.dumps(value))
 
 
 class InvocationStatus(StrEnum):
@@ -91,18 +104,48 @@ class InvocationStore:
     lease_seconds: float
 
     @staticmethod
-    def _key(command: StepCommand) -> tuple[str, str, str]:
-        return (command.workflow_id, command.step_name, command.step_key)
+    def _key(command: StepCommand) -> InvocationKey:
+        return invocation_key(command)
 
-    async def claim(self, db: Executor, command: StepCommand) -> Invocation | None:
-        row = await db.fetchrow(
-            QUERIES.claim,
-            *self._key(command),
-            command.attempt,
+    async def claim_many(
+        self, db: Executor, commands: Sequence[StepCommand]
+    ) -> dict[InvocationKey, Invocation]:
+        """`claim` for commands of distinct invocations: the ones claimed, by key."""
+        rows = await db.fetch(
+            QUERIES.claim_many,
+            [c.workflow_id for c in commands],
+            [c.step_name for c in commands],
+            [c.step_key for c in commands],
+            [c.attempt for c in commands],
             self.owner,
             self.lease_seconds,
         )
-        return Invocation.from_row(row) if row is not None else None
+        return {_row_key(row): Invocation.from_row(row) for row in rows}
+
+    async def settle_many(
+        self, db: Executor, outcomes: Sequence[tuple[StepCommand, Any, ErrorInfo | None]]
+    ) -> dict[InvocationKey, Invocation]:
+        """Record, for invocations this worker holds, each (command, output, error): failed
+        when there is an error, succeeded with the output otherwise. The ones recorded, by key
+        (one missing had its lease lost)."""
+        rows = await db.fetch(
+            QUERIES.settle_many,
+            [c.workflow_id for c, _, _ in outcomes],
+            [c.step_name for c, _, _ in outcomes],
+            [c.step_key for c, _, _ in outcomes],
+            [c.attempt for c, _, _ in outcomes],
+            [
+                (InvocationStatus.SUCCEEDED if e is None else InvocationStatus.FAILED).value
+                for _, _, e in outcomes
+            ],
+            [_json(output) if e is None else None for _, output, e in outcomes],
+            [
+                None if e is None else _json(e.model_dump(mode="json", by_alias=True))
+                for _, _, e in outcomes
+            ],
+            self.owner,
+        )
+        return {_row_key(row): Invocation.from_row(row) for row in rows}
 
     async def get(self, db: Executor, command: StepCommand) -> Invocation | None:
         row = await db.fetchrow(QUERIES.get, *self._key(command))
@@ -134,3 +177,7 @@ class InvocationStore:
 
     async def release(self, db: Executor, command: StepCommand) -> None:
         await db.execute(QUERIES.release, *self._key(command), command.attempt, self.owner)
+
+
+def _row_key(row: asyncpg.Record) -> InvocationKey:
+    return (row["workflow_id"], row["step_name"], row["step_key"])

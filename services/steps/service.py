@@ -52,6 +52,8 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
                 prefetch=settings.step_prefetch,
                 lease_seconds=settings.step_lease_seconds,
                 inline_budget=settings.step_inline_budget,
+                batch_size=settings.step_batch_size,
+                batch_workers=settings.step_batch_workers,
             ),
         )
         await worker.start()

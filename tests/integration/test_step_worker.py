@@ -409,6 +409,62 @@ async def test_duplicate_in_flight_runs_once(
     assert results[0][1].output == results[1][1].output == {"value": 21}
 
 
+async def test_commands_that_queued_up_run_in_shared_transactions_each_once(
+    declared: Topology,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    publisher: Publisher,
+) -> None:
+    """Under load the worker claims, runs and records what has queued up in one transaction
+    per batch (the point: fewer commits), and a batch changes nothing of the guarantees: every
+    command answered, each body run once, copies in one batch answered from the first, and a
+    transactional body's write committed once with its success."""
+    await pool.execute(
+        "CREATE TABLE IF NOT EXISTS test_step_effects"
+        " (id bigserial PRIMARY KEY, workflow_id text NOT NULL)"
+    )
+    calls: Counter[str] = Counter()
+    steps = echo_steps(calls)
+
+    @steps.step("txn", transactional=True)
+    async def txn(ctx: StepContext[Item]) -> dict[str, str]:
+        calls[ctx.workflow_id] += 1
+        await ctx.connection.execute(
+            "INSERT INTO test_step_effects (workflow_id) VALUES ($1)", ctx.workflow_id
+        )
+        return {"written": ctx.workflow_id}
+
+    echoes = [new_workflow_id() for _ in range(30)]
+    writes = [new_workflow_id() for _ in range(5)]
+    # Queued before the worker starts, so that they arrive together.
+    for wf in echoes:
+        await send(publisher, declared, command(wf, "echo"))
+    await send(publisher, declared, command(echoes[0], "echo"))
+    for wf in writes:
+        await send(publisher, declared, command(wf, "txn"))
+    await send(publisher, declared, command(writes[0], "txn"))
+    async with running(steps, pool, amqp_connection, declared):
+        results = await take_results(channel, declared, len(echoes) + len(writes) + 2)
+    by_workflow: dict[str, list[StepResult]] = {}
+    for _, result in results:
+        assert result.status is StepResultStatus.SUCCEEDED
+        by_workflow.setdefault(result.workflow_id, []).append(result)
+    assert set(by_workflow) == {*echoes, *writes}
+    assert len(by_workflow[echoes[0]]) == len(by_workflow[writes[0]]) == 2
+    assert all(calls[wf] == 1 for wf in [*echoes, *writes])
+    effects = await pool.fetchval(
+        "SELECT count(*) FROM test_step_effects WHERE workflow_id = ANY($1)", writes
+    )
+    assert effects == len(writes)
+    # Rows written by one transaction share its xmin: how many transactions recorded them.
+    transactions = await pool.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM step_invocations WHERE workflow_id = ANY($1)",
+        echoes,
+    )
+    assert transactions <= len(echoes) // 3
+
+
 async def test_lease_is_renewed_while_the_body_runs(
     declared: Topology,
     pool: asyncpg.Pool[Any],
