@@ -7,7 +7,8 @@ An invocation is (workflowId, stepName, stepKey), one row of `step_invocations`.
    expired lease (its holder died). Commands of one step queue that arrive while the worker is
    busy are claimed, run and recorded together: one statement claims them all, one records their
    outcomes, one commit (`batch_size`, `batch_workers` batches at once per queue). At low load a
-   batch is a single command, so nothing waits to fill one.
+   batch is a single command, so nothing waits to fill one. Transactional steps' commands each
+   get a transaction of their own, so that slow ones run side by side.
 2. Not claimed: the row decides (`store.decide`). Succeeded → publish the stored output again;
    failed on this attempt or a newer one → publish the stored failure again; running under a live
    lease → a duplicate is in flight: keep the delivery, poll until the row settles or the lease
@@ -17,8 +18,7 @@ An invocation is (workflowId, stepName, stepKey), one row of `step_invocations`.
    step — the claim stays uncommitted and the outcome is recorded in the same transaction: one
    commit per batch, the row lock keeps duplicates waiting, and a crash leaves no claim behind. A
    transactional body's writes share that transaction (a savepoint lets a failure be recorded
-   without them), so they commit exactly once; the transactional bodies of one batch run one
-   after another on its connection. A non-transactional body that outlives the budget
+   without them), so they commit exactly once. A non-transactional body that outlives the budget
    gets its claim committed as a lease, renewed every `lease_seconds / 3` while it runs, and its
    outcome is recorded by an UPDATE guarded by lease owner, attempt and status (zero rows: the
    lease was lost, publish nothing, look again).
@@ -104,8 +104,8 @@ class WorkerConfig:
     # many such batches run at once per queue. A batch takes what queued up while the others
     # were busy, so at low load it is one command and adds no wait; one batch at a time makes
     # the largest batches (measured: fewest commits and least CPU under load). A batch waits for
-    # its quick bodies (at most `inline_budget`) and runs its transactional bodies one after
-    # another: for slow transactional steps, run more batches at once.
+    # its quick bodies (at most `inline_budget`) before it commits. Transactional steps are not
+    # batched.
     batch_size: int = 32
     batch_workers: int = 1
 
@@ -296,11 +296,11 @@ class StepWorker:
     async def _handle_batch(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         """Claim, run and record what has arrived in one transaction (one commit for the lot),
         then let each command be answered and acked on its own, so that publishing overlaps
-        the next batch. Copies of one invocation, commands that were not claimed, slow bodies
-        and a batch that failed as a whole go on one by one (`_settle`)."""
+        the next batch. Copies of one invocation, transactional steps, commands that were not
+        claimed, slow bodies and a batch that failed as a whole go on one by one (`_settle`)."""
         publisher = self._require_publisher()
         batch: list[_Delivery] = []
-        copies: list[_Delivery] = []
+        alone: list[_Delivery] = []
         keys: set[InvocationKey] = set()
         for message in messages:
             try:
@@ -310,8 +310,10 @@ class StepWorker:
                 continue
             delivery = _Delivery(message, command, definition)
             key = invocation_key(command)
-            # One statement cannot claim a row twice; a copy meets the first one's outcome.
-            (copies if key in keys else batch).append(delivery)
+            # One statement cannot claim a row twice: a copy meets the first one's outcome.
+            # Transactional bodies would run one after another on the batch's connection: each
+            # gets a transaction of its own instead, so that slow ones run side by side.
+            (alone if key in keys or definition.transactional else batch).append(delivery)
             keys.add(key)
         firsts: list[_Attempt | None]
         try:
@@ -324,9 +326,7 @@ class StepWorker:
         except Exception:
             log.warning("a batch of %d command(s) failed; going on one by one", len(batch))
             firsts = [None] * len(batch)
-        for delivery, first in zip(
-            [*batch, *copies], [*firsts, *[None] * len(copies)], strict=True
-        ):
+        for delivery, first in zip([*batch, *alone], [*firsts, *[None] * len(alone)], strict=True):
             self._spawn(self._settle(delivery, first), delivery.message)
 
     def _spawn(self, work: Coroutine[Any, Any, None], message: AbstractIncomingMessage) -> None:

@@ -24,8 +24,7 @@ class StepServiceSettings(Settings):
     # A body quicker than this records its claim and outcome in one transaction (one commit).
     step_inline_budget: float = Field(default=0.2, ge=0)
     # Commands of one step queue claimed, run and recorded in one transaction at most, and how
-    # many such batches run at once per queue (see relayflow.steps.WorkerConfig: raise the
-    # latter for slow transactional steps, whose bodies in one batch run one after another).
+    # many such batches run at once per queue (see relayflow.steps.WorkerConfig).
     step_batch_size: int = Field(default=32, ge=1)
     step_batch_workers: int = Field(default=1, ge=1)
     # How long in-flight steps may take to finish on stop before they are handed back.

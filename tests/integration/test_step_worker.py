@@ -418,8 +418,8 @@ async def test_commands_that_queued_up_run_in_shared_transactions_each_once(
 ) -> None:
     """Under load the worker claims, runs and records what has queued up in one transaction
     per batch (the point: fewer commits), and a batch changes nothing of the guarantees: every
-    command answered, each body run once, copies in one batch answered from the first, and a
-    transactional body's write committed once with its success."""
+    command answered, each body run once, copies in one batch answered from the first, and
+    transactional bodies queued alongside (each in a transaction of its own) written once."""
     await pool.execute(
         "CREATE TABLE IF NOT EXISTS test_step_effects"
         " (id bigserial PRIMARY KEY, workflow_id text NOT NULL)"
