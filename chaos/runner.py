@@ -57,8 +57,9 @@ class Config:
     subscribers: int = 20
     settle_timeout: float = 240.0
     step_delay: float = 0.05
-    # Never cut the orchestrator's broker link nor restart the broker: for as long as the
-    # orchestrator does not restore its consumer after a reconnect (see the README).
+    # Never cut the orchestrator's broker link nor restart the broker: to tell, when a run
+    # fails, whether the orchestrator's reconnection is to blame (it once failed to restore its
+    # consumer; tests/faults/test_infrastructure.py covers that on its own now).
     spare_orchestrator_amqp: bool = False
 
 
