@@ -134,8 +134,18 @@ class CeleryPeer:
 
     async def run(self, steps: int, n: int, concurrency: int) -> Phase:
         return await asyncio.to_thread(
-            threaded_closed_loop, steps, n, concurrency, self._one(steps)
+            threaded_closed_loop,
+            steps,
+            n,
+            concurrency,
+            self._one(steps),
+            roles=self._roles(),
         )
+
+    def _roles(self) -> dict[int, str]:
+        # The prefork children are charged to the worker through the process tree.
+        pids = self.processes.pids().values() if self.processes is not None else ()
+        return dict.fromkeys(pids, "celery")
 
     def memory(self) -> dict[str, float | None]:
         if self.processes is not None:

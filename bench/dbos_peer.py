@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from bench.infra import ROOT, Infra, unique
-from bench.measure import Phase, Sample, machine_busy_ms, peak_mib
+from bench.measure import Phase, Sample, cpu_split, machine_busy_ms, peak_mib, process_cpu_ms
 from bench.threaded import DonePoller, threaded_closed_loop
 
 PROCESSES = 2
@@ -84,9 +84,17 @@ class DbosPeer:
     async def run(self, steps: int, n: int, concurrency: int) -> Phase:
         if self.queued:
             return await asyncio.to_thread(
-                threaded_closed_loop, steps, n, concurrency, self._enqueue_one(steps)
+                threaded_closed_loop,
+                steps,
+                n,
+                concurrency,
+                self._enqueue_one(steps),
+                roles=self._roles(),
             )
         return await self._run_direct(steps, n, concurrency)
+
+    def _roles(self) -> dict[int, str]:
+        return {worker.pid: "dbos" for worker in self.workers}
 
     def _enqueue_one(self, steps: int) -> Any:
         client, poller = self.client, self.poller
@@ -112,6 +120,7 @@ class DbosPeer:
                 share_n = n
             shares.append((self.workers[index], share_n, share_c))
         loop = asyncio.get_running_loop()
+        processes0 = process_cpu_ms()
         cpu0, t0 = machine_busy_ms(), loop.time()
         for worker, share_n, share_c in shares:
             assert worker.stdin is not None
@@ -119,6 +128,7 @@ class DbosPeer:
             await worker.stdin.drain()
         lines = await asyncio.gather(*(self._read(w, timeout=600) for w, _, _ in shares))
         wall, cpu = loop.time() - t0, machine_busy_ms() - cpu0
+        by_role = cpu_split(processes0, process_cpu_ms(), self._roles())
         samples: list[Sample] = []
         errors = 0
         for line in lines:
@@ -129,7 +139,7 @@ class DbosPeer:
             errors += int(result["errors"])
         if errors:
             print(f"  ! {errors} workflow(s) failed; see {self.log_dir}")
-        return Phase(steps, n, concurrency, wall, cpu, samples, errors)
+        return Phase(steps, n, concurrency, wall, cpu, samples, errors, by_role)
 
     def memory(self) -> dict[str, float | None]:
         if self.workers and all(w.returncode is None for w in self.workers):

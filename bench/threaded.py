@@ -16,8 +16,15 @@ from bench.measure import Phase, Sample, cpu_split, machine_busy_ms, process_cpu
 
 
 def threaded_closed_loop(
-    steps: int, n: int, concurrency: int, one: Callable[[int], Sample], *, max_errors: int = 20
+    steps: int,
+    n: int,
+    concurrency: int,
+    one: Callable[[int], Sample],
+    *,
+    max_errors: int = 20,
+    roles: dict[int, str] | None = None,
 ) -> Phase:
+    """`bench.driver.closed_loop` in threads; `roles` (pid -> name) splits the CPU by process."""
     counter = itertools.count()
     lock = threading.Lock()
     samples: list[Sample] = []
@@ -44,8 +51,7 @@ def threaded_closed_loop(
     for thread in threads:
         thread.join()
     wall, cpu = time.perf_counter() - t0, machine_busy_ms() - cpu0
-    # The peer's own processes are what is left: `other`.
-    by_role = cpu_split(processes0, process_cpu_ms(), {})
+    by_role = cpu_split(processes0, process_cpu_ms(), roles or {})
     if errors and samples:
         # A lost workflow holds its thread until its timeout; the rate is that of the others.
         wall = last_done[0] - t0
