@@ -103,14 +103,12 @@ class InvocationStore:
     owner: str
     lease_seconds: float
 
-    @staticmethod
-    def _key(command: StepCommand) -> InvocationKey:
-        return invocation_key(command)
-
     async def claim_many(
         self, db: Executor, commands: Sequence[StepCommand]
     ) -> dict[InvocationKey, Invocation]:
-        """`claim` for commands of distinct invocations: the ones claimed, by key."""
+        """Claim the invocations of `commands` (distinct ones) for this worker, under a lease:
+        those new, failed on an older attempt, or whose lease expired. The ones claimed, by
+        key."""
         rows = await db.fetch(
             QUERIES.claim_many,
             [c.workflow_id for c in commands],
@@ -148,19 +146,19 @@ class InvocationStore:
         return {_row_key(row): Invocation.from_row(row) for row in rows}
 
     async def get(self, db: Executor, command: StepCommand) -> Invocation | None:
-        row = await db.fetchrow(QUERIES.get, *self._key(command))
+        row = await db.fetchrow(QUERIES.get, *invocation_key(command))
         return Invocation.from_row(row) if row is not None else None
 
     async def renew(self, db: Executor, command: StepCommand) -> bool:
         row = await db.fetchrow(
-            QUERIES.renew, *self._key(command), command.attempt, self.owner, self.lease_seconds
+            QUERIES.renew, *invocation_key(command), command.attempt, self.owner, self.lease_seconds
         )
         return row is not None
 
     async def succeed(self, db: Executor, command: StepCommand, output: Any) -> Invocation | None:
         """Record success; None when the lease was lost (someone else holds the invocation)."""
         row = await db.fetchrow(
-            QUERIES.succeed, *self._key(command), command.attempt, self.owner, output
+            QUERIES.succeed, *invocation_key(command), command.attempt, self.owner, output
         )
         return Invocation.from_row(row) if row is not None else None
 
@@ -168,7 +166,7 @@ class InvocationStore:
         """Record failure; None when the lease was lost."""
         row = await db.fetchrow(
             QUERIES.fail,
-            *self._key(command),
+            *invocation_key(command),
             command.attempt,
             self.owner,
             error.model_dump(mode="json", by_alias=True),
@@ -176,7 +174,7 @@ class InvocationStore:
         return Invocation.from_row(row) if row is not None else None
 
     async def release(self, db: Executor, command: StepCommand) -> None:
-        await db.execute(QUERIES.release, *self._key(command), command.attempt, self.owner)
+        await db.execute(QUERIES.release, *invocation_key(command), command.attempt, self.owner)
 
 
 def _row_key(row: asyncpg.Record) -> InvocationKey:
