@@ -34,8 +34,9 @@ RETURNING s.workflow_id, s.step_name, s.step_key,
           EXTRACT(EPOCH FROM (s.lease_expires_at - now()))::float8 AS lease_remaining;
 
 -- name: settle_many
--- `succeed` or `fail` for a batch of invocations this worker holds, in one statement; each row is
--- guarded as those are. Only the rows settled come back.
+-- Record outcomes (succeeded with an output, or failed with an error) of invocations this worker
+-- holds, any number in one statement; each row is guarded by lease owner, attempt and status
+-- (a lost lease: no row). Only the rows settled come back.
 UPDATE step_invocations AS s
 SET status = o.status, output = o.output, error = o.error, finished_at = now(),
     lease_owner = NULL, lease_expires_at = NULL
@@ -60,24 +61,6 @@ SET lease_expires_at = now() + make_interval(secs => $6)
 WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3
   AND attempt = $4 AND lease_owner = $5 AND status = 'running'
 RETURNING lease_expires_at;
-
--- name: succeed
-UPDATE step_invocations
-SET status = 'succeeded', output = $6, error = NULL, finished_at = now(),
-    lease_owner = NULL, lease_expires_at = NULL
-WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3
-  AND attempt = $4 AND lease_owner = $5 AND status = 'running'
-RETURNING status, attempt, executions, lease_owner, output, error, started_at, finished_at,
-          NULL::float8 AS lease_remaining;
-
--- name: fail
-UPDATE step_invocations
-SET status = 'failed', error = $6, output = NULL, finished_at = now(),
-    lease_owner = NULL, lease_expires_at = NULL
-WHERE workflow_id = $1 AND step_name = $2 AND step_key = $3
-  AND attempt = $4 AND lease_owner = $5 AND status = 'running'
-RETURNING status, attempt, executions, lease_owner, output, error, started_at, finished_at,
-          NULL::float8 AS lease_remaining;
 
 -- name: release
 -- Give the lease up at once (a stop that hands the command back), so that the redelivery

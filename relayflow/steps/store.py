@@ -155,24 +155,6 @@ class InvocationStore:
         )
         return row is not None
 
-    async def succeed(self, db: Executor, command: StepCommand, output: Any) -> Invocation | None:
-        """Record success; None when the lease was lost (someone else holds the invocation)."""
-        row = await db.fetchrow(
-            QUERIES.succeed, *invocation_key(command), command.attempt, self.owner, output
-        )
-        return Invocation.from_row(row) if row is not None else None
-
-    async def fail(self, db: Executor, command: StepCommand, error: ErrorInfo) -> Invocation | None:
-        """Record failure; None when the lease was lost."""
-        row = await db.fetchrow(
-            QUERIES.fail,
-            *invocation_key(command),
-            command.attempt,
-            self.owner,
-            error.model_dump(mode="json", by_alias=True),
-        )
-        return Invocation.from_row(row) if row is not None else None
-
     async def release(self, db: Executor, command: StepCommand) -> None:
         await db.execute(QUERIES.release, *invocation_key(command), command.attempt, self.owner)
 

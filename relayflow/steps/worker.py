@@ -446,15 +446,9 @@ class StepWorker:
                     return results
                 mine = [i for i, (c, _) in enumerate(items) if invocation_key(c) in claimed]
                 outcomes = await self._run_bodies(conn, items, mine, bodies, budget_ends)
-                settle = [
-                    (
-                        items[i][0],
-                        outcome.output if isinstance(outcome, _Succeeded) else None,
-                        outcome if isinstance(outcome, ErrorInfo) else None,
-                    )
-                    for i, outcome in outcomes.items()
-                ]
-                recorded = await self._store.settle_many(conn, settle) if settle else {}
+                recorded = await self._record(
+                    conn, [(items[i][0], outcome) for i, outcome in outcomes.items()]
+                )
                 # Commits the outcomes, and the claims of slow bodies as their leases.
                 await transaction.commit()
             except BaseException:
@@ -506,7 +500,8 @@ class StepWorker:
         try:
             async with self._lease(command):
                 outcome = await body
-            return await self._record(self._pool, command, outcome)
+            recorded = await self._record(self._pool, [(command, outcome)])
+            return recorded.get(invocation_key(command))
         except asyncio.CancelledError:
             body.cancel()
             # Stopping: give the lease up so that the redelivery can run it at once.
@@ -534,12 +529,25 @@ class StepWorker:
         return outcome
 
     async def _record(
-        self, db: DbConnection | asyncpg.Pool[Any], command: StepCommand, outcome: Any
-    ) -> Invocation | None:
-        if isinstance(outcome, ErrorInfo):
-            return await self._store.fail(db, command, outcome)
-        assert isinstance(outcome, _Succeeded)
-        return await self._store.succeed(db, command, outcome.output)
+        self,
+        db: DbConnection | asyncpg.Pool[Any],
+        outcomes: Sequence[tuple[StepCommand, _Succeeded | ErrorInfo]],
+    ) -> dict[InvocationKey, Invocation]:
+        """Record outcomes of invocations this worker holds; the ones recorded, by key (one
+        missing had its lease lost)."""
+        if not outcomes:
+            return {}
+        return await self._store.settle_many(
+            db,
+            [
+                (
+                    command,
+                    outcome.output if isinstance(outcome, _Succeeded) else None,
+                    outcome if isinstance(outcome, ErrorInfo) else None,
+                )
+                for command, outcome in outcomes
+            ],
+        )
 
     async def _call(
         self,
