@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from bench.infra import ROOT, Infra, unique
-from bench.measure import Phase, Sample, cpu_split, machine_busy_ms, peak_mib, process_cpu_ms
+from bench.measure import CpuMeter, Phase, Sample, peak_mib
 from bench.threaded import DonePoller, threaded_closed_loop
 
 PROCESSES = 2
@@ -120,15 +120,14 @@ class DbosPeer:
                 share_n = n
             shares.append((self.workers[index], share_n, share_c))
         loop = asyncio.get_running_loop()
-        processes0 = process_cpu_ms()
-        cpu0, t0 = machine_busy_ms(), loop.time()
+        meter, t0 = CpuMeter(self._roles()), loop.time()
         for worker, share_n, share_c in shares:
             assert worker.stdin is not None
             worker.stdin.write(f"RUN {steps} {share_n} {share_c}\n".encode())
             await worker.stdin.drain()
         lines = await asyncio.gather(*(self._read(w, timeout=600) for w, _, _ in shares))
-        wall, cpu = loop.time() - t0, machine_busy_ms() - cpu0
-        by_role = cpu_split(processes0, process_cpu_ms(), self._roles())
+        wall = loop.time() - t0
+        cpu, by_role = meter.read()
         samples: list[Sample] = []
         errors = 0
         for line in lines:

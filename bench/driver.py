@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from bench.measure import Phase, Sample, cpu_split, machine_busy_ms, process_cpu_ms
+from bench.measure import CpuMeter, Phase, Sample
 
 RunOne = Callable[[int], Awaitable[Sample]]
 
@@ -60,11 +60,10 @@ async def closed_loop(
                     failed.set()
 
     loop = asyncio.get_running_loop()
-    processes0 = process_cpu_ms()
-    cpu0, t0 = machine_busy_ms(), loop.time()
+    meter, t0 = CpuMeter(roles), loop.time()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-    wall, cpu = loop.time() - t0, machine_busy_ms() - cpu0
-    by_role = cpu_split(processes0, process_cpu_ms(), roles or {})
+    wall = loop.time() - t0
+    cpu, by_role = meter.read()
     if first_error:
         print(f"  ! {errors} workflow(s) failed; first: {first_error[0]!r}")
     return Phase(steps, n, concurrency, wall, cpu, samples, errors, by_role)

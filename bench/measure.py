@@ -94,6 +94,19 @@ def cpu_split(
     return split
 
 
+class CpuMeter:
+    """The machine's CPU (ms) since it was made, and its split by process role (`cpu_split`)."""
+
+    def __init__(self, roles: dict[int, str] | None = None) -> None:
+        self._roles = roles or {}
+        self._processes = process_cpu_ms()
+        self._busy = machine_busy_ms()
+
+    def read(self) -> tuple[float, dict[str, float]]:
+        busy = machine_busy_ms() - self._busy
+        return busy, cpu_split(self._processes, process_cpu_ms(), self._roles)
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants, from /proc (no psutil needed)."""
     children: dict[int, list[int]] = {}

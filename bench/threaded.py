@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.measure import Phase, Sample, cpu_split, machine_busy_ms, process_cpu_ms
+from bench.measure import CpuMeter, Phase, Sample
 
 
 def threaded_closed_loop(
@@ -44,14 +44,13 @@ def threaded_closed_loop(
                 last_done[0] = time.perf_counter()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(n, concurrency))]
-    processes0 = process_cpu_ms()
-    cpu0, t0 = machine_busy_ms(), time.perf_counter()
+    meter, t0 = CpuMeter(roles), time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall, cpu = time.perf_counter() - t0, machine_busy_ms() - cpu0
-    by_role = cpu_split(processes0, process_cpu_ms(), roles or {})
+    wall = time.perf_counter() - t0
+    cpu, by_role = meter.read()
     if errors and samples:
         # A lost workflow holds its thread until its timeout; the rate is that of the others.
         wall = last_done[0] - t0
