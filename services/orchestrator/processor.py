@@ -119,6 +119,9 @@ class Processor:
         transitions of the workflows inserted, and the indexes of starts whose id already
         existed (to be checked against the stored workflow once it is locked)."""
         new: dict[str, Transition] = {}
+        # Starts of an id that an earlier start of this batch claims: what they duplicate is
+        # known only after the insert (that start, or a workflow stored before the batch).
+        repeats: list[int] = []
         for index, item in enumerate(inputs):
             if not isinstance(item, StartWorkflow):
                 continue
@@ -126,7 +129,7 @@ class Processor:
             if definition is None:
                 outcomes[index] = Rejected(f"unknown workflow {item.workflow_name!r}")
             elif item.workflow_id in new:
-                outcomes[index] = machine.duplicate_start(new[item.workflow_id].state, item)
+                repeats.append(index)
             else:
                 new[item.workflow_id] = outcomes[index] = machine.start(definition, item, now)
         inserted = await store.insert_workflows(conn, [t.state for t in new.values()])
@@ -138,6 +141,13 @@ class Processor:
                 else:
                     # Someone else (an earlier message, another replica) started it first.
                     deferred.append(index)
+        for index in repeats:
+            item = inputs[index]
+            assert isinstance(item, StartWorkflow)
+            if item.workflow_id in inserted:
+                outcomes[index] = machine.duplicate_start(new[item.workflow_id].state, item)
+            else:
+                deferred.append(index)
         return [t for wid, t in new.items() if wid in inserted], deferred
 
     def _apply_one(self, current: dict[str, WorkflowState], item: Input, now: datetime) -> Outcome:
