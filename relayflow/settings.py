@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
+
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
@@ -40,6 +42,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
+    # The largest workflow input (compact JSON), on the HTTP path and the broker path alike.
+    max_input_bytes: int = Field(default=DEFAULT_MAX_INPUT_BYTES, ge=1024)
 
     @field_validator("workflows", mode="before")
     @classmethod

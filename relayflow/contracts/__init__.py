@@ -31,8 +31,16 @@ from relayflow.contracts.messages import (
     new_workflow_id,
     workflow_id_for_key,
 )
+from relayflow.contracts.storable import (
+    DEFAULT_MAX_INPUT_BYTES,
+    body_may_be_unstorable,
+    describe_path,
+    encoded_size,
+    unstorable,
+)
 
 __all__ = [
+    "DEFAULT_MAX_INPUT_BYTES",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "TERMINAL_EVENTS",
@@ -52,10 +60,14 @@ __all__ = [
     "StepResultStatus",
     "WorkflowEvent",
     "WorkflowEventBatch",
+    "body_may_be_unstorable",
     "decode",
     "decode_as",
+    "describe_path",
     "encode",
+    "encoded_size",
     "new_message_id",
     "new_workflow_id",
+    "unstorable",
     "workflow_id_for_key",
 ]

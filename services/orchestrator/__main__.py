@@ -39,7 +39,14 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             stale_after=settings.outbox_stale_after,
             sweep_interval=settings.outbox_sweep_interval,
         )
-        orchestrator = Orchestrator(pool, Processor(registry, topology), relay, publisher, topology)
+        orchestrator = Orchestrator(
+            pool,
+            Processor(registry, topology),
+            relay,
+            publisher,
+            topology,
+            max_input_bytes=settings.max_input_bytes,
+        )
         # ensure=True returns the queue the robust channel tracks, so that its consumer is
         # restored after a reconnect (an untracked queue object would silently stop consuming).
         queue = await channel.get_queue(topology.orchestrator_queue)

@@ -10,11 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter, ValidationError
 
 from relayflow.amqp import Publisher, dead_letter
-from relayflow.contracts import OrchestratorInput, StartWorkflow
+from relayflow.contracts import (
+    DEFAULT_MAX_INPUT_BYTES,
+    OrchestratorInput,
+    StartWorkflow,
+    body_may_be_unstorable,
+    describe_path,
+    encoded_size,
+    unstorable,
+)
 from relayflow.topology import Topology
 from services.orchestrator import store
 from services.orchestrator.machine import Ignored, Rejected, TimerFired
@@ -45,7 +54,10 @@ class Orchestrator:
         relay: OutboxRelay,
         publisher: Publisher,
         topology: Topology,
+        *,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     ) -> None:
+        self._max_input_bytes = max_input_bytes
         self._pool = pool
         self._processor = processor
         self._relay = relay
@@ -56,9 +68,15 @@ class Orchestrator:
         deliveries: list[_Delivery] = []
         for message in messages:
             try:
-                deliveries.append(_Delivery(message, _input_adapter.validate_json(message.body)))
+                item = _input_adapter.validate_json(message.body)
             except ValidationError as exc:
                 await self._dead_letter(message, f"invalid message: {_describe(exc)}")
+                continue
+            problem = self._unacceptable(message.body, item)
+            if problem is not None:
+                await self._dead_letter(message, problem)
+                continue
+            deliveries.append(_Delivery(message, item))
         if not deliveries:
             return
         try:
@@ -71,6 +89,24 @@ class Orchestrator:
                     await self._apply([delivery])
                 except _INPUT_FAULTS as exc:
                     await self._dead_letter(delivery.message, f"cannot be stored: {exc}")
+
+    def _unacceptable(self, body: bytes, item: OrchestratorInput) -> str | None:
+        """What makes a schema-valid input unfit to store: text PostgreSQL refuses, or a start
+        larger than the input limit the gateway applies too. Both checks cost nothing for an
+        ordinary message (a byte search, a length)."""
+        if body_may_be_unstorable(body):
+            found = unstorable(orjson.loads(body))
+            if found is not None:
+                path, reason = found
+                return f"cannot be stored: {describe_path(path)} {reason}"
+        if isinstance(item, StartWorkflow) and len(body) > self._max_input_bytes:
+            size = encoded_size(item.input)
+            if size > self._max_input_bytes:
+                return (
+                    f"input too large: {size} bytes of JSON, the limit is "
+                    f"{self._max_input_bytes} (RELAYFLOW_MAX_INPUT_BYTES)"
+                )
+        return None
 
     async def _apply(self, deliveries: Sequence[_Delivery]) -> None:
         for attempt in range(1, 6):

@@ -33,6 +33,7 @@ from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task, wait
 from services.orchestrator import store
 from services.orchestrator.__main__ import serve
+from services.orchestrator.machine import Ignored, Rejected, Transition
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
@@ -511,3 +512,78 @@ async def test_cancel_and_retry_arrive_as_messages(
         "workflow.retried",
         "step.started",
     ]
+
+
+@pytest.mark.parametrize("order", ["differing first", "same first"])
+async def test_a_batch_judges_each_repeated_start_against_the_stored_workflow(
+    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology, order: str
+) -> None:
+    """Two starts of an existing id in one batch — one with the stored input, one with another —
+    must each be judged against the stored workflow: the same input is ignored, only the other
+    is rejected (once, the batch compared the second against the first and rejected both)."""
+    workflow_id = new_workflow_id()
+    processor = Processor(registry, topology)
+    async with pool.acquire() as conn, conn.transaction():
+        await processor.apply(conn, [start_message(workflow_id)])
+    same = start_message(workflow_id)
+    differing = start_message(workflow_id).model_copy(
+        update={"input": {**FORM, "message": "something else"}}
+    )
+    batch = [differing, same] if order == "differing first" else [same, differing]
+    async with pool.acquire() as conn, conn.transaction():
+        result = await processor.apply(conn, batch)
+    by_message = dict(zip([m.message_id for m in batch], result.outcomes, strict=True))
+    assert isinstance(by_message[same.message_id], Ignored)
+    rejected = by_message[differing.message_id]
+    assert isinstance(rejected, Rejected)
+    assert "different input" in rejected.reason
+
+
+async def test_a_new_id_started_twice_in_one_batch_runs_once(
+    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology
+) -> None:
+    """Within one batch, a second start of a new id is judged against the first: the same input
+    is a no-op, another input is rejected, and the workflow is started once."""
+    workflow_id = new_workflow_id()
+    first, same = start_message(workflow_id), start_message(workflow_id)
+    differing = start_message(workflow_id).model_copy(update={"input": {**FORM, "name": "Bob"}})
+    async with pool.acquire() as conn, conn.transaction():
+        result = await Processor(registry, topology).apply(conn, [first, same, differing])
+    assert isinstance(result.outcomes[0], Transition)
+    assert isinstance(result.outcomes[1], Ignored)
+    assert isinstance(result.outcomes[2], Rejected)
+    assert await event_types(pool, workflow_id) == ["workflow.started", "step.started"]
+
+
+async def test_starts_that_cannot_be_stored_are_dead_lettered_by_the_broker_path(
+    settings: Settings,
+    topology: Topology,
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """A start published to the broker with NUL in its input, or an input over the size limit,
+    is dead-lettered with a reason naming the problem and never stored; a good start behind
+    them is served."""
+    nul_id, big_id, good_id = new_workflow_id(), new_workflow_id(), new_workflow_id()
+    nul = start_message(nul_id).model_copy(update={"input": {**FORM, "name": "a\x00b"}})
+    big = start_message(big_id).model_copy(
+        update={"input": {**FORM, "message": "x" * (settings.max_input_bytes + 1)}}
+    )
+    async with running_orchestrator(settings):
+        for message in (nul, big, start_message(good_id)):
+            await publish(amqp_connection, topology.exchange, START_KEY, encode(message))
+        reasons = {}
+        for _ in range(2):
+            dead = await next_message(amqp_connection, topology.dead_letter_queue)
+            dead_start = decode(dead.body)
+            assert isinstance(dead_start, StartWorkflow)
+            reasons[dead_start.workflow_id] = str((dead.headers or {})["x-relayflow-reason"])
+        await next_message(amqp_connection, topology.step_queue("validate"))
+    assert "input.name" in reasons[nul_id]
+    assert "NUL" in reasons[nul_id]
+    assert "input" in reasons[big_id]
+    assert str(settings.max_input_bytes) in reasons[big_id]
+    stored = await pool.fetchval(
+        "SELECT count(*) FROM workflows WHERE id = ANY($1::text[])", [nul_id, big_id]
+    )
+    assert stored == 0
