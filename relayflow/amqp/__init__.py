@@ -1,8 +1,18 @@
 """RabbitMQ transport shared by the services: connecting, confirmed publishing, batched
-consuming and dead-lettering with a reason."""
+consuming, and settling deliveries (ack, hand back after a backoff, dead-letter with a reason)."""
 
 from relayflow.amqp.connection import connect, quietly
-from relayflow.amqp.consumer import BatchConsumer, dead_letter
+from relayflow.amqp.consumer import BatchConsumer
 from relayflow.amqp.publisher import OutgoingMessage, Publisher
+from relayflow.amqp.settle import Backoff, Settler, dead_letter
 
-__all__ = ["BatchConsumer", "OutgoingMessage", "Publisher", "connect", "dead_letter", "quietly"]
+__all__ = [
+    "Backoff",
+    "BatchConsumer",
+    "OutgoingMessage",
+    "Publisher",
+    "Settler",
+    "connect",
+    "dead_letter",
+    "quietly",
+]

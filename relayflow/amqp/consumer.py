@@ -1,8 +1,4 @@
-"""Consuming in batches, and dead-lettering what cannot be handled.
-
-A message that cannot be decoded or handled goes to the dead-letter exchange with its reason in
-the headers, on its first delivery: it never loops back into the consumer and is never dropped.
-"""
+"""Consuming in batches. How each delivery is then settled is `relayflow.amqp.settle`."""
 
 from __future__ import annotations
 
@@ -11,19 +7,19 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from relayflow.amqp.connection import quietly
-from relayflow.amqp.publisher import OutgoingMessage, Publisher
+
+# The dead-letter headers used to live here; `relayflow.admin` still reads them from here.
+from relayflow.amqp.settle import QUEUE_HEADER, REASON_HEADER, hand_back
+
+__all__ = ["QUEUE_HEADER", "REASON_HEADER", "BatchConsumer", "BatchHandler"]
 
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[AbstractIncomingMessage]], Awaitable[None]]
-
-REASON_HEADER = "x-relayflow-reason"
-QUEUE_HEADER = "x-relayflow-queue"
 
 
 class BatchConsumer:
@@ -31,7 +27,7 @@ class BatchConsumer:
 
     With `workers` > 1, several batches are handled at once; the handler must then be safe for
     concurrent batches (the orchestrator's is: it locks workflow rows). The handler settles
-    (acks, rejects, dead-letters) every message it is given.
+    (`relayflow.amqp.settle`) every message it is given.
     """
 
     def __init__(
@@ -89,8 +85,7 @@ class BatchConsumer:
             log.exception("batch handler failed; requeueing %d message(s)", len(batch))
             for message in batch:
                 if not message.processed:
-                    with contextlib.suppress(Exception):
-                        await message.nack(requeue=True)
+                    await hand_back(message)
             await asyncio.sleep(1.0)
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -112,38 +107,3 @@ class BatchConsumer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tasks = []
-
-
-async def dead_letter(
-    publisher: Publisher,
-    dead_letter_exchange: str,
-    message: AbstractIncomingMessage,
-    reason: str,
-) -> None:
-    """Move `message` to the dead-letter exchange with `reason`, then ack it. If that publish
-    fails, reject it instead: the queue's own dead-letter exchange still keeps it."""
-    headers = dict(message.headers or {})
-    headers[REASON_HEADER] = reason[:4000]
-    headers[QUEUE_HEADER] = message.routing_key or ""
-    headers["x-relayflow-exchange"] = message.exchange or ""
-    headers["x-relayflow-dead-lettered-at"] = datetime.now(UTC).isoformat()
-    log.warning(
-        "dead-lettering message %s from %r: %s", message.message_id, message.routing_key, reason
-    )
-    try:
-        await publisher.publish(
-            OutgoingMessage(
-                exchange=dead_letter_exchange,
-                routing_key=message.routing_key or "",
-                body=message.body,
-                message_id=message.message_id or "",
-                type=message.type or "",
-                headers=headers,
-                correlation_id=message.correlation_id,
-            )
-        )
-    except Exception:
-        log.exception("could not publish dead letter; rejecting to the queue's DLX instead")
-        await message.reject(requeue=False)
-    else:
-        await message.ack()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,11 +16,9 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import PublishError
 
-from relayflow.amqp import OutgoingMessage, Publisher, dead_letter, quietly
+from relayflow.amqp import Backoff, OutgoingMessage, Publisher, Settler, quietly
 from relayflow.contracts import ExternalReply, ExternalRequest, decode
 from relayflow.topology import Topology
-
-log = logging.getLogger(__name__)
 
 
 def ticket_id_for(correlation_id: str) -> str:
@@ -47,7 +43,9 @@ def reply_to(request: ExternalRequest) -> ExternalReply:
 class ExternalConfig:
     reply_delay: float = 0.0
     prefetch: int = 64
+    # Pause before handing a request back after an error, doubling per redelivery up to the max.
     retry_backoff: float = 1.0
+    retry_backoff_max: float = 30.0
 
 
 class ExternalSystem:
@@ -62,12 +60,20 @@ class ExternalSystem:
         self._topology = topology
         self._config = config or ExternalConfig()
         self._publisher: Publisher | None = None
+        self._settler: Settler | None = None
         self._channel: AbstractChannel | None = None
         self._consumer: tuple[AbstractQueue, str] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._publisher = await Publisher.open(self._connection)
+        self._settler = Settler(
+            self._publisher,
+            self._topology.dead_letter_exchange,
+            backoff=Backoff(
+                first=self._config.retry_backoff, longest=self._config.retry_backoff_max
+            ),
+        )
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._config.prefetch)
         queue = await self._channel.get_queue(self._topology.external_queue)
@@ -95,57 +101,38 @@ class ExternalSystem:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    def _require_publisher(self) -> Publisher:
-        if self._publisher is None:
+    def _require_settler(self) -> tuple[Publisher, Settler]:
+        if self._publisher is None or self._settler is None:
             raise RuntimeError("ExternalSystem.start() has not been called")
-        return self._publisher
+        return self._publisher, self._settler
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        publisher = self._require_publisher()
-        try:
-            request = decode(message.body)
-        except ValueError as exc:
-            reason = f"not a valid message: {exc}"
-        else:
-            if isinstance(request, ExternalRequest):
-                await self._answer(message, request)
+        publisher, settler = self._require_settler()
+        async with settler.settling(message):
+            try:
+                request = decode(message.body)
+            except ValueError as exc:
+                await settler.dead_letter(message, f"not a valid message: {exc}")
                 return
-            reason = f"expected an ExternalRequest, got a {request.type}"
-        await dead_letter(publisher, self._topology.dead_letter_exchange, message, reason)
-
-    async def _answer(self, message: AbstractIncomingMessage, request: ExternalRequest) -> None:
-        publisher = self._require_publisher()
-        try:
+            if not isinstance(request, ExternalRequest):
+                await settler.dead_letter(
+                    message, f"expected an ExternalRequest, got a {request.type}"
+                )
+                return
             if self._config.reply_delay:
                 await asyncio.sleep(self._config.reply_delay)
-            reply = reply_to(request)
-            await publisher.publish(
-                OutgoingMessage.of(
-                    reply,
-                    exchange=self._topology.exchange,
-                    routing_key=request.reply_to,
-                    correlation_id=request.correlation_id,
+            try:
+                await publisher.publish(
+                    OutgoingMessage.of(
+                        reply_to(request),
+                        exchange=self._topology.exchange,
+                        routing_key=request.reply_to,
+                        correlation_id=request.correlation_id,
+                    )
                 )
-            )
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
-            raise
-        except PublishError as exc:
-            # The broker returned the reply as unroutable: replyTo names no bound queue, and
-            # trying again will not change that.
-            await dead_letter(
-                publisher,
-                self._topology.dead_letter_exchange,
-                message,
-                f"reply to {request.reply_to!r} could not be delivered: {exc!r}",
-            )
-            return
-        except Exception:
-            log.exception("could not reply to %s; handing it back", message.message_id)
-            await asyncio.sleep(self._config.retry_backoff)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
-            return
-        with contextlib.suppress(Exception):
-            await message.ack()
+            except PublishError as exc:
+                # The broker returned the reply as unroutable: replyTo names no bound queue, and
+                # trying again will not change that.
+                await settler.dead_letter(
+                    message, f"reply to {request.reply_to!r} could not be delivered: {exc!r}"
+                )

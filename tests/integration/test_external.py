@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from relayflow.amqp import OutgoingMessage, Publisher
-from relayflow.amqp.consumer import REASON_HEADER
+from relayflow.amqp.settle import REASON_HEADER
 from relayflow.contracts import (
     ExternalReply,
     ExternalRequest,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from relayflow.amqp import OutgoingMessage, Publisher
-from relayflow.amqp.consumer import REASON_HEADER
+from relayflow.amqp.settle import REASON_HEADER
 from relayflow.contracts import (
     ExternalRequest,
     StepCommand,
