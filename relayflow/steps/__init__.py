@@ -10,19 +10,39 @@
         return {"recordId": ctx.workflow_id}
 
 A step body runs at most once to success per (workflowId, stepName, stepKey), however often its
-command is delivered; see `relayflow.steps.worker` for the rules.
+command is delivered (ARCHITECTURE.md, "Step invocations"). `StepWorker` serves bodies from the
+broker; `InvocationEngine` is the part that claims, runs and records, without a broker; and
+`relayflow.steps.testing` drives it over records kept in memory.
 """
 
 from relayflow.steps.context import DbConnection, StepContext, StepContextError
+from relayflow.steps.engine import EngineConfig, InvocationEngine, Started
+from relayflow.steps.invocation import (
+    Invocation,
+    InvocationKey,
+    InvocationStatus,
+    Verdict,
+    decide,
+    invocation_key,
+    result_for,
+    result_message_id,
+)
 from relayflow.steps.registry import StepDefinition, StepRegistry
-from relayflow.steps.store import Invocation, InvocationStatus, InvocationStore, Verdict, decide
-from relayflow.steps.worker import StepWorker, WorkerConfig, result_for, result_message_id
+from relayflow.steps.storage import InvocationBatch, InvocationStorage
+from relayflow.steps.store import InvocationStore
+from relayflow.steps.worker import StepWorker, WorkerConfig
 
 __all__ = [
     "DbConnection",
+    "EngineConfig",
     "Invocation",
+    "InvocationBatch",
+    "InvocationEngine",
+    "InvocationKey",
     "InvocationStatus",
+    "InvocationStorage",
     "InvocationStore",
+    "Started",
     "StepContext",
     "StepContextError",
     "StepDefinition",
@@ -31,6 +51,7 @@ __all__ = [
     "Verdict",
     "WorkerConfig",
     "decide",
+    "invocation_key",
     "result_for",
     "result_message_id",
 ]

@@ -1,162 +1,178 @@
-"""Invocation records in `step_invocations`: claiming, lease renewal and the guarded outcomes.
-
-Also the pure decision taken when a command meets a record it could not claim.
-"""
+"""The invocation records in PostgreSQL (`step_invocations`, queries in `queries.sql`): the
+`InvocationStorage` the step worker runs on."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
+from asyncpg.transaction import Transaction
 
 from relayflow.contracts import ErrorInfo, StepCommand
 from relayflow.db import Queries
 from relayflow.steps.context import DbConnection
+from relayflow.steps.invocation import (
+    Invocation,
+    InvocationKey,
+    InvocationStatus,
+    Outcome,
+    Succeeded,
+    invocation_key,
+)
+from relayflow.steps.storage import TransactionalBody
 
 QUERIES = Queries.load("relayflow.steps")
 
 Executor: TypeAlias = "DbConnection | asyncpg.Pool[Any]"
-# (workflow_id, step_name, step_key): what identifies an invocation.
-InvocationKey: TypeAlias = tuple[str, str, str]
 
 
-def invocation_key(command: StepCommand) -> InvocationKey:
-    return (command.workflow_id, command.step_name, command.step_key)
-
-
-def _json(value: Any) -> orjson.Fragment | None:
-    """A value for a jsonb[] parameter: asyncpg would take a list for a nested array."""
-    return None if value is None else orjson.Fragment(orjson.dumps(value))
-
-
-class InvocationStatus(StrEnum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """One row of `step_invocations`, as this worker sees it."""
-
-    status: InvocationStatus
-    attempt: int
-    executions: int
-    lease_owner: str | None
-    output: Any
-    error: ErrorInfo | None
-    started_at: datetime
-    finished_at: datetime | None
-    # Seconds until the lease expires, by the database's clock (negative once expired).
-    lease_remaining: float | None
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Invocation:
-        error = row["error"]
-        return cls(
-            status=InvocationStatus(row["status"]),
-            attempt=row["attempt"],
-            executions=row["executions"],
-            lease_owner=row["lease_owner"],
-            output=row["output"],
-            error=ErrorInfo.model_validate(error) if error is not None else None,
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            lease_remaining=row["lease_remaining"],
-        )
-
-    @property
-    def lease_live(self) -> bool:
-        return self.lease_remaining is not None and self.lease_remaining >= 0
-
-
-class Verdict(StrEnum):
-    """What to do with a command whose invocation this worker could not claim."""
-
-    REPUBLISH = "republish"  # settled: send the stored outcome again, ack
-    WAIT = "wait"  # a live lease elsewhere: keep the delivery, look again later
-    CLAIM = "claim"  # claimable after all (a race with another claimer): try again
-    STALE = "stale"  # an older attempt than the row's, whose holder died: ack, nothing to send
-
-
-def decide(invocation: Invocation, command: StepCommand) -> Verdict:
-    """The rules of a command that meets an existing record (see the module docstring of
-    `relayflow.steps.worker`)."""
-    if invocation.status is InvocationStatus.SUCCEEDED:
-        return Verdict.REPUBLISH
-    if invocation.status is InvocationStatus.FAILED:
-        return Verdict.REPUBLISH if invocation.attempt >= command.attempt else Verdict.CLAIM
-    if invocation.lease_live:
-        return Verdict.WAIT
-    return Verdict.CLAIM if invocation.attempt <= command.attempt else Verdict.STALE
-
-
-@dataclass(frozen=True, slots=True)
 class InvocationStore:
-    """Named queries over `step_invocations`, for one worker (`owner`) and lease length."""
+    """`step_invocations` for one worker (`owner`) and lease length, over `pool`."""
 
-    owner: str
-    lease_seconds: float
+    def __init__(self, pool: asyncpg.Pool[Any], *, owner: str, lease_seconds: float) -> None:
+        self._pool = pool
+        self.owner = owner
+        self.lease_seconds = lease_seconds
 
-    async def claim_many(
-        self, db: Executor, commands: Sequence[StepCommand]
-    ) -> dict[InvocationKey, Invocation]:
-        """Claim the invocations of `commands` (distinct ones) for this worker, under a lease:
-        those new, failed on an older attempt, or whose lease expired. The ones claimed, by
-        key."""
-        rows = await db.fetch(
-            QUERIES.claim_many,
-            [c.workflow_id for c in commands],
-            [c.step_name for c in commands],
-            [c.step_key for c in commands],
-            [c.attempt for c in commands],
-            self.owner,
-            self.lease_seconds,
-        )
-        return {_row_key(row): Invocation.from_row(row) for row in rows}
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[_Batch]:
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                yield _Batch(self, conn, transaction)
+            finally:
+                if conn.is_in_transaction():
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+
+    async def get(self, command: StepCommand) -> Invocation | None:
+        row = await self._pool.fetchrow(QUERIES.get, *invocation_key(command))
+        return _invocation(row) if row is not None else None
 
     async def settle_many(
-        self, db: Executor, outcomes: Sequence[tuple[StepCommand, Any, ErrorInfo | None]]
+        self, outcomes: Sequence[tuple[StepCommand, Outcome]]
     ) -> dict[InvocationKey, Invocation]:
-        """Record, for invocations this worker holds, each (command, output, error): failed
-        when there is an error, succeeded with the output otherwise. The ones recorded, by key
-        (one missing had its lease lost)."""
-        rows = await db.fetch(
-            QUERIES.settle_many,
-            [c.workflow_id for c, _, _ in outcomes],
-            [c.step_name for c, _, _ in outcomes],
-            [c.step_key for c, _, _ in outcomes],
-            [c.attempt for c, _, _ in outcomes],
-            [
-                (InvocationStatus.SUCCEEDED if e is None else InvocationStatus.FAILED).value
-                for _, _, e in outcomes
-            ],
-            [_json(output) if e is None else None for _, output, e in outcomes],
-            [
-                None if e is None else _json(e.model_dump(mode="json", by_alias=True))
-                for _, _, e in outcomes
-            ],
-            self.owner,
-        )
-        return {_row_key(row): Invocation.from_row(row) for row in rows}
+        return await _settle_many(self._pool, outcomes, self.owner)
 
-    async def get(self, db: Executor, command: StepCommand) -> Invocation | None:
-        row = await db.fetchrow(QUERIES.get, *invocation_key(command))
-        return Invocation.from_row(row) if row is not None else None
-
-    async def renew(self, db: Executor, command: StepCommand) -> bool:
-        row = await db.fetchrow(
+    async def renew(self, command: StepCommand) -> bool:
+        row = await self._pool.fetchrow(
             QUERIES.renew, *invocation_key(command), command.attempt, self.owner, self.lease_seconds
         )
         return row is not None
 
-    async def release(self, db: Executor, command: StepCommand) -> None:
-        await db.execute(QUERIES.release, *invocation_key(command), command.attempt, self.owner)
+    async def release(self, command: StepCommand) -> None:
+        await self._pool.execute(
+            QUERIES.release, *invocation_key(command), command.attempt, self.owner
+        )
+
+
+class _Batch:
+    """An `InvocationBatch` on one pooled connection's open transaction."""
+
+    def __init__(self, store: InvocationStore, conn: DbConnection, transaction: Transaction):
+        self._store = store
+        self._conn = conn
+        self._transaction = transaction
+
+    async def claim_many(self, commands: Sequence[StepCommand]) -> dict[InvocationKey, Invocation]:
+        return await _claim_many(self._conn, commands, self._store.owner, self._store.lease_seconds)
+
+    async def run_transactional(self, body: TransactionalBody) -> Outcome:
+        savepoint = self._conn.transaction()
+        await savepoint.start()
+        try:
+            outcome = await body(self._conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await savepoint.rollback()
+            raise
+        if isinstance(outcome, ErrorInfo):
+            await savepoint.rollback()
+        else:
+            await savepoint.commit()
+        return outcome
+
+    async def settle_many(
+        self, outcomes: Sequence[tuple[StepCommand, Outcome]]
+    ) -> dict[InvocationKey, Invocation]:
+        return await _settle_many(self._conn, outcomes, self._store.owner)
+
+    async def commit(self) -> None:
+        await self._transaction.commit()
+
+    async def rollback(self) -> None:
+        await self._transaction.rollback()
+
+
+async def _claim_many(
+    db: Executor, commands: Sequence[StepCommand], owner: str, lease_seconds: float
+) -> dict[InvocationKey, Invocation]:
+    rows = await db.fetch(
+        QUERIES.claim_many,
+        [c.workflow_id for c in commands],
+        [c.step_name for c in commands],
+        [c.step_key for c in commands],
+        [c.attempt for c in commands],
+        owner,
+        lease_seconds,
+    )
+    return {_row_key(row): _invocation(row) for row in rows}
+
+
+async def _settle_many(
+    db: Executor, outcomes: Sequence[tuple[StepCommand, Outcome]], owner: str
+) -> dict[InvocationKey, Invocation]:
+    rows = await db.fetch(
+        QUERIES.settle_many,
+        [c.workflow_id for c, _ in outcomes],
+        [c.step_name for c, _ in outcomes],
+        [c.step_key for c, _ in outcomes],
+        [c.attempt for c, _ in outcomes],
+        [_status(o).value for _, o in outcomes],
+        [_output(o) for _, o in outcomes],
+        [_error(o) for _, o in outcomes],
+        owner,
+    )
+    return {_row_key(row): _invocation(row) for row in rows}
+
+
+# jsonb[] parameters are Fragments of encoded JSON: asyncpg would take a list for a nested array.
+
+
+def _output(outcome: Outcome) -> orjson.Fragment | None:
+    # A body that returned None leaves the column NULL, as it always has (not JSON null).
+    if not isinstance(outcome, Succeeded) or outcome.output_json == b"null":
+        return None
+    return orjson.Fragment(outcome.output_json)
+
+
+def _error(outcome: Outcome) -> orjson.Fragment | None:
+    if not isinstance(outcome, ErrorInfo):
+        return None
+    return orjson.Fragment(orjson.dumps(outcome.model_dump(mode="json", by_alias=True)))
+
+
+def _status(outcome: Outcome) -> InvocationStatus:
+    return InvocationStatus.SUCCEEDED if isinstance(outcome, Succeeded) else InvocationStatus.FAILED
+
+
+def _invocation(row: asyncpg.Record) -> Invocation:
+    error = row["error"]
+    return Invocation(
+        status=InvocationStatus(row["status"]),
+        attempt=row["attempt"],
+        executions=row["executions"],
+        lease_owner=row["lease_owner"],
+        output=row["output"],
+        error=ErrorInfo.model_validate(error) if error is not None else None,
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_remaining=row["lease_remaining"],
+    )
 
 
 def _row_key(row: asyncpg.Record) -> InvocationKey:

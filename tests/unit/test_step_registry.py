@@ -21,7 +21,7 @@ from relayflow.steps import (
     decide,
     result_for,
 )
-from relayflow.steps.worker import error_from
+from relayflow.steps.body import error_from
 from services.steps import form_submission
 
 

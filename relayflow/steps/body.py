@@ -1,0 +1,106 @@
+"""Calling one step body: its input parsed into the declared model, its return value encoded as
+the JSON that will be stored, and anything that goes wrong turned into data (`ErrorInfo`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from relayflow.contracts import ErrorInfo, StepCommand
+from relayflow.errors import StepError
+from relayflow.steps.context import DbConnection, PublishFn, StepContext
+from relayflow.steps.invocation import Outcome, Succeeded
+from relayflow.steps.registry import StepDefinition
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_TYPE = 200
+_MAX_ERROR_MESSAGE = 4000
+
+
+def encode_output(value: Any) -> Succeeded:
+    """A body's return value as the JSON to store: models by alias, anything else as pydantic
+    would. Raises `PydanticSerializationError` for what is not JSON."""
+    data = (
+        value.model_dump(mode="json", by_alias=True)
+        if isinstance(value, BaseModel)
+        else to_jsonable_python(value)
+    )
+    return Succeeded(orjson.dumps(data))
+
+
+def error_from(exc: BaseException) -> ErrorInfo:
+    """A step body's exception as data."""
+    if isinstance(exc, StepError):
+        return ErrorInfo(
+            type=_storable(exc.type)[:_MAX_ERROR_TYPE],
+            message=_storable(exc.message)[:_MAX_ERROR_MESSAGE],
+            retryable=not exc.non_retryable,
+        )
+    return ErrorInfo(
+        type=type(exc).__name__[:_MAX_ERROR_TYPE],
+        message=_storable(str(exc) or repr(exc))[:_MAX_ERROR_MESSAGE],
+        retryable=True,
+    )
+
+
+def _storable(text: str) -> str:
+    """`text` with what PostgreSQL refuses (NUL, lone surrogates) written as visible escapes:
+    an error that quotes a bad value must not itself be impossible to record."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
+
+
+async def call(
+    definition: StepDefinition,
+    command: StepCommand,
+    *,
+    publish: PublishFn,
+    connection: DbConnection | None = None,
+) -> Outcome:
+    """Run the body of `definition` for `command`; `connection` for a transactional step."""
+    try:
+        value = definition.parse_input(command.input)
+    except ValidationError as exc:
+        return ErrorInfo(
+            type="InvalidInput", message=_storable(str(exc))[:_MAX_ERROR_MESSAGE], retryable=False
+        )
+    context: StepContext[Any] = StepContext(
+        workflow_id=command.workflow_id,
+        workflow_name=command.workflow_name,
+        step_name=command.step_name,
+        step_key=command.step_key,
+        attempt=command.attempt,
+        input=value,
+        dependencies=command.dependencies,
+        publish=publish,
+        connection=connection,
+    )
+    try:
+        return encode_output(await definition.function(context))
+    except PydanticSerializationError as exc:
+        return ErrorInfo(
+            type="InvalidOutput",
+            message=_storable(f"the step returned something that is not JSON: {exc}")[
+                :_MAX_ERROR_MESSAGE
+            ],
+            retryable=False,
+        )
+    except Exception as exc:
+        log.info(
+            "step %s of %s failed on attempt %d: %r",
+            command.step_name,
+            command.workflow_id,
+            command.attempt,
+            exc,
+        )
+        return error_from(exc)
