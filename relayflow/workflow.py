@@ -21,7 +21,7 @@ import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -71,16 +71,60 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 @dataclass(frozen=True, slots=True)
 class StepSpec:
+    """What every step has, whatever its kind. Each kind is a subclass (`TaskSpec`, `WaitSpec`,
+    …) with its own options and its own load-time checks; the orchestrator runs it through the
+    kind's handler (`services/orchestrator/machine/kinds/`), found by `kind`."""
+
+    kind: ClassVar[str]
     name: str
-    kind: Literal["task", "wait"]
     after: tuple[str, ...] = ()
-    # For waits: where the correlation id comes from, as "<step>.<field>" of a dependency's output.
-    correlation_from: str | None = None
     # Tasks: start-to-close timeout of one attempt (a step that never reports back is retried or
     # failed). Waits: how long to wait for the reply.
     timeout: timedelta | None = None
-    # Tasks only; None takes the workflow's policy.
+    # None takes the workflow's policy; kinds that do not retry ignore it.
     retry: RetryPolicy | None = None
+
+    def check(self, workflow: str, ancestors: frozenset[str]) -> None:
+        """Refuse, at definition time, what the kind cannot run (`ancestors`: the steps that
+        certainly complete before this one starts)."""
+
+    def queues(self) -> tuple[str, ...]:
+        """The step bodies this step sends commands to, each on its own queue."""
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec(StepSpec):
+    """Runs a step body in a step service: one StepCommand per attempt, one StepResult back."""
+
+    kind: ClassVar[str] = "task"
+
+    def queues(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSpec(StepSpec):
+    """Held by the orchestrator until a reply with the right correlation id arrives, or its
+    timeout passes."""
+
+    kind: ClassVar[str] = "wait"
+    # Where the correlation id comes from: "<step>.<field>[.<field>…]" of an ancestor's output.
+    correlation_from: str = ""
+
+    @property
+    def correlation_source(self) -> tuple[str, tuple[str, ...]]:
+        source, _, path = self.correlation_from.partition(".")
+        return source, tuple(path.split(".")) if path else ()
+
+    def check(self, workflow: str, ancestors: frozenset[str]) -> None:
+        source, path = self.correlation_source
+        if source not in ancestors or not path:
+            raise DefinitionError(
+                f"workflow {workflow!r}: wait {self.name!r} takes its correlation id from "
+                f"{self.correlation_from!r}, which must be '<step>.<field>' of a step it comes "
+                "after"
+            )
 
 
 def task(
@@ -89,10 +133,10 @@ def task(
     after: Iterable[str] = (),
     retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
-) -> StepSpec:
+) -> TaskSpec:
     if timeout is not None and timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
-    return StepSpec(name=name, kind="task", after=tuple(after), retry=retry, timeout=timeout)
+    return TaskSpec(name=name, after=tuple(after), retry=retry, timeout=timeout)
 
 
 def wait(
@@ -101,13 +145,11 @@ def wait(
     correlation_from: str,
     timeout: timedelta,
     after: Iterable[str] = (),
-) -> StepSpec:
-    return StepSpec(
-        name=name,
-        kind="wait",
-        after=tuple(after),
-        correlation_from=correlation_from,
-        timeout=timeout,
+) -> WaitSpec:
+    if timeout <= timedelta(0):
+        raise DefinitionError(f"step {name!r}: timeout must be positive")
+    return WaitSpec(
+        name=name, after=tuple(after), correlation_from=correlation_from, timeout=timeout
     )
 
 
@@ -121,6 +163,8 @@ class WorkflowDefinition:
     # The workflow's output is the output of this step, or of every sink step by name.
     output_from: str | None = None
     dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Every step that completes before each step starts (its dependencies, theirs, …).
+    ancestors: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # The retry policy of tasks that name none.
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # The whole run's limit: past it the workflow fails with WorkflowTimeout.
@@ -133,7 +177,8 @@ class WorkflowDefinition:
         return [name for name in self.order if not self.dependents.get(name)]
 
     def task_names(self) -> list[str]:
-        return [name for name in self.order if self.steps[name].kind == "task"]
+        """The step bodies this workflow sends commands to: the step queues it needs."""
+        return list(dict.fromkeys(q for name in self.order for q in self.steps[name].queues()))
 
 
 def define_workflow(
@@ -161,14 +206,12 @@ def define_workflow(
                     f"workflow {name!r}: step {spec.name!r} comes after unknown step {dep!r}"
                 )
             dependents[dep].append(spec.name)
-        if spec.kind == "wait":
-            source = (spec.correlation_from or "").split(".", 1)[0]
-            if source not in spec.after:
-                raise DefinitionError(
-                    f"workflow {name!r}: wait {spec.name!r} takes its correlation id from "
-                    f"{spec.correlation_from!r}, which must name a step it comes after"
-                )
     order = _topological_order(name, by_name)
+    ancestors: dict[str, frozenset[str]] = {}
+    for step in order:
+        deps = by_name[step].after
+        ancestors[step] = frozenset(deps).union(*(ancestors[dep] for dep in deps))
+        by_name[step].check(name, ancestors[step])
     if output_from is not None and output_from not in by_name:
         raise DefinitionError(f"workflow {name!r}: output_from names unknown step {output_from!r}")
     return WorkflowDefinition(
@@ -178,6 +221,7 @@ def define_workflow(
         order=order,
         output_from=output_from,
         dependents={step: tuple(names) for step, names in dependents.items()},
+        ancestors=ancestors,
         retry=retry or RetryPolicy(),
         timeout=timeout,
     )

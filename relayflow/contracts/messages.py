@@ -101,7 +101,7 @@ class StepCommand(Envelope):
     step_key: Annotated[str, Field(max_length=200)] = "0"
     attempt: Annotated[int, Field(ge=1)]
     input: dict[str, Any]
-    # Outputs of the steps this one depends on, by step name.
+    # Outputs of every step this one comes after, directly or through others, by step name.
     dependencies: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -23,16 +23,17 @@ from relayflow.contracts import (
     WorkflowEventBatch,
 )
 from relayflow.db import Connection
+from relayflow.model import WorkflowState, ids
 from relayflow.topology import Topology, step_key
 from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
 from services.orchestrator import machine, store
 from services.orchestrator.machine import (
+    DispatchStep,
     Ignored,
     Outcome,
     Rejected,
     TimerFired,
     Transition,
-    WorkflowState,
 )
 from services.orchestrator.store import OutboxRow
 
@@ -50,6 +51,8 @@ class BatchResult:
 
 class Processor:
     def __init__(self, registry: WorkflowRegistry, topology: Topology) -> None:
+        for definition in registry:
+            machine.check_supported(definition)
         self._registry = registry
         self._topology = topology
 
@@ -162,19 +165,25 @@ class Processor:
         return _route(definition, state, item, now)
 
     def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
-        messages = [
-            OutgoingMessage.of(
-                command,
-                exchange=self._topology.exchange,
-                routing_key=step_key(command.step_name),
-            )
-            for transition in transitions
-            for command in transition.commands
-        ]
+        """The one router from intents to messages: each intent type has its exchange and key."""
+        messages: list[OutgoingMessage] = []
+        for transition in transitions:
+            for intent in transition.intents:
+                match intent:
+                    case DispatchStep(command=command):
+                        messages.append(
+                            OutgoingMessage.of(
+                                command,
+                                exchange=self._topology.exchange,
+                                routing_key=step_key(command.step_name),
+                            )
+                        )
         events = [event for transition in transitions for event in transition.events]
         if events:
             # One broadcast for the whole batch: its first event's id names it uniquely.
-            batch = WorkflowEventBatch(message_id=f"evb:{events[0].message_id}", events=events)
+            batch = WorkflowEventBatch(
+                message_id=ids.event_batch_id(events[0].message_id), events=events
+            )
             messages.append(
                 OutgoingMessage.of(
                     batch, exchange=self._topology.events_exchange, routing_key="", mandatory=False
@@ -192,7 +201,7 @@ def _route(
         case ExternalReply():
             return machine.on_reply(definition, state, item, now)
         case CancelWorkflow():
-            return machine.on_cancel(state, item, now)
+            return machine.on_cancel(definition, state, item, now)
         case RetryWorkflow():
             return machine.on_retry(definition, state, item, now)
         case TimerFired():

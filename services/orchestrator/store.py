@@ -11,14 +11,8 @@ import orjson
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import WorkflowEvent, encode
 from relayflow.db import Connection, Queries
-from services.orchestrator.machine import (
-    StepState,
-    Timer,
-    TimerFired,
-    TimerKind,
-    WorkflowState,
-    WorkflowStatus,
-)
+from relayflow.model import StepState, WorkflowState, WorkflowStatus
+from services.orchestrator.machine import Timer, TimerFired, TimerKind
 
 QUERIES = Queries.load("services.orchestrator")
 
@@ -47,10 +41,6 @@ def _state_from_row(row: Any) -> WorkflowState:
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
     )
-
-
-def _steps_json(state: WorkflowState) -> dict[str, Any]:
-    return {name: step.to_json() for name, step in state.steps.items()}
 
 
 async def claim_and_lock(
@@ -84,7 +74,7 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.input for s in states],
         [s.input_hash for s in states],
         [s.idempotency_key for s in states],
-        [_steps_json(s) for s in states],
+        [s.steps_json() for s in states],
         [s.signals for s in states],
         [s.output for s in states],
         [s.error for s in states],
@@ -113,7 +103,7 @@ async def write_batch(
         QUERIES.write_batch,
         [s.id for s in states],
         [s.status.value for s in states],
-        [_steps_json(s) for s in states],
+        [s.steps_json() for s in states],
         [s.signals for s in states],
         [s.output for s in states],
         [s.error for s in states],

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,16 @@ from relayflow.contracts import (
     StepResult,
     StepResultStatus,
 )
-from relayflow.workflow import RetryPolicy, WorkflowDefinition, define_workflow, task, wait
+from relayflow.workflow import (
+    RetryPolicy,
+    StepSpec,
+    TaskSpec,
+    WaitSpec,
+    WorkflowDefinition,
+    define_workflow,
+    task,
+    wait,
+)
 from services.orchestrator import machine
 from services.orchestrator.machine import (
     Ignored,
@@ -35,6 +45,14 @@ from services.orchestrator.machine import (
 from workflows.form_submission import FORM_SUBMISSION
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Teleport(StepSpec):
+    """A step kind no orchestrator knows."""
+
+    kind: ClassVar[str] = "teleport"
+
 FORM = {"name": "Ada", "email": "ada@example.com", "message": "hello"}
 
 
@@ -118,9 +136,12 @@ def test_seed_workflow_runs_to_completion() -> None:
     assert [timer.fire_at for timer in t.timers] == [NOW + timedelta(seconds=60)]
     t = applied(machine.on_reply(FORM_SUBMISSION, t.state, reply("c1"), NOW))
     assert [c.step_name for c in t.commands] == ["finalize"]
+    # Every ancestor's output, not only the direct dependencies'.
     assert t.commands[0].dependencies == {
         "awaitResponse": {"ticketId": "T-1"},
         "persist": {"recordId": "r"},
+        "publishToMQ": {"correlationId": "c1"},
+        "validate": {"ok": 1},
     }
     t = applied(
         machine.on_step_result(
@@ -269,7 +290,7 @@ def test_parallel_branches_dispatch_together_and_join() -> None:
     assert t.commands == []
     t = applied(machine.on_step_result(DIAMOND, t.state, result(t.state, "b", 2), NOW))
     assert [c.step_name for c in t.commands] == ["d"]
-    assert t.commands[0].dependencies == {"b": 2, "c": 3}
+    assert t.commands[0].dependencies == {"a": 1, "b": 2, "c": 3}
     t = applied(machine.on_step_result(DIAMOND, t.state, result(t.state, "d", 4), NOW))
     assert t.state.status is WorkflowStatus.COMPLETED
     assert t.state.output == {"d": 4}
@@ -337,7 +358,7 @@ def test_definition_rejects_cycles_and_unknown_dependencies() -> None:
         )
     with pytest.raises(DefinitionError, match="unknown step"):
         define_workflow("x", input_model=Anything, steps=[task("a", after=["zz"])])
-    with pytest.raises(DefinitionError, match="must name a step it comes after"):
+    with pytest.raises(DefinitionError, match="of a step it comes after"):
         define_workflow(
             "x",
             input_model=Anything,
@@ -463,13 +484,13 @@ def test_cancel_stops_everything_and_is_idempotent() -> None:
     """Cancel ends a running workflow; results still in flight and a second cancel are ignored."""
     state = start(FORM_SUBMISSION).state
     in_flight = result(state, "validate", {})
-    t = applied(machine.on_cancel(state, cancel_message(), NOW))
+    t = applied(machine.on_cancel(FORM_SUBMISSION, state, cancel_message(), NOW))
     assert t.state.status is WorkflowStatus.CANCELLED
     assert [e.event for e in t.events] == [EventType.WORKFLOW_CANCELLED]
     assert t.events[0].terminal
     assert {s.status for s in t.state.steps.values()} == {StepStatus.CANCELLED}
     assert isinstance(machine.on_step_result(FORM_SUBMISSION, t.state, in_flight, NOW), Ignored)
-    assert isinstance(machine.on_cancel(t.state, cancel_message(), NOW), Ignored)
+    assert isinstance(machine.on_cancel(FORM_SUBMISSION, t.state, cancel_message(), NOW), Ignored)
 
 
 def test_retry_runs_again_from_the_failed_step_only() -> None:
@@ -499,7 +520,7 @@ def test_retry_runs_again_from_the_failed_step_only() -> None:
 def test_cancelled_workflow_can_be_retried() -> None:
     """A cancelled run can be resumed: the cancelled steps are dispatched again."""
     state = start(FORM_SUBMISSION).state
-    cancelled = applied(machine.on_cancel(state, cancel_message(), NOW)).state
+    cancelled = applied(machine.on_cancel(FORM_SUBMISSION, state, cancel_message(), NOW)).state
     t = applied(machine.on_retry(FORM_SUBMISSION, cancelled, retry_message(), NOW))
     assert [(c.step_name, c.attempt) for c in t.commands] == [("validate", 2)]
 
@@ -516,3 +537,15 @@ def test_failure_in_one_branch_stops_the_other_and_retry_restarts_both() -> None
     assert t.state.steps["c"].status is StepStatus.CANCELLED
     again = applied(machine.on_retry(DIAMOND, t.state, retry_message(), NOW))
     assert sorted((c.step_name, c.attempt) for c in again.commands) == [("b", 2), ("c", 2)]
+
+
+def test_every_step_kind_has_a_handler_and_an_unknown_one_is_refused_at_start_up() -> None:
+    """The kinds table is the machine's only dispatch: each kind the SDK defines has a handler,
+    and a definition holding a kind the orchestrator does not know fails when it loads."""
+    from relayflow.errors import DefinitionError
+
+    assert {TaskSpec.kind, WaitSpec.kind} <= set(machine.KINDS)
+    odd = define_workflow("odd", input_model=Anything, steps=[Teleport(name="beam")])
+    with pytest.raises(DefinitionError, match="'beam' is of kind 'teleport'"):
+        machine.check_supported(odd)
+    machine.check_supported(FORM_SUBMISSION)

@@ -1,0 +1,96 @@
+"""A workflow's state and its steps' state, with the JSON form PostgreSQL stores.
+
+`workflows.steps` is a jsonb object of `StepState.to_json()` by step name; the orchestrator
+writes it, the gateway reads it back with `StepState.from_json`. One shape, one home.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from relayflow.model.status import StepStatus, WorkflowStatus
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    output: Any = None
+    # ErrorInfo's JSON form (type, message, retryable), as it travelled in the StepResult.
+    error: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # Wait steps: the correlation id of the reply they wait for.
+    correlation_id: str | None = None
+    next_attempt_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "output": self.output,
+            "error": self.error,
+            "startedAt": _time(self.started_at),
+            "finishedAt": _time(self.finished_at),
+            "correlationId": self.correlation_id,
+            "nextAttemptAt": _time(self.next_attempt_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepState:
+        return cls(
+            status=StepStatus(data.get("status", StepStatus.PENDING)),
+            attempts=int(data.get("attempts", 0)),
+            output=data.get("output"),
+            error=data.get("error"),
+            started_at=_parse_time(data.get("startedAt")),
+            finished_at=_parse_time(data.get("finishedAt")),
+            correlation_id=data.get("correlationId"),
+            next_attempt_at=_parse_time(data.get("nextAttemptAt")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowState:
+    id: str
+    name: str
+    status: WorkflowStatus
+    input: dict[str, Any]
+    input_hash: str
+    steps: dict[str, StepState]
+    created_at: datetime
+    updated_at: datetime
+    idempotency_key: str | None = None
+    # Replies that arrived before their step started waiting, by correlation id.
+    signals: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
+    error: dict[str, Any] | None = None
+    last_seq: int = 0
+    finished_at: datetime | None = None
+    # 1, then +1 each time the workflow is retried: timers of an earlier run are stale.
+    run: int = 1
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def steps_json(self) -> dict[str, Any]:
+        return {name: step.to_json() for name, step in self.steps.items()}
+
+
+def input_hash(value: dict[str, Any]) -> str:
+    """What a start's input is compared by: its canonical JSON, hashed."""
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()

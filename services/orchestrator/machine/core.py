@@ -1,0 +1,328 @@
+"""The workflow state machine, as plain functions over plain data.
+
+Given a workflow's state and one input (a start, a step result, an external reply, a fired timer,
+a cancel or a retry) each function returns a `Transition` — the new state, the events, the
+timers and the outgoing intents — or `Ignored` / `Rejected`. Nothing here does I/O; the
+orchestrator's processor wraps it in a transaction, and the tests drive it directly.
+
+What this module decides is the same for every kind: a step starts once every step it comes
+after has completed (so independent steps run in parallel), a workflow completes when all its
+steps have and fails as soon as one fails, a cancel or timeout stops the unfinished ones. What a
+step does between its start and its end is its kind's (`kinds/`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from relayflow.contracts import (
+    CancelWorkflow,
+    EventType,
+    ExternalReply,
+    RetryWorkflow,
+    StartWorkflow,
+    StepResult,
+)
+from relayflow.model import (
+    RERUN_STEPS,
+    RETRYABLE,
+    UNFINISHED_STEPS,
+    StepState,
+    StepStatus,
+    WorkflowState,
+    WorkflowStatus,
+    input_hash,
+)
+from relayflow.workflow import WorkflowDefinition
+from services.orchestrator.machine.handle import StepHandle, emit
+from services.orchestrator.machine.kinds import kind_of
+from services.orchestrator.machine.transition import (
+    Ignored,
+    Outcome,
+    Rejected,
+    Timer,
+    TimerFired,
+    TimerKind,
+    Transition,
+)
+
+
+def start(definition: WorkflowDefinition, message: StartWorkflow, now: datetime) -> Transition:
+    state = WorkflowState(
+        id=message.workflow_id,
+        name=definition.name,
+        status=WorkflowStatus.RUNNING,
+        input=message.input,
+        input_hash=input_hash(message.input),
+        idempotency_key=message.idempotency_key,
+        steps={name: StepState() for name in definition.order},
+        created_at=now,
+        updated_at=now,
+    )
+    transition = Transition(state=state)
+    emit(transition, EventType.WORKFLOW_STARTED, now, data={"input": message.input})
+    _set_workflow_timer(definition, transition, now)
+    _advance(definition, transition, now)
+    return transition
+
+
+def duplicate_start(state: WorkflowState, message: StartWorkflow) -> Ignored | Rejected:
+    """A start for a workflow that exists: the same request again is a no-op; another request
+    under the same id is a conflict that must not pass silently."""
+    if state.name != message.workflow_name or state.input_hash != input_hash(message.input):
+        return Rejected(
+            f"workflow {state.id} was already started as {state.name!r} with a different "
+            "input; an idempotency key or workflow id cannot be reused for another request"
+        )
+    return Ignored(f"workflow {state.id} already started")
+
+
+def on_step_result(
+    definition: WorkflowDefinition, state: WorkflowState, message: StepResult, now: datetime
+) -> Outcome:
+    if message.step_name not in definition.steps:
+        return Rejected(f"workflow {definition.name!r} has no step {message.step_name!r}")
+    kind = kind_of(definition.steps[message.step_name])
+    if not kind.takes_results:
+        return Rejected(f"step {message.step_name!r} is a {kind.name}, it takes no step result")
+    if state.finished:
+        return Ignored(f"workflow {state.id} is already {state.status.value}")
+    transition = Transition(state=state)
+    step = StepHandle(definition, transition, message.step_name, now)
+    outcome = kind.on_result(step, message)
+    if outcome is not None:
+        return outcome
+    _advance(definition, transition, now)
+    return transition
+
+
+def on_reply(
+    definition: WorkflowDefinition, state: WorkflowState, message: ExternalReply, now: datetime
+) -> Outcome:
+    if state.status is WorkflowStatus.COMPLETED:
+        return Ignored(f"reply {message.correlation_id} after workflow {state.id} completed")
+    if not state.finished:
+        transition = Transition(state=state)
+        for name in definition.order:
+            step = StepHandle(definition, transition, name, now)
+            if kind_of(step.spec).on_reply(step, message):
+                _advance(definition, transition, now)
+                return transition
+    if message.correlation_id in state.signals or _consumed(state, message.correlation_id):
+        return Ignored(f"reply {message.correlation_id} already received")
+    # The reply overtook the step that will wait for it, or came after the wait gave up: keep
+    # it for that step (a retried workflow's wait finds it), without resuming anything now.
+    signals = {**state.signals, message.correlation_id: message.payload}
+    return Transition(state=replace(state, signals=signals, updated_at=now))
+
+
+def _consumed(state: WorkflowState, correlation_id: str) -> bool:
+    return any(
+        step.correlation_id == correlation_id and step.status is StepStatus.COMPLETED
+        for step in state.steps.values()
+    )
+
+
+def on_timer(
+    definition: WorkflowDefinition, state: WorkflowState, timer: TimerFired, now: datetime
+) -> Outcome:
+    if state.finished:
+        return Ignored(f"{timer.kind.value} timer for a {state.status.value} workflow")
+    if timer.kind is TimerKind.WORKFLOW_TIMEOUT:
+        if timer.attempt != state.run:
+            return Ignored("workflow timeout of an earlier run")
+        return _time_out_workflow(definition, state, now)
+    stale = _stale_step_timer(definition, state, timer)
+    if stale is not None:
+        return stale
+    transition = Transition(state=state)
+    step = StepHandle(definition, transition, timer.step_name, now)
+    kind = kind_of(step.spec)
+    if timer.kind is TimerKind.RETRY:
+        # The same for every kind that retries: the wait is over, the next attempt begins.
+        kind.start(step)
+    else:
+        outcome = kind.on_timer(step, timer)
+        if outcome is not None:
+            return outcome
+    _advance(definition, transition, now)
+    return transition
+
+
+def _stale_step_timer(
+    definition: WorkflowDefinition, state: WorkflowState, timer: TimerFired
+) -> Ignored | None:
+    """A step timer acts only on the attempt it was set for (and a retry timer only on a step
+    still waiting to retry): one that fires after the step moved on is ignored."""
+    current = state.steps.get(timer.step_name)
+    if current is None or timer.step_name not in definition.steps:
+        return Ignored(f"{timer.kind.value} timer for unknown step {timer.step_name!r}")
+    moved_on = timer.kind is TimerKind.RETRY and current.status is not StepStatus.RETRYING
+    if current.attempts != timer.attempt or moved_on:
+        return Ignored(f"{timer.kind.value} timer for {timer.step_name} #{timer.attempt} is stale")
+    return None
+
+
+def on_cancel(
+    definition: WorkflowDefinition, state: WorkflowState, message: CancelWorkflow, now: datetime
+) -> Outcome:
+    """Stop a running workflow: unfinished steps are cancelled (by their kind) and any result,
+    reply or timer still on its way is ignored. Cancelling a finished workflow changes nothing."""
+    if state.finished:
+        return Ignored(f"workflow {state.id} is already {state.status.value}")
+    transition = Transition(state=state)
+    _stop_unfinished_steps(definition, transition, now)
+    error = {"type": "Cancelled", "message": message.reason or "cancelled on request"}
+    transition.state = replace(
+        transition.state,
+        status=WorkflowStatus.CANCELLED,
+        error=error,
+        finished_at=now,
+        updated_at=now,
+    )
+    emit(transition, EventType.WORKFLOW_CANCELLED, now, data={"reason": message.reason})
+    return transition
+
+
+def on_retry(
+    definition: WorkflowDefinition, state: WorkflowState, message: RetryWorkflow, now: datetime
+) -> Outcome:
+    """Run a failed or cancelled workflow again from the steps that did not complete; completed
+    steps keep their outputs. Retrying a running or completed workflow changes nothing."""
+    if state.status not in RETRYABLE:
+        return Ignored(
+            f"workflow {state.id} is {state.status.value}; only failed or cancelled "
+            "workflows are retried"
+        )
+    steps = {
+        name: replace(step, status=StepStatus.PENDING, error=None, next_attempt_at=None)
+        if step.status in RERUN_STEPS
+        else step
+        for name, step in state.steps.items()
+    }
+    transition = Transition(
+        state=replace(
+            state,
+            status=WorkflowStatus.RUNNING,
+            steps=steps,
+            error=None,
+            finished_at=None,
+            updated_at=now,
+            run=state.run + 1,
+        )
+    )
+    emit(
+        transition,
+        EventType.WORKFLOW_RETRIED,
+        now,
+        data={"reason": message.reason, "run": state.run + 1},
+    )
+    _set_workflow_timer(definition, transition, now)
+    _advance(definition, transition, now)
+    return transition
+
+
+# --- internals ---
+
+
+def _stop_unfinished_steps(
+    definition: WorkflowDefinition, transition: Transition, now: datetime
+) -> None:
+    for name in definition.order:
+        if transition.state.steps[name].status in UNFINISHED_STEPS:
+            step = StepHandle(definition, transition, name, now)
+            kind_of(step.spec).on_cancel(step)
+
+
+def _time_out_workflow(
+    definition: WorkflowDefinition, state: WorkflowState, now: datetime
+) -> Transition:
+    limit = definition.timeout.total_seconds() if definition.timeout else 0
+    transition = Transition(state=state)
+    _stop_unfinished_steps(definition, transition, now)
+    error = {
+        "type": "WorkflowTimeout",
+        "message": f"the workflow did not finish within {limit:g}s",
+        "retryable": False,
+    }
+    transition.state = replace(
+        transition.state,
+        status=WorkflowStatus.FAILED,
+        error=error,
+        finished_at=now,
+        updated_at=now,
+    )
+    emit(transition, EventType.WORKFLOW_FAILED, now, data={"error": error})
+    return transition
+
+
+def _set_workflow_timer(
+    definition: WorkflowDefinition, transition: Transition, now: datetime
+) -> None:
+    if definition.timeout is not None:
+        state = transition.state
+        transition.timers.append(
+            Timer(state.id, TimerKind.WORKFLOW_TIMEOUT, state.run, now + definition.timeout)
+        )
+
+
+def _advance(definition: WorkflowDefinition, transition: Transition, now: datetime) -> None:
+    """Start every step whose dependencies are complete; finish the workflow when it can.
+    Loops because a step may end as it starts (a wait whose reply is already here) and so
+    unblock more."""
+    while not transition.state.finished:
+        steps = transition.state.steps
+        failed = [name for name in definition.order if steps[name].status is StepStatus.FAILED]
+        if failed:
+            _finish(definition, transition, WorkflowStatus.FAILED, now, failed_step=failed[0])
+            return
+        if all(step.status is StepStatus.COMPLETED for step in steps.values()):
+            _finish(definition, transition, WorkflowStatus.COMPLETED, now)
+            return
+        ready = [
+            name
+            for name in definition.order
+            if steps[name].status is StepStatus.PENDING
+            and all(
+                steps[dep].status is StepStatus.COMPLETED for dep in definition.steps[name].after
+            )
+        ]
+        if not ready:
+            return
+        for name in ready:
+            step = StepHandle(definition, transition, name, now)
+            kind_of(step.spec).start(step)
+
+
+def _finish(
+    definition: WorkflowDefinition,
+    transition: Transition,
+    status: WorkflowStatus,
+    now: datetime,
+    *,
+    failed_step: str | None = None,
+) -> None:
+    state = transition.state
+    if status is WorkflowStatus.COMPLETED:
+        output = _workflow_output(definition, state)
+        transition.state = replace(
+            state, status=status, output=output, finished_at=now, updated_at=now
+        )
+        emit(transition, EventType.WORKFLOW_COMPLETED, now, data={"output": output})
+    else:
+        assert failed_step is not None
+        error = {**(state.steps[failed_step].error or {}), "step": failed_step}
+        # Parallel branches still in flight stop here; a retry of the workflow restarts them.
+        _stop_unfinished_steps(definition, transition, now)
+        transition.state = replace(
+            transition.state, status=status, error=error, finished_at=now, updated_at=now
+        )
+        emit(transition, EventType.WORKFLOW_FAILED, now, data={"error": error})
+
+
+def _workflow_output(definition: WorkflowDefinition, state: WorkflowState) -> Any:
+    if definition.output_from is not None:
+        return state.steps[definition.output_from].output
+    return {name: state.steps[name].output for name in definition.sinks()}

@@ -1,0 +1,162 @@
+"""`StepHandle`: one step of one transition, and everything a kind may do to it.
+
+A kind's handler (`kinds/`) never touches the workflow state directly: it sets its step's state,
+emits events, sets timers and adds intents through the handle, which keeps the state replaced
+(never mutated), the event numbers consecutive and the retry rules in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from relayflow.contracts import ErrorInfo, EventType, WorkflowEvent
+from relayflow.model import StepState, StepStatus, WorkflowState, ids
+from relayflow.workflow import StepSpec, WorkflowDefinition
+from services.orchestrator.machine.transition import Intent, Timer, TimerKind, Transition
+
+
+def emit(
+    transition: Transition,
+    event: EventType,
+    now: datetime,
+    *,
+    step_name: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Record an event: numbered next in the workflow, stored and broadcast with the batch."""
+    state = transition.state
+    seq = state.last_seq + 1
+    transition.state = replace(state, last_seq=seq)
+    transition.events.append(
+        WorkflowEvent(
+            message_id=ids.event_id(state.id, seq),
+            workflow_id=state.id,
+            idempotency_key=state.idempotency_key,
+            created_at=now,
+            seq=seq,
+            event=event,
+            workflow_name=state.name,
+            step_name=step_name,
+            data=data or {},
+        )
+    )
+
+
+@dataclass(slots=True)
+class StepHandle:
+    definition: WorkflowDefinition
+    transition: Transition
+    name: str
+    now: datetime
+
+    @property
+    def spec(self) -> StepSpec:
+        return self.definition.steps[self.name]
+
+    @property
+    def workflow(self) -> WorkflowState:
+        return self.transition.state
+
+    @property
+    def state(self) -> StepState:
+        return self.transition.state.steps[self.name]
+
+    def output_of(self, step: str) -> Any:
+        """An ancestor's output (the definition checked, at load, that it is one)."""
+        return self.workflow.steps[step].output
+
+    def ancestor_outputs(self) -> dict[str, Any]:
+        return {step: self.output_of(step) for step in sorted(self.definition.ancestors[self.name])}
+
+    # --- state ---
+
+    def set(self, step: StepState) -> None:
+        state = self.transition.state
+        self.transition.state = replace(
+            state, steps={**state.steps, self.name: step}, updated_at=self.now
+        )
+
+    def begin_attempt(self, status: StepStatus, **changes: Any) -> int:
+        """Start the next attempt in `status`; returns its number."""
+        attempt = self.state.attempts + 1
+        self.set(
+            replace(
+                self.state,
+                status=status,
+                attempts=attempt,
+                started_at=self.now,
+                finished_at=None,
+                next_attempt_at=None,
+                **changes,
+            )
+        )
+        return attempt
+
+    def emit(self, event: EventType, **data: Any) -> None:
+        emit(self.transition, event, self.now, step_name=self.name, data=data)
+
+    def add(self, intent: Intent) -> None:
+        self.transition.intents.append(intent)
+
+    def set_timer(self, kind: TimerKind, attempt: int, fire_at: datetime) -> None:
+        self.transition.timers.append(
+            Timer(self.workflow.id, kind, attempt, fire_at, step_name=self.name)
+        )
+
+    # --- endings ---
+
+    def complete(self, output: Any) -> None:
+        step = self.state
+        self.set(
+            replace(
+                step, status=StepStatus.COMPLETED, output=output, error=None, finished_at=self.now
+            )
+        )
+        self.emit(EventType.STEP_COMPLETED, attempt=step.attempts, output=output)
+
+    def fail(self, error: ErrorInfo) -> None:
+        """Fail the step for good (and so, once the machine advances, the workflow)."""
+        step = self.state
+        error_json = error.model_dump(mode="json")
+        self.set(replace(step, status=StepStatus.FAILED, error=error_json, finished_at=self.now))
+        self.emit(EventType.STEP_FAILED, attempt=step.attempts, error=error_json)
+
+    def cancel(self) -> None:
+        self.set(
+            replace(
+                self.state, status=StepStatus.CANCELLED, finished_at=self.now, next_attempt_at=None
+            )
+        )
+
+    def attempt_failed(self, error: ErrorInfo) -> None:
+        """An attempt failed: schedule the next one if the step's retry policy allows (a
+        durable RETRY timer), else fail the step."""
+        step = self.state
+        policy = self.definition.retry_policy(self.name)
+        if not policy.retries(error.type, error.retryable, step.attempts):
+            self.fail(error)
+            return
+        delay = policy.delay(step.attempts, _spread(self.workflow.id, self.name, step.attempts))
+        next_at = self.now + delay
+        error_json = error.model_dump(mode="json")
+        self.set(
+            replace(step, status=StepStatus.RETRYING, error=error_json, next_attempt_at=next_at)
+        )
+        self.emit(
+            EventType.STEP_RETRYING,
+            attempt=step.attempts,
+            nextAttempt=step.attempts + 1,
+            nextAttemptAt=next_at.isoformat(),
+            error=error_json,
+        )
+        self.set_timer(TimerKind.RETRY, step.attempts, next_at)
+
+
+def _spread(workflow_id: str, step: str, attempt: int) -> float:
+    """A point in [-1, 1] for the retry jitter: looks random across workflows, yet the same
+    input always gives the same schedule (the machine stays a pure function)."""
+    digest = hashlib.blake2b(f"{workflow_id}/{step}/{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**63 - 1

@@ -1,0 +1,32 @@
+"""The table of step kinds: `StepSpec.kind` → its handler. A new kind is a module beside these
+and one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from relayflow.errors import DefinitionError
+from relayflow.workflow import StepSpec, WorkflowDefinition
+from services.orchestrator.machine.kinds.base import StepKind
+from services.orchestrator.machine.kinds.task import Task
+from services.orchestrator.machine.kinds.wait import Wait
+
+KINDS: Final[Mapping[str, StepKind]] = {kind.name: kind for kind in (Task(), Wait())}
+
+
+def kind_of(spec: StepSpec) -> StepKind:
+    return KINDS[spec.kind]
+
+
+def check_supported(definition: WorkflowDefinition) -> None:
+    """Refuse, at start-up, a definition with a step kind this orchestrator cannot run."""
+    for spec in definition.steps.values():
+        if spec.kind not in KINDS:
+            raise DefinitionError(
+                f"workflow {definition.name!r}: step {spec.name!r} is of kind {spec.kind!r}, "
+                f"which this orchestrator does not know (known: {', '.join(sorted(KINDS))})"
+            )
+
+
+__all__ = ["KINDS", "StepKind", "check_supported", "kind_of"]

@@ -1,0 +1,83 @@
+"""`task`: one StepCommand per attempt to the step service of its body, one StepResult back.
+A start-to-close timer fails an attempt that never reports back; the retry policy decides what
+follows a failed attempt."""
+
+from __future__ import annotations
+
+from relayflow.contracts import (
+    ErrorInfo,
+    EventType,
+    StepCommand,
+    StepResult,
+    StepResultStatus,
+)
+from relayflow.model import StepStatus, ids
+from services.orchestrator.machine.handle import StepHandle
+from services.orchestrator.machine.kinds.base import StepKind
+from services.orchestrator.machine.transition import (
+    DispatchStep,
+    Ignored,
+    Rejected,
+    TimerFired,
+    TimerKind,
+)
+
+# A task runs one invocation; kinds that run many (a map) number them.
+SINGLE_KEY = "0"
+
+
+class Task(StepKind):
+    name = "task"
+    takes_results = True
+
+    def start(self, step: StepHandle) -> None:
+        attempt = step.begin_attempt(StepStatus.RUNNING)
+        step.emit(EventType.STEP_STARTED, attempt=attempt)
+        workflow = step.workflow
+        step.add(
+            DispatchStep(
+                StepCommand(
+                    message_id=ids.command_id(workflow.id, step.name, SINGLE_KEY, attempt),
+                    workflow_id=workflow.id,
+                    idempotency_key=workflow.idempotency_key,
+                    created_at=step.now,
+                    workflow_name=workflow.name,
+                    step_name=step.name,
+                    step_key=SINGLE_KEY,
+                    attempt=attempt,
+                    input=workflow.input,
+                    dependencies=step.ancestor_outputs(),
+                )
+            )
+        )
+        if step.spec.timeout is not None:
+            step.set_timer(TimerKind.STEP_TIMEOUT, attempt, step.now + step.spec.timeout)
+
+    def on_result(self, step: StepHandle, message: StepResult) -> Ignored | Rejected | None:
+        current = step.state
+        if current.status is not StepStatus.RUNNING or current.attempts != message.attempt:
+            # A late result (after a timeout, a retry or a cancel) changes nothing.
+            return Ignored(
+                f"stale result for {message.step_name} attempt {message.attempt} "
+                f"(step is {current.status.value} at attempt {current.attempts})"
+            )
+        if message.status is StepResultStatus.SUCCEEDED:
+            step.complete(message.output)
+        else:
+            step.attempt_failed(
+                message.error or ErrorInfo(type="UnknownError", message="no error given")
+            )
+        return None
+
+    def on_timer(self, step: StepHandle, timer: TimerFired) -> Ignored | None:
+        if timer.kind is not TimerKind.STEP_TIMEOUT or step.state.status is not StepStatus.RUNNING:
+            return Ignored(f"{timer.kind.value} timer for {step.name} #{timer.attempt} is stale")
+        limit = step.spec.timeout.total_seconds() if step.spec.timeout else 0
+        step.attempt_failed(
+            ErrorInfo(
+                type="StepTimeout",
+                message=f"attempt {timer.attempt} did not report back within {limit:g}s",
+                retryable=True,
+            )
+        )
+        return None
