@@ -10,15 +10,17 @@
         ],
     )
 
-A step runs once all the steps it comes `after` have completed; steps whose dependencies are met
-together are dispatched together. A `task` runs in a step service; a `wait` is held by the
-orchestrator until a reply with the right correlation id arrives, or its timeout passes.
+A step runs once all the steps it comes `after` have completed (or been skipped); steps whose
+dependencies are met together are dispatched together. A step with a condition (`when=`) runs
+only if it holds, else it is skipped, and so is a step all of whose dependencies were skipped.
+A `task` runs in a step service; a `wait` is held by the orchestrator until a reply with the
+right correlation id arrives, or its timeout passes.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -70,6 +72,26 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 @dataclass(frozen=True, slots=True)
+class Given:
+    """What a step's condition sees: the workflow's input and its ancestors' outputs (a skipped
+    ancestor's output is None). Reading a step that is not an ancestor raises, which fails the
+    step with that error."""
+
+    input: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+
+    def output(self, step: str) -> Any:
+        if step not in self.outputs:
+            raise KeyError(f"{step!r} is not a step this one comes after")
+        return self.outputs[step]
+
+
+# Evaluated by the orchestrator when the step's dependencies have ended: True runs the step,
+# False skips it. It must be a pure function of what it is given (it may run again on replay).
+Condition = Callable[[Given], bool]
+
+
+@dataclass(frozen=True, slots=True)
 class StepSpec:
     """What every step has, whatever its kind. Each kind is a subclass (`TaskSpec`, `WaitSpec`,
     …) with its own options and its own load-time checks; the orchestrator runs it through the
@@ -83,6 +105,8 @@ class StepSpec:
     timeout: timedelta | None = None
     # None takes the workflow's policy; kinds that do not retry ignore it.
     retry: RetryPolicy | None = None
+    # Runs the step only when true; None always runs it (see `Condition`).
+    when: Condition | None = None
 
     def check(self, workflow: str, ancestors: frozenset[str]) -> None:
         """Refuse, at definition time, what the kind cannot run (`ancestors`: the steps that
@@ -133,10 +157,11 @@ def task(
     after: Iterable[str] = (),
     retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
+    when: Condition | None = None,
 ) -> TaskSpec:
     if timeout is not None and timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
-    return TaskSpec(name=name, after=tuple(after), retry=retry, timeout=timeout)
+    return TaskSpec(name=name, after=tuple(after), retry=retry, timeout=timeout, when=when)
 
 
 def wait(
@@ -145,11 +170,16 @@ def wait(
     correlation_from: str,
     timeout: timedelta,
     after: Iterable[str] = (),
+    when: Condition | None = None,
 ) -> WaitSpec:
     if timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
     return WaitSpec(
-        name=name, after=tuple(after), correlation_from=correlation_from, timeout=timeout
+        name=name,
+        after=tuple(after),
+        correlation_from=correlation_from,
+        timeout=timeout,
+        when=when,
     )
 
 

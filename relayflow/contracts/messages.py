@@ -177,6 +177,8 @@ class EventType(StrEnum):
     STEP_STARTED = "step.started"
     STEP_COMPLETED = "step.completed"
     STEP_FAILED = "step.failed"
+    # The step's condition was false, or every step it comes after was skipped (data: reason).
+    STEP_SKIPPED = "step.skipped"
     # An attempt failed and another is scheduled (data: attempt, nextAttempt, nextAttemptAt, error).
     STEP_RETRYING = "step.retrying"
 

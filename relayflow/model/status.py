@@ -34,10 +34,14 @@ class StepStatus(StrEnum):
     # An attempt failed; the next starts when its retry timer fires.
     RETRYING = "retrying"
     COMPLETED = "completed"
+    # Its condition was false, or every step it comes after was skipped: it never ran.
+    SKIPPED = "skipped"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
+# Steps that have ended well: a step after them may start.
+SETTLED_STEPS: Final = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED})
 # Steps that still have work ahead of them: a cancel or a workflow timeout stops them.
 UNFINISHED_STEPS: Final = frozenset(
     {StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING, StepStatus.RETRYING}

@@ -22,6 +22,8 @@ from relayflow.contracts import (
     StepResultStatus,
 )
 from relayflow.workflow import (
+    Condition,
+    Given,
     RetryPolicy,
     StepSpec,
     TaskSpec,
@@ -306,8 +308,29 @@ def dags(draw: st.DrawFn) -> WorkflowDefinition:
             if index
             else set()
         )
-        steps.append(task(f"s{index}", after=[f"s{dep}" for dep in sorted(deps)]))
+        # Some steps carry a condition; its answer is drawn once, so it is deterministic.
+        answer = draw(st.sampled_from([None, True, False]))
+        when = None if answer is None else _constant(answer)
+        steps.append(task(f"s{index}", after=[f"s{dep}" for dep in sorted(deps)], when=when))
     return define_workflow("random", input_model=Anything, steps=steps)
+
+
+def _constant(answer: bool) -> Condition:
+    return lambda _given: answer
+
+
+def expected_skips(definition: WorkflowDefinition) -> set[str]:
+    """The branch rule, stated independently of the machine: a step is skipped when its
+    condition is false or every step it comes after was skipped."""
+    skipped: set[str] = set()
+    for name in definition.order:
+        spec = definition.steps[name]
+        given = Given(input={}, outputs={})
+        if (spec.after and set(spec.after) <= skipped) or (
+            spec.when is not None and not spec.when(given)
+        ):
+            skipped.add(name)
+    return skipped
 
 
 @settings(max_examples=150, deadline=None)
@@ -315,10 +338,15 @@ def dags(draw: st.DrawFn) -> WorkflowDefinition:
 def test_any_dag_completes_once_in_dependency_order(
     definition: WorkflowDefinition, data: st.DataObject
 ) -> None:
-    """Whatever the DAG and whatever order results arrive in (duplicates included), every step is
-    dispatched exactly once, never before its dependencies complete, and the event numbers run
-    1, 2, 3, … without gaps."""
+    """Whatever the DAG, its conditions and the order results arrive in (duplicates included),
+    every step that is not skipped is dispatched exactly once, never before its dependencies
+    have ended well, exactly the steps the branch rule names are skipped, and the event numbers
+    run 1, 2, 3, … without gaps."""
     t = start(definition, {})
+    if not t.commands and t.state.status is WorkflowStatus.COMPLETED:
+        # Every step was skipped at the start.
+        assert expected_skips(definition) == set(definition.order)
+        return
     state = t.state
     events = list(t.events)
     in_flight = [c.step_name for c in t.commands]
@@ -331,7 +359,7 @@ def test_any_dag_completes_once_in_dependency_order(
         outcome = applied(machine.on_step_result(definition, state, message, NOW))
         for command in outcome.commands:
             assert all(
-                outcome.state.steps[dep].status is StepStatus.COMPLETED
+                outcome.state.steps[dep].status in (StepStatus.COMPLETED, StepStatus.SKIPPED)
                 for dep in definition.steps[command.step_name].after
             )
         state = outcome.state
@@ -342,7 +370,9 @@ def test_any_dag_completes_once_in_dependency_order(
         if replay:
             again = data.draw(st.sampled_from(delivered))
             assert isinstance(machine.on_step_result(definition, state, again, NOW), Ignored)
-    assert sorted(dispatched) == sorted(definition.order)
+    skipped = expected_skips(definition)
+    assert sorted(dispatched) == sorted(set(definition.order) - skipped)
+    assert {n for n, s in state.steps.items() if s.status is StepStatus.SKIPPED} == skipped
     assert state.status is WorkflowStatus.COMPLETED
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert state.last_seq == len(events)
@@ -549,3 +579,73 @@ def test_every_step_kind_has_a_handler_and_an_unknown_one_is_refused_at_start_up
     with pytest.raises(DefinitionError, match="'beam' is of kind 'teleport'"):
         machine.check_supported(odd)
     machine.check_supported(FORM_SUBMISSION)
+
+
+BRANCHES = define_workflow(
+    "branches",
+    input_model=Anything,
+    steps=[
+        task("a"),
+        task("big", after=["a"], when=lambda given: given.output("a")["n"] > 10),
+        task("afterBig", after=["big"]),
+        task("notify", when=lambda given: bool(given.input.get("notify"))),
+        task("join", after=["afterBig", "a"]),
+    ],
+    output_from="afterBig",
+)
+
+
+def test_a_false_condition_skips_the_step_and_what_only_follows_it() -> None:
+    """A false condition skips its step (`step.skipped`); a step after only skipped steps is
+    skipped too; a join after a skipped and a completed step runs; the workflow completes, its
+    output taken from a skipped step being null."""
+    t = start(BRANCHES, {"notify": False})
+    assert [c.step_name for c in t.commands] == ["a"]
+    assert t.state.steps["notify"].status is StepStatus.SKIPPED
+    assert [(e.event, e.step_name) for e in t.events if e.event is EventType.STEP_SKIPPED] == [
+        (EventType.STEP_SKIPPED, "notify")
+    ]
+    t = applied(machine.on_step_result(BRANCHES, t.state, result(t.state, "a", {"n": 3}), NOW))
+    assert [c.step_name for c in t.commands] == ["join"]
+    assert t.state.steps["big"].status is StepStatus.SKIPPED
+    assert t.state.steps["afterBig"].status is StepStatus.SKIPPED
+    assert t.commands[0].dependencies == {"a": {"n": 3}, "afterBig": None, "big": None}
+    t = applied(machine.on_step_result(BRANCHES, t.state, result(t.state, "join", 1), NOW))
+    assert t.state.status is WorkflowStatus.COMPLETED
+    assert t.state.output is None
+
+
+def test_a_true_condition_runs_the_step() -> None:
+    """The same workflow with other data takes the other branch."""
+    t = start(BRANCHES, {"notify": True})
+    assert sorted(c.step_name for c in t.commands) == ["a", "notify"]
+    t = applied(machine.on_step_result(BRANCHES, t.state, result(t.state, "a", {"n": 30}), NOW))
+    assert [c.step_name for c in t.commands] == ["big"]
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        (lambda given: given.output("nope"), "KeyError"),
+        (lambda given: 1 / 0, "ZeroDivisionError"),
+        (lambda given: "yes", "not a bool"),
+    ],
+)
+def test_a_condition_that_raises_fails_its_step_not_the_orchestrator(
+    condition: Condition, message: str
+) -> None:
+    """A condition that raises (or answers a non-bool) fails its step with the error, without
+    retrying — the same outputs would give the same answer — and so fails the workflow."""
+    definition = define_workflow(
+        "broken", input_model=Anything, steps=[task("a"), task("b", after=["a"], when=condition)]
+    )
+    t = start(definition, {})
+    t = applied(machine.on_step_result(definition, t.state, result(t.state, "a", {}), NOW))
+    step = t.state.steps["b"]
+    assert step.status is StepStatus.FAILED
+    assert step.error is not None
+    assert step.error["type"] == "ConditionError"
+    assert message in step.error["message"]
+    assert step.error["retryable"] is False
+    assert t.state.status is WorkflowStatus.FAILED
+    assert t.commands == []

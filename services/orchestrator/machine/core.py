@@ -19,6 +19,7 @@ from typing import Any
 
 from relayflow.contracts import (
     CancelWorkflow,
+    ErrorInfo,
     EventType,
     ExternalReply,
     RetryWorkflow,
@@ -28,6 +29,7 @@ from relayflow.contracts import (
 from relayflow.model import (
     RERUN_STEPS,
     RETRYABLE,
+    SETTLED_STEPS,
     UNFINISHED_STEPS,
     StepState,
     StepStatus,
@@ -35,7 +37,7 @@ from relayflow.model import (
     WorkflowStatus,
     input_hash,
 )
-from relayflow.workflow import WorkflowDefinition
+from relayflow.workflow import Given, WorkflowDefinition
 from services.orchestrator.machine.handle import StepHandle, emit
 from services.orchestrator.machine.kinds import kind_of
 from services.orchestrator.machine.transition import (
@@ -269,31 +271,71 @@ def _set_workflow_timer(
 
 
 def _advance(definition: WorkflowDefinition, transition: Transition, now: datetime) -> None:
-    """Start every step whose dependencies are complete; finish the workflow when it can.
-    Loops because a step may end as it starts (a wait whose reply is already here) and so
-    unblock more."""
+    """Start every step whose dependencies have ended well; finish the workflow when it can.
+    Loops because a step may end as it starts (skipped, or a wait whose reply is already here)
+    and so unblock more."""
     while not transition.state.finished:
         steps = transition.state.steps
         failed = [name for name in definition.order if steps[name].status is StepStatus.FAILED]
         if failed:
             _finish(definition, transition, WorkflowStatus.FAILED, now, failed_step=failed[0])
             return
-        if all(step.status is StepStatus.COMPLETED for step in steps.values()):
+        if all(step.status in SETTLED_STEPS for step in steps.values()):
             _finish(definition, transition, WorkflowStatus.COMPLETED, now)
             return
         ready = [
             name
             for name in definition.order
             if steps[name].status is StepStatus.PENDING
-            and all(
-                steps[dep].status is StepStatus.COMPLETED for dep in definition.steps[name].after
-            )
+            and all(steps[dep].status in SETTLED_STEPS for dep in definition.steps[name].after)
         ]
         if not ready:
             return
         for name in ready:
             step = StepHandle(definition, transition, name, now)
-            kind_of(step.spec).start(step)
+            if _should_run(step):
+                kind_of(step.spec).start(step)
+
+
+def _should_run(step: StepHandle) -> bool:
+    """Decide a ready step's branch: skipped when every dependency was skipped or its condition
+    is false; failed (not retried: the same outputs give the same answer) when the condition
+    raises or answers something other than a bool."""
+    after = step.spec.after
+    steps = step.workflow.steps
+    if after and all(steps[dep].status is StepStatus.SKIPPED for dep in after):
+        step.skip("every step it comes after was skipped")
+        return False
+    condition = step.spec.when
+    if condition is None:
+        return True
+    try:
+        verdict = condition(Given(input=step.workflow.input, outputs=step.ancestor_outputs()))
+    except Exception as exc:
+        step.begin_attempt(StepStatus.RUNNING)
+        step.fail(
+            ErrorInfo(
+                type="ConditionError",
+                message=f"the condition of step {step.name!r} raised "
+                f"{type(exc).__name__}: {exc}",
+                retryable=False,
+            )
+        )
+        return False
+    if not isinstance(verdict, bool):
+        step.begin_attempt(StepStatus.RUNNING)
+        step.fail(
+            ErrorInfo(
+                type="ConditionError",
+                message=f"the condition of step {step.name!r} answered "
+                f"{type(verdict).__name__}, not a bool",
+                retryable=False,
+            )
+        )
+        return False
+    if not verdict:
+        step.skip("its condition is false")
+    return verdict
 
 
 def _finish(

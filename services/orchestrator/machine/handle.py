@@ -124,6 +124,10 @@ class StepHandle:
         self.set(replace(step, status=StepStatus.FAILED, error=error_json, finished_at=self.now))
         self.emit(EventType.STEP_FAILED, attempt=step.attempts, error=error_json)
 
+    def skip(self, reason: str) -> None:
+        self.set(replace(self.state, status=StepStatus.SKIPPED, finished_at=self.now))
+        self.emit(EventType.STEP_SKIPPED, reason=reason)
+
     def cancel(self) -> None:
         self.set(
             replace(
