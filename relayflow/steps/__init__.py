@@ -15,6 +15,7 @@ broker; `InvocationEngine` is the part that claims, runs and records, without a 
 `relayflow.steps.testing` drives it over records kept in memory.
 """
 
+from relayflow.steps.body import OutputNotStorable
 from relayflow.steps.context import DbConnection, StepContext, StepContextError
 from relayflow.steps.engine import EngineConfig, InvocationEngine, Started
 from relayflow.steps.invocation import (
@@ -42,6 +43,7 @@ __all__ = [
     "InvocationStatus",
     "InvocationStorage",
     "InvocationStore",
+    "OutputNotStorable",
     "Started",
     "StepContext",
     "StepContextError",

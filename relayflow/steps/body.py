@@ -10,7 +10,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from relayflow.contracts import ErrorInfo, StepCommand
+from relayflow.contracts import (
+    ErrorInfo,
+    StepCommand,
+    body_may_be_unstorable,
+    describe_path,
+    unstorable,
+)
 from relayflow.errors import StepError
 from relayflow.steps.context import DbConnection, PublishFn, StepContext
 from relayflow.steps.invocation import Outcome, Succeeded
@@ -22,15 +28,42 @@ _MAX_ERROR_TYPE = 200
 _MAX_ERROR_MESSAGE = 4000
 
 
+class OutputNotStorable(StepError):
+    """The body returned an output PostgreSQL cannot store (a NUL character or a lone surrogate
+    in a string or key, an integer beyond 64 bits). A re-run would return the same, so the
+    invocation fails for good, here, rather than its result being refused downstream."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, non_retryable=True)
+
+
 def encode_output(value: Any) -> Succeeded:
     """A body's return value as the JSON to store: models by alias, anything else as pydantic
-    would. Raises `PydanticSerializationError` for what is not JSON."""
+    would. Raises `PydanticSerializationError` for what is not JSON, `OutputNotStorable` for
+    JSON that PostgreSQL (or orjson, which encodes it for PostgreSQL) refuses."""
     data = (
         value.model_dump(mode="json", by_alias=True)
         if isinstance(value, BaseModel)
         else to_jsonable_python(value)
     )
-    return Succeeded(orjson.dumps(data))
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:  # lone surrogates, integers beyond 64 bits
+        raise OutputNotStorable(
+            _not_storable(data) or f"the output cannot be stored: {exc}"
+        ) from exc
+    # NUL is escaped in JSON text, so only an output whose encoding holds the escape needs a look.
+    if body_may_be_unstorable(encoded) and (problem := _not_storable(data)):
+        raise OutputNotStorable(problem)
+    return Succeeded(encoded)
+
+
+def _not_storable(data: Any) -> str | None:
+    found = unstorable(data)
+    if found is None:
+        return None
+    path, reason = found
+    return f"the output cannot be stored: at {describe_path(path)}, it {reason}"
 
 
 def error_from(exc: BaseException) -> ErrorInfo:

@@ -38,7 +38,7 @@ from services.steps.settings import StepServiceSettings
 from tests.support import delete_topology, get_messages, wait_for
 
 # Steps that exist only in these tests; their queues are declared and removed here.
-TEST_STEPS = ["echo", "flaky", "refuse", "slow", "txn"]
+TEST_STEPS = ["echo", "flaky", "refuse", "slow", "txn", "unstorable"]
 
 FORM = {"name": "Ada Lovelace", "email": "Ada@Example.com", "message": "Hello there"}
 
@@ -329,6 +329,45 @@ async def test_non_retryable_errors_say_so(
     }
     assert invalidity is not None
     assert (invalidity.type, invalidity.retryable) == ("InvalidInput", False)
+
+
+async def test_an_output_postgresql_cannot_store_fails_the_step_for_good(
+    declared: Topology,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    publisher: Publisher,
+) -> None:
+    """A body that returns a NUL character fails its invocation non-retryably, naming where,
+    and that failure is recorded: otherwise recording it fails the batch on every redelivery
+    until the queue's delivery limit dead-letters the command."""
+    calls: Counter[str] = Counter()
+    steps = StepRegistry()
+
+    @steps.step("unstorable")
+    async def unstorable(ctx: StepContext[Item]) -> dict[str, Any]:
+        calls[ctx.workflow_id] += 1
+        return {"lines": ["fine", {"note": "a\x00b"}]}
+
+    wf = new_workflow_id()
+    async with running(steps, pool, amqp_connection, declared):
+        await send(publisher, declared, command(wf, "unstorable"))
+        [(first, failed)] = await take_results(channel, declared, 1)
+        await send(publisher, declared, command(wf, "unstorable"))
+        [(again, _)] = await take_results(channel, declared, 1)
+    assert failed.status is StepResultStatus.FAILED
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.retryable) == ("OutputNotStorable", False)
+    assert "at lines.1.note" in failed.error.message
+    assert again.body == first.body
+    assert calls[wf] == 1
+    row = await invocation(pool, wf)
+    assert row is not None
+    assert (row["status"], row["output"], row["error"]["type"]) == (
+        "failed",
+        None,
+        "OutputNotStorable",
+    )
 
 
 async def test_transactional_step_writes_commit_with_success_only(
