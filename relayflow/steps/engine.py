@@ -199,13 +199,8 @@ class InvocationEngine:
     async def _run(self, items: Sequence[tuple[StepCommand, StepDefinition]]) -> list[_Attempt]:
         """Claim the invocations of `items` (distinct ones) and run them, in one transaction;
         for each, the recorded outcome, `_NOT_CLAIMED` if its row would not be claimed, or
-        `_Slow` for a body still running when the transaction ended.
-
-        Until the transaction commits, an uncommitted claim is the lease: a duplicate waits on
-        its row lock, and a crash leaves nothing behind to wait out. Transactional bodies run
-        one after another in savepoints of it, the others concurrently meanwhile; one still
-        running after `inline_budget` has its claim committed as a lease and finishes under
-        renewal (`_finish_under_lease`), so that no transaction stays open for long."""
+        `_Slow` for a body still running at `inline_budget`, whose claim then commits as its
+        lease so that no transaction stays open for long."""
         if not items:
             return []
         loop = asyncio.get_running_loop()
