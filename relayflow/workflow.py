@@ -151,6 +151,22 @@ class WaitSpec(StepSpec):
             )
 
 
+# What a child step hands its child workflow as input, computed from the parent's input and the
+# step's ancestors' outputs (pure, like a condition).
+ChildInput = Callable[[Given], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec(StepSpec):
+    """Starts another registered workflow and completes with its output, or fails with its
+    error (the retry policy may then start a fresh child)."""
+
+    kind: ClassVar[str] = "child"
+    workflow: str = ""
+    # None hands the child the parent's own input.
+    input: ChildInput | None = None
+
+
 def task(
     name: str,
     *,
@@ -180,6 +196,32 @@ def wait(
         correlation_from=correlation_from,
         timeout=timeout,
         when=when,
+    )
+
+
+def child(
+    name: str,
+    *,
+    workflow: str | WorkflowDefinition,
+    input: ChildInput | None = None,
+    after: Iterable[str] = (),
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
+    when: Condition | None = None,
+) -> ChildSpec:
+    """A step that runs workflow `workflow` (a definition, or the name of one registered
+    beside it) as its child. `timeout` bounds each child run; past it the child is cancelled
+    and the attempt fails with StepTimeout."""
+    if timeout is not None and timeout <= timedelta(0):
+        raise DefinitionError(f"step {name!r}: timeout must be positive")
+    return ChildSpec(
+        name=name,
+        after=tuple(after),
+        retry=retry,
+        timeout=timeout,
+        when=when,
+        workflow=workflow if isinstance(workflow, str) else workflow.name,
+        input=input,
     )
 
 
@@ -282,6 +324,7 @@ class WorkflowRegistry:
         self._by_name: dict[str, WorkflowDefinition] = {}
         for definition in definitions:
             self.add(definition)
+        self.check()
 
     def add(self, definition: WorkflowDefinition) -> None:
         if definition.name in self._by_name:
@@ -301,6 +344,22 @@ class WorkflowRegistry:
         """Every task step of every workflow: the step queues the topology needs."""
         return sorted({step for wf in self._by_name.values() for step in wf.task_names()})
 
+    def check(self) -> None:
+        """Refuse what only the whole set shows: a child step naming a workflow that is not
+        registered, or children that start each other in a cycle (which would never end)."""
+        children: dict[str, list[str]] = {}
+        for definition in self._by_name.values():
+            for spec in definition.steps.values():
+                if isinstance(spec, ChildSpec):
+                    if spec.workflow not in self._by_name:
+                        raise DefinitionError(
+                            f"workflow {definition.name!r}: child step {spec.name!r} starts "
+                            f"workflow {spec.workflow!r}, which is not registered "
+                            f"(registered: {', '.join(self.names())})"
+                        )
+                    children.setdefault(definition.name, []).append(spec.workflow)
+        _refuse_child_cycles(children)
+
     @classmethod
     def from_modules(cls, modules: Iterable[str]) -> WorkflowRegistry:
         registry = cls()
@@ -313,4 +372,26 @@ class WorkflowRegistry:
                 )
             for definition in definitions:
                 registry.add(definition)
+        registry.check()
         return registry
+
+
+def _refuse_child_cycles(children: Mapping[str, list[str]]) -> None:
+    # Depth-first search; `path` holds the workflows on the way down, so meeting one again is a
+    # cycle, reported from where it starts.
+    done: set[str] = set()
+
+    def visit(workflow: str, path: list[str]) -> None:
+        if workflow in path:
+            cycle = [*path[path.index(workflow) :], workflow]
+            raise DefinitionError(
+                f"workflows start each other as children in a cycle: {' -> '.join(cycle)}"
+            )
+        if workflow in done:
+            return
+        for child_workflow in children.get(workflow, ()):
+            visit(child_workflow, [*path, workflow])
+        done.add(workflow)
+
+    for workflow in children:
+        visit(workflow, [])

@@ -20,7 +20,8 @@ SCHEMA_VERSION: Final = 1
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
-def _b32(data: bytes) -> str:
+def b32(data: bytes) -> str:
+    """26 lowercase Crockford-base32 characters of `data` (its last 130 bits)."""
     number = int.from_bytes(data, "big")
     chars = []
     for _ in range(26):
@@ -31,7 +32,7 @@ def _b32(data: bytes) -> str:
 
 def _time_ordered(prefix: str) -> str:
     millis = time.time_ns() // 1_000_000
-    return f"{prefix}_{_b32(millis.to_bytes(6, 'big') + os.urandom(10))}"
+    return f"{prefix}_{b32(millis.to_bytes(6, 'big') + os.urandom(10))}"
 
 
 def new_workflow_id() -> str:
@@ -46,7 +47,7 @@ def workflow_id_for_key(workflow_name: str, idempotency_key: str) -> str:
     """The workflow id an idempotency key stands for: the same key always names the same run,
     whichever gateway replica or direct publisher sees it."""
     digest = hashlib.sha256(f"{workflow_name}\x00{idempotency_key}".encode()).digest()
-    return f"wf_{_b32(digest[:16])}"
+    return f"wf_{b32(digest[:16])}"
 
 
 def utcnow() -> datetime:
@@ -82,6 +83,16 @@ class Envelope(BaseMessage):
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
+class ParentRef(_Model):
+    """The step of another workflow that started this one as its child: the child's outcome is
+    sent back to it as a StepResult for that step, key and attempt."""
+
+    workflow_id: WorkflowId
+    step_name: StepName
+    step_key: Annotated[str, Field(max_length=200)] = "0"
+    attempt: Annotated[int, Field(ge=1)]
+
+
 class StartWorkflow(Envelope):
     """Asks the orchestrator to start a workflow. Starting the same `workflowId` twice runs it
     once; a direct publisher that only has an idempotency key derives the id with
@@ -90,6 +101,8 @@ class StartWorkflow(Envelope):
     type: Literal["StartWorkflow"] = "StartWorkflow"
     workflow_name: StepName
     input: dict[str, Any]
+    # Set when a workflow's `child` step starts this one; absent for a top-level start.
+    parent: ParentRef | None = None
 
 
 class StepCommand(Envelope):
@@ -181,6 +194,10 @@ class EventType(StrEnum):
     STEP_SKIPPED = "step.skipped"
     # An attempt failed and another is scheduled (data: attempt, nextAttempt, nextAttemptAt, error).
     STEP_RETRYING = "step.retrying"
+    # A child step's workflow (data: childWorkflowId, childWorkflowName; then output or error).
+    CHILD_STARTED = "child.started"
+    CHILD_COMPLETED = "child.completed"
+    CHILD_FAILED = "child.failed"
 
 
 TERMINAL_EVENTS = frozenset(

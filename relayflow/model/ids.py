@@ -7,6 +7,10 @@ about, never drawn at random.
 
 from __future__ import annotations
 
+import hashlib
+
+from relayflow.contracts.messages import b32
+
 
 def event_id(workflow_id: str, seq: int) -> str:
     """A workflow's event number `seq` (also its SSE id)."""
@@ -26,3 +30,27 @@ def command_id(workflow_id: str, step_name: str, step_key: str, attempt: int) ->
 def result_id(workflow_id: str, step_name: str, step_key: str, attempt: int) -> str:
     """The StepResult of one attempt of one invocation: a republished result is a duplicate."""
     return f"res:{workflow_id}:{step_name}:{step_key}:{attempt}"
+
+
+def child_workflow_id(parent_id: str, step_name: str, step_key: str, attempt: int) -> str:
+    """The workflow a child step's attempt starts: the same attempt always names the same child,
+    so a re-dispatch, a duplicate or a crash never starts a second one; a retry (next attempt)
+    starts a fresh one. Hashed, so that it fits a workflow id whatever the names' lengths."""
+    digest = hashlib.sha256(f"{parent_id}\x00{step_name}\x00{step_key}\x00{attempt}".encode())
+    return f"wf_{b32(digest.digest()[:16])}"
+
+
+def child_start_id(child_id: str) -> str:
+    """The StartWorkflow of a child."""
+    return f"chs:{child_id}"
+
+
+def child_cancel_id(child_id: str) -> str:
+    """The CancelWorkflow a parent sends its child when the parent stops."""
+    return f"chc:{child_id}"
+
+
+def child_result_id(child_id: str, run: int) -> str:
+    """The StepResult a child sends its parent when run `run` of it ends (a retried child that
+    ends again sends another, which the parent judges by attempt like any result)."""
+    return f"chr:{child_id}:{run}"

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from relayflow.contracts import ParentRef
 from relayflow.model.status import StepStatus, WorkflowStatus
 
 
@@ -36,6 +37,8 @@ class StepState:
     # Wait steps: the correlation id of the reply they wait for.
     correlation_id: str | None = None
     next_attempt_at: datetime | None = None
+    # Child steps: the workflow the current attempt started.
+    child_workflow_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class StepState:
             "finishedAt": _time(self.finished_at),
             "correlationId": self.correlation_id,
             "nextAttemptAt": _time(self.next_attempt_at),
+            "childWorkflowId": self.child_workflow_id,
         }
 
     @classmethod
@@ -60,6 +64,7 @@ class StepState:
             finished_at=_parse_time(data.get("finishedAt")),
             correlation_id=data.get("correlationId"),
             next_attempt_at=_parse_time(data.get("nextAttemptAt")),
+            child_workflow_id=data.get("childWorkflowId"),
         )
 
 
@@ -82,6 +87,8 @@ class WorkflowState:
     finished_at: datetime | None = None
     # 1, then +1 each time the workflow is retried: timers of an earlier run are stale.
     run: int = 1
+    # The step that started this workflow as its child; None at the top.
+    parent: ParentRef | None = None
 
     @property
     def finished(self) -> bool:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import (
+    BaseMessage,
     CancelWorkflow,
     ExternalReply,
     RetryWorkflow,
@@ -24,14 +25,17 @@ from relayflow.contracts import (
 )
 from relayflow.db import Connection
 from relayflow.model import WorkflowState, ids
-from relayflow.topology import Topology, step_key
+from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, step_key
 from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
 from services.orchestrator import machine, store
 from services.orchestrator.machine import (
+    CancelChild,
     DispatchStep,
     Ignored,
+    NotifyParent,
     Outcome,
     Rejected,
+    StartChild,
     TimerFired,
     Transition,
 )
@@ -121,20 +125,7 @@ class Processor:
         """Build each new workflow's state in memory and insert them together. Returns the
         transitions of the workflows inserted, and the indexes of starts whose id already
         existed (to be checked against the stored workflow once it is locked)."""
-        new: dict[str, Transition] = {}
-        # Starts of an id that an earlier start of this batch claims: what they duplicate is
-        # known only after the insert (that start, or a workflow stored before the batch).
-        repeats: list[int] = []
-        for index, item in enumerate(inputs):
-            if not isinstance(item, StartWorkflow):
-                continue
-            definition = self._registry.get(item.workflow_name)
-            if definition is None:
-                outcomes[index] = Rejected(f"unknown workflow {item.workflow_name!r}")
-            elif item.workflow_id in new:
-                repeats.append(index)
-            else:
-                new[item.workflow_id] = outcomes[index] = machine.start(definition, item, now)
+        new, repeats = self._build_starts(inputs, outcomes, now)
         inserted = await store.insert_workflows(conn, [t.state for t in new.values()])
         deferred: list[int] = []
         for index, item in enumerate(inputs):
@@ -153,6 +144,29 @@ class Processor:
                 deferred.append(index)
         return [t for wid, t in new.items() if wid in inserted], deferred
 
+    def _build_starts(
+        self, inputs: Sequence[Input], outcomes: list[Outcome | None], now: datetime
+    ) -> tuple[dict[str, Transition], list[int]]:
+        """Each new workflow's first transition, by id, and the indexes of repeated starts: an
+        id an earlier start of this batch claims, whose verdict is known only after the insert
+        (against that start, or against a workflow stored before the batch)."""
+        new: dict[str, Transition] = {}
+        repeats: list[int] = []
+        for index, item in enumerate(inputs):
+            if not isinstance(item, StartWorkflow):
+                continue
+            definition = self._registry.get(item.workflow_name)
+            if definition is None:
+                outcomes[index] = Rejected(f"unknown workflow {item.workflow_name!r}")
+            elif item.workflow_id in new:
+                repeats.append(index)
+            else:
+                started = machine.start(definition, item, now)
+                outcomes[index] = started
+                if isinstance(started, Transition):
+                    new[item.workflow_id] = started
+        return new, repeats
+
     def _apply_one(self, current: dict[str, WorkflowState], item: Input, now: datetime) -> Outcome:
         state = current.get(item.workflow_id)
         if state is None:
@@ -169,15 +183,19 @@ class Processor:
         messages: list[OutgoingMessage] = []
         for transition in transitions:
             for intent in transition.intents:
+                message: BaseMessage
                 match intent:
                     case DispatchStep(command=command):
-                        messages.append(
-                            OutgoingMessage.of(
-                                command,
-                                exchange=self._topology.exchange,
-                                routing_key=step_key(command.step_name),
-                            )
-                        )
+                        message, key = command, step_key(command.step_name)
+                    case StartChild(start=start):
+                        message, key = start, START_KEY
+                    case CancelChild(cancel=cancel):
+                        message, key = cancel, CONTROL_KEY
+                    case NotifyParent(result=result):
+                        message, key = result, RESULT_KEY
+                messages.append(
+                    OutgoingMessage.of(message, exchange=self._topology.exchange, routing_key=key)
+                )
         events = [event for transition in transitions for event in transition.events]
         if events:
             # One broadcast for the whole batch: its first event's id names it uniquely.

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from relayflow.amqp import OutgoingMessage
-from relayflow.contracts import WorkflowEvent, encode
+from relayflow.contracts import ParentRef, WorkflowEvent, encode
 from relayflow.db import Connection, Queries
 from relayflow.model import StepState, WorkflowState, WorkflowStatus
 from services.orchestrator.machine import Timer, TimerFired, TimerKind
@@ -40,6 +40,7 @@ def _state_from_row(row: Any) -> WorkflowState:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
+        parent=ParentRef.model_validate(row["parent"]) if row["parent"] else None,
     )
 
 
@@ -83,6 +84,7 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.created_at for s in states],
         [s.updated_at for s in states],
         [s.finished_at for s in states],
+        [s.parent.model_dump(mode="json", by_alias=True) if s.parent else None for s in states],
     )
     return {row["id"] for row in rows}
 

@@ -13,11 +13,14 @@ from services.orchestrator.machine.core import (
 )
 from services.orchestrator.machine.kinds import KINDS, StepKind, check_supported
 from services.orchestrator.machine.transition import (
+    CancelChild,
     DispatchStep,
     Ignored,
     Intent,
+    NotifyParent,
     Outcome,
     Rejected,
+    StartChild,
     Timer,
     TimerFired,
     TimerKind,
@@ -26,11 +29,14 @@ from services.orchestrator.machine.transition import (
 
 __all__ = [
     "KINDS",
+    "CancelChild",
     "DispatchStep",
     "Ignored",
     "Intent",
+    "NotifyParent",
     "Outcome",
     "Rejected",
+    "StartChild",
     "StepKind",
     "StepState",
     "StepStatus",

@@ -17,14 +17,18 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from relayflow.contracts import (
     CancelWorkflow,
     ErrorInfo,
     EventType,
     ExternalReply,
+    ParentRef,
     RetryWorkflow,
     StartWorkflow,
     StepResult,
+    StepResultStatus,
 )
 from relayflow.model import (
     RERUN_STEPS,
@@ -35,6 +39,7 @@ from relayflow.model import (
     StepStatus,
     WorkflowState,
     WorkflowStatus,
+    ids,
     input_hash,
 )
 from relayflow.workflow import Given, WorkflowDefinition
@@ -42,6 +47,7 @@ from services.orchestrator.machine.handle import StepHandle, emit
 from services.orchestrator.machine.kinds import kind_of
 from services.orchestrator.machine.transition import (
     Ignored,
+    NotifyParent,
     Outcome,
     Rejected,
     Timer,
@@ -51,7 +57,12 @@ from services.orchestrator.machine.transition import (
 )
 
 
-def start(definition: WorkflowDefinition, message: StartWorkflow, now: datetime) -> Transition:
+def start(
+    definition: WorkflowDefinition, message: StartWorkflow, now: datetime
+) -> Transition | Rejected:
+    """A new workflow. An input its definition's model refuses is dead-lettered when it came
+    from outside (the gateway would have answered 422); a child's is recorded as a failed run,
+    so that its parent hears why."""
     state = WorkflowState(
         id=message.workflow_id,
         name=definition.name,
@@ -62,12 +73,31 @@ def start(definition: WorkflowDefinition, message: StartWorkflow, now: datetime)
         steps={name: StepState() for name in definition.order},
         created_at=now,
         updated_at=now,
+        parent=message.parent,
     )
+    problem = _input_problem(definition, message.input)
+    if problem is not None and message.parent is None:
+        return Rejected(f"invalid input for workflow {definition.name!r}: {problem}")
     transition = Transition(state=state)
     emit(transition, EventType.WORKFLOW_STARTED, now, data={"input": message.input})
+    if problem is not None:
+        error = {"type": "InvalidInput", "message": problem, "retryable": False}
+        _end(transition, WorkflowStatus.FAILED, now, error=error)
+        return transition
     _set_workflow_timer(definition, transition, now)
     _advance(definition, transition, now)
     return transition
+
+
+def _input_problem(definition: WorkflowDefinition, value: dict[str, Any]) -> str | None:
+    try:
+        definition.input_model.model_validate(value)
+    except ValidationError as exc:
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '<input>'}: {error['msg']}"
+            for error in exc.errors(include_url=False)[:10]
+        )
+    return None
 
 
 def duplicate_start(state: WorkflowState, message: StartWorkflow) -> Ignored | Rejected:
@@ -176,15 +206,12 @@ def on_cancel(
         return Ignored(f"workflow {state.id} is already {state.status.value}")
     transition = Transition(state=state)
     _stop_unfinished_steps(definition, transition, now)
-    error = {"type": "Cancelled", "message": message.reason or "cancelled on request"}
-    transition.state = replace(
-        transition.state,
-        status=WorkflowStatus.CANCELLED,
-        error=error,
-        finished_at=now,
-        updated_at=now,
-    )
-    emit(transition, EventType.WORKFLOW_CANCELLED, now, data={"reason": message.reason})
+    error = {
+        "type": "Cancelled",
+        "message": message.reason or "cancelled on request",
+        "retryable": False,
+    }
+    _end(transition, WorkflowStatus.CANCELLED, now, error=error, data={"reason": message.reason})
     return transition
 
 
@@ -249,14 +276,7 @@ def _time_out_workflow(
         "message": f"the workflow did not finish within {limit:g}s",
         "retryable": False,
     }
-    transition.state = replace(
-        transition.state,
-        status=WorkflowStatus.FAILED,
-        error=error,
-        finished_at=now,
-        updated_at=now,
-    )
-    emit(transition, EventType.WORKFLOW_FAILED, now, data={"error": error})
+    _end(transition, WorkflowStatus.FAILED, now, error=error)
     return transition
 
 
@@ -348,20 +368,74 @@ def _finish(
 ) -> None:
     state = transition.state
     if status is WorkflowStatus.COMPLETED:
-        output = _workflow_output(definition, state)
-        transition.state = replace(
-            state, status=status, output=output, finished_at=now, updated_at=now
-        )
-        emit(transition, EventType.WORKFLOW_COMPLETED, now, data={"output": output})
+        _end(transition, status, now, output=_workflow_output(definition, state))
     else:
         assert failed_step is not None
         error = {**(state.steps[failed_step].error or {}), "step": failed_step}
         # Parallel branches still in flight stop here; a retry of the workflow restarts them.
         _stop_unfinished_steps(definition, transition, now)
-        transition.state = replace(
-            transition.state, status=status, error=error, finished_at=now, updated_at=now
+        _end(transition, status, now, error=error)
+
+
+_END_EVENTS = {
+    WorkflowStatus.COMPLETED: EventType.WORKFLOW_COMPLETED,
+    WorkflowStatus.FAILED: EventType.WORKFLOW_FAILED,
+    WorkflowStatus.CANCELLED: EventType.WORKFLOW_CANCELLED,
+}
+
+
+def _end(
+    transition: Transition,
+    status: WorkflowStatus,
+    now: datetime,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """The one way a run ends: the final status, its event, and — for a child — the result its
+    parent's step is waiting for."""
+    transition.state = replace(
+        transition.state,
+        status=status,
+        output=output,
+        error=error,
+        finished_at=now,
+        updated_at=now,
+    )
+    if data is None:
+        data = {"output": output} if status is WorkflowStatus.COMPLETED else {"error": error}
+    emit(transition, _END_EVENTS[status], now, data=data)
+    state = transition.state
+    if state.parent is not None:
+        transition.intents.append(NotifyParent(_result_for_parent(state, state.parent, now)))
+
+
+def _result_for_parent(state: WorkflowState, parent: ParentRef, now: datetime) -> StepResult:
+    failure = None
+    if state.status is not WorkflowStatus.COMPLETED:
+        error = state.error or {}
+        failure = ErrorInfo(
+            type=str(error.get("type") or "ChildFailed"),
+            message=f"child workflow {state.id} ({state.name}) {state.status.value}: "
+            f"{error.get('message', '')}",
+            # A child that failed for a reason a fresh run may not hit (a step that used up its
+            # attempts) may be retried by the parent's policy; a cancel or bad input may not.
+            retryable=bool(error.get("retryable", True)),
         )
-        emit(transition, EventType.WORKFLOW_FAILED, now, data={"error": error})
+    return StepResult(
+        message_id=ids.child_result_id(state.id, state.run),
+        workflow_id=parent.workflow_id,
+        created_at=now,
+        step_name=parent.step_name,
+        step_key=parent.step_key,
+        attempt=parent.attempt,
+        status=StepResultStatus.SUCCEEDED if failure is None else StepResultStatus.FAILED,
+        output=state.output if failure is None else None,
+        error=failure,
+        started_at=state.created_at,
+        finished_at=now,
+    )
 
 
 def _workflow_output(definition: WorkflowDefinition, state: WorkflowState) -> Any:

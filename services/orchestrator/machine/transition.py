@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from relayflow.contracts import StepCommand, WorkflowEvent
+from relayflow.contracts import (
+    CancelWorkflow,
+    StartWorkflow,
+    StepCommand,
+    StepResult,
+    WorkflowEvent,
+)
 from relayflow.model import WorkflowState
 
 
@@ -51,8 +57,29 @@ class DispatchStep:
     command: StepCommand
 
 
-# Every intent a kind may produce; the processor's router handles each type.
-Intent = DispatchStep
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """Start a child workflow (its StartWorkflow names the parent's step)."""
+
+    start: StartWorkflow
+
+
+@dataclass(frozen=True, slots=True)
+class CancelChild:
+    """Stop a child workflow whose parent step no longer waits for it."""
+
+    cancel: CancelWorkflow
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyParent:
+    """Tell the parent's child step how this workflow's run ended."""
+
+    result: StepResult
+
+
+# Every intent the machine may produce; the processor's router handles each type.
+Intent = DispatchStep | StartChild | CancelChild | NotifyParent
 
 
 @dataclass(slots=True)
