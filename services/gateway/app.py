@@ -65,7 +65,7 @@ def create_app(
                 buffer=settings.gateway_subscriber_buffer, recent=settings.gateway_recent_events
             )
             stack.push_async_callback(hub.stop)
-            await hub.start(await connection.channel(), topology)
+            await hub.start(await connection.channel(), topology, publisher)
             if stopping is not None:
                 watcher = asyncio.create_task(_close_on(stopping, hub), name="gateway:stopping")
                 stack.callback(watcher.cancel)

@@ -8,6 +8,10 @@ inbox fills, the hub empties it and leaves a `RESYNC` marker, and the stream rep
 PostgreSQL (where every event is stored before it is published) or from the hub's recent-events
 ring. A slow stream therefore never holds up the consumer or the other streams.
 
+A message the hub cannot read is dead-lettered with the reason, as every consumer does, so that
+it can be inspected (`relayflow-admin dead-letters list`); streams lose nothing by it, since
+every event is stored in PostgreSQL before it is published.
+
 Every event the hub receives gets a `position` (1, 2, 3, … in arrival order) within this hub's
 `epoch` (random per process): the feed's SSE ids. The last `recent` events are kept so that a
 feed client that reconnects to the same process resumes without a gap.
@@ -34,7 +38,7 @@ from aio_pika.abc import (
 )
 from pydantic import Field, TypeAdapter, ValidationError
 
-from relayflow.amqp import quietly
+from relayflow.amqp import Publisher, Settler, quietly
 from relayflow.contracts import WorkflowEvent, WorkflowEventBatch
 from relayflow.topology import Topology
 
@@ -151,6 +155,8 @@ class EventHub:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        # Acks, and dead-letters what cannot be read: set by `start`, before the first delivery.
+        self._settler: Settler | None = None
         self._closed = False
 
     @property
@@ -165,8 +171,11 @@ class EventHub:
             and not self._channel.is_closed
         )
 
-    async def start(self, channel: AbstractChannel, topology: Topology) -> None:
+    async def start(
+        self, channel: AbstractChannel, topology: Topology, publisher: Publisher
+    ) -> None:
         await channel.set_qos(prefetch_count=self._buffer)
+        self._settler = Settler(publisher, topology.dead_letter_exchange)
         self._channel = channel
         self._queue = await topology.declare_event_listener(channel)
         self._consumer_tag = await self._queue.consume(self._on_message)
@@ -244,15 +253,16 @@ class EventHub:
             feed.offer(Signal.RESET)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        try:
-            events = parse_events(message.body)
-        except ValueError as exc:
-            # Every event is also stored in PostgreSQL, so streams lose nothing by this.
-            log.warning("ignoring an unparseable workflow event %s: %s", message.message_id, exc)
-        else:
+        settler = self._settler
+        assert settler is not None  # set by `start`, which consumes
+        async with settler.settling(message):
+            try:
+                events = parse_events(message.body)
+            except ValueError as exc:
+                await settler.dead_letter(message, f"invalid workflow event: {exc}")
+                return
             for event in events:
                 self.dispatch(event)
-        await message.ack()
 
     def close(self) -> None:
         """Tell every open stream that the gateway is stopping."""

@@ -24,7 +24,7 @@ from relayflow.topology import Topology
 from services.gateway.events import EventHub, LiveEvent, Signal
 from services.gateway.stream import Outgoing, Sequencer
 from tests.integration.gateway_harness import RunningGateway, SseEvent, SseStream, running_gateway
-from tests.support import wait_for
+from tests.support import get_messages, wait_for
 
 STEPS = ["validate", "persist", "publishToMQ", "awaitResponse", "finalize"]
 
@@ -239,23 +239,33 @@ async def test_unknown_workflow_stream_ends_with_an_unknown_event(
     assert event.data["workflowId"] == run.workflow_id
 
 
-async def test_unparseable_event_is_skipped_and_the_hub_keeps_going(
+async def test_unreadable_events_are_dead_lettered_and_the_hub_keeps_going(
     gateway: RunningGateway,
     run: Run,
     amqp_connection: aio_pika.abc.AbstractRobustConnection,
     topology: Topology,
 ) -> None:
-    """A garbage message on the events fanout must not kill the one consumer every stream
-    depends on."""
+    """A garbage message on the events fanout must neither kill the one consumer every stream
+    depends on nor vanish: like every consumer's, it goes to the dead letters with its reason."""
     _, task = await connected(gateway, run.url())
     channel = await amqp_connection.channel()
     exchange = await channel.get_exchange(topology.events_exchange)
-    await exchange.publish(aio_pika.Message(b"{not json"), routing_key="")
-    await exchange.publish(aio_pika.Message(b'{"type": "WorkflowEvent"}'), routing_key="")
-    await channel.close()
+    garbage = {"not-json": b"{not json", "not-an-event": b'{"type": "WorkflowEvent"}'}
+    for message_id, body in garbage.items():
+        await exchange.publish(aio_pika.Message(body, message_id=message_id), routing_key="")
     await run.emit(range(1, 7))
     async with asyncio.timeout(20):
         assert_exactly(await task, run, range(1, 7))
+    letters = [
+        message
+        async for message in get_messages(channel, topology.dead_letter_queue, count=len(garbage))
+    ]
+    await channel.close()
+    assert {letter.message_id: letter.body for letter in letters} == garbage
+    for letter in letters:
+        reason = (letter.headers or {}).get("x-relayflow-reason")
+        assert isinstance(reason, str)
+        assert reason.startswith("invalid workflow event: "), reason
 
 
 async def test_a_slow_stream_neither_stalls_others_nor_loses_events(
