@@ -21,6 +21,7 @@ from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.gateway import dashboard
+from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
 from services.gateway.openapi import build_openapi
@@ -101,8 +102,7 @@ def create_app(
         Route("/openapi.json", openapi_endpoint(build_openapi(registry)).respond, methods=["GET"]),
         Route("/submit", submit_form, methods=["POST"]),
         Route("/workflows", list_workflows, methods=["GET"]),
-        Route("/workflows/{name}", start_workflow, methods=["POST"]),
-        Route("/workflows/{workflow_id}", get_workflow, methods=["GET"]),
+        Route("/workflows/{name_or_id}", _workflow_path, methods=["GET", "POST"]),
         Route("/workflows/{workflow_id}/events", workflow_events, methods=["GET"]),
         Route("/workflows/{workflow_id}/cancel", cancel_workflow, methods=["POST"]),
         Route("/workflows/{workflow_id}/retry", retry_workflow, methods=["POST"]),
@@ -111,8 +111,21 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            InputError: _input_error,
+            Exception: _server_error,
+        },
     )
+
+
+async def _workflow_path(request: Request) -> Response:
+    """`/workflows/{x}` names a workflow to start (POST) or a workflow to read (GET). One route
+    for both, so that a 405 or an OPTIONS lists both methods in `Allow`."""
+    segment: str = request.path_params["name_or_id"]
+    if request.method == "POST":
+        return await start_workflow(request, segment)
+    return await get_workflow(request, segment)
 
 
 async def _close_on(stopping: asyncio.Event, hub: EventHub) -> None:
@@ -123,6 +136,11 @@ async def _close_on(stopping: asyncio.Event, hub: EventHub) -> None:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+
+
+async def _input_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InputError)
+    return error_response(exc.status, exc.message, exc.fields)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

@@ -16,17 +16,19 @@ import hashlib
 import logging
 from typing import Literal
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import CancelWorkflow, RetryWorkflow, new_message_id
 from relayflow.topology import CONTROL_KEY
-from services.gateway.intake import InputError, check_idempotency_key
-from services.gateway.models import ActionAccepted
+from services.gateway import checks
+from services.gateway.checks import InputError
+from services.gateway.intake import field_errors, parse_body
+from services.gateway.models import ActionAccepted, ActionOptions, FieldError
 from services.gateway.responses import error_response, model_response
 from services.gateway.state import gateway_state
-from services.gateway.submit import IDEMPOTENCY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ APPLIES_TO: dict[Action, frozenset[str]] = {
     "cancel": frozenset({"running"}),
     "retry": frozenset({"failed", "cancelled"}),
 }
-MAX_REASON = 1000
+# An empty JSON object is all an action's body holds; anything much longer is not one.
+MAX_OPTIONS_BYTES = 1024
 
 
 def action_message_id(action: Action, workflow_id: str, key: str | None) -> str:
@@ -57,6 +60,25 @@ def refusal(action: Action, status: str) -> str | None:
     return f"the workflow is {status}; only a failed or cancelled workflow can be retried"
 
 
+def parse_options(body: bytes) -> ActionOptions:
+    data = parse_body(body, expected="{}")
+    if not isinstance(data, dict):
+        raise InputError(
+            422,
+            "the body of an action must be a JSON object ({})",
+            [FieldError(loc=[], message="Input should be a JSON object", type="dict_type")],
+        )
+    try:
+        return ActionOptions.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(
+            422,
+            "the body of an action takes no members; send {} (a reason goes in the `reason` "
+            "query parameter)",
+            field_errors(exc),
+        ) from exc
+
+
 async def cancel_workflow(request: Request) -> Response:
     return await _act(request, "cancel")
 
@@ -66,13 +88,13 @@ async def retry_workflow(request: Request) -> Response:
 
 
 async def _act(request: Request, action: Action) -> Response:
+    """Bad requests raise `checks.InputError`, which the app answers."""
     state = gateway_state(request)
-    workflow_id: str = request.path_params["workflow_id"]
-    try:
-        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
-    except InputError as exc:
-        return error_response(exc.status, exc.message)
-    reason = (request.query_params.get("reason") or "")[:MAX_REASON]
+    checks.require_json(request)
+    workflow_id = checks.workflow_id(request.path_params["workflow_id"])
+    key = checks.idempotency_key(request)
+    reason = checks.action_reason(request)
+    parse_options(await checks.read_body(request, MAX_OPTIONS_BYTES))
     progress = await state.store.workflow_progress(workflow_id)
     if progress is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")

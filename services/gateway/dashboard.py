@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from services.gateway import html
+from services.gateway import checks, html
+from services.gateway.checks import InputError
 from services.gateway.models import WorkflowPage
 from services.gateway.state import GatewayState, gateway_state
 from services.gateway.workflows import QueryError, list_filter, list_page, workflow_view
@@ -27,8 +28,19 @@ def _page(content: str, status_code: int = 200) -> HTMLResponse:
 
 
 def _params(request: Request) -> dict[str, str]:
+    """The list's parameters as the page's filter form sends them: every field, empty ones
+    meaning "no filter", and the id as typed (spaces around it are no part of it)."""
     keys = ("id", "status", "workflow", "before", "limit")
-    return {key: request.query_params[key] for key in keys if request.query_params.get(key)}
+    given = {key: request.query_params.get(key, "").strip() for key in keys}
+    return {key: value for key, value in given.items() if value}
+
+
+def _refused_page(exc: InputError) -> HTMLResponse:
+    return _page(html.bad_request_page(exc.message), exc.status)
+
+
+def _refused_fragment(exc: InputError) -> HTMLResponse:
+    return _page(f'<p class="form-error">{html.esc(exc.message)}</p>', exc.status)
 
 
 async def _list(state: GatewayState, params: dict[str, str]) -> WorkflowPage:
@@ -58,13 +70,16 @@ async def list_fragment(request: Request) -> Response:
     try:
         listed = await _list(state, params)
     except QueryError as exc:
-        return _page(f'<p class="form-error">{html.esc(exc)}</p>', 400)
+        return _refused_fragment(exc)
     return _page(html.workflow_list(listed.items, listed.next, params, datetime.now(UTC)))
 
 
 async def workflow_page(request: Request) -> Response:
     state = gateway_state(request)
-    workflow_id: str = request.path_params["workflow_id"]
+    try:
+        workflow_id = checks.workflow_id(request.path_params["workflow_id"])
+    except InputError as exc:
+        return _refused_page(exc)
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
@@ -76,7 +91,10 @@ async def workflow_page(request: Request) -> Response:
 
 async def panel_fragment(request: Request) -> Response:
     state = gateway_state(request)
-    workflow_id: str = request.path_params["workflow_id"]
+    try:
+        workflow_id = checks.workflow_id(request.path_params["workflow_id"])
+    except InputError as exc:
+        return _refused_fragment(exc)
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         return _page(html.pending_panel(workflow_id), 404)

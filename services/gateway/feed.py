@@ -16,14 +16,18 @@ A first connection therefore always starts with `reset`, and a client needs one 
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, Iterable
 
 import orjson
 from sse_starlette import ServerSentEvent
 
 from services.gateway.events import EventFilter, EventHub, LiveEvent, Signal, Subscription
+from services.gateway.models import FeedReset, ResetReason
 
 RESET_EVENT = "reset"
+# `<epoch>.<position>`; bounded, so that a huge position is just an id we cannot resume from.
+_LAST_ID = re.compile(r"([^.]{1,64})\.([0-9]{1,18})")
 
 _AFTER = {
     "workflow.started": ("running",),
@@ -55,12 +59,10 @@ def event_filter(workflow: str | None, status: str | None) -> EventFilter | None
 
 def parse_last_id(raw: str | None) -> tuple[str, int] | None:
     """`<epoch>.<position>`, or None for anything else (which means: start with a reset)."""
-    if not raw:
+    found = _LAST_ID.fullmatch(raw or "")
+    if found is None:
         return None
-    epoch, _, position = raw.partition(".")
-    if not epoch or not position.isdigit():
-        return None
-    return epoch, int(position)
+    return found[1], int(found[2])
 
 
 def _event(epoch: str, event: LiveEvent) -> ServerSentEvent:
@@ -71,9 +73,10 @@ def _event(epoch: str, event: LiveEvent) -> ServerSentEvent:
     )
 
 
-def _reset(epoch: str, position: int, reason: str) -> ServerSentEvent:
+def _reset(epoch: str, position: int, reason: ResetReason) -> ServerSentEvent:
+    body = FeedReset(reason=reason).model_dump(mode="json", by_alias=True)
     return ServerSentEvent(
-        data=orjson.dumps({"reason": reason}).decode(),
+        data=orjson.dumps(body).decode(),
         id=f"{epoch}.{position}",
         event=RESET_EVENT,
     )

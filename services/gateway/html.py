@@ -409,6 +409,13 @@ def _live_workflow_page(workflow_id: str, state: str) -> str:
     )
 
 
+def bad_request_page(message: str) -> str:
+    """A page for a link that can never work (a workflow id no workflow can have)."""
+    body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
+<section class="card"><h1>Not a workflow</h1><p class="form-error">{esc(message)}</p></section>"""
+    return page("Bad request", body)
+
+
 def pending_panel(workflow_id: str) -> str:
     """A submission the orchestrator has not started yet (its start is still in flight)."""
     return (

@@ -10,26 +10,23 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from relayflow.contracts import StartWorkflow, new_message_id, new_workflow_id, workflow_id_for_key
+from relayflow.contracts import (
+    StartWorkflow,
+    describe_path,
+    encoded_size,
+    new_message_id,
+    new_workflow_id,
+    unstorable,
+    workflow_id_for_key,
+)
 from relayflow.workflow import WorkflowDefinition
+from services.gateway.checks import InputError
 from services.gateway.models import FieldError
 
-MAX_KEY_LENGTH = 200
 
-
-class InputError(Exception):
-    """The request body cannot start the workflow; `status` is the HTTP answer."""
-
-    def __init__(self, status: int, message: str, fields: list[FieldError] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = fields
-
-
-def parse_body(body: bytes) -> Any:
+def parse_body(body: bytes, *, expected: str = "the workflow input") -> Any:
     if not body.strip():
-        raise InputError(400, "the request body is empty; send the workflow input as JSON")
+        raise InputError(400, f"the request body is empty; send {expected} as JSON")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -43,8 +40,10 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     ]
 
 
-def validate_input(definition: WorkflowDefinition, data: Any) -> dict[str, Any]:
-    """The input as the workflow will see it (normalised by its model), or `InputError` 422."""
+def validate_input(definition: WorkflowDefinition, data: Any, *, max_bytes: int) -> dict[str, Any]:
+    """The input as the workflow will see it (normalised by its model), or `InputError`: 422 for
+    what the model refuses or PostgreSQL could not store, 413 for what is over `max_bytes` as
+    compact JSON (the limit the orchestrator applies to a start from the broker too)."""
     if not isinstance(data, dict):
         raise InputError(
             422,
@@ -59,23 +58,34 @@ def validate_input(definition: WorkflowDefinition, data: Any) -> dict[str, Any]:
             422, f"invalid input for workflow {definition.name!r}", field_errors(exc)
         ) from exc
     validated: dict[str, Any] = model.model_dump(mode="json")
+    _check_storable(definition, validated)
+    # The model may add defaults, so the stored input can be larger than the body was.
+    size = encoded_size(validated)
+    if size > max_bytes:
+        raise InputError(
+            413,
+            f"the input of workflow {definition.name!r} is {size} bytes as compact JSON; "
+            f"the limit is {max_bytes} (RELAYFLOW_MAX_INPUT_BYTES)",
+        )
     return validated
+
+
+def _check_storable(definition: WorkflowDefinition, validated: dict[str, Any]) -> None:
+    """Valid for the model is not enough: a 202 for text PostgreSQL refuses is a false accept."""
+    found = unstorable(validated)
+    if found is None:
+        return
+    path, reason = found
+    raise InputError(
+        422,
+        f"invalid input for workflow {definition.name!r}: {describe_path(path)} {reason}",
+        [FieldError(loc=list(path), message=reason, type="unstorable")],
+    )
 
 
 def request_hash(validated: dict[str, Any]) -> str:
     """What an idempotency key is bound to: the validated input, canonically serialised."""
     return hashlib.sha256(orjson.dumps(validated, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def check_idempotency_key(key: str | None) -> str | None:
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
-        raise InputError(
-            400,
-            f"the Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters",
-        )
-    return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ StepStatus = Literal[
 ]
 WORKFLOW_STATUSES: tuple[WorkflowStatus, ...] = ("running", "completed", "failed", "cancelled")
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# Why the feed tells a client to fetch the list again.
+ResetReason = Literal["connected", "missed events"]
 
 
 class _Model(BaseModel):
@@ -115,6 +117,33 @@ class ActionAccepted(_Model):
     action: Literal["cancel", "retry"]
     message_id: str
     status: Literal["accepted"] = "accepted"
+
+
+class ActionOptions(_Model):
+    """The body of a cancel or retry: a JSON object with no members (`{}`); the reason is the
+    `reason` query parameter. A body is required so that every POST is JSON: see
+    `services.gateway.checks`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class UnknownWorkflow(_Model):
+    """The `workflow.unknown` event: no workflow with this id appeared within the wait; the
+    stream ends after it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str
+    workflow_id: str
+
+
+class FeedReset(_Model):
+    """The `reset` event of `GET /events`: what the client holds may be stale; fetch the list
+    again, then apply the events that follow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: ResetReason
 
 
 class Health(_Model):

@@ -1,5 +1,8 @@
 """The gateway's settings: the shared ones plus where to listen and how long to wait.
 
+The largest request body is the shared `max_input_bytes` (`RELAYFLOW_MAX_INPUT_BYTES`), the
+input limit of both the HTTP and the broker path.
+
 Every field here is read from `RELAYFLOW_<FIELD>`, e.g. `RELAYFLOW_GATEWAY_HOST` and
 `RELAYFLOW_GATEWAY_PORT`; `AMQP_URL` and `DATABASE_URL` keep their names.
 """
@@ -28,5 +31,4 @@ class GatewaySettings(Settings):
     gateway_recent_events: int = Field(default=1000, ge=1)
     # How often a live stream re-reads PostgreSQL in case a live event was lost (broker outage).
     gateway_catch_up_interval: float = Field(default=10.0, gt=0)
-    gateway_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     gateway_access_log: bool = False

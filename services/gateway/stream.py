@@ -28,6 +28,7 @@ from sse_starlette import ServerSentEvent
 
 from relayflow.contracts import TERMINAL_EVENTS as _TERMINAL
 from services.gateway.events import LiveEvent, Signal, Subscription
+from services.gateway.models import UnknownWorkflow
 from services.gateway.store import GatewayStore, StoredEvent
 
 TERMINAL_EVENTS = frozenset(str(event) for event in _TERMINAL)
@@ -142,14 +143,15 @@ async def follow(
             if not known:
                 known = bool(ready) or await store.workflow_exists(workflow_id)
                 if not known and loop.time() >= give_up_at:
-                    yield ServerSentEvent(
-                        data=orjson.dumps(
-                            {
-                                "error": f"no workflow {workflow_id!r} appeared within "
-                                f"{unknown_wait:g}s",
-                                "workflowId": workflow_id,
-                            }
-                        ).decode(),
-                        event=UNKNOWN_EVENT,
-                    )
+                    yield _unknown(workflow_id, unknown_wait)
                     return
+
+
+def _unknown(workflow_id: str, waited: float) -> ServerSentEvent:
+    body = UnknownWorkflow(
+        error=f"no workflow {workflow_id!r} appeared within {waited:g}s", workflow_id=workflow_id
+    )
+    return ServerSentEvent(
+        data=orjson.dumps(body.model_dump(mode="json", by_alias=True)).decode(),
+        event=UNKNOWN_EVENT,
+    )

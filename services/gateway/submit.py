@@ -16,14 +16,8 @@ from starlette.responses import Response
 
 from relayflow.amqp import OutgoingMessage
 from relayflow.topology import START_KEY
-from services.gateway.intake import (
-    InputError,
-    StartRequest,
-    check_idempotency_key,
-    parse_body,
-    request_hash,
-    validate_input,
-)
+from services.gateway import checks
+from services.gateway.intake import StartRequest, parse_body, request_hash, validate_input
 from services.gateway.models import Accepted
 from services.gateway.responses import error_response, model_response
 from services.gateway.state import GatewayState, gateway_state
@@ -31,31 +25,28 @@ from services.gateway.state import GatewayState, gateway_state
 log = logging.getLogger(__name__)
 
 FORM_WORKFLOW = "formSubmission"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 async def submit_form(request: Request) -> Response:
-    return await _start(request, FORM_WORKFLOW)
+    return await start_workflow(request, FORM_WORKFLOW)
 
 
-async def start_workflow(request: Request) -> Response:
-    return await _start(request, request.path_params["name"])
-
-
-async def _start(request: Request, workflow_name: str) -> Response:
+async def start_workflow(request: Request, workflow_name: str) -> Response:
+    """Start `workflow_name` with the request's body as input. Bad requests raise
+    `checks.InputError`, which the app answers."""
     state = gateway_state(request)
+    checks.require_json(request)
     definition = state.registry.get(workflow_name)
     if definition is None:
         return error_response(
             404,
-            f"no workflow named {workflow_name!r}; known: {', '.join(state.registry.names())}",
+            f"no workflow named {checks.shown(workflow_name)}; "
+            f"known: {', '.join(state.registry.names())}",
         )
-    try:
-        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
-        body = await _read_body(request, state.settings.gateway_max_body_bytes)
-        validated = validate_input(definition, parse_body(body))
-    except InputError as exc:
-        return error_response(exc.status, exc.message, exc.fields)
+    key = checks.idempotency_key(request)
+    limit = state.settings.max_input_bytes
+    body = await checks.read_body(request, limit)
+    validated = validate_input(definition, parse_body(body), max_bytes=limit)
     start = StartRequest.create(workflow_name, validated, key)
     if key is not None:
         record = await state.store.claim_idempotency_key(
@@ -85,20 +76,6 @@ async def _start(request: Request, workflow_name: str) -> Response:
             headers={"Retry-After": "1"},
         )
     return model_response(Accepted(workflow_id=start.workflow_id), status_code=202)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InputError(413, f"the request body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InputError(413, f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _publish(state: GatewayState, start: StartRequest) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relayflow.workflow import WorkflowDefinition
+from services.gateway import checks
+from services.gateway.checks import InputError
 from services.gateway.feed import event_filter, follow_feed, parse_last_id
 from services.gateway.models import (
     FINISHED_STATUSES,
@@ -31,36 +34,58 @@ from services.gateway.state import gateway_state
 from services.gateway.store import GatewayStore, ListFilter, SummaryRow, WorkflowRow
 from services.gateway.stream import follow
 
-LAST_EVENT_ID_HEADER = "Last-Event-ID"
 # Browsers reconnect a broken event stream after this many milliseconds (sent as `retry:`).
 RECONNECT_MS = 500
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
-_ID_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_ID_PREFIX = re.compile(checks.WORKFLOW_ID_PATTERN)
+# What `encode_cursor` writes: unpadded base64url.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_LIMIT = re.compile(r"[0-9]{1,3}")
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A query parameter that cannot be used; the message says which and why (HTTP 400)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
 
-def list_filter(params: dict[str, str]) -> tuple[ListFilter, int]:
-    """The list's query parameters (`status`, `workflow`, `id`, `before`, `limit`), checked.
-    Empty values mean no filter, so that a plain HTML form can submit them."""
-    status = params.get("status") or None
-    if status is not None and status not in WORKFLOW_STATUSES:
-        raise QueryError(f"status must be one of {', '.join(WORKFLOW_STATUSES)}, got {status!r}")
-    name = params.get("workflow") or None
-    if name is not None and not _NAME.match(name):
-        raise QueryError(f"workflow must be a workflow name, got {name!r}")
-    id_prefix = (params.get("id") or "").strip() or None
-    if id_prefix is not None and not _ID_PREFIX.match(id_prefix):
-        raise QueryError(f"id must be (the start of) a workflow id, got {id_prefix!r}")
-    before = decode_cursor(params["before"]) if params.get("before") else None
-    raw_limit = params.get("limit") or str(DEFAULT_PAGE)
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        raise QueryError(f"limit must be an integer from 1 to {MAX_PAGE}, got {raw_limit!r}")
+
+def list_filter(params: Mapping[str, str]) -> tuple[ListFilter, int]:
+    """The list's query parameters (`status`, `workflow`, `id`, `before`, `limit`), checked: each
+    one given must be usable, even empty (the dashboard drops its form's empty fields first)."""
+    status, name = status_filter(params), name_filter(params)
+    id_prefix = params.get("id")
+    if id_prefix is not None and not _ID_PREFIX.fullmatch(id_prefix):
+        raise QueryError(f"id must be (the start of) a workflow id, got {checks.shown(id_prefix)}")
+    cursor = params.get("before")
+    before = None if cursor is None else decode_cursor(cursor)
+    raw_limit = params.get("limit", str(DEFAULT_PAGE))
+    if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise QueryError(
+            f"limit must be an integer from 1 to {MAX_PAGE}, got {checks.shown(raw_limit)}"
+        )
     return ListFilter(status, name, id_prefix, before), int(raw_limit)
+
+
+def status_filter(params: Mapping[str, str]) -> str | None:
+    status = params.get("status")
+    if status is not None and status not in WORKFLOW_STATUSES:
+        raise QueryError(
+            f"status must be one of {', '.join(WORKFLOW_STATUSES)}, got {checks.shown(status)}"
+        )
+    return status
+
+
+def name_filter(params: Mapping[str, str]) -> str | None:
+    name = params.get("workflow")
+    if name is not None and not checks.is_workflow_name(name):
+        raise QueryError(
+            "workflow must be a workflow name (a letter, then up to 63 letters, digits, '_' or "
+            f"'-'), got {checks.shown(name)}"
+        )
+    return name
 
 
 def encode_cursor(created_at: datetime, workflow_id: str) -> str:
@@ -69,14 +94,20 @@ def encode_cursor(created_at: datetime, workflow_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    problem = QueryError(
+        f"before must be a cursor from a previous page, got {checks.shown(cursor)}"
+    )
+    if not _CURSOR.fullmatch(cursor):
+        raise problem
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, _, workflow_id = raw.partition("|")
         created_at = datetime.fromisoformat(at)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise QueryError(f"before must be a cursor from a previous page, got {cursor!r}") from None
-    if not workflow_id or created_at.tzinfo is None:
-        raise QueryError(f"before must be a cursor from a previous page, got {cursor!r}")
+        raise problem from None
+    # The id goes to PostgreSQL: one that cannot be valid (a NUL, say) is no cursor of ours.
+    if not _ID_PREFIX.fullmatch(workflow_id) or created_at.tzinfo is None:
+        raise problem
     return created_at, workflow_id
 
 
@@ -113,11 +144,9 @@ def summary(row: SummaryRow) -> WorkflowSummary:
 
 
 async def list_workflows(request: Request) -> Response:
+    """Bad parameters raise `QueryError`, which the app answers."""
     state = gateway_state(request)
-    try:
-        where, limit = list_filter(dict(request.query_params))
-    except QueryError as exc:
-        return error_response(400, str(exc))
+    where, limit = list_filter(request.query_params)
     page = await list_page(state.store, where, limit)
     return model_response(page)
 
@@ -127,16 +156,12 @@ async def all_events(request: Request) -> Response:
     and `status`."""
     state = gateway_state(request)
     params = request.query_params
-    status = params.get("status") or None
-    if status is not None and status not in WORKFLOW_STATUSES:
-        return error_response(
-            400, f"status must be one of {', '.join(WORKFLOW_STATUSES)}, got {status!r}"
-        )
-    name = params.get("workflow") or None
-    if name is not None and not _NAME.match(name):
-        return error_response(400, f"workflow must be a workflow name, got {name!r}")
+    status, name = status_filter(params), name_filter(params)
     hub = state.hub
-    last = parse_last_id(request.headers.get(LAST_EVENT_ID_HEADER) or params.get("lastEventId"))
+    # Any id the feed cannot resume from means a `reset`, so this one is not refused.
+    last = parse_last_id(
+        request.headers.get(checks.LAST_EVENT_ID_HEADER) or params.get(checks.LAST_EVENT_ID_QUERY)
+    )
     # Subscribe and read the ring in one step (no await in between): nothing falls in a gap.
     subscription = hub.subscribe_all(event_filter(name, status))
     start = hub.position
@@ -150,9 +175,9 @@ async def all_events(request: Request) -> Response:
     )
 
 
-async def get_workflow(request: Request) -> Response:
+async def get_workflow(request: Request, raw_id: str) -> Response:
     state = gateway_state(request)
-    workflow_id: str = request.path_params["workflow_id"]
+    workflow_id = checks.workflow_id(raw_id)
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
@@ -160,16 +185,12 @@ async def get_workflow(request: Request) -> Response:
 
 
 async def workflow_events(request: Request) -> Response:
+    """Bad requests raise `checks.InputError`, which the app answers: before the stream opens,
+    never in it."""
     state = gateway_state(request)
-    workflow_id: str = request.path_params["workflow_id"]
-    raw_last = request.headers.get(LAST_EVENT_ID_HEADER) or request.query_params.get("lastEventId")
-    last_event_id = 0
-    if raw_last:
-        if not raw_last.isdigit():
-            return error_response(
-                400, f"Last-Event-ID must be an event seq (an integer), got {raw_last!r}"
-            )
-        last_event_id = int(raw_last)
+    workflow_id = checks.workflow_id(request.path_params["workflow_id"])
+    last_event_id = checks.last_event_seq(request)
+    if last_event_id is not None:
         progress = await state.store.workflow_progress(workflow_id)
         if (
             progress is not None
@@ -185,7 +206,7 @@ async def workflow_events(request: Request) -> Response:
         follow(
             state.store,
             subscription,
-            last_event_id=last_event_id,
+            last_event_id=last_event_id or 0,
             unknown_wait=settings.gateway_unknown_workflow_wait,
             catch_up_interval=settings.gateway_catch_up_interval,
         ),

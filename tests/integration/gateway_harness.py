@@ -1,23 +1,82 @@
 """A real gateway on a loopback port for the gateway tests (in-process ASGI transports buffer SSE
-streams, so these tests speak HTTP to uvicorn), and an SSE reader."""
+streams, so these tests speak HTTP to uvicorn), an SSE reader, the workflows the seed form cannot
+stand for, and the OpenAPI document's schemas as validators."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import orjson
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from relayflow.settings import Settings
+from relayflow.workflow import WorkflowRegistry, define_workflow, task
 from services.gateway.app import create_app
+from services.gateway.openapi import build_openapi
 from services.gateway.server import build_server, serve_until
 from services.gateway.settings import GatewaySettings
 from tests.support import wait_for
+
+
+class Freeform(BaseModel):
+    """An input that takes any JSON object: where a NUL can hide in a key, or deep inside."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: dict[str, Any]
+
+
+class Padded(BaseModel):
+    """An input its model makes larger than the body that carried it (a default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(default="n" * 1500)
+
+
+# Their one step is the seed's `validate`, so that they add no queue a test must remove.
+WORKFLOWS = [
+    define_workflow(name, input_model=model, steps=[task("validate", timeout=timedelta(seconds=5))])
+    for name, model in (("freeform", Freeform), ("padded", Padded))
+]
+WITH_TEST_WORKFLOWS = ["workflows.form_submission", __name__]
+
+
+def documented(document: dict[str, Any], schema: dict[str, Any] | str) -> Draft202012Validator:
+    """A validator for a component (by name) or a schema of the OpenAPI document, its component
+    refs resolved by embedding the components as $defs."""
+    target = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
+    raw = json.dumps({"$defs": document["components"]["schemas"], **target})
+    return Draft202012Validator(json.loads(raw.replace("#/components/schemas/", "#/$defs/")))
+
+
+def seed_document() -> dict[str, Any]:
+    return build_openapi(WorkflowRegistry.from_modules(["workflows.form_submission"]))
+
+
+def event_schema(document: dict[str, Any], path: str) -> Draft202012Validator:
+    """What the document says the `data` of each SSE event on `path` is."""
+    content = document["paths"][path]["get"]["responses"]["200"]["content"]
+    return documented(document, content["text/event-stream"]["x-event-schema"])
+
+
+def failures(records: Iterable[logging.LogRecord]) -> list[str]:
+    """Log records that show a bug: a traceback, or an error."""
+    return [
+        record.getMessage()
+        for record in records
+        if record.exc_info is not None or record.levelno >= logging.ERROR
+    ]
 
 
 @dataclass

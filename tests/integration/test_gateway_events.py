@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aio_pika
@@ -215,11 +215,48 @@ async def test_last_event_id_resumes_after_that_seq(gateway: RunningGateway, run
         assert_exactly(await by_query, run, [5, 6])
 
 
-async def test_bad_last_event_id_is_400(gateway: RunningGateway, run: Run) -> None:
-    """A non-numeric Last-Event-ID cannot be resumed from; say so rather than replay all."""
-    response = await gateway.client.get(run.url(), headers={"Last-Event-ID": "abc"})
-    assert response.status_code == 400
-    assert "Last-Event-ID" in response.json()["error"]
+@pytest.mark.parametrize(
+    ("headers", "query", "named"),
+    [
+        pytest.param({"Last-Event-ID": "abc"}, "", "Last-Event-ID", id="letters"),
+        pytest.param({"Last-Event-ID": "2147483648"}, "", "Last-Event-ID", id="over-int4"),
+        pytest.param({"Last-Event-ID": "9" * 5000}, "", "Last-Event-ID", id="5000-digits"),
+        pytest.param({"Last-Event-ID": b"\xb2"}, "", "Last-Event-ID", id="superscript"),
+        pytest.param({}, "?lastEventId=", "lastEventId", id="empty-query"),
+        pytest.param({}, "?lastEventId=%D9%A1", "lastEventId", id="arabic-indic-query"),
+        pytest.param({"Last-Event-ID": "3"}, "?lastEventId=x", "lastEventId", id="bad-unused"),
+    ],
+)
+async def test_a_last_event_id_that_is_no_seq_is_400_before_any_stream(
+    gateway: RunningGateway,
+    run: Run,
+    headers: dict[str, str | bytes],
+    query: str,
+    named: str,
+) -> None:
+    """Resuming needs a seq the integer column can hold: anything else was a 200 stream that
+    PostgreSQL then cut (over 2^31-1), a 500 (digits int() refuses), or a silent replay of
+    everything. The workflow is not stored yet, so only the check can answer."""
+    response = await gateway.client.get(run.url() + query, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert named in response.json()["error"]
+
+
+async def test_the_largest_seq_is_a_valid_last_event_id(settings: Settings, run: Run) -> None:
+    """2^31-1 is a seq like any other: for a workflow not stored yet the stream stays open past
+    its replay (pings arrive), and once the workflow has finished the answer is 204."""
+    headers = {"Last-Event-ID": str(2**31 - 1)}
+    async with running_gateway(settings, gateway_ping_interval=0.1) as gateway:
+        stream, task = await connected(gateway, run.url(), headers=headers)
+        await until(lambda: stream.pings >= 2)
+        assert not task.done()
+        task.cancel()
+        await run.emit(range(1, 7))
+        await run.save_state("completed", 6)
+        finished = await gateway.client.get(run.url(), headers=headers)
+    assert finished.status_code == 204
+    assert stream.events == []
 
 
 async def test_unknown_workflow_stream_ends_with_an_unknown_event(
@@ -420,6 +457,13 @@ async def test_every_gateway_replica_delivers_every_event_to_its_own_clients(
                 "reset",
                 *(run.body(s)["event"] for s in range(1, 7)),
             ]
+
+
+async def until(done: Callable[[], bool], timeout: float = 20) -> None:
+    async def check() -> bool:
+        return done()
+
+    await wait_for(check, timeout=timeout)
 
 
 async def until_events(stream: SseStream, done: Any, timeout: float = 20) -> list[SseEvent]:

@@ -1,5 +1,6 @@
 """Starting workflows through the gateway, against the real broker and database: 202 only after
-the broker confirmed, 422/400 for bad input, idempotency keys, 503 when unconfirmed."""
+the broker confirmed, 422/400 for bad input, 413 over the input limit, 415 for anything but JSON,
+idempotency keys, 503 when unconfirmed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from relayflow.contracts import StartWorkflow, decode, workflow_id_for_key
 from relayflow.settings import Settings
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from tests.integration.gateway_harness import RunningGateway, running_gateway
+from tests.integration.gateway_harness import WITH_TEST_WORKFLOWS, RunningGateway, running_gateway
 from tests.support import get_messages
 
 FORM = {"name": "Ada Lovelace", "email": "ada@example.com", "message": "Hello there"}
@@ -25,6 +26,13 @@ WORKFLOW_ID = re.compile(r"^wf_[0-9a-z]{26}$")
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     async with running_gateway(settings) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def gateway_plus(settings: Settings) -> AsyncIterator[RunningGateway]:
+    """A gateway that also serves the harness's `freeform` and `padded` workflows."""
+    async with running_gateway(settings, workflows=WITH_TEST_WORKFLOWS) as gateway:
         yield gateway
 
 
@@ -241,3 +249,106 @@ async def test_missing_exchange_is_503_and_the_gateway_recovers(
     assert accepted.status_code == 202, accepted.text
     (start,) = await started(channel, topology, 1)
     assert start.workflow_id == accepted.json()["workflowId"]
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "loc"),
+    [
+        pytest.param("/submit", {**FORM, "name": "Ada\u0000Lovelace"}, ["name"], id="submit"),
+        pytest.param(
+            "/workflows/formSubmission", {**FORM, "message": "hi\u0000"}, ["message"], id="named"
+        ),
+        pytest.param(
+            "/workflows/freeform", {"data": {"a\u0000b": 1}}, ["data", "a\u0000b"], id="key"
+        ),
+        pytest.param(
+            "/workflows/freeform",
+            {"data": {"list": [1, {"deep": "\u0000"}]}},
+            ["data", "list", 1, "deep"],
+            id="deep",
+        ),
+    ],
+)
+async def test_text_postgresql_cannot_store_is_422_naming_the_field(
+    gateway_plus: RunningGateway,
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    path: str,
+    payload: dict[str, Any],
+    loc: list[str | int],
+) -> None:
+    """No false accept: a NUL passes the input model but PostgreSQL cannot store it, so a 202
+    would promise a workflow that is dead-lettered and never appears."""
+    response = await gateway_plus.client.post(path, json=payload)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert [(field["loc"], field["type"]) for field in body["fields"]] == [(loc, "unstorable")]
+    assert "NUL character (\\u0000), which cannot be stored" in body["fields"][0]["message"]
+    assert "NUL" in body["error"]
+    assert await queued(channel, topology) == 0
+
+
+async def test_body_and_input_over_the_shared_limit_are_413(
+    settings: Settings, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """One limit, RELAYFLOW_MAX_INPUT_BYTES, for HTTP and the broker: a body over it is refused
+    before it is read in full, and so is an input its model made larger than that (the
+    orchestrator would dead-letter it: no false accept)."""
+    async with running_gateway(
+        settings, workflows=WITH_TEST_WORKFLOWS, max_input_bytes=1024
+    ) as gateway:
+        fits = await gateway.client.post("/submit", json={**FORM, "message": "m" * 800})
+        assert fits.status_code == 202, fits.text
+        large = await gateway.client.post("/submit", json={**FORM, "message": "m" * 1100})
+        assert large.status_code == 413, large.text
+        assert "larger than 1024 bytes" in large.json()["error"]
+        padded = await gateway.client.post("/workflows/padded", json={})
+        assert padded.status_code == 413, padded.text
+        assert "RELAYFLOW_MAX_INPUT_BYTES" in padded.json()["error"]
+    assert len(await started(channel, topology, 1)) == 1
+    assert await queued(channel, topology) == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("text/plain", id="text-plain"),
+        pytest.param("text/plain; charset=utf-8", id="text-plain-charset"),
+        pytest.param("application/x-www-form-urlencoded", id="form"),
+        pytest.param("multipart/form-data; boundary=x", id="multipart"),
+        pytest.param("application/jsonp", id="lookalike"),
+        pytest.param(None, id="none"),
+    ],
+)
+async def test_only_json_may_be_posted(
+    gateway: RunningGateway,
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    content_type: str | None,
+) -> None:
+    """CSRF: a page on another origin may post these types without the browser asking first
+    (no CORS preflight), so a valid JSON body in any of them must start nothing."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    for path in ("/submit", "/workflows/formSubmission"):
+        response = await gateway.client.post(
+            path,
+            content=b'{"name": "Ada", "email": "ada@example.com", "message": "hi"}',
+            headers=headers,
+        )
+        assert response.status_code == 415, response.text
+        assert "Content-Type: application/json" in response.json()["error"]
+    assert await queued(channel, topology) == 0
+
+
+async def test_json_with_parameters_and_any_case_is_json(
+    gateway: RunningGateway, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """The media type is what counts: a charset parameter or capitals do not make it another."""
+    for content_type in ("application/json; charset=utf-8", "Application/JSON"):
+        response = await gateway.client.post(
+            "/submit",
+            content=b'{"name": "Ada", "email": "ada@example.com", "message": "hi"}',
+            headers={"content-type": content_type},
+        )
+        assert response.status_code == 202, (content_type, response.text)
+    assert len(await started(channel, topology, 2)) == 2

@@ -12,7 +12,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from relayflow.contracts import decode, new_workflow_id
+from relayflow.contracts import CancelWorkflow, decode, new_workflow_id
 from relayflow.db import Queries
 from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, Topology
@@ -20,6 +20,7 @@ from relayflow.workflow import WorkflowRegistry
 from services.gateway.dag import columns
 from services.gateway.openapi import build_openapi
 from services.gateway.store import like_prefix
+from services.gateway.workflows import encode_cursor
 from tests.integration.gateway_harness import RunningGateway, running_gateway
 from tests.support import get_messages
 
@@ -282,20 +283,20 @@ async def test_cancel_and_retry_publish_control_messages_or_refuse(
     await insert_workflow(pool, running, status="running")
     await insert_workflow(pool, failed, status="failed")
 
-    unknown = await gateway.client.post(f"/workflows/{new_workflow_id()}/cancel")
+    unknown = await gateway.client.post(f"/workflows/{new_workflow_id()}/cancel", json={})
     assert unknown.status_code == 404
     for workflow_id, action in ((running, "retry"), (failed, "cancel")):
-        refused = await gateway.client.post(f"/workflows/{workflow_id}/{action}")
+        refused = await gateway.client.post(f"/workflows/{workflow_id}/{action}", json={})
         assert refused.status_code == 409
         assert "the workflow is" in refused.json()["error"]
 
     cancel = await gateway.client.post(
-        f"/workflows/{running}/cancel?reason=bored", headers={"Idempotency-Key": "k1"}
+        f"/workflows/{running}/cancel?reason=bored", headers={"Idempotency-Key": "k1"}, json={}
     )
     again = await gateway.client.post(
-        f"/workflows/{running}/cancel?reason=bored", headers={"Idempotency-Key": "k1"}
+        f"/workflows/{running}/cancel?reason=bored", headers={"Idempotency-Key": "k1"}, json={}
     )
-    retry = await gateway.client.post(f"/workflows/{failed}/retry")
+    retry = await gateway.client.post(f"/workflows/{failed}/retry", json={})
     for response in (cancel, again, retry):
         assert response.status_code == 202, response.text
     assert cancel.json()["messageId"] == again.json()["messageId"]
@@ -377,3 +378,111 @@ def test_dag_columns_put_parallel_steps_side_by_side() -> None:
     after = {"b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["a"]}
     assert columns(order, after) == [["a"], ["b", "c", "e"], ["d"]]
     assert columns([], {}) == []
+
+
+async def control_messages(
+    amqp_connection: aio_pika.abc.AbstractRobustConnection, topology: Topology
+) -> int:
+    channel = await amqp_connection.channel()
+    try:
+        queue = await channel.declare_queue(topology.orchestrator_queue, passive=True)
+    finally:
+        await channel.close()
+    count = queue.declaration_result.message_count
+    assert count is not None
+    return count
+
+
+async def test_a_reason_is_sent_whole_or_refused_with_422(
+    gateway: RunningGateway,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    topology: Topology,
+) -> None:
+    """A reason over the documented 1000 characters used to be cut short without a word; one
+    with NUL would be dead-lettered by the orchestrator. Both are the client's to fix: 422
+    naming the parameter, and nothing is published."""
+    running = new_workflow_id()
+    await insert_workflow(pool, running, status="running")
+    for reason, problem in (("r" * 1001, "string_too_long"), ("a\u0000b", "unstorable")):
+        for action in ("cancel", "retry"):
+            refused = await gateway.client.post(
+                f"/workflows/{running}/{action}", params={"reason": reason}, json={}
+            )
+            assert refused.status_code == 422, refused.text
+            assert [(f["loc"], f["type"]) for f in refused.json()["fields"]] == [
+                (["query", "reason"], problem)
+            ]
+    assert await control_messages(amqp_connection, topology) == 0
+
+    whole = "r" * 1000
+    accepted = await gateway.client.post(
+        f"/workflows/{running}/cancel", params={"reason": whole}, json={}
+    )
+    assert accepted.status_code == 202, accepted.text
+    channel = await amqp_connection.channel()
+    (message,) = [m async for m in get_messages(channel, topology.orchestrator_queue, count=1)]
+    await channel.close()
+    cancel = decode(message.body)
+    assert isinstance(cancel, CancelWorkflow)
+    assert cancel.reason == whole
+
+
+@pytest.mark.parametrize(
+    ("headers", "content", "status"),
+    [
+        pytest.param({}, b"", 415, id="no-content-type"),
+        pytest.param({"content-type": "text/plain"}, b"{}", 415, id="text-plain"),
+        pytest.param({"content-type": "application/x-www-form-urlencoded"}, b"", 415, id="form"),
+        pytest.param({"content-type": "application/json"}, b"", 400, id="json-but-empty"),
+        pytest.param({"content-type": "application/json"}, b"[]", 422, id="json-array"),
+        pytest.param(
+            {"content-type": "application/json"}, b'{"reason": "x"}', 422, id="json-members"
+        ),
+        pytest.param({"content-type": "application/json; charset=utf-8"}, b"{}", 202, id="json"),
+    ],
+)
+async def test_actions_take_only_json(
+    gateway: RunningGateway,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: aio_pika.abc.AbstractRobustConnection,
+    topology: Topology,
+    headers: dict[str, str],
+    content: bytes,
+    status: int,
+) -> None:
+    """CSRF: a page on another origin retried a cancelled workflow with a bodiless or text/plain
+    POST, which browsers send without asking. Only JSON (the documented `{}`) may act."""
+    cancelled = new_workflow_id()
+    await insert_workflow(pool, cancelled, status="cancelled")
+    response = await gateway.client.post(
+        f"/workflows/{cancelled}/retry", content=content, headers=headers
+    )
+    assert response.status_code == status, response.text
+    assert await control_messages(amqp_connection, topology) == (1 if status == 202 else 0)
+    if status == 415:
+        assert "Content-Type: application/json" in response.json()["error"]
+
+
+async def test_options_and_405_name_every_documented_method(
+    gateway: RunningGateway, registry: WorkflowRegistry
+) -> None:
+    """`/workflows/{x}` is both POST (a name: start) and GET (an id: read); `Allow` must name
+    both wherever a client asks, as for every other documented path."""
+    document = build_openapi(registry)
+    for path, operations in document["paths"].items():
+        concrete = path.replace("{workflowId}", new_workflow_id())
+        response = await gateway.client.options(concrete)
+        assert response.status_code == 405, (path, response.text)
+        allowed = {method.strip() for method in response.headers["allow"].split(",")}
+        assert {method.upper() for method in operations} <= allowed, (path, allowed)
+    response = await gateway.client.options(f"/workflows/{new_workflow_id()}")
+    assert {"GET", "POST"} <= set(response.headers["allow"].replace(" ", "").split(","))
+
+
+async def test_a_cursor_holding_an_impossible_id_is_400(gateway: RunningGateway) -> None:
+    """The cursor's id goes to PostgreSQL: a forged one with NUL was a 500."""
+    cursor = encode_cursor(T0, "wf_\u0000x")
+    response = await gateway.client.get("/workflows", params={"before": cursor})
+    assert response.status_code == 400, response.text
+    assert "before" in response.json()["error"]

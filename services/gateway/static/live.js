@@ -187,7 +187,12 @@ window.relayflow = (() => {
 
   async function postAction(url) {
     const key = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
-    const response = await fetch(url, { method: "POST", headers: { "Idempotency-Key": key } });
+    // The gateway takes only JSON posts (its guard against other sites' pages): an empty object.
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Idempotency-Key": key },
+      body: "{}",
+    });
     let body = {};
     try { body = await response.json(); } catch (error) { /* not JSON */ }
     return { ok: response.status === 202, status: response.status, body };
