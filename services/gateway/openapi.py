@@ -20,31 +20,47 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from relayflow.contracts import WorkflowEvent
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry
+from services.gateway import checks
+from services.gateway.input_schema import NO_NUL, STORABLE_JSON, as_applied, storable_json
 from services.gateway.models import (
     WORKFLOW_STATUSES,
     Accepted,
     ActionAccepted,
+    ActionOptions,
     ErrorBody,
+    FeedReset,
     Health,
     Readiness,
+    UnknownWorkflow,
     WorkflowPage,
     WorkflowView,
 )
+from services.gateway.workflows import CURSOR_PATTERN, MAX_PAGE
 
 REF = "#/components/schemas/{model}"
 FORM_WORKFLOW = "formSubmission"
 
 _IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key",
+    "name": checks.IDEMPOTENCY_HEADER,
     "in": "header",
     "required": False,
     "description": (
         "Makes retries safe: the same key always names the same workflow id. The same key with "
         "the same body publishes again and answers 202 with that id (the orchestrator starts an "
-        "id once); the same key with a different body is refused with 409."
+        "id once); the same key with a different body is refused with 409. 1 to "
+        f"{checks.MAX_KEY_LENGTH} printable ASCII characters, spaces only between others."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": checks.MAX_KEY_LENGTH,
+        "pattern": checks.IDEMPOTENCY_KEY_PATTERN,
+    },
 }
+_JSON_ONLY = (
+    "The body must be sent as `Content-Type: application/json` (parameters such as charset are "
+    "fine); anything else is refused with 415, so that pages on other sites cannot post here."
+)
 
 
 def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
@@ -59,7 +75,8 @@ def _start_operation(
         "summary": f"Start a {name} workflow",
         "description": (
             "Validates the body against the workflow's input model and publishes a StartWorkflow "
-            "with publisher confirms and mandatory routing. 202 only once the broker confirmed."
+            "with publisher confirms and mandatory routing. 202 only once the broker confirmed. "
+            + _JSON_ONLY
         ),
         "tags": ["workflows"],
         "parameters": [_IDEMPOTENCY_KEY],
@@ -68,8 +85,18 @@ def _start_operation(
             "202": _json(accepted, "Accepted: the broker confirmed the StartWorkflow."),
             "400": _json(error_ref, "The body is not JSON, or the Idempotency-Key is invalid."),
             "409": _json(error_ref, "The Idempotency-Key was used with a different body."),
-            "413": _json(error_ref, "The body is too large."),
-            "422": _json(error_ref, "The input does not validate; `fields` says where and why."),
+            "413": _json(
+                error_ref,
+                "The body, or the input as compact JSON, is larger than the input limit "
+                "(RELAYFLOW_MAX_INPUT_BYTES, 64 KiB by default; a start from the broker has the "
+                "same limit).",
+            ),
+            "415": _json(error_ref, "The body was not sent as application/json."),
+            "422": _json(
+                error_ref,
+                "The input does not validate, or holds text PostgreSQL cannot store (NUL in a "
+                "string or key); `fields` says where and why.",
+            ),
             "503": _json(
                 error_ref,
                 "The broker did not confirm the start (error, nack, timeout or unroutable); "
@@ -81,7 +108,8 @@ def _start_operation(
 
 def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
     inputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        (definition.input_model, "validation") for definition in registry
+        *((definition.input_model, "validation") for definition in registry),
+        (ActionOptions, "validation"),
     ]
     answers: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
@@ -94,9 +122,12 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             Health,
             Readiness,
             WorkflowEvent,
+            UnknownWorkflow,
+            FeedReset,
         )
     ]
     refs, defs = models_json_schema([*inputs, *answers], by_alias=True, ref_template=REF)
+    schemas = _inputs_as_applied(defs.get("$defs", {}), [refs[key] for key in inputs])
 
     def ref(model: type[BaseModel], mode: JsonSchemaMode = "serialization") -> dict[str, Any]:
         return dict(refs[(model, mode)])
@@ -124,8 +155,13 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
         "name": "workflowId",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+        "description": (
+            "A workflow id. One that does not match the pattern can name no workflow: 400 on "
+            "every route, before anything is looked up (404 is for a valid id that is unknown)."
+        ),
+        "schema": {"type": "string", "pattern": checks.WORKFLOW_ID_PATTERN},
     }
+    bad_id = _json(error_ref, "The workflow id does not match its pattern.")
     paths["/workflows/{workflowId}"] = {
         "get": {
             "operationId": "get_workflow",
@@ -134,10 +170,12 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             "parameters": [workflow_id],
             "responses": {
                 "200": _json(ref(WorkflowView), "The workflow as last committed."),
+                "400": bad_id,
                 "404": _json(error_ref, "No workflow with this id."),
             },
         }
     }
+    seq = {"type": "integer", "minimum": 0, "maximum": checks.MAX_SEQ}
     paths["/workflows/{workflowId}/events"] = {
         "get": {
             "operationId": "workflow_events",
@@ -153,25 +191,28 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                 "answered 204, which makes browsers stop reconnecting. For a "
                 "workflow id nobody knows yet, the stream waits (30 s by default, "
                 "RELAYFLOW_GATEWAY_UNKNOWN_WORKFLOW_WAIT) for it to start, then sends one "
-                "`workflow.unknown` event ({error, workflowId}) and ends. Comment pings keep the "
-                "connection alive."
+                "`workflow.unknown` event (schema `UnknownWorkflow`, no `id`) and ends. Comment "
+                "pings keep the connection alive. Every parameter is checked before the stream "
+                "opens: a bad one is a 400, never a stream that is cut."
             ),
             "tags": ["workflows"],
             "parameters": [
                 workflow_id,
                 {
-                    "name": "Last-Event-ID",
+                    "name": checks.LAST_EVENT_ID_HEADER,
                     "in": "header",
                     "required": False,
-                    "description": "Resume after this seq.",
-                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    "description": (
+                        f"Resume after this seq (it wins over {checks.LAST_EVENT_ID_QUERY})."
+                    ),
+                    "schema": seq,
                 },
                 {
-                    "name": "lastEventId",
+                    "name": checks.LAST_EVENT_ID_QUERY,
                     "in": "query",
                     "required": False,
                     "description": "Resume after this seq (for clients that cannot set headers).",
-                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    "schema": seq,
                 },
             ],
             "responses": {
@@ -180,12 +221,16 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                     "content": {
                         "text/event-stream": {
                             "schema": {"type": "string"},
-                            "x-event-schema": ref(WorkflowEvent),
+                            "x-event-schema": {"oneOf": [ref(WorkflowEvent), ref(UnknownWorkflow)]},
                         }
                     },
                 },
                 "204": {"description": "The client has seen the end of a finished workflow."},
-                "400": _json(error_ref, "Last-Event-ID is not a seq."),
+                "400": _json(
+                    error_ref,
+                    "The workflow id does not match its pattern, or Last-Event-ID (lastEventId) "
+                    "is not a seq.",
+                ),
             },
         }
     }
@@ -200,25 +245,54 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                     "mandatory); the orchestrator applies it once and emits "
                     f"`workflow.{'cancelled' if action == 'cancel' else 'retried'}`. With an "
                     "Idempotency-Key the message id is derived from it, so a repeated request is "
-                    "the same message."
+                    "the same message. The body is `{}` (no options are defined yet). " + _JSON_ONLY
                 ),
                 "tags": ["workflows"],
                 "parameters": [
                     workflow_id,
-                    {**_IDEMPOTENCY_KEY, "description": "The same key sends the same message."},
+                    {
+                        **_IDEMPOTENCY_KEY,
+                        "description": (
+                            "The same key sends the same message. 1 to "
+                            f"{checks.MAX_KEY_LENGTH} printable ASCII characters, spaces only "
+                            "between others."
+                        ),
+                    },
                     {
                         "name": "reason",
                         "in": "query",
                         "required": False,
-                        "description": "Recorded in the event's data.",
-                        "schema": {"type": "string", "maxLength": 1000},
+                        "description": (
+                            f"Recorded in the event's data; at most {checks.MAX_REASON} "
+                            "characters and no NUL (422 otherwise, never cut short)."
+                        ),
+                        "schema": {
+                            "type": "string",
+                            "maxLength": checks.MAX_REASON,
+                            "pattern": NO_NUL,
+                        },
                     },
                 ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(ActionOptions, "validation")}},
+                },
                 "responses": {
                     "202": _json(ref(ActionAccepted), "The broker confirmed the message."),
-                    "400": _json(error_ref, "The Idempotency-Key is invalid."),
+                    "400": _json(
+                        error_ref,
+                        "The workflow id does not match its pattern, the Idempotency-Key is "
+                        "invalid, or the body is empty or not JSON.",
+                    ),
                     "404": _json(error_ref, "No workflow with this id."),
                     "409": _json(error_ref, f"Only {applies} workflow can be {action}ed."),
+                    "413": _json(error_ref, "The body is too large to be `{}`."),
+                    "415": _json(error_ref, "The request was not sent as application/json."),
+                    "422": _json(
+                        error_ref,
+                        "The reason is too long or holds NUL, or the body is not `{}`; `fields` "
+                        "says which.",
+                    ),
                     "503": _json(error_ref, "The broker did not confirm; retry."),
                 },
             }
@@ -235,7 +309,7 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             "in": "query",
             "required": False,
             "description": "A workflow name.",
-            "schema": {"type": "string"},
+            "schema": {"type": "string", "pattern": checks.WORKFLOW_NAME_PATTERN},
         },
     ]
     paths["/workflows"] = {
@@ -244,7 +318,8 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             "summary": "Workflows, newest first, filtered and paginated",
             "description": (
                 "Keyset pagination: pass a page's `next` as `before` for the following (older) "
-                "page; rows created meanwhile never shift a page."
+                "page; rows created meanwhile never shift a page. A parameter that is given must "
+                "be valid, even empty: leave out the ones that do not filter."
             ),
             "tags": ["workflows"],
             "parameters": [
@@ -254,20 +329,27 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                     "in": "query",
                     "required": False,
                     "description": "A workflow id or the start of one.",
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
+                    "schema": {"type": "string", "pattern": checks.WORKFLOW_ID_PATTERN},
                 },
                 {
                     "name": "before",
                     "in": "query",
                     "required": False,
-                    "description": "The `next` cursor of the previous page.",
-                    "schema": {"type": "string"},
+                    "description": (
+                        "The `next` cursor of the previous page (400 for anything else)."
+                    ),
+                    "schema": {"type": "string", "pattern": CURSOR_PATTERN},
                 },
                 {
                     "name": "limit",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_PAGE,
+                        "default": 50,
+                    },
                 },
             ],
             "responses": {
@@ -285,8 +367,9 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                 "workflow's stream, filtered by workflow name and by status (an event is sent to "
                 "a status filter when it enters or leaves that status; step events count as "
                 "`running`). Ids are `<epoch>.<position>` of the gateway process. The stream "
-                "starts with a `reset` event ({reason}): load the list (`GET /workflows`), then "
-                "apply what follows. A reconnect with Last-Event-ID to the same gateway process "
+                "starts with a `reset` event (schema `FeedReset`): load the list "
+                "(`GET /workflows`), then apply what follows. A reconnect with Last-Event-ID (or "
+                "lastEventId) to the same gateway process "
                 "resumes with the events missed, if it still holds them; otherwise — another "
                 "replica, a restart, too long away, or a client that fell behind — it gets a "
                 "`reset` again. Comment pings keep the connection alive; it never ends by itself."
@@ -295,9 +378,17 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             "parameters": [
                 *list_filters,
                 {
-                    "name": "Last-Event-ID",
+                    "name": checks.LAST_EVENT_ID_HEADER,
                     "in": "header",
                     "required": False,
+                    "description": "Resume after this id; one that cannot be resumed: `reset`.",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": checks.LAST_EVENT_ID_QUERY,
+                    "in": "query",
+                    "required": False,
+                    "description": "As Last-Event-ID, for clients that cannot set headers.",
                     "schema": {"type": "string"},
                 },
             ],
@@ -307,7 +398,7 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                     "content": {
                         "text/event-stream": {
                             "schema": {"type": "string"},
-                            "x-event-schema": ref(WorkflowEvent),
+                            "x-event-schema": {"oneOf": [ref(WorkflowEvent), ref(FeedReset)]},
                         }
                     },
                 },
@@ -336,7 +427,11 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             "summary": "A workflow's page: steps, events, cancel and retry, live",
             "tags": ["pages"],
             "parameters": [workflow_id],
-            "responses": {**html_answer, "404": {"description": "An HTML page saying so."}},
+            "responses": {
+                **html_answer,
+                "400": {"description": "An HTML page: the id does not match its pattern."},
+                "404": {"description": "An HTML page saying so."},
+            },
         }
     }
     paths["/healthz"] = {
@@ -380,7 +475,7 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             "description": (
                 "Starts durable workflows and shows their progress. Starting answers 202 only "
                 "after RabbitMQ confirmed the StartWorkflow; errors are JSON "
-                "{error, fields?}."
+                "{error, fields?}. Every POST takes only application/json (415 otherwise)."
             ),
         },
         "tags": [
@@ -389,8 +484,37 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             {"name": "operations", "description": "Health, readiness and this document"},
         ],
         "paths": paths,
-        "components": {"schemas": defs.get("$defs", {})},
+        "components": {"schemas": schemas},
     }
+
+
+def _inputs_as_applied(schemas: dict[str, Any], input_refs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The components, with those that requests use (and what they refer to) saying what the
+    gateway refuses beyond the models (`services.gateway.input_schema`)."""
+    pending = [ref["$ref"].rsplit("/", 1)[-1] for ref in input_refs]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in schemas:
+            continue
+        seen.add(name)
+        pending.extend(target.rsplit("/", 1)[-1] for target in _refs(schemas[name]))
+    applied = {
+        name: as_applied(schema, REF) if name in seen else schema
+        for name, schema in schemas.items()
+    }
+    if any(STORABLE_JSON in target for name in seen for target in _refs(applied[name])):
+        applied[STORABLE_JSON] = storable_json(REF)
+    return dict(sorted(applied.items()))
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
 
 
 def render(document: dict[str, Any]) -> str:

@@ -138,3 +138,57 @@ def test_dashboard_endpoints_are_documented(document: dict[str, Any]) -> None:
     assert accepted.is_valid(
         {"workflowId": "wf_x", "action": "retry", "messageId": "m", "status": "accepted"}
     )
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    ]
+
+
+def test_every_post_takes_only_json_and_documents_415(document: dict[str, Any]) -> None:
+    """The CSRF guard is part of the contract: every POST has a required JSON body (so a
+    generated client always sends Content-Type: application/json) and documents the 415."""
+    posts = [(path, op) for path, method, op in _operations(document) if method == "post"]
+    assert len(posts) >= 4
+    for path, operation in posts:
+        body = operation["requestBody"]
+        assert body["required"] is True, path
+        assert list(body["content"]) == ["application/json"], path
+        assert "415" in operation["responses"], path
+
+
+def test_every_route_taking_a_workflow_id_documents_the_400_for_an_impossible_one(
+    document: dict[str, Any],
+) -> None:
+    """One rule on every route: an id that cannot match the pattern is a 400, not a 404."""
+    taking = [
+        (path, operation)
+        for path, _, operation in _operations(document)
+        if any(p["name"] == "workflowId" for p in operation.get("parameters", []))
+    ]
+    assert len(taking) >= 5
+    for path, operation in taking:
+        assert "400" in operation["responses"], path
+
+
+def test_inputs_document_what_postgresql_cannot_store() -> None:
+    """A NUL passes an input model but not PostgreSQL, so the gateway refuses it (422): the
+    schemas must refuse it too — in strings, in keys and deep inside values the model leaves
+    open — or a client that trusts them is refused what they allow."""
+    document = build_openapi(
+        WorkflowRegistry.from_modules(
+            ["workflows.form_submission", "tests.integration.gateway_harness"]
+        )
+    )
+    freeform = _validator(document, "Freeform")
+    assert freeform.is_valid({"data": {"a": ["b", {"c": 1.5, "d": None}]}})
+    for bad in ({"a\x00": 1}, {"a": "\x00"}, {"a": [{"b": ["x\x00"]}]}):
+        assert not freeform.is_valid({"data": bad}), bad
+    form = _validator(document, "ContactForm")
+    good = {"name": "Ada", "email": "ada@example.com", "message": "hi"}
+    assert form.is_valid(good)
+    assert not form.is_valid({**good, "name": "A\x00da"})
+    assert not form.is_valid({**good, "email": "ada@example.test"})

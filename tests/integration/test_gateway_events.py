@@ -23,7 +23,14 @@ from relayflow.settings import Settings
 from relayflow.topology import Topology
 from services.gateway.events import EventHub, LiveEvent, Signal
 from services.gateway.stream import Outgoing, Sequencer
-from tests.integration.gateway_harness import RunningGateway, SseEvent, SseStream, running_gateway
+from tests.integration.gateway_harness import (
+    RunningGateway,
+    SseEvent,
+    SseStream,
+    event_schema,
+    running_gateway,
+    seed_document,
+)
 from tests.support import get_messages, wait_for
 
 STEPS = ["validate", "persist", "publishToMQ", "awaitResponse", "finalize"]
@@ -199,6 +206,8 @@ async def test_clients_before_during_and_after_see_every_event_once_in_order(
         seen_after = await after
     for seen in (seen_before, seen_during, seen_after):
         assert_exactly(seen, run, range(1, 7))
+    documented_events = event_schema(seed_document(), "/workflows/{workflowId}/events")
+    assert all(documented_events.is_valid(event.data) for event in seen_after)
 
 
 async def test_last_event_id_resumes_after_that_seq(gateway: RunningGateway, run: Run) -> None:
@@ -274,6 +283,8 @@ async def test_unknown_workflow_stream_ends_with_an_unknown_event(
     assert event.event == "workflow.unknown"
     assert event.id is None
     assert event.data["workflowId"] == run.workflow_id
+    documented_events = event_schema(seed_document(), "/workflows/{workflowId}/events")
+    assert documented_events.is_valid(event.data), event.data
 
 
 async def test_unreadable_events_are_dead_lettered_and_the_hub_keeps_going(
@@ -501,6 +512,9 @@ async def test_feed_starts_with_reset_filters_and_resumes_without_gap(
     events = await until_events(all_stream, lambda ev: len(ev) >= 6)
     assert events[0].event == "reset"
     assert events[0].data == {"reason": "connected"}
+    documented_events = event_schema(seed_document(), "/events")
+    for event in events:
+        assert documented_events.is_valid(event.data), event.data
     await until_events(named, lambda ev: len(ev) >= 4)
     assert seqs_of(named.events, mine) == [1, 2, 3]
     assert {e.data["workflowName"] for e in named.events[1:]} == {"feedTest"}

@@ -16,7 +16,13 @@ from relayflow.contracts import StartWorkflow, decode, workflow_id_for_key
 from relayflow.settings import Settings
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from tests.integration.gateway_harness import WITH_TEST_WORKFLOWS, RunningGateway, running_gateway
+from tests.integration.gateway_harness import (
+    WITH_TEST_WORKFLOWS,
+    RunningGateway,
+    documented,
+    running_gateway,
+    seed_document,
+)
 from tests.support import get_messages
 
 FORM = {"name": "Ada Lovelace", "email": "ada@example.com", "message": "Hello there"}
@@ -352,3 +358,52 @@ async def test_json_with_parameters_and_any_case_is_json(
         )
         assert response.status_code == 202, (content_type, response.text)
     assert len(await started(channel, topology, 2)) == 2
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(b"order 42", id="inner-space"),
+        pytest.param(b"!~" + b"k" * 198, id="200-visible"),
+        pytest.param(b"a\tb", id="tab"),
+        pytest.param("caf\u00e9".encode("latin-1"), id="latin-1"),
+        pytest.param(b"\x85x", id="c1-control"),
+        pytest.param(b"k" * 201, id="201"),
+    ],
+)
+async def test_idempotency_key_is_refused_exactly_when_the_document_says(
+    gateway: RunningGateway, key: bytes
+) -> None:
+    """Clients generated from the OpenAPI document must not be refused a key it allows (a tab,
+    say, passed its old length-only schema), nor be allowed one the gateway refuses."""
+    parameter = seed_document()["paths"]["/submit"]["post"]["parameters"][0]
+    assert parameter["name"] == "Idempotency-Key"
+    allowed = documented(seed_document(), parameter["schema"]).is_valid(key.decode("latin-1"))
+    response = await gateway.client.post("/submit", json=FORM, headers={"Idempotency-Key": key})
+    assert response.status_code == (202 if allowed else 400), response.text
+    if not allowed:
+        assert "printable ASCII" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "ada@example.com",
+        "ada@mail.example.org",
+        "ada@example.test",
+        "ada@host.LOCALHOST",
+        "ada@x.onion",
+        "ada@b.invalid",
+    ],
+)
+async def test_email_is_refused_exactly_when_the_document_says(
+    gateway: RunningGateway, email: str
+) -> None:
+    """The form's email is checked by email-validator, which refuses special-use domains such
+    as `.test` that JSON Schema's `format: email` allows: the document must say so."""
+    document = seed_document()
+    ref = document["paths"]["/submit"]["post"]["requestBody"]["content"]["application/json"]
+    allowed = documented(document, ref["schema"]).is_valid({**FORM, "email": email})
+    response = await gateway.client.post("/submit", json={**FORM, "email": email})
+    assert response.status_code == (202 if allowed else 422), response.text
+    assert allowed == email.endswith((".com", ".org"))

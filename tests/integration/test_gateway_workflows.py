@@ -21,7 +21,7 @@ from services.gateway.dag import columns
 from services.gateway.openapi import build_openapi
 from services.gateway.store import like_prefix
 from services.gateway.workflows import encode_cursor
-from tests.integration.gateway_harness import RunningGateway, running_gateway
+from tests.integration.gateway_harness import RunningGateway, documented, running_gateway
 from tests.support import get_messages
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -478,6 +478,38 @@ async def test_options_and_405_name_every_documented_method(
         assert {method.upper() for method in operations} <= allowed, (path, allowed)
     response = await gateway.client.options(f"/workflows/{new_workflow_id()}")
     assert {"GET", "POST"} <= set(response.headers["allow"].replace(" ", "").split(","))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({"id": ""}, id="empty-id"),
+        pytest.param({"id": " wf_x"}, id="spaced-id"),
+        pytest.param({"workflow": ""}, id="empty-workflow"),
+        pytest.param({"workflow": "no such"}, id="not-a-name"),
+        pytest.param({"status": ""}, id="empty-status"),
+        pytest.param({"limit": "\u00b2"}, id="superscript-limit"),
+        pytest.param({"limit": "\u0661"}, id="arabic-indic-limit"),
+        pytest.param({"limit": "9" * 5000}, id="huge-limit"),
+    ],
+)
+async def test_list_refuses_what_its_document_refuses(
+    gateway: RunningGateway, registry: WorkflowRegistry, params: dict[str, str]
+) -> None:
+    """Each list parameter given must match its documented schema: empty values and look-alike
+    digits were served (or crashed on) although the document refuses them."""
+    document = build_openapi(registry)
+    schemas = {
+        parameter["name"]: parameter["schema"]
+        for parameter in document["paths"]["/workflows"]["get"]["parameters"]
+    }
+    ((name, value),) = params.items()
+    schema = schemas[name]
+    if schema.get("type") != "integer":
+        assert not documented(document, schema).is_valid(value), "the document allows it"
+    response = await gateway.client.get("/workflows", params=params)
+    assert response.status_code == 400, response.text
+    assert name in response.json()["error"]
 
 
 async def test_a_cursor_holding_an_impossible_id_is_400(gateway: RunningGateway) -> None:
