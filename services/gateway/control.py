@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import CancelWorkflow, RetryWorkflow, new_message_id
+from relayflow.model import CANCELLABLE, RETRYABLE
 from relayflow.topology import CONTROL_KEY
 from services.gateway import checks
 from services.gateway.checks import InputError
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 Action = Literal["cancel", "retry"]
 # The statuses each action applies to.
 APPLIES_TO: dict[Action, frozenset[str]] = {
-    "cancel": frozenset({"running"}),
-    "retry": frozenset({"failed", "cancelled"}),
+    "cancel": CANCELLABLE,
+    "retry": RETRYABLE,
 }
 # An empty JSON object is all an action's body holds; anything much longer is not one.
 MAX_OPTIONS_BYTES = 1024

@@ -22,6 +22,8 @@ from collections.abc import AsyncGenerator, Iterable
 import orjson
 from sse_starlette import ServerSentEvent
 
+from relayflow.contracts import EventType
+from relayflow.model import WorkflowStatus
 from services.gateway.events import EventFilter, EventHub, LiveEvent, Signal, Subscription
 from services.gateway.models import FeedReset, ResetReason
 
@@ -29,12 +31,16 @@ RESET_EVENT = "reset"
 # `<epoch>.<position>`; bounded, so that a huge position is just an id we cannot resume from.
 _LAST_ID = re.compile(r"([^.]{1,64})\.([0-9]{1,18})")
 
-_AFTER = {
-    "workflow.started": ("running",),
-    "workflow.retried": ("failed", "cancelled", "running"),
-    "workflow.completed": ("running", "completed"),
-    "workflow.failed": ("running", "failed"),
-    "workflow.cancelled": ("running", "cancelled"),
+_AFTER: dict[str, tuple[WorkflowStatus, ...]] = {
+    EventType.WORKFLOW_STARTED: (WorkflowStatus.RUNNING,),
+    EventType.WORKFLOW_RETRIED: (
+        WorkflowStatus.FAILED,
+        WorkflowStatus.CANCELLED,
+        WorkflowStatus.RUNNING,
+    ),
+    EventType.WORKFLOW_COMPLETED: (WorkflowStatus.RUNNING, WorkflowStatus.COMPLETED),
+    EventType.WORKFLOW_FAILED: (WorkflowStatus.RUNNING, WorkflowStatus.FAILED),
+    EventType.WORKFLOW_CANCELLED: (WorkflowStatus.RUNNING, WorkflowStatus.CANCELLED),
 }
 
 
@@ -42,7 +48,7 @@ def touches(event: str) -> tuple[str, ...]:
     """The workflow statuses an event concerns: the status it leaves and the one it enters
     (`workflow.retried` leaves failed or cancelled). Step events happen while running. A feed
     filtered on a status gets exactly the events that can change a list filtered on it."""
-    return _AFTER.get(event, ("running",))
+    return _AFTER.get(event, (WorkflowStatus.RUNNING,))
 
 
 def event_filter(workflow: str | None, status: str | None) -> EventFilter | None:

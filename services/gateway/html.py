@@ -12,12 +12,17 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
+from relayflow.model import StepStatus, WorkflowStatus
 from relayflow.workflow import WorkflowDefinition
 from services.gateway.dag import columns
 from services.gateway.models import WORKFLOW_STATUSES, ErrorView, StepView, WorkflowSummary
 from services.gateway.models import WorkflowView as View
 
-ACTIONS = {"running": ("cancel",), "failed": ("retry",), "cancelled": ("retry",)}
+ACTIONS = {
+    WorkflowStatus.RUNNING: ("cancel",),
+    WorkflowStatus.FAILED: ("retry",),
+    WorkflowStatus.CANCELLED: ("retry",),
+}
 MAX_JSON_CHARS = 20_000
 
 
@@ -259,6 +264,14 @@ def step_input(view: View, definition: WorkflowDefinition | None, name: str) -> 
     return {"input": view.input, "dependencies": {dep: outputs.get(dep) for dep in after}}
 
 
+def workflow_link(workflow_id: str) -> str:
+    """A link to another workflow's page (a parent or a child)."""
+    return (
+        f'<a class="mono" data-workflow-link href="/ui/workflows/{quote(workflow_id)}">'
+        f"{esc(workflow_id)}</a>"
+    )
+
+
 def step_card(
     step: StepView, view: View, definition: WorkflowDefinition | None, now: datetime
 ) -> str:
@@ -270,7 +283,7 @@ def step_card(
     took = duration(step.started_at, step.finished_at, now)
     if took:
         meta.append(took)
-    if step.status == "retrying" and step.next_attempt_at is not None:
+    if step.status is StepStatus.RETRYING and step.next_attempt_at is not None:
         meta.append(f"next at {step.next_attempt_at.astimezone(UTC):%H:%M:%S}")
     after = ", ".join(spec.after) if spec and spec.after else ""
     parts = [
@@ -282,7 +295,9 @@ def step_card(
     ]
     if after:
         parts.append(f'<p class="small muted">after {esc(after)}</p>')
-    if step.status != "pending":
+    if step.child_workflow_id:
+        parts.append(f'<p class="small">child {workflow_link(step.child_workflow_id)}</p>')
+    if step.status is not StepStatus.PENDING:
         parts.append(
             _json_block("Input", step_input(view, definition, step.name), f"{step.name}:in")
         )
@@ -348,6 +363,8 @@ def panel(
     """A workflow's state: what the workflow page shows above its events, and (compact) what the
     home page shows under the form while a submission runs."""
     facts = [f"<div><dt>Workflow</dt><dd>{esc(view.name)}</dd></div>"]
+    if view.parent_workflow_id:
+        facts.append(f"<div><dt>Parent</dt><dd>{workflow_link(view.parent_workflow_id)}</dd></div>")
     facts.append(f"<div><dt>Created</dt><dd>{when(view.created_at)}</dd></div>")
     if view.finished_at:
         facts.append(f"<div><dt>Finished</dt><dd>{when(view.finished_at)}</dd></div>")

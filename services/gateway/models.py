@@ -9,12 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-WorkflowStatus = Literal["running", "completed", "failed", "cancelled"]
-StepStatus = Literal[
-    "pending", "running", "waiting", "retrying", "completed", "failed", "cancelled"
-]
-WORKFLOW_STATUSES: tuple[WorkflowStatus, ...] = ("running", "completed", "failed", "cancelled")
-FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+from relayflow.model import FINISHED, StepStatus, WorkflowStatus
+
+# The vocabulary is the workflow model's (relayflow/model/status.py); these are its views.
+WORKFLOW_STATUSES: tuple[str, ...] = tuple(status.value for status in WorkflowStatus)
+FINISHED_STATUSES: frozenset[str] = frozenset(status.value for status in FINISHED)
 # Why the feed tells a client to fetch the list again.
 ResetReason = Literal["connected", "missed events"]
 
@@ -58,6 +57,8 @@ class ErrorView(_Model):
 
 class StepView(_Model):
     name: str
+    # The step's kind: task, wait, child, ... (`StepSpec.kind`).
+    kind: str = "task"
     status: StepStatus
     attempts: int = 0
     output: Any = None
@@ -66,6 +67,8 @@ class StepView(_Model):
     finished_at: datetime | None = None
     # While `retrying`: when the next attempt starts.
     next_attempt_at: datetime | None = None
+    # Child steps: the workflow the current attempt runs (GET /workflows/{it} for its detail).
+    child_workflow_id: str | None = None
 
 
 class WorkflowView(_Model):
@@ -80,6 +83,8 @@ class WorkflowView(_Model):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+    # The workflow whose child step started this one; null at the top.
+    parent_workflow_id: str | None = None
     steps: list[StepView]
 
 

@@ -15,7 +15,7 @@ WHERE workflow_name = $1 AND key = $2;
 
 -- name: get_workflow
 SELECT id, name, status, input, output, error, steps, created_at, updated_at, finished_at,
-       last_seq
+       last_seq, parent ->> 'workflowId' AS parent_workflow_id
 FROM workflows
 WHERE id = $1;
 

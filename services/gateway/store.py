@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from relayflow.db import Queries
-from services.gateway.models import WorkflowStatus
+from relayflow.model import WorkflowStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,7 @@ class WorkflowRow:
     updated_at: datetime
     finished_at: datetime | None
     last_seq: int = 0
+    parent_workflow_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class GatewayStore:
             updated_at=row["updated_at"],
             finished_at=row["finished_at"],
             last_seq=row["last_seq"],
+            parent_workflow_id=row["parent_workflow_id"],
         )
 
     async def workflow_exists(self, workflow_id: str) -> bool:

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relayflow.workflow import WorkflowDefinition
+from relayflow.model import ACTIVE_STEPS, StepState, StepStatus
+from relayflow.workflow import StepSpec, TaskSpec, WorkflowDefinition
 from services.gateway import checks
 from services.gateway.checks import InputError
 from services.gateway.feed import event_filter, follow_feed, parse_last_id
@@ -133,12 +134,8 @@ def summary(row: SummaryRow) -> WorkflowSummary:
         finished_at=row.finished_at,
         last_seq=row.last_seq,
         steps_total=len(statuses),
-        steps_completed=sum(1 for status in statuses.values() if status == "completed"),
-        active_steps=[
-            name
-            for name, status in statuses.items()
-            if status in ("running", "waiting", "retrying")
-        ],
+        steps_completed=sum(1 for status in statuses.values() if status == StepStatus.COMPLETED),
+        active_steps=[name for name, status in statuses.items() if status in ACTIVE_STEPS],
         error=_error(row.error),
     )
 
@@ -232,22 +229,30 @@ def workflow_view(row: WorkflowRow, definition: WorkflowDefinition | None) -> Wo
         created_at=row.created_at,
         updated_at=row.updated_at,
         finished_at=row.finished_at,
-        steps=[_step(name, row.steps.get(name)) for name in order],
+        parent_workflow_id=row.parent_workflow_id,
+        steps=[
+            _step(name, row.steps.get(name), definition.steps.get(name) if definition else None)
+            for name in order
+        ],
     )
 
 
-def _step(name: str, stored: Any) -> StepView:
+def _step(name: str, stored: Any, spec: StepSpec | None) -> StepView:
+    kind = spec.kind if spec is not None else TaskSpec.kind
     if not isinstance(stored, dict):
-        return StepView(name=name, status="pending")
+        return StepView(name=name, kind=kind, status=StepStatus.PENDING)
+    step = StepState.from_json(stored)
     return StepView(
         name=name,
-        status=stored.get("status", "pending"),
-        attempts=stored.get("attempts") or 0,
-        output=stored.get("output"),
-        error=_error(stored.get("error")),
-        started_at=stored.get("startedAt"),
-        finished_at=stored.get("finishedAt"),
-        next_attempt_at=stored.get("nextAttemptAt"),
+        kind=kind,
+        status=step.status,
+        attempts=step.attempts,
+        output=step.output,
+        error=_error(step.error),
+        started_at=step.started_at,
+        finished_at=step.finished_at,
+        next_attempt_at=step.next_attempt_at,
+        child_workflow_id=step.child_workflow_id,
     )
 
 

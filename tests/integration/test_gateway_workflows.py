@@ -106,6 +106,8 @@ async def test_workflow_view_lists_steps_in_definition_order(
     assert persist["error"] == {"type": "DatabaseDown", "message": "boom", "retryable": True}
     assert persist["attempts"] == 2
     assert pending == {
+        "kind": "task",
+        "childWorkflowId": None,
         "name": "publishToMQ",
         "status": "pending",
         "attempts": 0,
