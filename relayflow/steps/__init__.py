@@ -26,7 +26,6 @@ from relayflow.steps.invocation import (
     decide,
     invocation_key,
     result_for,
-    result_message_id,
 )
 from relayflow.steps.registry import StepDefinition, StepRegistry
 from relayflow.steps.storage import InvocationBatch, InvocationStorage
@@ -55,5 +54,4 @@ __all__ = [
     "decide",
     "invocation_key",
     "result_for",
-    "result_message_id",
 ]

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from relayflow.contracts import ErrorInfo, StepCommand, StepResult, StepResultStatus
+from relayflow.model import ids
 
 # (workflow_id, step_name, step_key): what identifies an invocation.
 InvocationKey: TypeAlias = tuple[str, str, str]
@@ -78,10 +79,6 @@ def decide(invocation: Invocation, command: StepCommand) -> Verdict:
     return Verdict.CLAIM if invocation.attempt <= command.attempt else Verdict.STALE
 
 
-def result_message_id(workflow_id: str, step_name: str, step_key: str, attempt: int) -> str:
-    return f"res:{workflow_id}:{step_name}:{step_key}:{attempt}"
-
-
 def result_for(command: StepCommand, invocation: Invocation) -> StepResult:
     """The result that reports a settled invocation to the orchestrator. It is built from the
     stored row alone, so a republished result is the same message as the first one.
@@ -95,7 +92,7 @@ def result_for(command: StepCommand, invocation: Invocation) -> StepResult:
     else:
         raise ValueError(f"invocation is still {invocation.status}")
     return StepResult(
-        message_id=result_message_id(
+        message_id=ids.result_id(
             command.workflow_id, command.step_name, command.step_key, attempt
         ),
         workflow_id=command.workflow_id,

@@ -62,6 +62,24 @@ async def answer(
     return command
 
 
+def chain_ids() -> tuple[str, str, str]:
+    """A new parent's id, and the ids its child and grandchild will have (first attempts)."""
+    parent_id = new_workflow_id()
+    kid_id = ids.child_workflow_id(parent_id, "kid", "0", 1)
+    return parent_id, kid_id, ids.child_workflow_id(kid_id, "grandchild", "0", 1)
+
+
+async def start_parent(
+    connection: aio_pika.abc.AbstractRobustConnection, topology: Topology, parent_id: str
+) -> None:
+    """Start the parent through the broker and answer its first step, so its child starts."""
+    start = StartWorkflow(
+        message_id=new_message_id(), workflow_id=parent_id, workflow_name="parentFlow", input={}
+    )
+    await publish(connection, topology.exchange, START_KEY, encode(start))
+    await answer(connection, topology, "before")
+
+
 async def status_of(pool: asyncpg.Pool[Any], workflow_id: str) -> str | None:
     value: str | None = await pool.fetchval(
         "SELECT status FROM workflows WHERE id = $1", workflow_id
@@ -77,15 +95,9 @@ async def test_parent_child_grandchild_complete_and_duplicates_change_nothing(
     """Each level starts the next through the broker with a deterministic id and completes with
     its output; a duplicated child start and a duplicated child result are absorbed."""
     topology = Topology(child_settings.namespace)
-    parent_id = new_workflow_id()
-    kid_id = ids.child_workflow_id(parent_id, "kid", "0", 1)
-    grandchild_id = ids.child_workflow_id(kid_id, "grandchild", "0", 1)
+    parent_id, kid_id, grandchild_id = chain_ids()
     async with running_orchestrator(child_settings):
-        start = StartWorkflow(
-            message_id=new_message_id(), workflow_id=parent_id, workflow_name="parentFlow", input={}
-        )
-        await publish(amqp_connection, topology.exchange, START_KEY, encode(start))
-        await answer(amqp_connection, topology, "before")
+        await start_parent(amqp_connection, topology, parent_id)
         leaf = await answer(amqp_connection, topology, "leafWork")
         assert leaf.workflow_id == grandchild_id
         # A copy of the child's start, as a redelivery or a second orchestrator would send it.
@@ -153,15 +165,9 @@ async def test_cancelling_the_parent_mid_child_cancels_the_whole_chain(
     broker: all three end cancelled, and the grandchild's step result, arriving late, is
     ignored."""
     topology = Topology(child_settings.namespace)
-    parent_id = new_workflow_id()
-    kid_id = ids.child_workflow_id(parent_id, "kid", "0", 1)
-    grandchild_id = ids.child_workflow_id(kid_id, "grandchild", "0", 1)
+    parent_id, kid_id, grandchild_id = chain_ids()
     async with running_orchestrator(child_settings):
-        start = StartWorkflow(
-            message_id=new_message_id(), workflow_id=parent_id, workflow_name="parentFlow", input={}
-        )
-        await publish(amqp_connection, topology.exchange, START_KEY, encode(start))
-        await answer(amqp_connection, topology, "before")
+        await start_parent(amqp_connection, topology, parent_id)
         leaf_message = await next_message(amqp_connection, topology.step_queue("leafWork"))
         cancel = CancelWorkflow(
             message_id=new_message_id(), workflow_id=parent_id, reason="changed my mind"
@@ -185,9 +191,11 @@ async def test_cancelling_the_parent_mid_child_cancels_the_whole_chain(
         )
         await publish(amqp_connection, topology.exchange, RESULT_KEY, encode(late))
 
-        async def outbox_empty() -> bool:
-            return bool(await pool.fetchval("SELECT count(*) FROM outbox") == 0)
+        async def late_result_applied() -> bool:
+            # The inbox row commits with the transaction that judged the result.
+            query = "SELECT EXISTS (SELECT 1 FROM inbox WHERE message_id = $1)"
+            return bool(await pool.fetchval(query, late.message_id))
 
-        await wait_for(outbox_empty)
+        await wait_for(late_result_applied, what="the late result to be consumed")
     assert await status_of(pool, grandchild_id) == WorkflowStatus.CANCELLED
     assert await status_of(pool, parent_id) == WorkflowStatus.CANCELLED

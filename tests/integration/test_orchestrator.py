@@ -98,6 +98,17 @@ async def event_types(pool: asyncpg.Pool[Any], workflow_id: str) -> list[str]:
     return [row["event"] for row in rows]
 
 
+@pytest.fixture
+async def unsent(pool: asyncpg.Pool[Any]) -> AsyncIterator[list[str]]:
+    """Workflow ids whose outbox rows a test leaves unpublished (it applied inputs with the
+    processor alone, no relay): removed afterwards, so that no later orchestrator on this
+    database sweeps them towards exchanges that are gone."""
+    workflow_ids: list[str] = []
+    yield workflow_ids
+    for workflow_id in workflow_ids:
+        await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
+
+
 def start_message(workflow_id: str) -> StartWorkflow:
     return StartWorkflow(
         message_id=new_message_id(),
@@ -238,11 +249,12 @@ async def test_outbox_rows_left_by_a_crash_are_sent_by_the_sweep(
 
 
 async def test_claim_and_lock_answers_fresh_ids_with_or_without_workflows(
-    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology
+    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology, unsent: list[str]
 ) -> None:
     """The one-statement inbox claim must report fresh ids even when no workflow row matches
     (a batch of starts, or results for unknown workflows), and lock the ones that exist."""
     workflow_id = new_workflow_id()
+    unsent.append(workflow_id)
     first, again = f"m1:{workflow_id}", f"m2:{workflow_id}"
     async with pool.acquire() as conn, conn.transaction():
         fresh, locked = await store.claim_and_lock(conn, [first], [f"{workflow_id}-unknown"])
@@ -516,12 +528,17 @@ async def test_cancel_and_retry_arrive_as_messages(
 
 @pytest.mark.parametrize("order", ["differing first", "same first"])
 async def test_a_batch_judges_each_repeated_start_against_the_stored_workflow(
-    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology, order: str
+    pool: asyncpg.Pool[Any],
+    registry: WorkflowRegistry,
+    topology: Topology,
+    order: str,
+    unsent: list[str],
 ) -> None:
     """Two starts of an existing id in one batch — one with the stored input, one with another —
     must each be judged against the stored workflow: the same input is ignored, only the other
     is rejected (once, the batch compared the second against the first and rejected both)."""
     workflow_id = new_workflow_id()
+    unsent.append(workflow_id)
     processor = Processor(registry, topology)
     async with pool.acquire() as conn, conn.transaction():
         await processor.apply(conn, [start_message(workflow_id)])
@@ -540,11 +557,12 @@ async def test_a_batch_judges_each_repeated_start_against_the_stored_workflow(
 
 
 async def test_a_new_id_started_twice_in_one_batch_runs_once(
-    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology
+    pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology, unsent: list[str]
 ) -> None:
     """Within one batch, a second start of a new id is judged against the first: the same input
     is a no-op, another input is rejected, and the workflow is started once."""
     workflow_id = new_workflow_id()
+    unsent.append(workflow_id)
     first, same = start_message(workflow_id), start_message(workflow_id)
     differing = start_message(workflow_id).model_copy(update={"input": {**FORM, "name": "Bob"}})
     async with pool.acquire() as conn, conn.transaction():

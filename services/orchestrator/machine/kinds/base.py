@@ -10,8 +10,9 @@ module here and an entry in the table of `kinds/__init__.py`, nothing in the mac
 from __future__ import annotations
 
 from relayflow.contracts import ExternalReply, StepResult
+from relayflow.model import StepStatus
 from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.transition import Ignored, Rejected, TimerFired
+from services.orchestrator.machine.transition import Ignored, Rejected, TimerFired, TimerKind
 
 
 class StepKind:
@@ -44,3 +45,23 @@ class StepKind:
     def on_cancel(self, step: StepHandle) -> None:
         """The workflow stops while this step is unfinished."""
         step.cancel()
+
+
+def stale_result(step: StepHandle, message: StepResult) -> Ignored | None:
+    """A result counts only while its step runs the attempt it answers: a late one (after a
+    timeout, a retry or a cancel) changes nothing."""
+    current = step.state
+    if current.status is StepStatus.RUNNING and current.attempts == message.attempt:
+        return None
+    return Ignored(
+        f"stale result for {message.step_name} attempt {message.attempt} "
+        f"(step is {current.status.value} at attempt {current.attempts})"
+    )
+
+
+def start_to_close_limit(step: StepHandle, timer: TimerFired) -> float | Ignored:
+    """The step's timeout in seconds, if `timer` is the start-to-close timer of the attempt it
+    still runs; else why the timer is stale."""
+    if timer.kind is not TimerKind.STEP_TIMEOUT or step.state.status is not StepStatus.RUNNING:
+        return Ignored(f"{timer.kind.value} timer for {step.name} #{timer.attempt} is stale")
+    return step.spec.timeout.total_seconds() if step.spec.timeout else 0.0

@@ -19,7 +19,7 @@ from relayflow.contracts import (
 from relayflow.model import StepStatus, ids
 from relayflow.workflow import ChildSpec, Given
 from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.kinds.base import StepKind
+from services.orchestrator.machine.kinds.base import StepKind, stale_result, start_to_close_limit
 from services.orchestrator.machine.kinds.task import SINGLE_KEY
 from services.orchestrator.machine.transition import (
     CancelChild,
@@ -74,13 +74,10 @@ class Child(StepKind):
             step.set_timer(TimerKind.STEP_TIMEOUT, attempt, step.now + spec.timeout)
 
     def on_result(self, step: StepHandle, message: StepResult) -> Ignored | Rejected | None:
-        current = step.state
-        if current.status is not StepStatus.RUNNING or current.attempts != message.attempt:
-            return Ignored(
-                f"stale child result for {message.step_name} attempt {message.attempt} "
-                f"(step is {current.status.value} at attempt {current.attempts})"
-            )
-        child_id = current.child_workflow_id
+        stale = stale_result(step, message)
+        if stale is not None:
+            return stale
+        child_id = step.state.child_workflow_id
         if message.status is StepResultStatus.SUCCEEDED:
             step.emit(EventType.CHILD_COMPLETED, childWorkflowId=child_id, output=message.output)
             step.complete(message.output)
@@ -95,9 +92,9 @@ class Child(StepKind):
         return None
 
     def on_timer(self, step: StepHandle, timer: TimerFired) -> Ignored | None:
-        if timer.kind is not TimerKind.STEP_TIMEOUT or step.state.status is not StepStatus.RUNNING:
-            return Ignored(f"{timer.kind.value} timer for {step.name} #{timer.attempt} is stale")
-        limit = step.spec.timeout.total_seconds() if step.spec.timeout else 0
+        limit = start_to_close_limit(step, timer)
+        if isinstance(limit, Ignored):
+            return limit
         _stop_child(step, f"its parent's step {step.name!r} timed out")
         step.attempt_failed(
             ErrorInfo(

@@ -13,7 +13,7 @@ from relayflow.contracts import (
 )
 from relayflow.model import StepStatus, ids
 from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.kinds.base import StepKind
+from services.orchestrator.machine.kinds.base import StepKind, stale_result, start_to_close_limit
 from services.orchestrator.machine.transition import (
     DispatchStep,
     Ignored,
@@ -54,13 +54,9 @@ class Task(StepKind):
             step.set_timer(TimerKind.STEP_TIMEOUT, attempt, step.now + step.spec.timeout)
 
     def on_result(self, step: StepHandle, message: StepResult) -> Ignored | Rejected | None:
-        current = step.state
-        if current.status is not StepStatus.RUNNING or current.attempts != message.attempt:
-            # A late result (after a timeout, a retry or a cancel) changes nothing.
-            return Ignored(
-                f"stale result for {message.step_name} attempt {message.attempt} "
-                f"(step is {current.status.value} at attempt {current.attempts})"
-            )
+        stale = stale_result(step, message)
+        if stale is not None:
+            return stale
         if message.status is StepResultStatus.SUCCEEDED:
             step.complete(message.output)
         else:
@@ -70,9 +66,9 @@ class Task(StepKind):
         return None
 
     def on_timer(self, step: StepHandle, timer: TimerFired) -> Ignored | None:
-        if timer.kind is not TimerKind.STEP_TIMEOUT or step.state.status is not StepStatus.RUNNING:
-            return Ignored(f"{timer.kind.value} timer for {step.name} #{timer.attempt} is stale")
-        limit = step.spec.timeout.total_seconds() if step.spec.timeout else 0
+        limit = start_to_close_limit(step, timer)
+        if isinstance(limit, Ignored):
+            return limit
         step.attempt_failed(
             ErrorInfo(
                 type="StepTimeout",
