@@ -156,15 +156,19 @@ async def test_service_replies_until_stopped(
     publisher = await Publisher.open(amqp_connection)
     try:
 
-        async def declared() -> bool:
+        # A consumer comes after the queue's bindings: the queue existing alone would let the
+        # request below find no route yet.
+        async def consuming() -> bool:
+            if task.done():
+                task.result()
             with contextlib.suppress(Exception):
                 probe = await amqp_connection.channel()
-                await probe.declare_queue(topology.external_queue, passive=True)
+                queue = await probe.declare_queue(topology.external_queue, passive=True)
                 await probe.close()
-                return True
+                return (queue.declaration_result.consumer_count or 0) > 0
             return False
 
-        await wait_for(declared)
+        await wait_for(consuming)
         request = request_for(new_workflow_id())
         await send(publisher, topology, encode(request), request.message_id)
         [answer] = [m async for m in get_messages(channel, topology.orchestrator_queue, count=1)]
