@@ -20,6 +20,8 @@ right correlation id arrives, or its timeout passes.
 from __future__ import annotations
 
 import importlib
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -167,6 +169,50 @@ class ChildSpec(StepSpec):
     input: ChildInput | None = None
 
 
+# A map item's stepKey, from the item (pure, like a condition); None numbers items 0, 1, 2, ….
+ItemKey = Callable[[Any], str]
+
+# Where a map's list comes from: "input.<field>[.<field>…]" or "<step>.<field>[.<field>…]".
+INPUT_SOURCE = "input"
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec(StepSpec):
+    """Runs its step body once per item of a list, as invocations keyed by the item's index
+    (or `key(item)`), at most `max_concurrency` at a time, each with the step's retry policy
+    and `timeout`; completes with the item outputs in item order. Fails at the first item that
+    fails for good, unless `tolerate_failures` (a count) or `tolerate_ratio` (a fraction of the
+    items) allows more; a failed item's place in the output is then None."""
+
+    kind: ClassVar[str] = "map"
+    over: str = ""
+    max_concurrency: int = 10
+    max_items: int = 10_000
+    key: ItemKey | None = None
+    tolerate_failures: int = 0
+    tolerate_ratio: float = 0.0
+
+    @property
+    def source(self) -> tuple[str, tuple[str, ...]]:
+        source, _, path = self.over.partition(".")
+        return source, tuple(path.split(".")) if path else ()
+
+    def tolerated(self, total: int) -> int:
+        """How many items may fail for good without failing the step."""
+        return max(self.tolerate_failures, int(self.tolerate_ratio * total))
+
+    def queues(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def check(self, workflow: str, ancestors: frozenset[str]) -> None:
+        source, path = self.source
+        if not path or (source != INPUT_SOURCE and source not in ancestors):
+            raise DefinitionError(
+                f"workflow {workflow!r}: map {self.name!r} is over {self.over!r}, which must be "
+                "'input.<field>' or '<step>.<field>' of a step it comes after"
+            )
+
+
 def task(
     name: str,
     *,
@@ -222,6 +268,45 @@ def child(
         when=when,
         workflow=workflow if isinstance(workflow, str) else workflow.name,
         input=input,
+    )
+
+
+def map_step(
+    name: str,
+    *,
+    over: str,
+    after: Iterable[str] = (),
+    max_concurrency: int = 10,
+    max_items: int = 10_000,
+    key: ItemKey | None = None,
+    tolerate_failures: int = 0,
+    tolerate_ratio: float = 0.0,
+    retry: RetryPolicy | None = None,
+    timeout: timedelta | None = None,
+    when: Condition | None = None,
+) -> MapSpec:
+    """A step that runs body `name` once per item of the list at `over` (see `MapSpec`);
+    `timeout` bounds each item's attempt."""
+    if timeout is not None and timeout <= timedelta(0):
+        raise DefinitionError(f"step {name!r}: timeout must be positive")
+    if max_concurrency < 1 or max_items < 1:
+        raise DefinitionError(f"map {name!r}: max_concurrency and max_items must be at least 1")
+    if tolerate_failures < 0 or not 0 <= tolerate_ratio <= 1:
+        raise DefinitionError(
+            f"map {name!r}: tolerate_failures must be >= 0 and tolerate_ratio in [0, 1]"
+        )
+    return MapSpec(
+        name=name,
+        after=tuple(after),
+        retry=retry,
+        timeout=timeout,
+        when=when,
+        over=over,
+        max_concurrency=max_concurrency,
+        max_items=max_items,
+        key=key,
+        tolerate_failures=tolerate_failures,
+        tolerate_ratio=tolerate_ratio,
     )
 
 
@@ -284,6 +369,9 @@ def define_workflow(
         deps = by_name[step].after
         ancestors[step] = frozenset(deps).union(*(ancestors[dep] for dep in deps))
         by_name[step].check(name, ancestors[step])
+        spec = by_name[step]
+        if isinstance(spec, MapSpec) and spec.source[0] == INPUT_SOURCE:
+            _check_list_field(name, spec, input_model)
     if output_from is not None and output_from not in by_name:
         raise DefinitionError(f"workflow {name!r}: output_from names unknown step {output_from!r}")
     return WorkflowDefinition(
@@ -297,6 +385,43 @@ def define_workflow(
         retry=retry or RetryPolicy(),
         timeout=timeout,
     )
+
+
+def _check_list_field(workflow: str, spec: MapSpec, model: type[BaseModel]) -> None:
+    """A map over the input must name a list field of the input model, as far as the model
+    says (a field typed `Any` or `dict` is taken on trust and checked at run time)."""
+    annotation: Any = model
+    for part in spec.source[1]:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return
+        fields = {f.alias or field_name: f for field_name, f in annotation.model_fields.items()}
+        fields.update(annotation.model_fields)
+        if part not in fields:
+            raise DefinitionError(
+                f"workflow {workflow!r}: map {spec.name!r} is over {spec.over!r}, but the "
+                f"input model {annotation.__name__} has no field {part!r}"
+            )
+        annotation = _unwrap_optional(fields[part].annotation)
+    origin = typing.get_origin(annotation) or annotation
+    if origin is Any or origin is object:
+        return
+    if not (isinstance(origin, type) and issubclass(origin, (list, tuple, Sequence))) or issubclass(
+        origin, (str, bytes)
+    ):
+        raise DefinitionError(
+            f"workflow {workflow!r}: map {spec.name!r} is over {spec.over!r}, which the input "
+            f"model types as {annotation!r}, not a list"
+        )
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    # `list[X] | None` and Annotated[list[X], …] are lists as far as a map cares.
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _unwrap_optional(args[0])
+    return annotation
 
 
 def _topological_order(workflow: str, steps: Mapping[str, StepSpec]) -> tuple[str, ...]:

@@ -116,6 +116,11 @@ class StepCommand(Envelope):
     input: dict[str, Any]
     # Outputs of every step this one comes after, directly or through others, by step name.
     dependencies: dict[str, Any] = Field(default_factory=dict)
+    # One item of a map step: the body's input is the item (any JSON), `itemIndex` its place in
+    # the list, `stepKey` its key; `input` and `dependencies` are then empty, so that a command
+    # stays the size of its item however large the workflow's input.
+    item: Any = None
+    item_index: Annotated[int, Field(ge=0)] | None = None
 
 
 class ErrorInfo(_Model):
@@ -198,6 +203,12 @@ class EventType(StrEnum):
     CHILD_STARTED = "child.started"
     CHILD_COMPLETED = "child.completed"
     CHILD_FAILED = "child.failed"
+    # A map step's items: how many have ended (data: total, completed, failed, running), sent
+    # when another hundredth of them has ended, so a 10,000-item map sends about 100; and each
+    # item that failed an attempt or for good (its `stepKey` set; data: attempt, error, …).
+    STEP_PROGRESS = "step.progress"
+    STEP_ITEM_RETRYING = "step.item.retrying"
+    STEP_ITEM_FAILED = "step.item.failed"
 
 
 TERMINAL_EVENTS = frozenset(
@@ -213,6 +224,8 @@ class WorkflowEvent(Envelope):
     event: EventType
     workflow_name: StepName
     step_name: StepName | None = None
+    # The invocation an item event is about (map steps); absent on step-level events.
+    step_key: Annotated[str, Field(max_length=200)] | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
     @property

@@ -3,7 +3,7 @@ form, and the deterministic message ids. The orchestrator and the gateway import
 spells a status or an id scheme of its own."""
 
 from relayflow.model import ids
-from relayflow.model.state import StepState, WorkflowState, input_hash
+from relayflow.model.state import ItemState, MapProgress, StepState, WorkflowState, input_hash
 from relayflow.model.status import (
     ACTIVE_STEPS,
     CANCELLABLE,
@@ -24,6 +24,8 @@ __all__ = [
     "RETRYABLE",
     "SETTLED_STEPS",
     "UNFINISHED_STEPS",
+    "ItemState",
+    "MapProgress",
     "StepState",
     "StepStatus",
     "WorkflowState",

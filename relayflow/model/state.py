@@ -26,6 +26,77 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
+class MapProgress:
+    """Where a map step's items stand. `running` counts the items in flight (including those
+    waiting to retry): what `max_concurrency` bounds. The rest of `total` is still pending."""
+
+    total: int
+    completed: int = 0
+    failed: int = 0
+    running: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.completed - self.failed - self.running
+
+    @property
+    def ended(self) -> int:
+        return self.completed + self.failed
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "completed": self.completed,
+            "failed": self.failed,
+            "running": self.running,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MapProgress:
+        return cls(
+            total=int(data["total"]),
+            completed=int(data.get("completed", 0)),
+            failed=int(data.get("failed", 0)),
+            running=int(data.get("running", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    """One item of a map step: a row of `step_items`, never part of the workflow's jsonb, so
+    that an item's result costs one row whatever the number of items."""
+
+    workflow_id: str
+    step_name: str
+    # The item's stepKey: its index as text, or the key the definition derives from it.
+    key: str
+    index: int
+    item: Any
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    output: Any = None
+    error: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The item as the gateway shows it."""
+        shown: dict[str, Any] = {
+            "key": self.key,
+            "index": self.index,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "startedAt": _time(self.started_at),
+            "finishedAt": _time(self.finished_at),
+        }
+        if self.status is StepStatus.COMPLETED:
+            shown["output"] = self.output
+        if self.error is not None:
+            shown["error"] = self.error
+        return shown
+
+
+@dataclass(frozen=True, slots=True)
 class StepState:
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
@@ -39,9 +110,11 @@ class StepState:
     next_attempt_at: datetime | None = None
     # Child steps: the workflow the current attempt started.
     child_workflow_id: str | None = None
+    # Map steps: how far their items are (the items themselves are rows of `step_items`).
+    progress: MapProgress | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        shown = {
             "status": self.status.value,
             "attempts": self.attempts,
             "output": self.output,
@@ -52,6 +125,9 @@ class StepState:
             "nextAttemptAt": _time(self.next_attempt_at),
             "childWorkflowId": self.child_workflow_id,
         }
+        if self.progress is not None:
+            shown["progress"] = self.progress.to_json()
+        return shown
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepState:
@@ -65,6 +141,7 @@ class StepState:
             correlation_id=data.get("correlationId"),
             next_attempt_at=_parse_time(data.get("nextAttemptAt")),
             child_workflow_id=data.get("childWorkflowId"),
+            progress=MapProgress.from_json(data["progress"]) if data.get("progress") else None,
         )
 
 

@@ -102,7 +102,9 @@ async def call(
 ) -> Outcome:
     """Run the body of `definition` for `command`; `connection` for a transactional step."""
     try:
-        value = definition.parse_input(command.input)
+        # A map item's body takes the item as its input.
+        raw = command.input if command.item_index is None else command.item
+        value = definition.parse_input(raw)
     except ValidationError as exc:
         return ErrorInfo(
             type="InvalidInput", message=_storable(str(exc))[:_MAX_ERROR_MESSAGE], retryable=False
@@ -112,6 +114,7 @@ async def call(
         workflow_name=command.workflow_name,
         step_name=command.step_name,
         step_key=command.step_key,
+        item_index=command.item_index,
         attempt=command.attempt,
         input=value,
         dependencies=command.dependencies,

@@ -24,8 +24,8 @@ class StepContextError(RelayflowError):
 
 
 class StepContext(Generic[InputT]):
-    """One invocation of a step: who it is for, its parsed input, the outputs of the steps it
-    comes after, and (for `transactional=True` steps) the connection whose transaction also
+    """One invocation of a step: who it is for, its parsed input (a map item's body: the item),
+    the outputs of the steps it comes after, and (for `transactional=True` steps) the connection whose transaction also
     records the step's success."""
 
     __slots__ = (
@@ -34,6 +34,7 @@ class StepContext(Generic[InputT]):
         "attempt",
         "dependencies",
         "input",
+        "item_index",
         "step_key",
         "step_name",
         "workflow_id",
@@ -52,13 +53,17 @@ class StepContext(Generic[InputT]):
         dependencies: Mapping[str, Any],
         publish: PublishFn,
         connection: DbConnection | None = None,
+        item_index: int | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.workflow_name = workflow_name
         self.step_name = step_name
         self.step_key = step_key
         self.attempt = attempt
+        # A map item's body: `input` is the item, `item_index` its place in the list (and
+        # `step_key` its key); None for any other step.
         self.input = input
+        self.item_index = item_index
         self.dependencies: Mapping[str, Any] = dependencies
         self._publish = publish
         self._connection = connection

@@ -92,9 +92,7 @@ def result_for(command: StepCommand, invocation: Invocation) -> StepResult:
     else:
         raise ValueError(f"invocation is still {invocation.status}")
     return StepResult(
-        message_id=ids.result_id(
-            command.workflow_id, command.step_name, command.step_key, attempt
-        ),
+        message_id=ids.result_id(command.workflow_id, command.step_name, command.step_key, attempt),
         workflow_id=command.workflow_id,
         step_name=command.step_name,
         step_key=command.step_key,

@@ -30,7 +30,7 @@ class StepDefinition:
     input_adapter: TypeAdapter[Any]
     transactional: bool
 
-    def parse_input(self, raw: dict[str, Any]) -> Any:
+    def parse_input(self, raw: Any) -> Any:
         """Raises `pydantic.ValidationError` when the input does not fit the declared model."""
         return self.input_adapter.validate_python(raw)
 

@@ -24,22 +24,27 @@ from relayflow.contracts import (
     WorkflowEventBatch,
 )
 from relayflow.db import Connection
-from relayflow.model import WorkflowState, ids
+from relayflow.model import ItemState, WorkflowState, ids
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, step_key
-from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
+from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
 from services.orchestrator import machine, store
 from services.orchestrator.machine import (
     CancelChild,
+    ClaimItems,
+    CollectItems,
     DispatchStep,
     Ignored,
+    ItemAnswer,
+    ItemOp,
     NotifyParent,
     Outcome,
     Rejected,
+    SaveItem,
     StartChild,
     TimerFired,
     Transition,
 )
-from services.orchestrator.store import OutboxRow
+from services.orchestrator.store import ItemKey, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +97,23 @@ class Processor:
                 else Ignored(f"workflow {start.workflow_id} is being started elsewhere")
             )
 
-        changed: set[str] = set()
+        items = await store.load_items(conn, self._items_addressed(inputs, current))
+        batch = _Batch(current=current, items=items, transitions=transitions)
         for index, item in enumerate(inputs):
             if isinstance(item, StartWorkflow):
                 continue
-            outcome = self._apply_one(current, item, now)
+            outcome = self._apply_one(current, item, now, items)
             outcomes[index] = outcome
             if isinstance(outcome, Transition):
-                current[item.workflow_id] = outcome.state
-                changed.add(item.workflow_id)
-                transitions.append(outcome)
+                batch.record(item.workflow_id, outcome)
+
+        ops = [op for transition in transitions for op in transition.item_ops]
+        while ops:
+            ops = await self._answer_item_ops(conn, ops, batch, now)
 
         outbox = await store.write_batch(
             conn,
-            [current[wid] for wid in sorted(changed)],
+            [current[wid] for wid in sorted(batch.changed)],
             [event for t in transitions for event in t.events],
             [timer for t in transitions for timer in t.timers],
             self._outgoing(transitions),
@@ -167,7 +175,13 @@ class Processor:
                     new[item.workflow_id] = started
         return new, repeats
 
-    def _apply_one(self, current: dict[str, WorkflowState], item: Input, now: datetime) -> Outcome:
+    def _apply_one(
+        self,
+        current: dict[str, WorkflowState],
+        item: Input,
+        now: datetime,
+        items: Mapping[ItemKey, ItemState],
+    ) -> Outcome:
         state = current.get(item.workflow_id)
         if state is None:
             if isinstance(item, TimerFired):
@@ -176,7 +190,57 @@ class Processor:
         definition = self._registry.get(state.name)
         if definition is None:
             return Rejected(f"workflow {state.id} is a {state.name!r}, which is not registered")
-        return _route(definition, state, item, now)
+        return _route(definition, state, item, now, items)
+
+    def _items_addressed(
+        self, inputs: Sequence[Input], current: Mapping[str, WorkflowState]
+    ) -> list[ItemKey]:
+        """The map items the batch's results and timers are about: loaded once, up front."""
+        keys: list[ItemKey] = []
+        for item in inputs:
+            if isinstance(item, TimerFired) and item.step_key:
+                keys.append((item.workflow_id, item.step_name, item.step_key))
+            elif isinstance(item, StepResult) and (state := current.get(item.workflow_id)):
+                definition = self._registry.get(state.name)
+                spec = definition.steps.get(item.step_name) if definition else None
+                if isinstance(spec, MapSpec):
+                    keys.append((item.workflow_id, item.step_name, item.step_key))
+        return keys
+
+    async def _answer_item_ops(
+        self,
+        conn: Connection,
+        ops: Sequence[ItemOp],
+        batch: _Batch,
+        now: datetime,
+    ) -> list[ItemOp]:
+        """Write the items the machine changed, answer what it asked for (the next pending
+        items, a finished map's outputs) and apply the answers: returns the item ops those
+        produce in turn (a completed map may start another)."""
+        writes = [op for op in ops if not isinstance(op, (ClaimItems, CollectItems))]
+        await store.write_items(conn, writes, now)
+        claims: dict[tuple[str, str], int] = {}
+        for op in ops:
+            if isinstance(op, ClaimItems):
+                key = (op.workflow_id, op.step_name)
+                claims[key] = claims.get(key, 0) + op.count
+        collects = [(op.workflow_id, op.step_name) for op in ops if isinstance(op, CollectItems)]
+        answers: list[ItemAnswer] = [
+            *await store.claim_items(conn, claims, now),
+            *await store.collect_items(conn, collects),
+        ]
+        follow_ups: list[ItemOp] = []
+        for answer in answers:
+            state = batch.current[answer.workflow_id]
+            definition = self._registry.get(state.name)
+            assert definition is not None, "the machine asked for items of a known workflow"
+            outcome = machine.on_items(definition, state, answer, now)
+            if isinstance(outcome, Transition):
+                batch.record(answer.workflow_id, outcome)
+                follow_ups.extend(outcome.item_ops)
+            elif isinstance(outcome, Rejected):
+                log.error("item answer for %s refused: %s", answer.workflow_id, outcome.reason)
+        return follow_ups
 
     def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
         """The one router from intents to messages: each intent type has its exchange and key."""
@@ -210,12 +274,36 @@ class Processor:
         return messages
 
 
+@dataclass(slots=True)
+class _Batch:
+    """What applying a batch has changed so far."""
+
+    current: dict[str, WorkflowState]
+    items: dict[ItemKey, ItemState]
+    transitions: list[Transition]
+    changed: set[str] = field(default_factory=set)
+
+    def record(self, workflow_id: str, transition: Transition) -> None:
+        self.current[workflow_id] = transition.state
+        self.changed.add(workflow_id)
+        self.transitions.append(transition)
+        # A later input of the batch about the same item sees it as the machine left it.
+        for op in transition.item_ops:
+            if isinstance(op, SaveItem):
+                self.items[(op.item.workflow_id, op.item.step_name, op.item.key)] = op.item
+
+
 def _route(
-    definition: WorkflowDefinition, state: WorkflowState, item: Input, now: datetime
+    definition: WorkflowDefinition,
+    state: WorkflowState,
+    item: Input,
+    now: datetime,
+    items: Mapping[ItemKey, ItemState],
 ) -> Outcome:
     match item:
         case StepResult():
-            return machine.on_step_result(definition, state, item, now)
+            about = items.get((item.workflow_id, item.step_name, item.step_key))
+            return machine.on_step_result(definition, state, item, now, about)
         case ExternalReply():
             return machine.on_reply(definition, state, item, now)
         case CancelWorkflow():
@@ -223,6 +311,7 @@ def _route(
         case RetryWorkflow():
             return machine.on_retry(definition, state, item, now)
         case TimerFired():
-            return machine.on_timer(definition, state, item, now)
+            about = items.get((item.workflow_id, item.step_name, item.step_key))
+            return machine.on_timer(definition, state, item, now, about)
         case StartWorkflow():
             raise AssertionError("starts are applied before everything else")

@@ -66,9 +66,9 @@ WITH sent AS (
                          $15::timestamptz[])
     RETURNING 1
 ), new_timers AS (
-    INSERT INTO timers (workflow_id, kind, step_name, attempt, fire_at)
+    INSERT INTO timers (workflow_id, kind, step_name, attempt, fire_at, step_key)
     SELECT * FROM unnest($16::text[], $17::text[], $18::text[], $19::integer[],
-                         $20::timestamptz[])
+                         $20::timestamptz[], $28::text[])
     RETURNING 1
 )
 INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory)
@@ -86,7 +86,7 @@ WHERE id IN (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING workflow_id, kind, step_name, attempt;
+RETURNING workflow_id, kind, step_name, attempt, step_key;
 
 -- name: delete_outbox
 DELETE FROM outbox WHERE id = ANY($1::bigint[]);
@@ -109,3 +109,88 @@ WHERE message_id IN (
     WHERE received_at < now() - make_interval(secs => $1)
     LIMIT $2
 );
+
+-- Map items (`step_items`). The workflow rows they belong to are locked by the batch, so no two
+-- transactions write the items of one workflow at once.
+
+-- name: load_items
+SELECT i.workflow_id, i.step_name, i.key, i.item_index, i.status, i.attempts, i.item, i.output,
+       i.error, i.started_at, i.finished_at
+FROM unnest($1::text[], $2::text[], $3::text[]) AS w(workflow_id, step_name, key)
+JOIN step_items AS i USING (workflow_id, step_name, key);
+
+-- name: create_items
+INSERT INTO step_items (workflow_id, step_name, key, item_index, status, item)
+SELECT w.workflow_id, w.step_name, w.key, w.item_index, 'pending', w.item
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::jsonb[])
+     AS w(workflow_id, step_name, key, item_index, item)
+ON CONFLICT DO NOTHING;
+
+-- name: save_items
+-- Each item's new state; an item that has ended drops its timers (a timeout set for an attempt
+-- that has answered would only fire to be ignored).
+WITH saved AS (
+    UPDATE step_items AS i
+    SET status = u.status, attempts = u.attempts, output = u.output, error = u.error,
+        started_at = u.started_at, finished_at = u.finished_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::jsonb[],
+                $7::jsonb[], $8::timestamptz[], $9::timestamptz[])
+         AS u(workflow_id, step_name, key, status, attempts, output, error, started_at,
+              finished_at)
+    WHERE i.workflow_id = u.workflow_id AND i.step_name = u.step_name AND i.key = u.key
+    RETURNING i.workflow_id, i.step_name, i.key, i.status
+)
+DELETE FROM timers AS t
+USING saved AS s
+WHERE s.status IN ('completed', 'failed', 'cancelled')
+  AND t.workflow_id = s.workflow_id AND t.step_name = s.step_name AND t.step_key = s.key;
+
+-- name: reset_items
+UPDATE step_items AS i
+SET status = 'pending', error = NULL, started_at = NULL, finished_at = NULL
+FROM unnest($1::text[], $2::text[]) AS w(workflow_id, step_name)
+WHERE i.workflow_id = w.workflow_id AND i.step_name = w.step_name AND i.status <> 'completed';
+
+-- name: cancel_items
+WITH cancelled AS (
+    UPDATE step_items AS i
+    SET status = 'cancelled', finished_at = $3
+    FROM unnest($1::text[], $2::text[]) AS w(workflow_id, step_name)
+    WHERE i.workflow_id = w.workflow_id AND i.step_name = w.step_name
+      AND i.status IN ('pending', 'running', 'retrying')
+    RETURNING i.workflow_id, i.step_name, i.key
+)
+DELETE FROM timers AS t
+USING cancelled AS c
+WHERE t.workflow_id = c.workflow_id AND t.step_name = c.step_name AND t.step_key = c.key;
+
+-- name: claim_items
+-- The next `n` pending items of each map, in item order, moved to their next attempt.
+WITH picked AS (
+    SELECT p.workflow_id, p.step_name, p.key
+    FROM unnest($1::text[], $2::text[], $3::integer[]) AS w(workflow_id, step_name, n)
+    CROSS JOIN LATERAL (
+        SELECT i.workflow_id, i.step_name, i.key
+        FROM step_items AS i
+        WHERE i.workflow_id = w.workflow_id AND i.step_name = w.step_name
+          AND i.status = 'pending'
+        ORDER BY i.item_index
+        LIMIT w.n
+    ) AS p
+)
+UPDATE step_items AS i
+SET status = 'running', attempts = i.attempts + 1, started_at = $4, finished_at = NULL
+FROM picked
+WHERE i.workflow_id = picked.workflow_id AND i.step_name = picked.step_name
+  AND i.key = picked.key
+RETURNING i.workflow_id, i.step_name, i.key, i.item_index, i.status, i.attempts, i.item,
+          i.output, i.error, i.started_at, i.finished_at;
+
+-- name: collect_items
+-- Every item's output in item order (None where the item did not complete).
+SELECT i.workflow_id, i.step_name,
+       array_agg(CASE WHEN i.status = 'completed' THEN i.output END ORDER BY i.item_index)
+           AS outputs
+FROM unnest($1::text[], $2::text[]) AS w(workflow_id, step_name)
+JOIN step_items AS i USING (workflow_id, step_name)
+GROUP BY i.workflow_id, i.step_name;

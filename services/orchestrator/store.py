@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -11,8 +12,18 @@ import orjson
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import ParentRef, WorkflowEvent, encode
 from relayflow.db import Connection, Queries
-from relayflow.model import StepState, WorkflowState, WorkflowStatus
-from services.orchestrator.machine import Timer, TimerFired, TimerKind
+from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, WorkflowStatus
+from services.orchestrator.machine import (
+    CancelItems,
+    CreateItems,
+    ItemsClaimed,
+    ItemsCollected,
+    ResetItems,
+    SaveItem,
+    Timer,
+    TimerFired,
+    TimerKind,
+)
 
 QUERIES = Queries.load("services.orchestrator")
 
@@ -131,6 +142,7 @@ async def write_batch(
         [m.body for m in messages],
         [m.mandatory for m in messages],
         list(sent),
+        [t.step_key for t in timers],
     )
     by_message_id = {m.message_id: m for m in messages}
     return [OutboxRow(row["id"], by_message_id[row["message_id"]]) for row in rows]
@@ -140,7 +152,11 @@ async def claim_due_timers(conn: Connection, limit: int) -> list[TimerFired]:
     rows = await conn.fetch(QUERIES.claim_due_timers, limit)
     return [
         TimerFired(
-            row["workflow_id"], TimerKind(row["kind"]), row["attempt"], step_name=row["step_name"]
+            row["workflow_id"],
+            TimerKind(row["kind"]),
+            row["attempt"],
+            step_name=row["step_name"],
+            step_key=row["step_key"],
         )
         for row in rows
     ]
@@ -173,3 +189,137 @@ async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) ->
 async def purge_inbox(conn: Connection, older_than: float, limit: int) -> int:
     status = await conn.execute(QUERIES.purge_inbox, older_than, limit)
     return int(status.split()[-1])
+
+
+# --- map items ---
+
+ItemKey = tuple[str, str, str]
+# The item writes of a batch, applied in the order the machine made them.
+ItemWrite = CreateItems | SaveItem | ResetItems | CancelItems
+
+
+def _item_from_row(row: Any) -> ItemState:
+    return ItemState(
+        workflow_id=row["workflow_id"],
+        step_name=row["step_name"],
+        key=row["key"],
+        index=row["item_index"],
+        item=row["item"],
+        status=StepStatus(row["status"]),
+        attempts=row["attempts"],
+        output=row["output"],
+        error=row["error"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+async def load_items(conn: Connection, keys: Iterable[ItemKey]) -> dict[ItemKey, ItemState]:
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        QUERIES.load_items,
+        [k[0] for k in wanted],
+        [k[1] for k in wanted],
+        [k[2] for k in wanted],
+    )
+    items = (_item_from_row(row) for row in rows)
+    return {(i.workflow_id, i.step_name, i.key): i for i in items}
+
+
+async def write_items(conn: Connection, writes: Sequence[ItemWrite], now: datetime) -> None:
+    """Apply item writes in order, a run of writes of one type in one statement."""
+    start = 0
+    while start < len(writes):
+        end = start
+        while end < len(writes) and type(writes[end]) is type(writes[start]):
+            end += 1
+        await _write_run(conn, writes[start:end], now)
+        start = end
+
+
+async def _write_run(conn: Connection, run: Sequence[ItemWrite], now: datetime) -> None:
+    first = run[0]
+    if isinstance(first, CreateItems):
+        items = [item for op in run if isinstance(op, CreateItems) for item in op.items]
+        await conn.execute(
+            QUERIES.create_items,
+            [i.workflow_id for i in items],
+            [i.step_name for i in items],
+            [i.key for i in items],
+            [i.index for i in items],
+            [i.item for i in items],
+        )
+    elif isinstance(first, SaveItem):
+        # One row per item (the last state wins): an UPDATE joining two rows of one item would
+        # apply an arbitrary one.
+        latest = {
+            (op.item.workflow_id, op.item.step_name, op.item.key): op.item
+            for op in run
+            if isinstance(op, SaveItem)
+        }
+        saved = list(latest.values())
+        await conn.execute(
+            QUERIES.save_items,
+            [i.workflow_id for i in saved],
+            [i.step_name for i in saved],
+            [i.key for i in saved],
+            [i.status.value for i in saved],
+            [i.attempts for i in saved],
+            [i.output for i in saved],
+            [i.error for i in saved],
+            [i.started_at for i in saved],
+            [i.finished_at for i in saved],
+        )
+    else:
+        steps = [
+            (op.workflow_id, op.step_name)
+            for op in run
+            if not isinstance(op, (CreateItems, SaveItem))
+        ]
+        if isinstance(first, ResetItems):
+            await conn.execute(QUERIES.reset_items, [s[0] for s in steps], [s[1] for s in steps])
+        else:
+            await conn.execute(
+                QUERIES.cancel_items, [s[0] for s in steps], [s[1] for s in steps], now
+            )
+
+
+async def claim_items(
+    conn: Connection, requests: dict[tuple[str, str], int], now: datetime
+) -> list[ItemsClaimed]:
+    """Move the next pending items of each map (requests: count by (workflow, step)) to their
+    next attempt, and answer each request with its items in item order."""
+    if not requests:
+        return []
+    wanted = sorted(requests)
+    rows = await conn.fetch(
+        QUERIES.claim_items,
+        [w[0] for w in wanted],
+        [w[1] for w in wanted],
+        [requests[w] for w in wanted],
+        now,
+    )
+    claimed: dict[tuple[str, str], list[ItemState]] = {w: [] for w in wanted}
+    for row in rows:
+        item = _item_from_row(row)
+        claimed[(item.workflow_id, item.step_name)].append(item)
+    return [
+        ItemsClaimed(
+            workflow_id=w[0],
+            step_name=w[1],
+            requested=requests[w],
+            items=tuple(sorted(claimed[w], key=lambda item: item.index)),
+        )
+        for w in wanted
+    ]
+
+
+async def collect_items(conn: Connection, steps: Iterable[tuple[str, str]]) -> list[ItemsCollected]:
+    wanted = sorted(set(steps))
+    if not wanted:
+        return []
+    rows = await conn.fetch(QUERIES.collect_items, [w[0] for w in wanted], [w[1] for w in wanted])
+    found = {(row["workflow_id"], row["step_name"]): tuple(row["outputs"]) for row in rows}
+    return [ItemsCollected(w[0], w[1], found.get(w, ())) for w in wanted]

@@ -55,6 +55,7 @@ class Teleport(StepSpec):
 
     kind: ClassVar[str] = "teleport"
 
+
 FORM = {"name": "Ada", "email": "ada@example.com", "message": "hello"}
 
 

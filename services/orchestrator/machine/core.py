@@ -35,6 +35,7 @@ from relayflow.model import (
     RETRYABLE,
     SETTLED_STEPS,
     UNFINISHED_STEPS,
+    ItemState,
     StepState,
     StepStatus,
     WorkflowState,
@@ -47,6 +48,7 @@ from services.orchestrator.machine.handle import StepHandle, emit
 from services.orchestrator.machine.kinds import kind_of
 from services.orchestrator.machine.transition import (
     Ignored,
+    ItemAnswer,
     NotifyParent,
     Outcome,
     Rejected,
@@ -112,8 +114,13 @@ def duplicate_start(state: WorkflowState, message: StartWorkflow) -> Ignored | R
 
 
 def on_step_result(
-    definition: WorkflowDefinition, state: WorkflowState, message: StepResult, now: datetime
+    definition: WorkflowDefinition,
+    state: WorkflowState,
+    message: StepResult,
+    now: datetime,
+    item: ItemState | None = None,
 ) -> Outcome:
+    """`item`: for a map step, the stored state of the item the result is about."""
     if message.step_name not in definition.steps:
         return Rejected(f"workflow {definition.name!r} has no step {message.step_name!r}")
     kind = kind_of(definition.steps[message.step_name])
@@ -122,7 +129,7 @@ def on_step_result(
     if state.finished:
         return Ignored(f"workflow {state.id} is already {state.status.value}")
     transition = Transition(state=state)
-    step = StepHandle(definition, transition, message.step_name, now)
+    step = StepHandle(definition, transition, message.step_name, now, item=item)
     outcome = kind.on_result(step, message)
     if outcome is not None:
         return outcome
@@ -158,8 +165,13 @@ def _consumed(state: WorkflowState, correlation_id: str) -> bool:
 
 
 def on_timer(
-    definition: WorkflowDefinition, state: WorkflowState, timer: TimerFired, now: datetime
+    definition: WorkflowDefinition,
+    state: WorkflowState,
+    timer: TimerFired,
+    now: datetime,
+    item: ItemState | None = None,
 ) -> Outcome:
+    """`item`: for a map item's timer, the stored state of that item."""
     if state.finished:
         return Ignored(f"{timer.kind.value} timer for a {state.status.value} workflow")
     if timer.kind is TimerKind.WORKFLOW_TIMEOUT:
@@ -170,9 +182,9 @@ def on_timer(
     if stale is not None:
         return stale
     transition = Transition(state=state)
-    step = StepHandle(definition, transition, timer.step_name, now)
+    step = StepHandle(definition, transition, timer.step_name, now, item=item)
     kind = kind_of(step.spec)
-    if timer.kind is TimerKind.RETRY:
+    if timer.kind is TimerKind.RETRY and not timer.step_key:
         # The same for every kind that retries: the wait is over, the next attempt begins.
         kind.start(step)
     else:
@@ -191,10 +203,30 @@ def _stale_step_timer(
     current = state.steps.get(timer.step_name)
     if current is None or timer.step_name not in definition.steps:
         return Ignored(f"{timer.kind.value} timer for unknown step {timer.step_name!r}")
+    if timer.step_key:
+        # An item's timer: its kind judges it by the item's attempt, not the step's.
+        return None
     moved_on = timer.kind is TimerKind.RETRY and current.status is not StepStatus.RETRYING
     if current.attempts != timer.attempt or moved_on:
         return Ignored(f"{timer.kind.value} timer for {timer.step_name} #{timer.attempt} is stale")
     return None
+
+
+def on_items(
+    definition: WorkflowDefinition, state: WorkflowState, answer: ItemAnswer, now: datetime
+) -> Outcome:
+    """The processor's answer to a step's item request (claimed items, collected outputs),
+    applied in the transaction that made the request."""
+    if answer.step_name not in definition.steps:
+        return Rejected(f"workflow {definition.name!r} has no step {answer.step_name!r}")
+    transition = Transition(state=state)
+    step = StepHandle(definition, transition, answer.step_name, now)
+    outcome = kind_of(step.spec).on_items(step, answer)
+    if outcome is not None:
+        # Ignored, yet it may hand claimed items back: keep those writes.
+        return transition if transition.item_ops else outcome
+    _advance(definition, transition, now)
+    return transition
 
 
 def on_cancel(
@@ -336,8 +368,7 @@ def _should_run(step: StepHandle) -> bool:
         step.fail(
             ErrorInfo(
                 type="ConditionError",
-                message=f"the condition of step {step.name!r} raised "
-                f"{type(exc).__name__}: {exc}",
+                message=f"the condition of step {step.name!r} raised {type(exc).__name__}: {exc}",
                 retryable=False,
             )
         )

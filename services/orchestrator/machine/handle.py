@@ -13,9 +13,15 @@ from datetime import datetime
 from typing import Any
 
 from relayflow.contracts import ErrorInfo, EventType, WorkflowEvent
-from relayflow.model import StepState, StepStatus, WorkflowState, ids
+from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, ids
 from relayflow.workflow import StepSpec, WorkflowDefinition
-from services.orchestrator.machine.transition import Intent, Timer, TimerKind, Transition
+from services.orchestrator.machine.transition import (
+    Intent,
+    ItemOp,
+    Timer,
+    TimerKind,
+    Transition,
+)
 
 
 def emit(
@@ -24,6 +30,7 @@ def emit(
     now: datetime,
     *,
     step_name: str | None = None,
+    step_key: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
     """Record an event: numbered next in the workflow, stored and broadcast with the batch."""
@@ -40,6 +47,7 @@ def emit(
             event=event,
             workflow_name=state.name,
             step_name=step_name,
+            step_key=step_key,
             data=data or {},
         )
     )
@@ -51,6 +59,9 @@ class StepHandle:
     transition: Transition
     name: str
     now: datetime
+    # The map item a result or timer is about, as stored before this input (the processor
+    # loads it); None for everything else.
+    item: ItemState | None = None
 
     @property
     def spec(self) -> StepSpec:
@@ -98,12 +109,18 @@ class StepHandle:
     def emit(self, event: EventType, **data: Any) -> None:
         emit(self.transition, event, self.now, step_name=self.name, data=data)
 
+    def emit_item(self, event: EventType, key: str, **data: Any) -> None:
+        emit(self.transition, event, self.now, step_name=self.name, step_key=key, data=data)
+
     def add(self, intent: Intent) -> None:
         self.transition.intents.append(intent)
 
-    def set_timer(self, kind: TimerKind, attempt: int, fire_at: datetime) -> None:
+    def add_item_op(self, op: ItemOp) -> None:
+        self.transition.item_ops.append(op)
+
+    def set_timer(self, kind: TimerKind, attempt: int, fire_at: datetime, key: str = "") -> None:
         self.transition.timers.append(
-            Timer(self.workflow.id, kind, attempt, fire_at, step_name=self.name)
+            Timer(self.workflow.id, kind, attempt, fire_at, step_name=self.name, step_key=key)
         )
 
     # --- endings ---
@@ -135,16 +152,23 @@ class StepHandle:
             )
         )
 
+    def retry_at(self, error: ErrorInfo, attempts: int, key: str = "") -> datetime | None:
+        """When the next attempt starts, if the step's retry policy allows one after
+        `attempts` (of the step, or of its map item `key`); None if the error is final."""
+        policy = self.definition.retry_policy(self.name)
+        if not policy.retries(error.type, error.retryable, attempts):
+            return None
+        where = f"{self.name}/{key}" if key else self.name
+        return self.now + policy.delay(attempts, _spread(self.workflow.id, where, attempts))
+
     def attempt_failed(self, error: ErrorInfo) -> None:
         """An attempt failed: schedule the next one if the step's retry policy allows (a
         durable RETRY timer), else fail the step."""
         step = self.state
-        policy = self.definition.retry_policy(self.name)
-        if not policy.retries(error.type, error.retryable, step.attempts):
+        next_at = self.retry_at(error, step.attempts)
+        if next_at is None:
             self.fail(error)
             return
-        delay = policy.delay(step.attempts, _spread(self.workflow.id, self.name, step.attempts))
-        next_at = self.now + delay
         error_json = error.model_dump(mode="json")
         self.set(
             replace(step, status=StepStatus.RETRYING, error=error_json, next_attempt_at=next_at)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from relayflow.contracts import (
     CancelWorkflow,
@@ -19,7 +20,7 @@ from relayflow.contracts import (
     StepResult,
     WorkflowEvent,
 )
-from relayflow.model import WorkflowState
+from relayflow.model import ItemState, WorkflowState
 
 
 class TimerKind(StrEnum):
@@ -37,17 +38,20 @@ class Timer:
     attempt: int
     fire_at: datetime
     step_name: str = ""
+    # A map item's timer names the item; "" for a timer of the step as a whole.
+    step_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TimerFired:
-    """A durable timer came due. It only acts if the step (or the workflow's run) is still at
-    the attempt it was set for; otherwise it is stale and ignored."""
+    """A durable timer came due. It only acts if the step (or the workflow's run, or the map
+    item) is still at the attempt it was set for; otherwise it is stale and ignored."""
 
     workflow_id: str
     kind: TimerKind
     attempt: int
     step_name: str = ""
+    step_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +86,92 @@ class NotifyParent:
 Intent = DispatchStep | StartChild | CancelChild | NotifyParent
 
 
+# --- map items: rows of `step_items`, written by the processor in the batch's transaction ---
+
+
+@dataclass(frozen=True, slots=True)
+class CreateItems:
+    """Store a map step's items, all pending, when it first starts."""
+
+    items: tuple[ItemState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SaveItem:
+    """Store one item's new state (an item that has ended also drops its timers)."""
+
+    item: ItemState
+
+
+@dataclass(frozen=True, slots=True)
+class ResetItems:
+    """A retried workflow runs its map again: every item not completed is pending again."""
+
+    workflow_id: str
+    step_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelItems:
+    """The map stops: every item not yet ended is cancelled."""
+
+    workflow_id: str
+    step_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimItems:
+    """Ask for the next `count` pending items (by index), moved to their next attempt; the
+    answer comes back to the machine as `ItemsClaimed` in the same transaction."""
+
+    workflow_id: str
+    step_name: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollectItems:
+    """Ask for every item's output in item order (the map has ended); answered by
+    `ItemsCollected` in the same transaction."""
+
+    workflow_id: str
+    step_name: str
+
+
+ItemOp = CreateItems | SaveItem | ResetItems | CancelItems | ClaimItems | CollectItems
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsClaimed:
+    """The answer to `ClaimItems`: up to `requested` items, each now running its next attempt
+    (fewer when fewer were pending)."""
+
+    workflow_id: str
+    step_name: str
+    requested: int
+    items: tuple[ItemState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsCollected:
+    """The answer to `CollectItems`: each item's output in item order (None for an item that
+    did not complete)."""
+
+    workflow_id: str
+    step_name: str
+    outputs: tuple[Any, ...]
+
+
+ItemAnswer = ItemsClaimed | ItemsCollected
+
+
 @dataclass(slots=True)
 class Transition:
     state: WorkflowState
     events: list[WorkflowEvent] = field(default_factory=list)
     intents: list[Intent] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
+    item_ops: list[ItemOp] = field(default_factory=list)
 
     @property
     def commands(self) -> list[StepCommand]:

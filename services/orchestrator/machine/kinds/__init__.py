@@ -10,10 +10,13 @@ from relayflow.errors import DefinitionError
 from relayflow.workflow import StepSpec, WorkflowDefinition
 from services.orchestrator.machine.kinds.base import StepKind
 from services.orchestrator.machine.kinds.child import Child
+from services.orchestrator.machine.kinds.map import Map
 from services.orchestrator.machine.kinds.task import Task
 from services.orchestrator.machine.kinds.wait import Wait
 
-KINDS: Final[Mapping[str, StepKind]] = {kind.name: kind for kind in (Task(), Wait(), Child())}
+KINDS: Final[Mapping[str, StepKind]] = {
+    kind.name: kind for kind in (Task(), Wait(), Child(), Map())
+}
 
 
 def kind_of(spec: StepSpec) -> StepKind:

@@ -12,7 +12,13 @@ from __future__ import annotations
 from relayflow.contracts import ExternalReply, StepResult
 from relayflow.model import StepStatus
 from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.transition import Ignored, Rejected, TimerFired, TimerKind
+from services.orchestrator.machine.transition import (
+    Ignored,
+    ItemAnswer,
+    Rejected,
+    TimerFired,
+    TimerKind,
+)
 
 
 class StepKind:
@@ -41,6 +47,10 @@ class StepKind:
     def on_reply(self, step: StepHandle, message: ExternalReply) -> bool:
         """Whether this step took the reply (the machine offers it to each step in turn)."""
         return False
+
+    def on_items(self, step: StepHandle, answer: ItemAnswer) -> Ignored | None:
+        """The processor's answer to an item request this kind made (maps)."""
+        return Ignored(f"a {self.name} step asks for no items")
 
     def on_cancel(self, step: StepHandle) -> None:
         """The workflow stops while this step is unfinished."""
