@@ -8,12 +8,13 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
 
 from relayflow.db import create_pool, ensure_database, migrate
+from relayflow.db.migrate import CORE
 from relayflow.errors import ConfigurationError, ServiceUnavailableError
 from relayflow.settings import Settings
 
@@ -32,8 +33,11 @@ def configure_logging(service: str, level: str) -> None:
     logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-async def prepare_database(settings: Settings) -> asyncpg.Pool[Any]:
-    """Create the database if missing, apply migrations, and open the pool."""
+async def prepare_database(
+    settings: Settings, applications: Sequence[str] = ()
+) -> asyncpg.Pool[Any]:
+    """Create the database if missing, apply the core's migrations and those of the
+    `applications` (packages with a `migrations` folder), and open the pool."""
     try:
         await ensure_database(settings.database_url)
     except (OSError, asyncpg.CannotConnectNowError) as exc:
@@ -43,7 +47,7 @@ async def prepare_database(settings: Settings) -> asyncpg.Pool[Any]:
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
     async with pool.acquire() as conn:
-        await migrate(conn)
+        await migrate(conn, (CORE, *applications))
     return pool
 
 

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     namespace: str = "relayflow"
     # Modules that define workflows with `define_workflow`; importing them registers nothing
     # globally, each must expose `WORKFLOWS`.
-    workflows: Annotated[list[str], NoDecode] = ["workflows.form_submission"]
+    workflows: Annotated[list[str], NoDecode] = [
+        "workflows.form_submission",
+        "apps.batch_import.workflows",
+    ]
     queue_type: str = "quorum"
     # Backstop against poison messages that crash a consumer before it can dead-letter them.
     delivery_limit: int = Field(default=20, ge=1)

@@ -14,9 +14,12 @@ import asyncpg
 import pytest
 
 from relayflow.db import create_pool, migrate
+from relayflow.db.migrate import CORE
 from relayflow.settings import Settings
+from relayflow.steps import StepRegistry
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
+from services.steps.settings import StepServiceSettings
 from tests.support import (
     create_database,
     delete_topology,
@@ -45,7 +48,9 @@ async def database_url(service_endpoints: tuple[str, str]) -> AsyncIterator[str]
     url = await create_database(server, name)
     conn = await asyncpg.connect(url)
     try:
-        await migrate(conn)
+        # The core's tables, and those of the applications the run command serves.
+        steps = StepRegistry.from_modules(StepServiceSettings().step_modules)
+        await migrate(conn, (CORE, *steps.migrations))
     finally:
         await conn.close()
     yield url
@@ -68,7 +73,8 @@ async def amqp_connection(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractR
 
 @pytest.fixture(scope="session")
 def registry() -> WorkflowRegistry:
-    return WorkflowRegistry.from_modules(["workflows.form_submission"])
+    """The workflows the README's run command serves."""
+    return WorkflowRegistry.from_modules(Settings().workflows)
 
 
 @pytest.fixture

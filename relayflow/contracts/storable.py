@@ -16,7 +16,7 @@ import orjson
 
 # The largest workflow input, in bytes of compact JSON, whether it comes by HTTP or the broker.
 # `RELAYFLOW_MAX_INPUT_BYTES` overrides it for a deployment (see `relayflow.settings`).
-DEFAULT_MAX_INPUT_BYTES: Final = 64 * 1024
+DEFAULT_MAX_INPUT_BYTES: Final = 1024 * 1024
 
 # How NUL appears in JSON text: a raw NUL byte is not valid JSON, so this escape is the only way.
 _ESCAPED_NUL: Final = b"\\u0000"

@@ -1,14 +1,17 @@
 """Schema migrations, run by every service at start-up.
 
-Migrations are numbered `.sql` files in `relayflow/db/migrations`. A session-level advisory lock
-serialises services that start together; each migration applies in its own transaction and is
-recorded in `relayflow_migrations`.
+Migrations are numbered `.sql` files in the `migrations` folder of a package: the core's in
+`relayflow/db/migrations`, every service applies them; an application's (its own tables, beside
+its step bodies) in its own package, applied by the step service that serves it. A session-level
+advisory lock serialises services that start together; each migration applies in its own
+transaction and is recorded in `relayflow_migrations` under its package.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
@@ -31,8 +34,35 @@ class Migration:
     sql: str
 
 
-def available_migrations() -> list[Migration]:
-    folder = resources.files("relayflow.db").joinpath("migrations")
+# The package of the core's migrations.
+CORE = "relayflow.db"
+
+# The ledger of applied migrations; made idempotently, and moved from one numbering for the
+# core alone to one numbering per package without losing what it records.
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS relayflow_migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE relayflow_migrations ADD COLUMN IF NOT EXISTS package text NOT NULL
+    DEFAULT 'relayflow.db';
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint WHERE conname = 'relayflow_migrations_package_pkey'
+    ) THEN
+        ALTER TABLE relayflow_migrations DROP CONSTRAINT IF EXISTS relayflow_migrations_pkey;
+        ALTER TABLE relayflow_migrations
+            ADD CONSTRAINT relayflow_migrations_package_pkey PRIMARY KEY (package, version);
+    END IF;
+END
+$$;
+"""
+
+
+def available_migrations(package: str = CORE) -> list[Migration]:
+    folder = resources.files(package).joinpath("migrations")
     found = []
     for entry in folder.iterdir():
         match = _FILE.match(entry.name)
@@ -43,39 +73,34 @@ def available_migrations() -> list[Migration]:
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
     if len(set(versions)) != len(versions):
-        raise RuntimeError(f"duplicate migration numbers in {versions}")
+        raise RuntimeError(f"duplicate migration numbers in {package}: {versions}")
     return found
 
 
-async def migrate(conn: Connection) -> list[int]:
-    """Apply what is missing; returns the versions applied now."""
+async def migrate(conn: Connection, packages: Sequence[str] = (CORE,)) -> list[int]:
+    """Apply what is missing of each package's migrations, in the order given (the core
+    first: an application's tables may refer to it); returns the versions applied now."""
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS relayflow_migrations (
-                version integer PRIMARY KEY,
-                name text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )
-            """
-        )
-        done = {
-            row["version"] for row in await conn.fetch("SELECT version FROM relayflow_migrations")
-        }
-        for migration in available_migrations():
-            if migration.version in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO relayflow_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-            log.info("applied migration %04d_%s", migration.version, migration.name)
-            applied_now.append(migration.version)
+        await conn.execute(_LEDGER)
+        rows = await conn.fetch("SELECT package, version FROM relayflow_migrations")
+        done = {(row["package"], row["version"]) for row in rows}
+        for package in dict.fromkeys(packages):
+            for migration in available_migrations(package):
+                if (package, migration.version) in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO relayflow_migrations (package, version, name) "
+                        "VALUES ($1, $2, $3)",
+                        package,
+                        migration.version,
+                        migration.name,
+                    )
+                log.info("applied migration %s %04d_%s", package, migration.version, migration.name)
+                applied_now.append(migration.version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now

@@ -25,8 +25,8 @@ class StepContextError(RelayflowError):
 
 class StepContext(Generic[InputT]):
     """One invocation of a step: who it is for, its parsed input (a map item's body: the item),
-    the outputs of the steps it comes after, and (for `transactional=True` steps) the connection whose transaction also
-    records the step's success."""
+    the outputs of the steps it comes after, and (for `transactional=True` steps) the
+    connection whose transaction also records the step's success."""
 
     __slots__ = (
         "_connection",

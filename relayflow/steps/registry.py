@@ -64,8 +64,13 @@ class StepRegistry:
     async def persist(ctx: StepContext[ContactForm]) -> PersistOutput: ...
     """
 
-    def __init__(self, definitions: Iterable[StepDefinition] = ()) -> None:
+    def __init__(
+        self, definitions: Iterable[StepDefinition] = (), *, migrations: Iterable[str] = ()
+    ) -> None:
         self._by_name: dict[str, StepDefinition] = {}
+        # Packages whose `migrations` folder holds the tables these bodies write (applied by
+        # the step service that serves them, after the core's).
+        self.migrations: tuple[str, ...] = tuple(dict.fromkeys(migrations))
         for definition in definitions:
             self.add(definition)
 
@@ -122,12 +127,13 @@ class StepRegistry:
             raise DefinitionError(
                 f"no step body for {unknown}; known steps: {', '.join(self.names())}"
             )
-        return StepRegistry(self._by_name[name] for name in wanted)
+        return StepRegistry((self._by_name[name] for name in wanted), migrations=self.migrations)
 
     @classmethod
     def from_modules(cls, modules: Iterable[str]) -> StepRegistry:
         """Merge the `steps` registries of the named modules."""
         merged = cls()
+        migrations: list[str] = []
         for module_name in modules:
             module = importlib.import_module(module_name)
             found = getattr(module, "steps", None)
@@ -135,4 +141,6 @@ class StepRegistry:
                 raise DefinitionError(f"module {module_name!r} must define `steps`, a StepRegistry")
             for definition in found:
                 merged.add(definition)
+            migrations.extend(found.migrations)
+        merged.migrations = tuple(dict.fromkeys(migrations))
         return merged

@@ -36,7 +36,7 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
     workflows = WorkflowRegistry.from_modules(settings.workflows)
     topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
-        pool = await prepare_database(settings)
+        pool = await prepare_database(settings, steps.migrations)
         stack.push_async_callback(close_pool, pool)
         connection = await connect(settings.amqp_url, name="relayflow-steps")
         stack.push_async_callback(quietly, "closing the broker connection", connection.close)

@@ -155,7 +155,6 @@ async def test_service_replies_until_stopped(
     channel: AbstractChannel = await amqp_connection.channel()
     publisher = await Publisher.open(amqp_connection)
     try:
-
         # A consumer comes after the queue's bindings: the queue existing alone would let the
         # request below find no route yet.
         async def consuming() -> bool:

@@ -8,17 +8,27 @@ import aio_pika
 import asyncpg
 
 from relayflow.db import migrate
-from relayflow.db.migrate import available_migrations
+from relayflow.db.migrate import CORE, available_migrations
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
+
+
+# An application's own migration set, numbered on its own beside the core's.
+APP = "apps.batch_import"
 
 
 async def test_migrations_are_idempotent(pool: asyncpg.Pool[Any]) -> None:
     """A service starting against an up-to-date schema applies nothing and does not fail."""
     async with pool.acquire() as conn:
         assert await migrate(conn) == []
-        versions = await conn.fetch("SELECT version FROM relayflow_migrations ORDER BY version")
-    assert [row["version"] for row in versions] == [m.version for m in available_migrations()]
+        assert await migrate(conn, (CORE, APP)) == []
+        versions = await conn.fetch(
+            "SELECT package, version FROM relayflow_migrations ORDER BY package, version"
+        )
+    recorded = [(row["package"], row["version"]) for row in versions]
+    assert recorded == [(APP, m.version) for m in available_migrations(APP)] + [
+        (CORE, m.version) for m in available_migrations()
+    ]
 
 
 async def test_topology_declares_twice(
