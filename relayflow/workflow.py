@@ -20,6 +20,7 @@ right correlation id arrives, or its timeout passes.
 from __future__ import annotations
 
 import importlib
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -119,14 +120,24 @@ class StepSpec:
         return ()
 
 
+_BODY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec(StepSpec):
-    """Runs a step body in a step service: one StepCommand per attempt, one StepResult back."""
+    """Runs a step body in a step service: one StepCommand per attempt, one StepResult back.
+    The body is the step's own name unless `step` names another (one body may serve several
+    steps, in one workflow or many; each keeps its own invocations and outputs)."""
 
     kind: ClassVar[str] = "task"
+    step: str = ""
+
+    @property
+    def body(self) -> str:
+        return self.step or self.name
 
     def queues(self) -> tuple[str, ...]:
-        return (self.name,)
+        return (self.body,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +196,7 @@ class MapSpec(StepSpec):
     items) allows more; a failed item's place in the output is then None."""
 
     kind: ClassVar[str] = "map"
+    step: str = ""
     over: str = ""
     max_concurrency: int = 10
     max_items: int = 10_000
@@ -197,12 +209,16 @@ class MapSpec(StepSpec):
         source, _, path = self.over.partition(".")
         return source, tuple(path.split(".")) if path else ()
 
+    @property
+    def body(self) -> str:
+        return self.step or self.name
+
     def tolerated(self, total: int) -> int:
         """How many items may fail for good without failing the step."""
         return max(self.tolerate_failures, int(self.tolerate_ratio * total))
 
     def queues(self) -> tuple[str, ...]:
-        return (self.name,)
+        return (self.body,)
 
     def check(self, workflow: str, ancestors: frozenset[str]) -> None:
         source, path = self.source
@@ -216,14 +232,31 @@ class MapSpec(StepSpec):
 def task(
     name: str,
     *,
+    step: str | None = None,
     after: Iterable[str] = (),
     retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
     when: Condition | None = None,
 ) -> TaskSpec:
+    """A step that runs body `step` (by default the body named `name`) in a step service."""
     if timeout is not None and timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
-    return TaskSpec(name=name, after=tuple(after), retry=retry, timeout=timeout, when=when)
+    return TaskSpec(
+        name=name,
+        after=tuple(after),
+        retry=retry,
+        timeout=timeout,
+        when=when,
+        step=_body_name(name, step),
+    )
+
+
+def _body_name(name: str, step: str | None) -> str:
+    if step is None or step == name:
+        return ""
+    if not _BODY_NAME.match(step):
+        raise DefinitionError(f"step {name!r}: {step!r} is not a valid step body name")
+    return step
 
 
 def wait(
@@ -275,6 +308,7 @@ def map_step(
     name: str,
     *,
     over: str,
+    step: str | None = None,
     after: Iterable[str] = (),
     max_concurrency: int = 10,
     max_items: int = 10_000,
@@ -285,8 +319,8 @@ def map_step(
     timeout: timedelta | None = None,
     when: Condition | None = None,
 ) -> MapSpec:
-    """A step that runs body `name` once per item of the list at `over` (see `MapSpec`);
-    `timeout` bounds each item's attempt."""
+    """A step that runs body `step` (by default the body named `name`) once per item of the
+    list at `over` (see `MapSpec`); `timeout` bounds each item's attempt."""
     if timeout is not None and timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
     if max_concurrency < 1 or max_items < 1:
@@ -302,6 +336,7 @@ def map_step(
         timeout=timeout,
         when=when,
         over=over,
+        step=_body_name(name, step),
         max_concurrency=max_concurrency,
         max_items=max_items,
         key=key,

@@ -26,11 +26,11 @@ async def import_item(ctx: StepContext[Line]) -> Imported:
     return Imported(sku=line.sku, qty=line.qty)
 
 
-@steps.step("summarize")
+@steps.step("summarize", reads=[import_item])
 async def summarize(ctx: StepContext[dict[str, Any]]) -> Summary:
-    lines: list[dict[str, Any] | None] = ctx.dependencies["importItem"]
-    imported = [line for line in lines if line is not None]
-    return Summary(imported=len(imported), units=sum(int(line["qty"]) for line in imported))
+    # The map's output, typed as importItem declares it: one Imported per line, in order.
+    imported = [line for line in ctx.items(import_item) if line is not None]
+    return Summary(imported=len(imported), units=sum(line.qty for line in imported))
 
 
 @steps.step("sendNotification", transactional=True)

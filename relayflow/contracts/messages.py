@@ -116,6 +116,9 @@ class StepCommand(Envelope):
     input: dict[str, Any]
     # Outputs of every step this one comes after, directly or through others, by step name.
     dependencies: dict[str, Any] = Field(default_factory=dict)
+    # The step body to run, when it is not the one named like the step (a body serving several
+    # steps); the command travels on that body's queue.
+    body: StepName | None = None
     # One item of a map step: the body's input is the item (any JSON), `itemIndex` its place in
     # the list, `stepKey` its key; `input` and `dependencies` are then empty, so that a command
     # stays the size of its item however large the workflow's input.

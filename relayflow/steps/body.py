@@ -18,7 +18,7 @@ from relayflow.contracts import (
     unstorable,
 )
 from relayflow.errors import StepError
-from relayflow.steps.context import DbConnection, PublishFn, StepContext
+from relayflow.steps.context import DbConnection, PublishFn, Reads, StepContext
 from relayflow.steps.invocation import Outcome, Succeeded
 from relayflow.steps.registry import StepDefinition
 
@@ -99,6 +99,7 @@ async def call(
     *,
     publish: PublishFn,
     connection: DbConnection | None = None,
+    reads: Reads | None = None,
 ) -> Outcome:
     """Run the body of `definition` for `command`; `connection` for a transactional step."""
     try:
@@ -120,6 +121,7 @@ async def call(
         dependencies=command.dependencies,
         publish=publish,
         connection=connection,
+        reads=reads,
     )
     try:
         return encode_output(await definition.function(context))

@@ -139,9 +139,10 @@ class InvocationEngine:
             raise
 
     def _definition(self, command: StepCommand) -> StepDefinition:
-        definition = self._steps.get(command.step_name)
+        body = command.body or command.step_name
+        definition = self._steps.get(body)
         if definition is None:
-            raise ValueError(f"this engine does not run step {command.step_name!r}")
+            raise ValueError(f"this engine does not run step body {body!r}")
         return definition
 
     async def _process(
@@ -267,7 +268,13 @@ class InvocationEngine:
     async def _call(
         self, command: StepCommand, definition: StepDefinition, connection: DbConnection | None
     ) -> Outcome:
-        return await call(definition, command, publish=self._publish, connection=connection)
+        return await call(
+            definition,
+            command,
+            publish=self._publish,
+            connection=connection,
+            reads=self._steps.reads_of(command.workflow_name, command.step_name),
+        )
 
     async def _finish_under_lease(
         self, command: StepCommand, running: asyncio.Future[Outcome]

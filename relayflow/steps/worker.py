@@ -170,9 +170,10 @@ class StepWorker:
             raise InvalidCommand(f"not a valid message: {exc}") from exc
         if not isinstance(decoded, StepCommand):
             raise InvalidCommand(f"expected a StepCommand, got a {decoded.type}")
-        if self._steps.get(decoded.step_name) is None:
+        body = decoded.body or decoded.step_name
+        if self._steps.get(body) is None:
             raise InvalidCommand(
-                f"this step service does not serve step {decoded.step_name!r} "
+                f"this step service does not serve step body {body!r} "
                 f"(it serves {', '.join(self._steps.names())})"
             )
         return decoded

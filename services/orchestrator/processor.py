@@ -250,7 +250,7 @@ class Processor:
                 message: BaseMessage
                 match intent:
                     case DispatchStep(command=command):
-                        message, key = command, step_key(command.step_name)
+                        message, key = command, step_key(command.body or command.step_name)
                     case StartChild(start=start):
                         message, key = start, START_KEY
                     case CancelChild(cancel=cancel):

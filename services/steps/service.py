@@ -34,6 +34,10 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then finish or hand back what is in flight and return."""
     steps = load_steps(settings)
     workflows = WorkflowRegistry.from_modules(settings.workflows)
+    try:
+        steps.bind(workflows)
+    except DefinitionError as exc:
+        raise ConfigurationError(str(exc)) from exc
     topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
         pool = await prepare_database(settings, steps.migrations)

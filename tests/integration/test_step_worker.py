@@ -611,7 +611,7 @@ async def test_poison_messages_are_dead_lettered_and_consumption_goes_on(
     assert reasons[0].startswith("expected a StepCommand, got a ExternalRequest")
     assert reasons[1].startswith("not a valid message")
     assert reasons[2].startswith("not a valid message")
-    assert "does not serve step 'unserved'" in reasons[3]
+    assert "does not serve step body 'unserved'" in reasons[3]
     queue = await channel.declare_queue(declared.step_queue("echo"), passive=True)
     assert queue.declaration_result.message_count == 0
 

@@ -286,6 +286,7 @@ def _dispatch(step: StepHandle, spec: MapSpec, item: ItemState, *, save: bool) -
                 created_at=step.now,
                 workflow_name=workflow.name,
                 step_name=step.name,
+                body=None if spec.body == step.name else spec.body,
                 step_key=item.key,
                 attempt=item.attempts,
                 input={},

@@ -12,6 +12,7 @@ from relayflow.contracts import (
     StepResultStatus,
 )
 from relayflow.model import StepStatus, ids
+from relayflow.workflow import TaskSpec
 from services.orchestrator.machine.handle import StepHandle
 from services.orchestrator.machine.kinds.base import StepKind, stale_result, start_to_close_limit
 from services.orchestrator.machine.transition import (
@@ -24,6 +25,13 @@ from services.orchestrator.machine.transition import (
 
 # A task runs one invocation; kinds that run many (a map) number them.
 SINGLE_KEY = "0"
+
+
+def _body(step: StepHandle) -> str | None:
+    """The body to name in the command, when it is not the step's own name."""
+    spec = step.spec
+    assert isinstance(spec, TaskSpec)
+    return None if spec.body == step.name else spec.body
 
 
 class Task(StepKind):
@@ -43,6 +51,7 @@ class Task(StepKind):
                     created_at=step.now,
                     workflow_name=workflow.name,
                     step_name=step.name,
+                    body=_body(step),
                     step_key=SINGLE_KEY,
                     attempt=attempt,
                     input=workflow.input,
