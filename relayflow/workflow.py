@@ -229,6 +229,55 @@ class MapSpec(StepSpec):
             )
 
 
+# The longest a sleep may be declared for: longer is a mistake (a unit, a zero too many).
+MAX_SLEEP = timedelta(days=366)
+
+
+@dataclass(frozen=True, slots=True)
+class SleepSpec(StepSpec):
+    """Completes once a durable timer fires: `duration` after the step starts, or at the time
+    (ISO 8601 with a zone) found at `until` — "input.<field>" or "<step>.<field>" of a step it
+    comes after. A time already past completes it at once."""
+
+    kind: ClassVar[str] = "sleep"
+    duration: timedelta | None = None
+    until: str = ""
+
+    @property
+    def source(self) -> tuple[str, tuple[str, ...]]:
+        source, _, path = self.until.partition(".")
+        return source, tuple(path.split(".")) if path else ()
+
+    def check(self, workflow: str, ancestors: frozenset[str]) -> None:
+        if not self.until:
+            return
+        source, path = self.source
+        if not path or (source != INPUT_SOURCE and source not in ancestors):
+            raise DefinitionError(
+                f"workflow {workflow!r}: sleep {self.name!r} sleeps until {self.until!r}, which "
+                "must be 'input.<field>' or '<step>.<field>' of a step it comes after"
+            )
+
+
+def sleep(
+    name: str,
+    *,
+    duration: timedelta | None = None,
+    until: str | None = None,
+    after: Iterable[str] = (),
+    when: Condition | None = None,
+) -> SleepSpec:
+    """A durable sleep: for `duration`, or until the time at `until` (see `SleepSpec`)."""
+    if (duration is None) == (until is None):
+        raise DefinitionError(f"sleep {name!r}: give either duration= or until=")
+    if duration is not None and not timedelta(0) < duration <= MAX_SLEEP:
+        raise DefinitionError(
+            f"sleep {name!r}: duration must be positive and at most {MAX_SLEEP.days} days, "
+            f"got {duration}"
+        )
+    return SleepSpec(name=name, after=tuple(after), when=when, duration=duration, until=until or "")
+
+
 def task(
     name: str,
     *,

@@ -206,6 +206,8 @@ class EventType(StrEnum):
     CHILD_STARTED = "child.started"
     CHILD_COMPLETED = "child.completed"
     CHILD_FAILED = "child.failed"
+    # A sleep step began its durable sleep (data: attempt, wakeAt).
+    STEP_SLEEPING = "step.sleeping"
     # A map step's items: how many have ended (data: total, completed, failed, running), sent
     # when another hundredth of them has ended, so a 10,000-item map sends about 100; and each
     # item that failed an attempt or for good (its `stepKey` set; data: attempt, error, …).

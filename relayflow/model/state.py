@@ -112,6 +112,8 @@ class StepState:
     child_workflow_id: str | None = None
     # Map steps: how far their items are (the items themselves are rows of `step_items`).
     progress: MapProgress | None = None
+    # Sleep steps: when the sleep ends.
+    wake_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         shown = {
@@ -127,6 +129,8 @@ class StepState:
         }
         if self.progress is not None:
             shown["progress"] = self.progress.to_json()
+        if self.wake_at is not None:
+            shown["wakeAt"] = _time(self.wake_at)
         return shown
 
     @classmethod
@@ -142,6 +146,7 @@ class StepState:
             next_attempt_at=_parse_time(data.get("nextAttemptAt")),
             child_workflow_id=data.get("childWorkflowId"),
             progress=MapProgress.from_json(data["progress"]) if data.get("progress") else None,
+            wake_at=_parse_time(data.get("wakeAt")),
         )
 
 

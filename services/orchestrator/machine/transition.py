@@ -28,6 +28,8 @@ class TimerKind(StrEnum):
     STEP_TIMEOUT = "step_timeout"
     RETRY = "retry"
     WORKFLOW_TIMEOUT = "workflow_timeout"
+    # A sleep step's wake-up.
+    SLEEP = "sleep"
 
 
 @dataclass(frozen=True, slots=True)

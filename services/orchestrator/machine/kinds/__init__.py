@@ -11,11 +11,12 @@ from relayflow.workflow import StepSpec, WorkflowDefinition
 from services.orchestrator.machine.kinds.base import StepKind
 from services.orchestrator.machine.kinds.child import Child
 from services.orchestrator.machine.kinds.map import Map
+from services.orchestrator.machine.kinds.sleep import Sleep
 from services.orchestrator.machine.kinds.task import Task
 from services.orchestrator.machine.kinds.wait import Wait
 
 KINDS: Final[Mapping[str, StepKind]] = {
-    kind.name: kind for kind in (Task(), Wait(), Child(), Map())
+    kind.name: kind for kind in (Task(), Wait(), Child(), Map(), Sleep())
 }
 
 
