@@ -21,20 +21,25 @@ from relayflow.contracts import (
     StepResultStatus,
 )
 from relayflow.errors import DefinitionError
-from relayflow.model import StepStatus
+from relayflow.model import StepStatus, ids
 from relayflow.workflow import (
+    Condition,
+    Given,
     MapSpec,
     RetryPolicy,
     StepSpec,
     WorkflowDefinition,
+    child,
     define_workflow,
     map_step,
     task,
 )
 from services.orchestrator import machine
 from services.orchestrator.machine import (
+    DispatchStep,
     Ignored,
     Rejected,
+    StartChild,
     TimerFired,
     TimerKind,
     Transition,
@@ -346,58 +351,118 @@ def mapped_dags(draw: st.DrawFn) -> tuple[WorkflowDefinition, int]:
             else set()
         )
         after = [f"s{dep}" for dep in sorted(deps)]
-        if draw(st.booleans()):
+        # Some steps carry a condition, drawn once so that it is deterministic.
+        answer = draw(st.sampled_from([None, None, True, False]))
+        when = None if answer is None else _constant(answer)
+        kind = draw(st.sampled_from(["task", "map", "child"]))
+        name = f"s{index}"
+        if kind == "map":
             concurrency = draw(st.integers(min_value=1, max_value=4))
             steps.append(
-                map_step(f"s{index}", over="input.items", after=after, max_concurrency=concurrency)
+                map_step(
+                    name, over="input.items", after=after, max_concurrency=concurrency, when=when
+                )
             )
+        elif kind == "child":
+            steps.append(child(name, workflow="leaf", after=after, when=when))
         else:
-            steps.append(task(f"s{index}", after=after))
+            steps.append(task(name, after=after, when=when))
     items = draw(st.integers(min_value=0, max_value=12))
     return definition(*steps, name="random"), items
 
 
-@settings(max_examples=100, deadline=None)
+def _constant(answer: bool) -> Condition:
+    return lambda _given: answer
+
+
+def expected_skips(definition: WorkflowDefinition) -> set[str]:
+    """The branch rule, stated on its own: a step is skipped when its condition is false or
+    every step it comes after was skipped."""
+    skipped: set[str] = set()
+    for name in definition.order:
+        spec = definition.steps[name]
+        if (spec.after and set(spec.after) <= skipped) or (
+            spec.when is not None and not spec.when(Given(input={}, outputs={}))
+        ):
+            skipped.add(name)
+    return skipped
+
+
+def answers_since(book: ItemBook, seen: int) -> list[StepResult]:
+    """What the outside world would answer to everything sent since transition `seen`: each
+    command's success, and each child's completion (as the child's end reports it)."""
+    found: list[StepResult] = []
+    for transition in book.transitions[seen:]:
+        for intent in transition.intents:
+            if isinstance(intent, DispatchStep):
+                command = intent.command
+                output = command.item * 2 if command.item_index is not None else command.step_name
+                found.append(success(command, output))
+            elif isinstance(intent, StartChild):
+                parent = intent.start.parent
+                assert parent is not None
+                found.append(
+                    StepResult(
+                        message_id=ids.child_result_id(intent.start.workflow_id, 1),
+                        workflow_id=parent.workflow_id,
+                        step_name=parent.step_name,
+                        step_key=parent.step_key,
+                        attempt=parent.attempt,
+                        status=StepResultStatus.SUCCEEDED,
+                        output={"child": intent.start.workflow_id},
+                    )
+                )
+    return found
+
+
+@settings(max_examples=150, deadline=None)
 @given(drawn=mapped_dags(), data=st.data())
-def test_any_dag_with_maps_runs_every_item_once_in_dependency_order(
+def test_any_dag_with_maps_children_and_conditions_runs_everything_once_in_order(
     drawn: tuple[WorkflowDefinition, int], data: st.DataObject
 ) -> None:
-    """Whatever the DAG of tasks and maps and the order results arrive in (duplicates
-    included), every item of every map and every task runs once, never before its step's
-    dependencies completed, no map has more than its concurrency in flight, and each map's
-    output is its items' outputs in order."""
+    """Whatever the DAG of tasks, maps and children, its conditions and the order answers
+    arrive in (duplicates included): every item of every map that is not skipped, every task
+    and every child runs once, never before its step's dependencies have ended well, exactly the
+    steps the branch rule names are skipped, no map has more than its concurrency in flight, and
+    each map's output is its items' outputs in order."""
     definition, size = drawn
     book = ItemBook(definition, NOW)
     items = list(range(size))
     state = begin(book, items)
-    in_flight = list(book.commands())
-    ran: list[tuple[str, str]] = [(c.step_name, c.step_key) for c in in_flight]
+    in_flight = answers_since(book, 0)
+    ran = [(a.step_name, a.step_key) for a in in_flight]
     delivered: list[StepResult] = []
     while in_flight:
-        command = in_flight.pop(data.draw(st.integers(0, len(in_flight) - 1)))
-        output = command.item * 2 if command.item_index is not None else {"from": command.step_name}
-        message = success(command, output)
+        message = in_flight.pop(data.draw(st.integers(0, len(in_flight) - 1)))
         delivered.append(message)
         seen = len(book.transitions)
         state = book.apply(book.deliver(state, message)) or state
-        new = book.commands(seen)
+        new = answers_since(book, seen)
         for fresh in new:
             spec = definition.steps[fresh.step_name]
-            assert all(state.steps[dep].status is StepStatus.COMPLETED for dep in spec.after)
+            assert all(
+                state.steps[dep].status in (StepStatus.COMPLETED, StepStatus.SKIPPED)
+                for dep in spec.after
+            )
         in_flight.extend(new)
-        ran.extend((c.step_name, c.step_key) for c in new)
+        ran.extend((a.step_name, a.step_key) for a in new)
         for name, spec in definition.steps.items():
             if isinstance(spec, MapSpec):
-                assert sum(1 for c in in_flight if c.step_name == name) <= spec.max_concurrency
+                assert sum(1 for a in in_flight if a.step_name == name) <= spec.max_concurrency
         if data.draw(st.booleans()):
             assert isinstance(book.deliver(state, data.draw(st.sampled_from(delivered))), Ignored)
     assert state.status is WorkflowStatus.COMPLETED
+    skipped = expected_skips(definition)
+    assert {n for n, s in state.steps.items() if s.status is StepStatus.SKIPPED} == skipped
     expected = sorted(
         (name, str(key))
         for name, spec in definition.steps.items()
+        if name not in skipped
         for key in (range(size) if spec.kind == "map" else [0])
     )
     assert sorted(ran) == expected
     for name, spec in definition.steps.items():
-        if spec.kind == "map":
+        if spec.kind == "map" and name not in skipped:
             assert state.steps[name].output == [i * 2 for i in items]
+    seqs = [e.seq for t in book.transitions for e in t.events]
+    assert seqs == list(range(1, len(seqs) + 1))
