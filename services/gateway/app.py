@@ -31,7 +31,13 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.state import STATE_KEY, GatewayState
 from services.gateway.store import GatewayStore
 from services.gateway.submit import start_workflow, submit_form
-from services.gateway.workflows import all_events, get_workflow, list_workflows, workflow_events
+from services.gateway.workflows import (
+    all_events,
+    get_workflow,
+    list_workflows,
+    step_items,
+    workflow_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,7 @@ def create_app(
         Route("/workflows", list_workflows, methods=["GET"]),
         Route("/workflows/{name_or_id}", _workflow_path, methods=["GET", "POST"]),
         Route("/workflows/{workflow_id}/events", workflow_events, methods=["GET"]),
+        Route("/workflows/{workflow_id}/steps/{step_name}/items", step_items, methods=["GET"]),
         Route("/workflows/{workflow_id}/cancel", cancel_workflow, methods=["POST"]),
         Route("/workflows/{workflow_id}/retry", retry_workflow, methods=["POST"]),
         Route("/events", all_events, methods=["GET"]),

@@ -46,6 +46,8 @@ JSON_MEDIA_TYPE: Final = "application/json"
 
 _WORKFLOW_ID = re.compile(WORKFLOW_ID_PATTERN)
 _WORKFLOW_NAME = re.compile(WORKFLOW_NAME_PATTERN)
+STEP_NAME_PATTERN: Final[str] = TypeAdapter(StepName).json_schema()["pattern"]
+_STEP_NAME = re.compile(STEP_NAME_PATTERN)
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # ASCII digits only: str.isdigit() also takes "\u00b2" (which int() refuses) and "\u0661"
 # (which it reads as 1).
@@ -95,6 +97,17 @@ def workflow_id(raw: str) -> str:
 
 def is_workflow_name(raw: str) -> bool:
     return _WORKFLOW_NAME.fullmatch(raw) is not None
+
+
+def step_name(raw: str) -> str:
+    """A step name in a path: one no step can have is a 400, like an impossible workflow id."""
+    if _STEP_NAME.fullmatch(raw):
+        return raw
+    raise InputError(
+        400,
+        f"{shown(raw)} is not a step name: a name is a letter, then up to 63 letters, digits, "
+        "'_' or '-'",
+    )
 
 
 def idempotency_key(request: Request) -> str | None:

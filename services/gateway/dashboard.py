@@ -18,7 +18,7 @@ from services.gateway import checks, html
 from services.gateway.checks import InputError
 from services.gateway.models import WorkflowPage
 from services.gateway.state import GatewayState, gateway_state
-from services.gateway.workflows import QueryError, list_filter, list_page, workflow_view
+from services.gateway.workflows import QueryError, list_filter, list_page, load_view
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -85,7 +85,7 @@ async def workflow_page(request: Request) -> Response:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
         return _page(html.pending_workflow_page(workflow_id), 404)
     definition = state.registry.get(row.name)
-    view = workflow_view(row, definition)
+    view = await load_view(state.store, row, definition)
     return _page(html.workflow_page(view, definition, datetime.now(UTC), row.last_seq))
 
 
@@ -101,7 +101,7 @@ async def panel_fragment(request: Request) -> Response:
     definition = state.registry.get(row.name)
     compact = request.query_params.get("compact") == "1"
     content = html.panel(
-        workflow_view(row, definition),
+        await load_view(state.store, row, definition),
         definition,
         datetime.now(UTC),
         last_seq=row.last_seq,

@@ -11,12 +11,22 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
+from pydantic import MISSING
 
 from relayflow.model import StepStatus, WorkflowStatus
 from relayflow.workflow import WorkflowDefinition
 from services.gateway.dag import columns
-from services.gateway.models import WORKFLOW_STATUSES, ErrorView, StepView, WorkflowSummary
+from services.gateway.models import (
+    WORKFLOW_STATUSES,
+    ErrorView,
+    ItemView,
+    MapProgressView,
+    MapStepView,
+    StepView,
+    WorkflowSummary,
+)
 from services.gateway.models import WorkflowView as View
+from services.gateway.workflows import items_url
 
 ACTIONS = {
     WorkflowStatus.RUNNING: ("cancel",),
@@ -24,6 +34,9 @@ ACTIONS = {
     WorkflowStatus.CANCELLED: ("retry",),
 }
 MAX_JSON_CHARS = 20_000
+# A map step's card lists this many of its first items; the rest are a link away.
+SHOWN_ITEMS = 20
+ITEM_OUTPUT_CHARS = 120
 
 
 def esc(value: object) -> str:
@@ -272,12 +285,85 @@ def workflow_link(workflow_id: str) -> str:
     )
 
 
+def map_progress(step: str, progress: MapProgressView | None) -> str:
+    """A map step's progress bar: completed, failed and running parts of the total. The page's
+    script updates it in place from `step.progress` events (`data-map-step`, `data-count`)."""
+    counts = progress or MapProgressView(total=0, completed=0, failed=0, running=0)
+    total = max(counts.total, 1)
+    parts = "".join(
+        f'<span class="{part}" data-part="{part}" style="width:{100 * value / total:.2f}%"></span>'
+        for part, value in (
+            ("completed", counts.completed),
+            ("failed", counts.failed),
+            ("running", counts.running),
+        )
+    )
+    ended = counts.completed + counts.failed
+    text = " · ".join(
+        f'<span data-count="{part}">{value}</span> {part}'
+        for part, value in (
+            ("completed", counts.completed),
+            ("failed", counts.failed),
+            ("running", counts.running),
+        )
+    )
+    return (
+        f'<div class="map" data-map-step="{esc(step)}">'
+        f'<div class="bar map-bar" role="progressbar" aria-label="{esc(step)} items" '
+        f'aria-valuemin="0" aria-valuemax="{counts.total}" aria-valuenow="{ended}">{parts}</div>'
+        f'<p class="small muted map-counts">{text} of <span data-count="total">{counts.total}'
+        "</span> items</p></div>"
+    )
+
+
+def _item_detail(item: ItemView) -> str:
+    if isinstance(item.error, ErrorView):
+        return f"{item.error.type}: {item.error.message}"
+    if item.output is not MISSING:
+        text = orjson.dumps(item.output).decode()
+        cut = len(text) > ITEM_OUTPUT_CHARS
+        return text[:ITEM_OUTPUT_CHARS] + ("…" if cut else "")
+    return ""
+
+
+def item_rows(items: Sequence[ItemView], now: datetime) -> str:
+    return "".join(
+        f'<tr data-item-key="{esc(item.key)}" data-status="{esc(item.status)}">'
+        f'<td class="num">{item.index}</td><td class="mono">{esc(item.key)}</td>'
+        f"<td>{pill(item.status)}</td>"
+        f'<td class="num">{item.attempts}</td>'
+        f"<td>{esc(duration(item.started_at, item.finished_at, now))}</td>"
+        f'<td class="details">{esc(_item_detail(item))}</td></tr>'
+        for item in items
+    )
+
+
+def map_items(step: MapStepView, workflow_id: str, now: datetime) -> str:
+    """The first of a map step's items, and links to all of them as JSON pages. Never every
+    item: a map can have 10,000."""
+    total = step.progress.total if step.progress is not None else len(step.items)
+    shown = step.items[:SHOWN_ITEMS]
+    link = (
+        f'<a data-items-link href="{esc(items_url(workflow_id, step.name))}">All items</a> '
+        '<span class="muted">(JSON, in pages)</span>'
+    )
+    if not shown:
+        return f'<p class="small">{link}</p>' if total else ""
+    return (
+        f'<details data-key="{esc(step.name)}:items"><summary>Items (first {len(shown)} of '
+        f"{total:,})</summary>"
+        '<div class="table-wrap"><table class="items"><thead><tr><th>#</th><th>Key</th>'
+        "<th>Status</th><th>Attempts</th><th>Took</th><th>Details</th></tr></thead>"
+        f"<tbody>{item_rows(shown, now)}</tbody></table></div>"
+        f'<p class="small">{link}</p></details>'
+    )
+
+
 def step_card(
     step: StepView, view: View, definition: WorkflowDefinition | None, now: datetime
 ) -> str:
     spec = definition.steps.get(step.name) if definition else None
-    kind = spec.kind if spec else "task"
-    meta: list[str] = [kind]
+    meta: list[str] = [step.kind]
     if step.attempts:
         meta.append(f"attempt {step.attempts}")
     took = duration(step.started_at, step.finished_at, now)
@@ -297,6 +383,9 @@ def step_card(
         parts.append(f'<p class="small muted">after {esc(after)}</p>')
     if step.child_workflow_id:
         parts.append(f'<p class="small">child {workflow_link(step.child_workflow_id)}</p>')
+    if isinstance(step, MapStepView):
+        parts.append(map_progress(step.name, step.progress))
+        parts.append(map_items(step, view.workflow_id, now))
     if step.status is not StepStatus.PENDING:
         parts.append(
             _json_block("Input", step_input(view, definition, step.name), f"{step.name}:in")
@@ -314,6 +403,9 @@ def steps_lines(view: View, now: datetime) -> str:
     lines = []
     for step in view.steps:
         took = duration(step.started_at, step.finished_at, now)
+        if isinstance(step, MapStepView) and step.progress is not None:
+            counts = step.progress
+            took = f"{counts.completed + counts.failed}/{counts.total} items · {took}"
         lines.append(
             f'<li class="step-line s-{esc(step.status)}" data-step="{esc(step.name)}">'
             f'<span class="name">{esc(step.name)}</span>'

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import MISSING, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from relayflow.model import FINISHED, StepStatus, WorkflowStatus
@@ -71,6 +71,55 @@ class StepView(_Model):
     child_workflow_id: str | None = None
 
 
+class MapProgressView(_Model):
+    """Where a map step's items stand (`relayflow.model.MapProgress`): `running` counts the items
+    in flight, waiting to retry included; the rest of `total` is pending."""
+
+    total: int
+    completed: int
+    failed: int
+    running: int
+
+
+class ItemView(_Model):
+    """One item of a map step (`relayflow.model.ItemState.to_json`): `output` only once it
+    completed, `error` only when an attempt failed (absent, not null, otherwise)."""
+
+    # The item's stepKey (its index as text, or the key the definition derives from the item).
+    key: str
+    index: int
+    status: StepStatus
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    output: Any | MISSING = MISSING
+    error: ErrorView | MISSING = MISSING
+
+
+class MapStepView(StepView):
+    """A map step: what every step shows, its progress (null until it started) and its first
+    items in item order; `itemsNext` is the URL of the page after them, or null when there is
+    none (`GET /workflows/{id}/steps/{step}/items`)."""
+
+    # Every field is always sent: the document says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    kind: Literal["map"] = "map"
+    progress: MapProgressView | None = None
+    items: list[ItemView] = Field(default_factory=list)
+    items_next: str | None = None
+
+
+class ItemPage(_Model):
+    """A page of a map step's items in item order; `next` is the URL of the following page
+    (path and query, relative to the gateway), or null on the last page."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    items: list[ItemView]
+    next: str | None = None
+
+
 class WorkflowView(_Model):
     """A workflow's state as the orchestrator last committed it; steps in definition order."""
 
@@ -85,7 +134,8 @@ class WorkflowView(_Model):
     finished_at: datetime | None = None
     # The workflow whose child step started this one; null at the top.
     parent_workflow_id: str | None = None
-    steps: list[StepView]
+    # Map steps have their own view (MapStepView, `kind` "map"); every other step is a StepView.
+    steps: list[MapStepView | StepView]
 
 
 class WorkflowSummary(_Model):

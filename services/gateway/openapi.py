@@ -30,12 +30,21 @@ from services.gateway.models import (
     ErrorBody,
     FeedReset,
     Health,
+    ItemPage,
     Readiness,
     UnknownWorkflow,
     WorkflowPage,
     WorkflowView,
 )
-from services.gateway.workflows import CURSOR_PATTERN, MAX_PAGE
+from services.gateway.workflows import (
+    CURSOR_PATTERN,
+    DEFAULT_ITEMS,
+    FIRST_ITEMS,
+    ITEM_STATUSES,
+    MAX_ITEM_INDEX,
+    MAX_ITEMS,
+    MAX_PAGE,
+)
 
 REF = "#/components/schemas/{model}"
 FORM_WORKFLOW = "formSubmission"
@@ -119,6 +128,7 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             ErrorBody,
             WorkflowView,
             WorkflowPage,
+            ItemPage,
             Health,
             Readiness,
             WorkflowEvent,
@@ -166,12 +176,79 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
         "get": {
             "operationId": "get_workflow",
             "summary": "A workflow's state, steps in definition order",
+            "description": (
+                'Each step is a `StepView`; a map step (`kind` "map") is a `MapStepView`, '
+                f"which adds its `progress` and its first {FIRST_ITEMS} `items` in item order, "
+                "with `itemsNext`, the URL of the items after them (null when there are none)."
+            ),
             "tags": ["workflows"],
             "parameters": [workflow_id],
             "responses": {
                 "200": _json(ref(WorkflowView), "The workflow as last committed."),
                 "400": bad_id,
                 "404": _json(error_ref, "No workflow with this id."),
+            },
+        }
+    }
+    paths["/workflows/{workflowId}/steps/{stepName}/items"] = {
+        "get": {
+            "operationId": "step_items",
+            "summary": "A map step's items, in item order, page by page",
+            "description": (
+                "Keyset pagination by item index: each page's `next` is the URL of the following "
+                "one (it keeps `status` and `limit`), null on the last; items that change status "
+                "meanwhile never shift a page. A parameter that is given must be valid. Only a "
+                "map step has items: any other step of the workflow is a 404, as is a step the "
+                "workflow does not have."
+            ),
+            "tags": ["workflows"],
+            "parameters": [
+                workflow_id,
+                {
+                    "name": "stepName",
+                    "in": "path",
+                    "required": True,
+                    "description": "A step of the workflow; a name no step can have is a 400.",
+                    "schema": {"type": "string", "pattern": checks.STEP_NAME_PATTERN},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "description": "Items after this index (left out: from the first).",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_INDEX},
+                },
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only the items with this status.",
+                    "schema": {"type": "string", "enum": list(ITEM_STATUSES)},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_ITEMS,
+                        "default": DEFAULT_ITEMS,
+                    },
+                },
+            ],
+            "responses": {
+                "200": _json(ref(ItemPage), "A page of items."),
+                "400": _json(
+                    error_ref,
+                    "The workflow id or the step name does not match its pattern, or a "
+                    "parameter cannot be used; the error says which.",
+                ),
+                "404": _json(
+                    error_ref,
+                    "No workflow with this id, no such step in it, or the step is not a map "
+                    "(only a map step has items).",
+                ),
             },
         }
     }
@@ -184,8 +261,13 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                 "Replays the stored events after `Last-Event-ID` (or `lastEventId`), then follows "
                 "live ones: each SSE event has `id` = the event's seq, `event` = its type and "
                 "`data` = the WorkflowEvent JSON (schema `WorkflowEvent`). Every seq arrives once, "
-                "in order. The stream ends after the terminal event (`workflow.completed`, "
-                "`workflow.failed` or `workflow.cancelled`) unless later events follow it (a "
+                "in order. A map step's events: `step.started` (data `items`, the total), "
+                "`step.progress` (data total, completed, failed, running; about once per "
+                "hundredth of the items), `step.item.retrying` and `step.item.failed` (with the "
+                "item's `stepKey`; data attempt, error and, when retrying, nextAttemptAt) and "
+                "`step.completed` (data total, completed, failed, running). The stream ends "
+                "after the terminal event (`workflow.completed`, `workflow.failed` or "
+                "`workflow.cancelled`) unless later events follow it (a "
                 "retried workflow goes on with `workflow.retried`); a reconnect whose "
                 "Last-Event-ID is at or past the terminal event of a finished workflow is "
                 "answered 204, which makes browsers stop reconnecting. For a "

@@ -53,3 +53,29 @@ WHERE ($1::text IS NULL OR status = $1)
   AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::text))
 ORDER BY created_at DESC, id DESC
 LIMIT $6;
+
+-- name: first_items
+-- The first $3 items of each map step $2 of workflow $1, in item order: one indexed range scan
+-- per step (step_items_order_idx), whatever the number of items.
+SELECT s.step_name, i.key, i.item_index, i.status, i.attempts, i.output, i.error, i.started_at,
+       i.finished_at
+FROM unnest($2::text[]) AS s (step_name)
+CROSS JOIN LATERAL (
+    SELECT key, item_index, status, attempts, output, error, started_at, finished_at
+    FROM step_items
+    WHERE workflow_id = $1 AND step_name = s.step_name
+    ORDER BY item_index
+    LIMIT $3
+) AS i
+ORDER BY s.step_name, i.item_index;
+
+-- name: items_after
+-- A page of one map step's items after index $3 (keyset), in item order, optionally only those
+-- with status $4 (step_items_order_idx either way).
+SELECT $2::text AS step_name, key, item_index, status, attempts, output, error, started_at,
+       finished_at
+FROM step_items
+WHERE workflow_id = $1 AND step_name = $2 AND item_index > $3
+  AND ($4::text IS NULL OR status = $4)
+ORDER BY item_index
+LIMIT $5;

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from relayflow.db import Queries
-from relayflow.model import WorkflowStatus
+from relayflow.model import ItemState, StepStatus, WorkflowStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +151,53 @@ class GatewayStore:
             for row in rows
         ]
 
+    async def first_items(
+        self, workflow_id: str, step_names: list[str], *, limit: int
+    ) -> dict[str, list[ItemState]]:
+        """The first `limit` items of each of these map steps, in item order (a step without
+        items yet maps to [])."""
+        found: dict[str, list[ItemState]] = {name: [] for name in step_names}
+        if not step_names:
+            return found
+        rows = await self._pool.fetch(self._q.first_items, workflow_id, step_names, limit)
+        for row in rows:
+            found[row["step_name"]].append(_item(workflow_id, row))
+        return found
+
+    async def items_after(
+        self,
+        workflow_id: str,
+        step_name: str,
+        *,
+        after: int,
+        status: StepStatus | None,
+        limit: int,
+    ) -> list[ItemState]:
+        """Up to `limit` items of one map step whose index is above `after`, in item order."""
+        rows = await self._pool.fetch(
+            self._q.items_after, workflow_id, step_name, after, status, limit
+        )
+        return [_item(workflow_id, row) for row in rows]
+
     async def ping(self) -> None:
         await self._pool.fetchval(self._q.ping)
+
+
+def _item(workflow_id: str, row: asyncpg.Record) -> ItemState:
+    # The item itself (the body's input) is not read: nothing the gateway shows holds it.
+    return ItemState(
+        workflow_id=workflow_id,
+        step_name=row["step_name"],
+        key=row["key"],
+        index=row["item_index"],
+        item=None,
+        status=StepStatus(row["status"]),
+        attempts=row["attempts"],
+        output=row["output"],
+        error=row["error"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
 
 
 def like_prefix(prefix: str) -> str:

@@ -1,4 +1,5 @@
 """Reading workflows: `GET /workflows` (the list), `GET /workflows/{id}` (state),
+`GET /workflows/{id}/steps/{step}/items` (a map step's items, page by page),
 `GET /workflows/{id}/events` (one workflow's events over SSE) and `GET /events` (the feed of every
 workflow's events, for the dashboard)."""
 
@@ -10,13 +11,14 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
-from pydantic import ValidationError
+from pydantic import MISSING, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relayflow.model import ACTIVE_STEPS, StepState, StepStatus
-from relayflow.workflow import StepSpec, TaskSpec, WorkflowDefinition
+from relayflow.model import ACTIVE_STEPS, ItemState, StepState, StepStatus
+from relayflow.workflow import MapSpec, TaskSpec, WorkflowDefinition
 from services.gateway import checks
 from services.gateway.checks import InputError
 from services.gateway.feed import event_filter, follow_feed, parse_last_id
@@ -24,6 +26,10 @@ from services.gateway.models import (
     FINISHED_STATUSES,
     WORKFLOW_STATUSES,
     ErrorView,
+    ItemPage,
+    ItemView,
+    MapProgressView,
+    MapStepView,
     StepView,
     WorkflowPage,
     WorkflowSummary,
@@ -44,6 +50,14 @@ _ID_PREFIX = re.compile(checks.WORKFLOW_ID_PATTERN)
 CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
 _CURSOR = re.compile(CURSOR_PATTERN)
 _LIMIT = re.compile(r"[0-9]{1,3}")
+# A map step's items: GET /workflows/{id} shows the first FIRST_ITEMS; the items route pages.
+FIRST_ITEMS = 100
+DEFAULT_ITEMS = 100
+MAX_ITEMS = 500
+# `step_items.item_index` is an integer column.
+MAX_ITEM_INDEX = checks.MAX_SEQ
+ITEM_STATUSES: tuple[str, ...] = tuple(status.value for status in StepStatus)
+_INDEX = re.compile(r"[0-9]{1,10}")
 
 
 class QueryError(InputError):
@@ -178,7 +192,87 @@ async def get_workflow(request: Request, raw_id: str) -> Response:
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
-    return model_response(workflow_view(row, state.registry.get(row.name)))
+    return model_response(await load_view(state.store, row, state.registry.get(row.name)))
+
+
+def item_query(params: Mapping[str, str]) -> tuple[int, StepStatus | None, int]:
+    """The items route's `after`, `status` and `limit`, checked like the list's: each one
+    given must be usable."""
+    raw_after = params.get("after")
+    after = -1
+    if raw_after is not None:
+        if not _INDEX.fullmatch(raw_after) or int(raw_after) > MAX_ITEM_INDEX:
+            raise QueryError(
+                f"after must be an item index, an integer from 0 to {MAX_ITEM_INDEX}, got "
+                f"{checks.shown(raw_after)}"
+            )
+        after = int(raw_after)
+    raw_status = params.get("status")
+    if raw_status is not None and raw_status not in ITEM_STATUSES:
+        raise QueryError(
+            f"status must be one of {', '.join(ITEM_STATUSES)}, got {checks.shown(raw_status)}"
+        )
+    raw_limit = params.get("limit", str(DEFAULT_ITEMS))
+    if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_ITEMS:
+        raise QueryError(
+            f"limit must be an integer from 1 to {MAX_ITEMS}, got {checks.shown(raw_limit)}"
+        )
+    status = None if raw_status is None else StepStatus(raw_status)
+    return after, status, int(raw_limit)
+
+
+def items_url(
+    workflow_id: str,
+    step_name: str,
+    after: int | None = None,
+    *,
+    status: StepStatus | None = None,
+    limit: int = DEFAULT_ITEMS,
+) -> str:
+    """The items route's URL (path and query) for the page after index `after` (None: the
+    first page)."""
+    query: dict[str, str] = {} if after is None else {"after": str(after)}
+    if status is not None:
+        query["status"] = status.value
+    if limit != DEFAULT_ITEMS:
+        query["limit"] = str(limit)
+    path = f"/workflows/{quote(workflow_id, safe='')}/steps/{quote(step_name, safe='')}/items"
+    return f"{path}?{urlencode(query)}" if query else path
+
+
+async def step_items(request: Request) -> Response:
+    """A page of a map step's items, keyset-paginated by item index. Bad ids and parameters
+    raise `checks.InputError`, which the app answers (400); an unknown workflow, a step it does
+    not have and a step that is not a map (and so has no items) are 404s."""
+    state = gateway_state(request)
+    workflow_id = checks.workflow_id(request.path_params["workflow_id"])
+    step_name = checks.step_name(request.path_params["step_name"])
+    after, status, limit = item_query(request.query_params)
+    row = await state.store.get_workflow(workflow_id)
+    if row is None:
+        return error_response(404, f"no workflow with id {workflow_id!r}")
+    definition = state.registry.get(row.name)
+    kinds = step_kinds(row, definition)
+    kind = kinds.get(step_name)
+    if kind is None:
+        return error_response(404, f"workflow {workflow_id!r} has no step {step_name!r}")
+    if kind != MapSpec.kind:
+        return error_response(
+            404, f"step {step_name!r} is a {kind} step, not a {MapSpec.kind}: it has no items"
+        )
+    found = await state.store.items_after(
+        workflow_id, step_name, after=after, status=status, limit=limit + 1
+    )
+    shown = found[:limit]
+    more = len(found) > limit
+    return model_response(
+        ItemPage(
+            items=[item_view(item) for item in shown],
+            next=items_url(workflow_id, step_name, shown[-1].index, status=status, limit=limit)
+            if more
+            else None,
+        )
+    )
 
 
 async def workflow_events(request: Request) -> Response:
@@ -214,11 +308,41 @@ async def workflow_events(request: Request) -> Response:
     )
 
 
-def workflow_view(row: WorkflowRow, definition: WorkflowDefinition | None) -> WorkflowView:
-    """Steps in the definition's order; a step the orchestrator has not touched is pending.
-    Steps the definition does not know (an older version's) follow in stored order."""
+def step_kinds(row: WorkflowRow, definition: WorkflowDefinition | None) -> dict[str, str]:
+    """Each step's kind, in the view's order: the definition's steps, then those only the row
+    has (an older version's), whose kind is what their state shows."""
+    kinds = {name: spec.kind for name, spec in (definition.steps.items() if definition else ())}
     order = list(definition.order) if definition is not None else []
     order.extend(name for name in row.steps if name not in order)
+    return {name: kinds.get(name) or _stored_kind(row.steps.get(name)) for name in order}
+
+
+def _stored_kind(stored: Any) -> str:
+    # Only a map step's state holds `progress`.
+    if isinstance(stored, dict) and stored.get("progress"):
+        return MapSpec.kind
+    return TaskSpec.kind
+
+
+async def load_view(
+    store: GatewayStore, row: WorkflowRow, definition: WorkflowDefinition | None
+) -> WorkflowView:
+    """The workflow's view with the first items of its map steps: one query for the workflow,
+    one (whatever the number of map steps) for their items."""
+    maps = [name for name, kind in step_kinds(row, definition).items() if kind == MapSpec.kind]
+    items = await store.first_items(row.id, maps, limit=FIRST_ITEMS + 1)
+    return workflow_view(row, definition, items)
+
+
+def workflow_view(
+    row: WorkflowRow,
+    definition: WorkflowDefinition | None,
+    items: Mapping[str, list[ItemState]] | None = None,
+) -> WorkflowView:
+    """Steps in the definition's order; a step the orchestrator has not touched is pending.
+    Steps the definition does not know (an older version's) follow in stored order. Map steps
+    show the first of `items` (their first items, read by `load_view`)."""
+    items = items or {}
     return WorkflowView(
         workflow_id=row.id,
         name=row.name,
@@ -231,28 +355,57 @@ def workflow_view(row: WorkflowRow, definition: WorkflowDefinition | None) -> Wo
         finished_at=row.finished_at,
         parent_workflow_id=row.parent_workflow_id,
         steps=[
-            _step(name, row.steps.get(name), definition.steps.get(name) if definition else None)
-            for name in order
+            _step(row.id, name, kind, row.steps.get(name), items.get(name, []))
+            for name, kind in step_kinds(row, definition).items()
         ],
     )
 
 
-def _step(name: str, stored: Any, spec: StepSpec | None) -> StepView:
-    kind = spec.kind if spec is not None else TaskSpec.kind
-    if not isinstance(stored, dict):
-        return StepView(name=name, kind=kind, status=StepStatus.PENDING)
-    step = StepState.from_json(stored)
-    return StepView(
-        name=name,
-        kind=kind,
-        status=step.status,
-        attempts=step.attempts,
-        output=step.output,
-        error=_error(step.error),
-        started_at=step.started_at,
-        finished_at=step.finished_at,
-        next_attempt_at=step.next_attempt_at,
-        child_workflow_id=step.child_workflow_id,
+def _step(workflow_id: str, name: str, kind: str, stored: Any, items: list[ItemState]) -> StepView:
+    # A step the orchestrator has not touched is pending.
+    step = StepState.from_json(stored) if isinstance(stored, dict) else StepState()
+    if kind == MapSpec.kind:
+        shown = items[:FIRST_ITEMS]
+        progress = step.progress
+        return MapStepView(
+            **_step_fields(name, step),
+            progress=None if progress is None else MapProgressView(**progress.to_json()),
+            items=[item_view(item) for item in shown],
+            items_next=items_url(workflow_id, name, shown[-1].index)
+            if len(items) > FIRST_ITEMS
+            else None,
+        )
+    return StepView(kind=kind, **_step_fields(name, step))
+
+
+def _step_fields(name: str, step: StepState) -> dict[str, Any]:
+    return {
+        "name": name,
+        "status": step.status,
+        "attempts": step.attempts,
+        "output": step.output,
+        "error": _error(step.error),
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "next_attempt_at": step.next_attempt_at,
+        "child_workflow_id": step.child_workflow_id,
+    }
+
+
+def item_view(item: ItemState) -> ItemView:
+    """The item as `ItemState.to_json` shapes it (output only once completed, error only when
+    set), its error read like a step's."""
+    shown = item.to_json()
+    error = _error(shown.get("error"))
+    return ItemView(
+        key=item.key,
+        index=item.index,
+        status=item.status,
+        attempts=item.attempts,
+        started_at=item.started_at,
+        finished_at=item.finished_at,
+        output=shown.get("output", MISSING),
+        error=MISSING if error is None else error,
     )
 
 

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { followWorkflow, followFeed, refresher } = window.relayflow;
+  const { followWorkflow, followFeed, refresher, ITEM_EVENTS } = window.relayflow;
 
   // ---- the list -------------------------------------------------------------------------
   const section = document.getElementById("workflows");
@@ -50,7 +50,11 @@
     open.href = `/ui/workflows/${encodeURIComponent(workflowId)}`;
     const state = refresher(() => `/ui/workflows/${encodeURIComponent(workflowId)}/panel?compact=1`, panel);
     state.now();
-    following = followWorkflow(workflowId, { onEvent: () => state.schedule(), live: null });
+    // A map's item events do not refetch the panel (a map can send hundreds); its step events do.
+    following = followWorkflow(workflowId, {
+      onEvent: (type) => { if (!ITEM_EVENTS.has(type)) state.schedule(); },
+      live: null,
+    });
   }
 
   form.addEventListener("submit", async (event) => {

@@ -6,6 +6,10 @@ window.relayflow = (() => {
     "workflow.started", "workflow.completed", "workflow.failed", "workflow.cancelled",
     "workflow.retried", "step.started", "step.completed", "step.failed", "step.retrying",
   ];
+  // A map step's item-level events: a workflow's page follows them (they update its progress
+  // bar and item rows in place); they never change the list, so the feed does not.
+  const ITEM_EVENT_TYPES = ["step.progress", "step.item.retrying", "step.item.failed"];
+  const ITEM_EVENTS = new Set(ITEM_EVENT_TYPES);
   const TERMINAL = new Set(["workflow.completed", "workflow.failed", "workflow.cancelled"]);
 
   // <time datetime> elements rendered in UTC by the server, shown in the reader's time zone.
@@ -84,7 +88,7 @@ window.relayflow = (() => {
       source = new EventSource(`/workflows/${encodeURIComponent(workflowId)}/events${query}`);
       const mine = source;
       source.onopen = () => { backoff = 250; if (!finished) setLive(live, "live"); };
-      for (const type of EVENT_TYPES) {
+      for (const type of [...EVENT_TYPES, ...ITEM_EVENT_TYPES]) {
         source.addEventListener(type, (message) => {
           const seq = Number(message.lastEventId) || 0;
           if (seq) lastSeq = seq;
@@ -155,6 +159,13 @@ window.relayflow = (() => {
       const why = error ? `${error.type}: ${error.message}` : "failed";
       return `attempt ${data.attempt} ${why}; attempt ${data.nextAttempt} at ${new Date(data.nextAttemptAt).toLocaleTimeString()}`;
     }
+    if (type === "step.item.retrying") {
+      const why = error ? `${error.type}: ${error.message}` : "failed";
+      return `attempt ${data.attempt} ${why}; next at ${new Date(data.nextAttemptAt).toLocaleTimeString()}`;
+    }
+    if (type === "step.progress") {
+      return `${data.completed} completed, ${data.failed} failed, ${data.running} running of ${data.total}`;
+    }
     if (error && typeof error === "object") return `${error.type}: ${error.message}`;
     const keys = Object.keys(data).filter((key) => data[key] !== null && data[key] !== "");
     if (!keys.length) return "";
@@ -167,7 +178,8 @@ window.relayflow = (() => {
     const row = document.createElement("tr");
     row.dataset.seq = String(seq);
     row.dataset.event = type;
-    const cells = [String(seq), "", "", body.stepName || "", summary(type, body)];
+    const step = body.stepKey != null ? `${body.stepName || ""}[${body.stepKey}]` : body.stepName || "";
+    const cells = [String(seq), "", "", step, summary(type, body)];
     for (const text of cells) {
       const td = document.createElement("td");
       td.textContent = text;
@@ -177,7 +189,7 @@ window.relayflow = (() => {
     at.dateTime = body.createdAt || "";
     row.children[1].append(at);
     const tag = document.createElement("span");
-    tag.className = `ev ev-${type.replace(".", "-")}`;
+    tag.className = `ev ev-${type.replaceAll(".", "-")}`;
     tag.textContent = type;
     row.children[2].append(tag);
     row.children[4].className = "details";
@@ -199,5 +211,7 @@ window.relayflow = (() => {
   }
 
   localTimes(document);
-  return { followWorkflow, followFeed, refresher, eventRow, postAction, localTimes, swap, setLive };
+  return {
+    followWorkflow, followFeed, refresher, eventRow, postAction, localTimes, swap, setLive, ITEM_EVENTS,
+  };
 })();
