@@ -308,20 +308,47 @@ def _body_name(name: str, step: str | None) -> str:
     return step
 
 
+# Whether a signal's payload is the one a signal wait waits for (pure, like a condition).
+SignalFilter = Callable[[dict[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalWaitSpec(StepSpec):
+    """Held by the orchestrator until a signal named `signal` arrives whose payload `accept`
+    takes (every one, when None), or its timeout passes; completes with the payload. Signals
+    are taken in the order they arrived; one that came before the wait began is kept for it."""
+
+    kind: ClassVar[str] = "signal_wait"
+    signal: str = ""
+    accept: SignalFilter | None = None
+
+
 def wait(
     name: str,
     *,
-    correlation_from: str,
     timeout: timedelta,
+    correlation_from: str | None = None,
+    signal: str | None = None,
+    accept: SignalFilter | None = None,
     after: Iterable[str] = (),
     when: Condition | None = None,
-) -> WaitSpec:
+) -> WaitSpec | SignalWaitSpec:
+    """Wait for the reply whose correlation id is at `correlation_from`, or for the signal
+    named `signal` (one the workflow declares), at most `timeout`."""
     if timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
+    if (correlation_from is None) == (signal is None):
+        raise DefinitionError(f"wait {name!r}: give either correlation_from= or signal=")
+    if signal is not None:
+        return SignalWaitSpec(
+            name=name, after=tuple(after), timeout=timeout, when=when, signal=signal, accept=accept
+        )
+    if accept is not None:
+        raise DefinitionError(f"wait {name!r}: accept= filters signals; this wait is for a reply")
     return WaitSpec(
         name=name,
         after=tuple(after),
-        correlation_from=correlation_from,
+        correlation_from=correlation_from or "",
         timeout=timeout,
         when=when,
     )
@@ -410,6 +437,8 @@ class WorkflowDefinition:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # The whole run's limit: past it the workflow fails with WorkflowTimeout.
     timeout: timedelta | None = None
+    # The signals it takes, by name, each with the model its payload must fit.
+    signals: Mapping[str, type[BaseModel]] = field(default_factory=dict)
 
     def retry_policy(self, step: str) -> RetryPolicy:
         return self.steps[step].retry or self.retry
@@ -430,8 +459,10 @@ def define_workflow(
     output_from: str | None = None,
     retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
+    signals: Mapping[str, type[BaseModel]] | None = None,
 ) -> WorkflowDefinition:
     """Check the DAG once, at definition time, so a mistake fails at start-up, not mid-run."""
+    declared = _checked_signals(name, signals or {})
     by_name: dict[str, StepSpec] = {}
     for spec in steps:
         if spec.name in by_name:
@@ -456,6 +487,11 @@ def define_workflow(
         spec = by_name[step]
         if isinstance(spec, MapSpec) and spec.source[0] == INPUT_SOURCE:
             _check_list_field(name, spec, input_model)
+        if isinstance(spec, SignalWaitSpec) and spec.signal not in declared:
+            raise DefinitionError(
+                f"workflow {name!r}: wait {spec.name!r} waits for signal {spec.signal!r}, which "
+                f"the workflow does not declare (signals: {', '.join(sorted(declared)) or 'none'})"
+            )
     if output_from is not None and output_from not in by_name:
         raise DefinitionError(f"workflow {name!r}: output_from names unknown step {output_from!r}")
     return WorkflowDefinition(
@@ -468,7 +504,24 @@ def define_workflow(
         ancestors=ancestors,
         retry=retry or RetryPolicy(),
         timeout=timeout,
+        signals=declared,
     )
+
+
+def _checked_signals(
+    workflow: str, signals: Mapping[str, type[BaseModel]]
+) -> dict[str, type[BaseModel]]:
+    for signal_name, model in signals.items():
+        if not _BODY_NAME.match(signal_name):
+            raise DefinitionError(
+                f"workflow {workflow!r}: {signal_name!r} is not a valid signal name"
+            )
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise DefinitionError(
+                f"workflow {workflow!r}: signal {signal_name!r} needs a pydantic model, "
+                f"got {model!r}"
+            )
+    return dict(signals)
 
 
 def _check_list_field(workflow: str, spec: MapSpec, model: type[BaseModel]) -> None:

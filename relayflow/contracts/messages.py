@@ -180,6 +180,19 @@ class CancelWorkflow(Envelope):
     reason: Annotated[str, Field(max_length=1000)] = ""
 
 
+class SignalWorkflow(Envelope):
+    """A named signal to a running workflow (a person's decision, another system's news),
+    with a payload its definition's model for that signal validates. A wait step for that
+    signal takes it; one that arrives before its wait starts is kept, and several of one name
+    reach successive waits in the order they were applied. The same message id counts once."""
+
+    type: Literal["SignalWorkflow"] = "SignalWorkflow"
+    signal_name: StepName
+    payload: dict[str, Any] = Field(default_factory=dict)
+    # Who sent it, as the sender says (shown in the history).
+    sent_by: Annotated[str, Field(max_length=200)] | None = None
+
+
 class RetryWorkflow(Envelope):
     """Asks the orchestrator to run a failed (or cancelled) workflow again from the steps that
     did not complete; completed steps keep their outputs and do not run again."""
@@ -206,6 +219,8 @@ class EventType(StrEnum):
     CHILD_STARTED = "child.started"
     CHILD_COMPLETED = "child.completed"
     CHILD_FAILED = "child.failed"
+    # A named signal reached the workflow (data: signal, payload, sentBy, signalId).
+    SIGNAL_RECEIVED = "signal.received"
     # A sleep step began its durable sleep (data: attempt, wakeAt).
     STEP_SLEEPING = "step.sleeping"
     # A map step's items: how many have ended (data: total, completed, failed, running), sent
@@ -256,11 +271,12 @@ Message = Annotated[
     | WorkflowEvent
     | WorkflowEventBatch
     | CancelWorkflow
-    | RetryWorkflow,
+    | RetryWorkflow
+    | SignalWorkflow,
     Field(discriminator="type"),
 ]
 OrchestratorInput = Annotated[
-    StartWorkflow | StepResult | ExternalReply | CancelWorkflow | RetryWorkflow,
+    StartWorkflow | StepResult | ExternalReply | CancelWorkflow | RetryWorkflow | SignalWorkflow,
     Field(discriminator="type"),
 ]
 
@@ -274,6 +290,7 @@ MESSAGE_TYPES: dict[str, type[BaseMessage]] = {
     "WorkflowEventBatch": WorkflowEventBatch,
     "CancelWorkflow": CancelWorkflow,
     "RetryWorkflow": RetryWorkflow,
+    "SignalWorkflow": SignalWorkflow,
 }
 
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)

@@ -54,3 +54,10 @@ def child_result_id(child_id: str, run: int) -> str:
     """The StepResult a child sends its parent when run `run` of it ends (a retried child that
     ends again sends another, which the parent judges by attempt like any result)."""
     return f"chr:{child_id}:{run}"
+
+
+def signal_id(workflow_id: str, signal_name: str, idempotency_key: str) -> str:
+    """A signal sent under an idempotency key: the same key always names the same signal, so
+    the orchestrator's inbox counts a resend once. Hashed, so that any key fits."""
+    digest = hashlib.sha256(f"{workflow_id}\x00{signal_name}\x00{idempotency_key}".encode())
+    return f"sig:{workflow_id}:{signal_name}:{b32(digest.digest()[:16])}"

@@ -171,6 +171,9 @@ class WorkflowState:
     run: int = 1
     # The step that started this workflow as its child; None at the top.
     parent: ParentRef | None = None
+    # Named signals no wait has taken yet, by name, oldest first: {"id", "payload", "sentBy",
+    # "at"} each.
+    mailbox: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

@@ -19,6 +19,7 @@ from relayflow.contracts import (
     CancelWorkflow,
     ExternalReply,
     RetryWorkflow,
+    SignalWorkflow,
     StartWorkflow,
     StepResult,
     WorkflowEventBatch,
@@ -48,7 +49,15 @@ from services.orchestrator.store import ItemKey, OutboxRow
 
 log = logging.getLogger(__name__)
 
-Input = StartWorkflow | StepResult | ExternalReply | CancelWorkflow | RetryWorkflow | TimerFired
+Input = (
+    StartWorkflow
+    | StepResult
+    | ExternalReply
+    | CancelWorkflow
+    | RetryWorkflow
+    | SignalWorkflow
+    | TimerFired
+)
 
 
 @dataclass(slots=True)
@@ -310,6 +319,8 @@ def _route(
             return machine.on_cancel(definition, state, item, now)
         case RetryWorkflow():
             return machine.on_retry(definition, state, item, now)
+        case SignalWorkflow():
+            return machine.on_signal(definition, state, item, now)
         case TimerFired():
             about = items.get((item.workflow_id, item.step_name, item.step_key))
             return machine.on_timer(definition, state, item, now, about)

@@ -16,7 +16,7 @@ SELECT (SELECT array_agg(message_id) FROM fresh) AS fresh, w.*
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN LATERAL (
     SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
-           last_seq, run, created_at, updated_at, finished_at, parent
+           last_seq, run, created_at, updated_at, finished_at, parent, mailbox
     FROM workflows
     WHERE id = ANY($2::text[])
     ORDER BY id
@@ -25,7 +25,7 @@ LEFT JOIN LATERAL (
 
 -- name: lock_workflows
 SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
-       last_seq, run, created_at, updated_at, finished_at, parent
+       last_seq, run, created_at, updated_at, finished_at, parent, mailbox
 FROM workflows
 WHERE id = ANY($1::text[])
 ORDER BY id
@@ -33,11 +33,12 @@ FOR UPDATE;
 
 -- name: insert_workflows
 INSERT INTO workflows (id, name, status, input, input_hash, idempotency_key, steps, signals,
-                       output, error, last_seq, run, created_at, updated_at, finished_at, parent)
+                       output, error, last_seq, run, created_at, updated_at, finished_at, parent,
+                       mailbox)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
                      $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::integer[],
                      $12::integer[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-                     $16::jsonb[])
+                     $16::jsonb[], $17::jsonb[])
 ORDER BY 1
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
@@ -54,10 +55,12 @@ WITH sent AS (
     UPDATE workflows AS w
     SET status = u.status, steps = u.steps, signals = u.signals, output = u.output,
         error = u.error, last_seq = u.last_seq, run = u.run, updated_at = u.updated_at,
-        finished_at = u.finished_at
+        finished_at = u.finished_at, mailbox = u.mailbox
     FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::jsonb[],
-                $7::integer[], $8::integer[], $9::timestamptz[], $10::timestamptz[])
-         AS u(id, status, steps, signals, output, error, last_seq, run, updated_at, finished_at)
+                $7::integer[], $8::integer[], $9::timestamptz[], $10::timestamptz[],
+                $29::jsonb[])
+         AS u(id, status, steps, signals, output, error, last_seq, run, updated_at, finished_at,
+              mailbox)
     WHERE w.id = u.id
     RETURNING 1
 ), events AS (

@@ -52,6 +52,7 @@ def _state_from_row(row: Any) -> WorkflowState:
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
         parent=ParentRef.model_validate(row["parent"]) if row["parent"] else None,
+        mailbox=row["mailbox"],
     )
 
 
@@ -96,6 +97,7 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.updated_at for s in states],
         [s.finished_at for s in states],
         [s.parent.model_dump(mode="json", by_alias=True) if s.parent else None for s in states],
+        [s.mailbox for s in states],
     )
     return {row["id"] for row in rows}
 
@@ -143,6 +145,7 @@ async def write_batch(
         [m.mandatory for m in messages],
         list(sent),
         [t.step_key for t in timers],
+        [s.mailbox for s in states],
     )
     by_message_id = {m.message_id: m for m in messages}
     return [OutboxRow(row["id"], by_message_id[row["message_id"]]) for row in rows]

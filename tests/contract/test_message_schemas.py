@@ -20,6 +20,7 @@ from relayflow.contracts import (
     ExternalReply,
     ExternalRequest,
     RetryWorkflow,
+    SignalWorkflow,
     StartWorkflow,
     StepCommand,
     StepResult,
@@ -114,6 +115,7 @@ def _examples() -> list[Envelope]:
         ),
         CancelWorkflow(**common, reason="no longer needed"),
         RetryWorkflow(**common),
+        SignalWorkflow(**common, signal_name="decision", payload={"approved": True}, sent_by="ada"),
     ]
 
 

@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry
 from services.gateway.openapi import build_openapi, render
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "schemas" / "openapi.json"
 REGENERATE = ".venv/bin/python -m services.gateway.openapi > schemas/openapi.json"
-SEED_WORKFLOWS = ["workflows.form_submission"]
+# The workflows the run command serves: the committed document describes them.
+SEED_WORKFLOWS = Settings().workflows
 
 
 @pytest.fixture(scope="module")

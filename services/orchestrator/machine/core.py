@@ -26,6 +26,7 @@ from relayflow.contracts import (
     ExternalReply,
     ParentRef,
     RetryWorkflow,
+    SignalWorkflow,
     StartWorkflow,
     StepResult,
     StepResultStatus,
@@ -95,11 +96,15 @@ def _input_problem(definition: WorkflowDefinition, value: dict[str, Any]) -> str
     try:
         definition.input_model.model_validate(value)
     except ValidationError as exc:
-        return "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '<input>'}: {error['msg']}"
-            for error in exc.errors(include_url=False)[:10]
-        )
+        return _problems(exc)
     return None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '<input>'}: {error['msg']}"
+        for error in exc.errors(include_url=False)[:10]
+    )
 
 
 def duplicate_start(state: WorkflowState, message: StartWorkflow) -> Ignored | Rejected:
@@ -155,6 +160,56 @@ def on_reply(
     # it for that step (a retried workflow's wait finds it), without resuming anything now.
     signals = {**state.signals, message.correlation_id: message.payload}
     return Transition(state=replace(state, signals=signals, updated_at=now))
+
+
+def on_signal(
+    definition: WorkflowDefinition, state: WorkflowState, message: SignalWorkflow, now: datetime
+) -> Outcome:
+    """A named signal: refused if the workflow does not declare it or its payload does not fit
+    the declared model; recorded (`signal.received`) and offered to the steps waiting for it,
+    else kept in the mailbox for the next wait. Duplicates never get here (the inbox)."""
+    model = definition.signals.get(message.signal_name)
+    if model is None:
+        declared = ", ".join(sorted(definition.signals)) or "none"
+        return Rejected(
+            f"workflow {definition.name!r} declares no signal {message.signal_name!r} "
+            f"(signals: {declared})"
+        )
+    try:
+        model.model_validate(message.payload)
+    except ValidationError as exc:
+        return Rejected(f"signal {message.signal_name!r} payload: {_problems(exc)}")
+    if state.finished:
+        return Ignored(f"signal for a {state.status.value} workflow {state.id}")
+    transition = Transition(state=state)
+    signal = {
+        "id": message.message_id,
+        "payload": message.payload,
+        "sentBy": message.sent_by,
+        "at": message.created_at.isoformat(),
+    }
+    emit(
+        transition,
+        EventType.SIGNAL_RECEIVED,
+        now,
+        data={
+            "signal": message.signal_name,
+            "payload": message.payload,
+            "sentBy": message.sent_by,
+            "signalId": message.message_id,
+        },
+    )
+    for name in definition.order:
+        step = StepHandle(definition, transition, name, now)
+        if kind_of(step.spec).on_signal(step, message.signal_name, signal):
+            _advance(definition, transition, now)
+            return transition
+    current = transition.state
+    kept = [*current.mailbox.get(message.signal_name, []), signal]
+    transition.state = replace(
+        current, mailbox={**current.mailbox, message.signal_name: kept}, updated_at=now
+    )
+    return transition
 
 
 def _consumed(state: WorkflowState, correlation_id: str) -> bool:

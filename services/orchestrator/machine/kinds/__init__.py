@@ -11,12 +11,13 @@ from relayflow.workflow import StepSpec, WorkflowDefinition
 from services.orchestrator.machine.kinds.base import StepKind
 from services.orchestrator.machine.kinds.child import Child
 from services.orchestrator.machine.kinds.map import Map
+from services.orchestrator.machine.kinds.signal_wait import SignalWait
 from services.orchestrator.machine.kinds.sleep import Sleep
 from services.orchestrator.machine.kinds.task import Task
 from services.orchestrator.machine.kinds.wait import Wait
 
 KINDS: Final[Mapping[str, StepKind]] = {
-    kind.name: kind for kind in (Task(), Wait(), Child(), Map(), Sleep())
+    kind.name: kind for kind in (Task(), Wait(), Child(), Map(), Sleep(), SignalWait())
 }
 
 

@@ -9,6 +9,8 @@ module here and an entry in the table of `kinds/__init__.py`, nothing in the mac
 
 from __future__ import annotations
 
+from typing import Any
+
 from relayflow.contracts import ExternalReply, StepResult
 from relayflow.model import StepStatus
 from services.orchestrator.machine.handle import StepHandle
@@ -46,6 +48,11 @@ class StepKind:
 
     def on_reply(self, step: StepHandle, message: ExternalReply) -> bool:
         """Whether this step took the reply (the machine offers it to each step in turn)."""
+        return False
+
+    def on_signal(self, step: StepHandle, name: str, signal: dict[str, Any]) -> bool:
+        """Whether this step took the named signal (the machine offers it to each step in
+        turn; one no step takes is kept in the workflow's mailbox)."""
         return False
 
     def on_items(self, step: StepHandle, answer: ItemAnswer) -> Ignored | None:
