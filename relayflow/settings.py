@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     workflows: Annotated[list[str], NoDecode] = [
         "workflows.form_submission",
         "apps.batch_import.workflows",
+        "apps.approval.workflows",
     ]
     queue_type: str = "quorum"
     # Backstop against poison messages that crash a consumer before it can dead-letter them.

@@ -131,13 +131,16 @@ class TaskSpec(StepSpec):
 
     kind: ClassVar[str] = "task"
     step: str = ""
+    # The body that undoes this step, run when the workflow fails or is cancelled after this
+    # step completed ("" for a step nothing needs to undo).
+    compensate: str = ""
 
     @property
     def body(self) -> str:
         return self.step or self.name
 
     def queues(self) -> tuple[str, ...]:
-        return (self.body,)
+        return (self.body, self.compensate) if self.compensate else (self.body,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,10 +289,14 @@ def task(
     retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
     when: Condition | None = None,
+    compensate: str | None = None,
 ) -> TaskSpec:
-    """A step that runs body `step` (by default the body named `name`) in a step service."""
+    """A step that runs body `step` (by default the body named `name`) in a step service;
+    `compensate` names the body that undoes it (see `TaskSpec`)."""
     if timeout is not None and timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
+    if compensate is not None and not _BODY_NAME.match(compensate):
+        raise DefinitionError(f"step {name!r}: {compensate!r} is not a valid step body name")
     return TaskSpec(
         name=name,
         after=tuple(after),
@@ -297,6 +304,7 @@ def task(
         timeout=timeout,
         when=when,
         step=_body_name(name, step),
+        compensate=compensate or "",
     )
 
 

@@ -208,6 +208,15 @@ class EventType(StrEnum):
     WORKFLOW_CANCELLED = "workflow.cancelled"
     # A failed or cancelled workflow was asked to run again; it is `running` after this event.
     WORKFLOW_RETRIED = "workflow.retried"
+    # It failed or was cancelled with compensable steps completed: their undo steps run (data:
+    # cause, error); then it is compensated, or compensation_failed (data: error).
+    WORKFLOW_COMPENSATING = "workflow.compensating"
+    WORKFLOW_COMPENSATED = "workflow.compensated"
+    WORKFLOW_COMPENSATION_FAILED = "workflow.compensation_failed"
+    # A step's undo step started, completed, or failed for good (data: attempt, body; error).
+    STEP_COMPENSATING = "step.compensating"
+    STEP_COMPENSATED = "step.compensated"
+    STEP_COMPENSATION_FAILED = "step.compensation_failed"
     STEP_STARTED = "step.started"
     STEP_COMPLETED = "step.completed"
     STEP_FAILED = "step.failed"
@@ -232,7 +241,13 @@ class EventType(StrEnum):
 
 
 TERMINAL_EVENTS = frozenset(
-    {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELLED}
+    {
+        EventType.WORKFLOW_COMPLETED,
+        EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CANCELLED,
+        EventType.WORKFLOW_COMPENSATED,
+        EventType.WORKFLOW_COMPENSATION_FAILED,
+    }
 )
 
 

@@ -114,6 +114,8 @@ class StepState:
     progress: MapProgress | None = None
     # Sleep steps: when the sleep ends.
     wake_at: datetime | None = None
+    # A compensable task whose workflow is being undone: its undo step's own state.
+    undo: StepState | None = None
 
     def to_json(self) -> dict[str, Any]:
         shown = {
@@ -131,6 +133,8 @@ class StepState:
             shown["progress"] = self.progress.to_json()
         if self.wake_at is not None:
             shown["wakeAt"] = _time(self.wake_at)
+        if self.undo is not None:
+            shown["undo"] = self.undo.to_json()
         return shown
 
     @classmethod
@@ -147,6 +151,7 @@ class StepState:
             child_workflow_id=data.get("childWorkflowId"),
             progress=MapProgress.from_json(data["progress"]) if data.get("progress") else None,
             wake_at=_parse_time(data.get("wakeAt")),
+            undo=StepState.from_json(data["undo"]) if data.get("undo") else None,
         )
 
 

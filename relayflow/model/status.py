@@ -15,15 +15,24 @@ class WorkflowStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # It failed or was cancelled after compensable steps completed: their undo steps run.
+    COMPENSATING = "compensating"
+    # Every undo step completed (the run's error says what made it undo).
+    COMPENSATED = "compensated"
+    # An undo step failed for good; a retry runs the undo steps that did not complete.
+    COMPENSATION_FAILED = "compensation_failed"
 
     @property
     def finished(self) -> bool:
-        return self is not WorkflowStatus.RUNNING
+        return self not in (WorkflowStatus.RUNNING, WorkflowStatus.COMPENSATING)
 
 
-# What each status allows an operator to ask for.
+# What each status allows an operator to ask for. A compensated run is not retried: its steps
+# have been undone, and their recorded successes would not run them again.
 CANCELLABLE: Final = frozenset({WorkflowStatus.RUNNING})
-RETRYABLE: Final = frozenset({WorkflowStatus.FAILED, WorkflowStatus.CANCELLED})
+RETRYABLE: Final = frozenset(
+    {WorkflowStatus.FAILED, WorkflowStatus.CANCELLED, WorkflowStatus.COMPENSATION_FAILED}
+)
 FINISHED: Final = frozenset(status for status in WorkflowStatus if status.finished)
 
 

@@ -273,7 +273,9 @@ class InvocationEngine:
             command,
             publish=self._publish,
             connection=connection,
-            reads=self._steps.reads_of(command.workflow_name, command.step_name),
+            reads=self._steps.reads_of(
+                command.workflow_name, command.step_name, command.body or command.step_name
+            ),
         )
 
     async def _finish_under_lease(

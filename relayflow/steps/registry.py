@@ -102,7 +102,7 @@ class StepRegistry:
         # the step service that serves them, after the core's).
         self.migrations: tuple[str, ...] = tuple(dict.fromkeys(migrations))
         # What each (workflow, step) these bodies serve reads, once `bind` has checked it.
-        self._reads: dict[tuple[str, str], dict[Callable[..., Any], ReadSource]] = {}
+        self._reads: dict[tuple[str, str, str], dict[Callable[..., Any], ReadSource]] = {}
         for definition in definitions:
             self.add(definition)
 
@@ -147,32 +147,42 @@ class StepRegistry:
     def get(self, name: str) -> StepDefinition | None:
         return self._by_name.get(name)
 
-    def reads_of(self, workflow: str, step: str) -> Reads:
-        """Where the body of `step` in `workflow` finds the outputs it reads (after `bind`)."""
-        return self._reads.get((workflow, step), {})
+    def reads_of(self, workflow: str, step: str, body: str) -> Reads:
+        """Where `body`, run for `step` of `workflow` (as the step's body or its undo), finds
+        the outputs it reads (after `bind`)."""
+        return self._reads.get((workflow, step, body), {})
 
     def bind(self, workflows: WorkflowRegistry) -> None:
         """Check, for every step of every workflow that one of these bodies serves, that each
         body it reads runs as exactly one step it comes after, and remember that step; refuse
         (naming the workflow and the step) a read of anything else. Run at start-up, so that a
         wrong read stops the service instead of failing a step mid-run."""
-        reads: dict[tuple[str, str], dict[Callable[..., Any], ReadSource]] = {}
+        reads: dict[tuple[str, str, str], dict[Callable[..., Any], ReadSource]] = {}
         for workflow in workflows:
             for step, spec in workflow.steps.items():
                 if not isinstance(spec, (TaskSpec, MapSpec)):
                     continue
                 definition = self._by_name.get(spec.body)
-                if definition is None or not definition.reads:
-                    continue
-                if isinstance(spec, MapSpec):
-                    raise DefinitionError(
-                        f"workflow {workflow.name!r}: map {step!r} runs body {spec.body!r}, "
-                        "which reads other steps' outputs; a map item's body sees only its item"
-                    )
-                reads[(workflow.name, step)] = {
-                    function: _source(workflow, step, body_name(function), function)
-                    for function in definition.reads
-                }
+                if definition is not None and definition.reads:
+                    if isinstance(spec, MapSpec):
+                        raise DefinitionError(
+                            f"workflow {workflow.name!r}: map {step!r} runs body {spec.body!r}, "
+                            "which reads other steps' outputs; a map item's body sees only its "
+                            "item"
+                        )
+                    reads[(workflow.name, step, spec.body)] = {
+                        function: _source(workflow, step, body_name(function), function)
+                        for function in definition.reads
+                    }
+                undo = self._by_name.get(spec.compensate) if isinstance(spec, TaskSpec) else None
+                if undo is not None and undo.reads:
+                    # An undo reads the step it undoes as well as what came before it.
+                    reads[(workflow.name, step, undo.name)] = {
+                        function: _source(
+                            workflow, step, body_name(function), function, including_itself=True
+                        )
+                        for function in undo.reads
+                    }
         self._reads = reads
 
     def names(self) -> list[str]:
@@ -214,9 +224,14 @@ class StepRegistry:
 
 
 def _source(
-    workflow: WorkflowDefinition, step: str, read: str, function: Callable[..., Any]
+    workflow: WorkflowDefinition,
+    step: str,
+    read: str,
+    function: Callable[..., Any],
+    *,
+    including_itself: bool = False,
 ) -> ReadSource:
-    ancestors = workflow.ancestors[step]
+    ancestors = workflow.ancestors[step] | ({step} if including_itself else set())
     runs = [
         name
         for name in sorted(ancestors)

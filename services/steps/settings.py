@@ -13,7 +13,11 @@ from relayflow.settings import Settings, split_csv
 class StepServiceSettings(Settings):
     # Modules whose `steps` registries this service loads.
     step_modules: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["services.steps.form_submission", "apps.batch_import.steps"]
+        default_factory=lambda: [
+            "services.steps.form_submission",
+            "apps.batch_import.steps",
+            "apps.approval.steps",
+        ]
     )
     # The steps this process serves (RELAYFLOW_STEPS=validate,persist); empty: all it loads.
     steps: Annotated[list[str], NoDecode] = Field(default_factory=list)

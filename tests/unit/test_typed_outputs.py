@@ -108,7 +108,7 @@ async def test_a_step_reads_any_ancestors_output_as_its_declared_model() -> None
     definition = steps.get("ship")
     assert definition is not None
     outcome = await call(
-        definition, command, publish=_publish, reads=steps.reads_of("shop", "ship")
+        definition, command, publish=_publish, reads=steps.reads_of("shop", "ship", "ship")
     )
     assert outcome == Succeeded(b'{"label":"R-Ax2"}')
 
@@ -127,7 +127,7 @@ async def test_an_output_that_does_not_fit_its_model_fails_the_step_for_good() -
     definition = steps.get("ship")
     assert definition is not None
     outcome = await call(
-        definition, command, publish=_publish, reads=steps.reads_of("shop", "ship")
+        definition, command, publish=_publish, reads=steps.reads_of("shop", "ship", "ship")
     )
     assert isinstance(outcome, ErrorInfo)
     assert (outcome.type, outcome.retryable) == ("StepContextError", False)

@@ -13,6 +13,7 @@ step does between its start and its end is its kind's (`kinds/`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -45,6 +46,7 @@ from relayflow.model import (
     input_hash,
 )
 from relayflow.workflow import Given, WorkflowDefinition
+from services.orchestrator.machine import compensation
 from services.orchestrator.machine.handle import StepHandle, emit
 from services.orchestrator.machine.kinds import kind_of
 from services.orchestrator.machine.transition import (
@@ -128,6 +130,10 @@ def on_step_result(
     """`item`: for a map step, the stored state of the item the result is about."""
     if message.step_name not in definition.steps:
         return Rejected(f"workflow {definition.name!r} has no step {message.step_name!r}")
+    if compensation.is_undo(definition, message.step_name, message.step_key):
+        return _undo(
+            definition, state, message.step_name, now, lambda s: compensation.on_result(s, message)
+        )
     kind = kind_of(definition.steps[message.step_name])
     if not kind.takes_results:
         return Rejected(f"step {message.step_name!r} is a {kind.name}, it takes no step result")
@@ -179,7 +185,7 @@ def on_signal(
         model.model_validate(message.payload)
     except ValidationError as exc:
         return Rejected(f"signal {message.signal_name!r} payload: {_problems(exc)}")
-    if state.finished:
+    if state.status is not WorkflowStatus.RUNNING:
         return Ignored(f"signal for a {state.status.value} workflow {state.id}")
     transition = Transition(state=state)
     signal = {
@@ -229,10 +235,12 @@ def on_timer(
     """`item`: for a map item's timer, the stored state of that item."""
     if state.finished:
         return Ignored(f"{timer.kind.value} timer for a {state.status.value} workflow")
+    if compensation.is_undo(definition, timer.step_name, timer.step_key):
+        return _undo(
+            definition, state, timer.step_name, now, lambda s: compensation.on_timer(s, timer)
+        )
     if timer.kind is TimerKind.WORKFLOW_TIMEOUT:
-        if timer.attempt != state.run:
-            return Ignored("workflow timeout of an earlier run")
-        return _time_out_workflow(definition, state, now)
+        return _workflow_timer(definition, state, timer, now)
     stale = _stale_step_timer(definition, state, timer)
     if stale is not None:
         return stale
@@ -250,6 +258,32 @@ def on_timer(
     return transition
 
 
+def _undo(
+    definition: WorkflowDefinition,
+    state: WorkflowState,
+    step_name: str,
+    now: datetime,
+    apply: Callable[[StepHandle], Ignored | None],
+) -> Outcome:
+    """A result or timer of an undo step (`compensation.py`)."""
+    transition = Transition(state=state)
+    undone = apply(StepHandle(definition, transition, step_name, now))
+    if undone is not None:
+        return undone
+    _settle_compensation(definition, transition, now)
+    return transition
+
+
+def _workflow_timer(
+    definition: WorkflowDefinition, state: WorkflowState, timer: TimerFired, now: datetime
+) -> Outcome:
+    if timer.attempt != state.run:
+        return Ignored("workflow timeout of an earlier run")
+    if state.status is WorkflowStatus.COMPENSATING:
+        return Ignored("a compensating workflow has no deadline")
+    return _time_out_workflow(definition, state, now)
+
+
 def _stale_step_timer(
     definition: WorkflowDefinition, state: WorkflowState, timer: TimerFired
 ) -> Ignored | None:
@@ -258,6 +292,9 @@ def _stale_step_timer(
     current = state.steps.get(timer.step_name)
     if current is None or timer.step_name not in definition.steps:
         return Ignored(f"{timer.kind.value} timer for unknown step {timer.step_name!r}")
+    if state.status is WorkflowStatus.COMPENSATING:
+        # Nothing forward runs while the run is undone.
+        return Ignored(f"{timer.kind.value} timer while workflow {state.id} compensates")
     if timer.step_key:
         # An item's timer: its kind judges it by the item's attempt, not the step's.
         return None
@@ -289,7 +326,7 @@ def on_cancel(
 ) -> Outcome:
     """Stop a running workflow: unfinished steps are cancelled (by their kind) and any result,
     reply or timer still on its way is ignored. Cancelling a finished workflow changes nothing."""
-    if state.finished:
+    if state.status is not WorkflowStatus.RUNNING:
         return Ignored(f"workflow {state.id} is already {state.status.value}")
     transition = Transition(state=state)
     _stop_unfinished_steps(definition, transition, now)
@@ -298,7 +335,14 @@ def on_cancel(
         "message": message.reason or "cancelled on request",
         "retryable": False,
     }
-    _end(transition, WorkflowStatus.CANCELLED, now, error=error, data={"reason": message.reason})
+    _end_badly(
+        definition,
+        transition,
+        WorkflowStatus.CANCELLED,
+        now,
+        error=error,
+        data={"reason": message.reason},
+    )
     return transition
 
 
@@ -309,9 +353,21 @@ def on_retry(
     steps keep their outputs. Retrying a running or completed workflow changes nothing."""
     if state.status not in RETRYABLE:
         return Ignored(
-            f"workflow {state.id} is {state.status.value}; only failed or cancelled "
-            "workflows are retried"
+            f"workflow {state.id} is {state.status.value}; only failed, cancelled or "
+            "compensation_failed workflows are retried"
         )
+    if state.status is WorkflowStatus.COMPENSATION_FAILED:
+        transition = Transition(state=state)
+        compensation.resume(definition, transition, now)
+        transition.state = replace(transition.state, run=state.run + 1)
+        emit(
+            transition,
+            EventType.WORKFLOW_RETRIED,
+            now,
+            data={"reason": message.reason, "run": state.run + 1, "compensation": True},
+        )
+        _settle_compensation(definition, transition, now)
+        return transition
     steps = {
         name: replace(step, status=StepStatus.PENDING, error=None, next_attempt_at=None)
         if step.status in RERUN_STEPS
@@ -363,7 +419,7 @@ def _time_out_workflow(
         "message": f"the workflow did not finish within {limit:g}s",
         "retryable": False,
     }
-    _end(transition, WorkflowStatus.FAILED, now, error=error)
+    _end_badly(definition, transition, WorkflowStatus.FAILED, now, error=error)
     return transition
 
 
@@ -381,7 +437,7 @@ def _advance(definition: WorkflowDefinition, transition: Transition, now: dateti
     """Start every step whose dependencies have ended well; finish the workflow when it can.
     Loops because a step may end as it starts (skipped, or a wait whose reply is already here)
     and so unblock more."""
-    while not transition.state.finished:
+    while transition.state.status is WorkflowStatus.RUNNING:
         steps = transition.state.steps
         failed = [name for name in definition.order if steps[name].status is StepStatus.FAILED]
         if failed:
@@ -460,14 +516,42 @@ def _finish(
         error = {**(state.steps[failed_step].error or {}), "step": failed_step}
         # Parallel branches still in flight stop here; a retry of the workflow restarts them.
         _stop_unfinished_steps(definition, transition, now)
-        _end(transition, status, now, error=error)
+        _end_badly(definition, transition, status, now, error=error)
 
 
 _END_EVENTS = {
     WorkflowStatus.COMPLETED: EventType.WORKFLOW_COMPLETED,
     WorkflowStatus.FAILED: EventType.WORKFLOW_FAILED,
     WorkflowStatus.CANCELLED: EventType.WORKFLOW_CANCELLED,
+    WorkflowStatus.COMPENSATED: EventType.WORKFLOW_COMPENSATED,
+    WorkflowStatus.COMPENSATION_FAILED: EventType.WORKFLOW_COMPENSATION_FAILED,
 }
+
+
+def _end_badly(
+    definition: WorkflowDefinition,
+    transition: Transition,
+    status: WorkflowStatus,
+    now: datetime,
+    *,
+    error: dict[str, Any],
+    data: dict[str, Any] | None = None,
+) -> None:
+    """A run that fails or is cancelled: its completed steps that declare an undo are undone
+    first (`compensation.py`); without any, it ends at once."""
+    if compensation.begin(definition, transition, now, status, error):
+        _settle_compensation(definition, transition, now)
+    else:
+        _end(transition, status, now, error=error, data=data)
+
+
+def _settle_compensation(
+    definition: WorkflowDefinition, transition: Transition, now: datetime
+) -> None:
+    ending = compensation.advance(definition, transition, now)
+    if ending is not None:
+        status, error = ending
+        _end(transition, status, now, error=error)
 
 
 def _end(

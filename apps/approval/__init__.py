@@ -1,0 +1,10 @@
+"""`approval`: reserve, wait for a person's decision (a signal), charge, cool down, notify — and
+undo what was done when a later step fails (compensation).
+
+Served by the README's run command: `POST /workflows/approval` with
+`{"requestId": "r-1", "amount": 120, "failAt": null}`, then
+`POST /workflows/{id}/signals/decision` with `{"approved": true, "by": "ada"}`. `failAt` names a
+step that fails for good, to watch compensation run: with `"notify"`, `refund` then `release` run
+and the run ends `compensated`. A rejected decision releases the reservation and completes with
+`{"approved": false}`.
+"""
