@@ -19,12 +19,14 @@ right correlation id arrives, or its timeout passes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -447,6 +449,9 @@ class WorkflowDefinition:
     timeout: timedelta | None = None
     # The signals it takes, by name, each with the model its payload must fit.
     signals: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    # What a run is pinned to: declared, or derived from the definition's shape (see
+    # `define_workflow`). Runs finish on the version they started on.
+    version: str = ""
 
     def retry_policy(self, step: str) -> RetryPolicy:
         return self.steps[step].retry or self.retry
@@ -468,8 +473,18 @@ def define_workflow(
     retry: RetryPolicy | None = None,
     timeout: timedelta | None = None,
     signals: Mapping[str, type[BaseModel]] | None = None,
+    version: str | None = None,
 ) -> WorkflowDefinition:
-    """Check the DAG once, at definition time, so a mistake fails at start-up, not mid-run."""
+    """Check the DAG once, at definition time, so a mistake fails at start-up, not mid-run.
+
+    `version` pins runs: a run finishes on the definition it started on, and a deploy may load
+    several versions of one workflow at once (new runs take the newest). Without one, the
+    version is derived from the definition's shape — its steps, their kinds and options, the
+    code of its conditions — so that a changed definition is a new version by itself."""
+    if version is not None and not _VERSION.match(version):
+        raise DefinitionError(
+            f"workflow {name!r}: version {version!r} must be 1 to 64 of A-Z a-z 0-9 . _ -"
+        )
     declared = _checked_signals(name, signals or {})
     by_name: dict[str, StepSpec] = {}
     for spec in steps:
@@ -502,7 +517,7 @@ def define_workflow(
             )
     if output_from is not None and output_from not in by_name:
         raise DefinitionError(f"workflow {name!r}: output_from names unknown step {output_from!r}")
-    return WorkflowDefinition(
+    definition = WorkflowDefinition(
         name=name,
         input_model=input_model,
         steps=by_name,
@@ -514,6 +529,58 @@ def define_workflow(
         timeout=timeout,
         signals=declared,
     )
+    return replace(definition, version=version or _derived_version(definition))
+
+
+_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _derived_version(definition: WorkflowDefinition) -> str:
+    """A digest of everything that decides how a run proceeds: two processes loading the same
+    code derive the same version (nothing here depends on hash seeds or addresses); any change
+    to a step, an option or a condition's code gives another."""
+    shape = (
+        definition.output_from,
+        definition.retry,
+        definition.timeout,
+        {name: model.__qualname__ for name, model in definition.signals.items()},
+        definition.input_model.__qualname__,
+        [(spec.kind, spec) for spec in (definition.steps[name] for name in definition.order)],
+    )
+    return "v" + hashlib.sha256(_canonical(shape)).hexdigest()[:12]
+
+
+def _canonical(value: Any) -> bytes:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [
+            (item.name, _canonical(getattr(value, item.name))) for item in dataclasses.fields(value)
+        ]
+        return repr((type(value).__name__, fields)).encode()
+    if isinstance(value, (set, frozenset)):
+        return repr(sorted(_canonical(item) for item in value)).encode()
+    if isinstance(value, Mapping):
+        return repr(sorted((str(k), _canonical(v)) for k, v in value.items())).encode()
+    if isinstance(value, (list, tuple)):
+        return repr([_canonical(item) for item in value]).encode()
+    return _canonical_leaf(value)
+
+
+def _canonical_leaf(value: Any) -> bytes:
+    if isinstance(value, type):
+        return value.__qualname__.encode()
+    code = getattr(value, "__code__", None)
+    if isinstance(code, types.CodeType):
+        return _code_fingerprint(code)
+    return repr(value).encode()
+
+
+def _code_fingerprint(code: types.CodeType) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode()]
+    parts.extend(
+        _code_fingerprint(const) if isinstance(const, types.CodeType) else repr(const).encode()
+        for const in code.co_consts
+    )
+    return b"\x01".join(parts)
 
 
 def _checked_signals(
@@ -588,40 +655,60 @@ def _topological_order(workflow: str, steps: Mapping[str, StepSpec]) -> tuple[st
 
 
 class WorkflowRegistry:
-    """The workflows a service knows, by name."""
+    """The workflows a service knows, by name, each in one or more versions: new runs take the
+    newest (the one registered last), a run already started finishes on its own."""
 
     def __init__(self, definitions: Iterable[WorkflowDefinition] = ()) -> None:
-        self._by_name: dict[str, WorkflowDefinition] = {}
+        self._versions: dict[str, dict[str, WorkflowDefinition]] = {}
         for definition in definitions:
             self.add(definition)
         self.check()
 
     def add(self, definition: WorkflowDefinition) -> None:
-        if definition.name in self._by_name:
-            raise DefinitionError(f"workflow {definition.name!r} is registered twice")
-        self._by_name[definition.name] = definition
+        versions = self._versions.setdefault(definition.name, {})
+        if definition.version in versions:
+            raise DefinitionError(
+                f"workflow {definition.name!r} version {definition.version!r} is registered twice"
+            )
+        versions[definition.version] = definition
 
-    def get(self, name: str) -> WorkflowDefinition | None:
-        return self._by_name.get(name)
+    def get(self, name: str, version: str | None = None) -> WorkflowDefinition | None:
+        """The newest version of workflow `name`, or version `version` of it; None if not
+        loaded."""
+        versions = self._versions.get(name)
+        if not versions:
+            return None
+        if version is None:
+            return list(versions.values())[-1]
+        return versions.get(version)
 
-    def __iter__(self) -> Any:
-        return iter(self._by_name.values())
+    def versions(self, name: str) -> list[str]:
+        """The versions of `name` loaded here, oldest first."""
+        return list(self._versions.get(name, {}))
+
+    def __iter__(self) -> Iterator[WorkflowDefinition]:
+        """The newest version of each workflow."""
+        return iter([list(versions.values())[-1] for versions in self._versions.values()])
+
+    def all_versions(self) -> list[WorkflowDefinition]:
+        return [d for versions in self._versions.values() for d in versions.values()]
 
     def names(self) -> list[str]:
-        return sorted(self._by_name)
+        return sorted(self._versions)
 
     def task_names(self) -> list[str]:
-        """Every task step of every workflow: the step queues the topology needs."""
-        return sorted({step for wf in self._by_name.values() for step in wf.task_names()})
+        """Every task step of every version of every workflow: the step queues the topology
+        needs (a run of an older version still sends to its own)."""
+        return sorted({step for wf in self.all_versions() for step in wf.task_names()})
 
     def check(self) -> None:
         """Refuse what only the whole set shows: a child step naming a workflow that is not
         registered, or children that start each other in a cycle (which would never end)."""
         children: dict[str, list[str]] = {}
-        for definition in self._by_name.values():
+        for definition in self.all_versions():
             for spec in definition.steps.values():
                 if isinstance(spec, ChildSpec):
-                    if spec.workflow not in self._by_name:
+                    if spec.workflow not in self._versions:
                         raise DefinitionError(
                             f"workflow {definition.name!r}: child step {spec.name!r} starts "
                             f"workflow {spec.workflow!r}, which is not registered "

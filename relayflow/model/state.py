@@ -179,6 +179,8 @@ class WorkflowState:
     # Named signals no wait has taken yet, by name, oldest first: {"id", "payload", "sentBy",
     # "at"} each.
     mailbox: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The version of its definition the run is pinned to (None: recorded before versions were).
+    version: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -69,7 +69,7 @@ class BatchResult:
 
 class Processor:
     def __init__(self, registry: WorkflowRegistry, topology: Topology) -> None:
-        for definition in registry:
+        for definition in registry.all_versions():
             machine.check_supported(definition)
         self._registry = registry
         self._topology = topology
@@ -196,10 +196,33 @@ class Processor:
             if isinstance(item, TimerFired):
                 return Ignored(f"timer for unknown workflow {item.workflow_id}")
             return Rejected(f"unknown workflow {item.workflow_id}")
-        definition = self._registry.get(state.name)
-        if definition is None:
-            return Rejected(f"workflow {state.id} is a {state.name!r}, which is not registered")
+        definition = self._definition_of(state)
+        if isinstance(definition, Rejected):
+            return definition
         return _route(definition, state, item, now, items)
+
+    def _definition_of(self, state: WorkflowState) -> WorkflowDefinition | Rejected:
+        """The definition a run is pinned to. A version no longer loaded here is refused (the
+        input is dead-lettered with the reason, to redrive once that version is deployed
+        again beside the new one), never applied to another version."""
+        definition = self._registry.get(state.name, state.version)
+        if definition is not None:
+            return definition
+        loaded = self._registry.versions(state.name)
+        if not loaded:
+            return Rejected(f"workflow {state.id} is a {state.name!r}, which is not registered")
+        log.warning(
+            "workflow %s runs %s version %s, which is not loaded here (loaded: %s)",
+            state.id,
+            state.name,
+            state.version,
+            ", ".join(loaded),
+        )
+        return Rejected(
+            f"workflow {state.id} runs version {state.version!r} of {state.name!r}, which this "
+            f"orchestrator does not load (loaded: {', '.join(loaded)}); deploy that version "
+            "beside the new one, then redrive this message"
+        )
 
     def _items_addressed(
         self, inputs: Sequence[Input], current: Mapping[str, WorkflowState]
@@ -210,7 +233,7 @@ class Processor:
             if isinstance(item, TimerFired) and item.step_key:
                 keys.append((item.workflow_id, item.step_name, item.step_key))
             elif isinstance(item, StepResult) and (state := current.get(item.workflow_id)):
-                definition = self._registry.get(state.name)
+                definition = self._registry.get(state.name, state.version)
                 spec = definition.steps.get(item.step_name) if definition else None
                 if isinstance(spec, MapSpec):
                     keys.append((item.workflow_id, item.step_name, item.step_key))
@@ -241,7 +264,7 @@ class Processor:
         follow_ups: list[ItemOp] = []
         for answer in answers:
             state = batch.current[answer.workflow_id]
-            definition = self._registry.get(state.name)
+            definition = self._registry.get(state.name, state.version)
             assert definition is not None, "the machine asked for items of a known workflow"
             outcome = machine.on_items(definition, state, answer, now)
             if isinstance(outcome, Transition):

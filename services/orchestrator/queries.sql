@@ -16,7 +16,7 @@ SELECT (SELECT array_agg(message_id) FROM fresh) AS fresh, w.*
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN LATERAL (
     SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
-           last_seq, run, created_at, updated_at, finished_at, parent, mailbox
+           last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version
     FROM workflows
     WHERE id = ANY($2::text[])
     ORDER BY id
@@ -25,7 +25,7 @@ LEFT JOIN LATERAL (
 
 -- name: lock_workflows
 SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
-       last_seq, run, created_at, updated_at, finished_at, parent, mailbox
+       last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version
 FROM workflows
 WHERE id = ANY($1::text[])
 ORDER BY id
@@ -34,11 +34,11 @@ FOR UPDATE;
 -- name: insert_workflows
 INSERT INTO workflows (id, name, status, input, input_hash, idempotency_key, steps, signals,
                        output, error, last_seq, run, created_at, updated_at, finished_at, parent,
-                       mailbox)
+                       mailbox, version)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
                      $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::integer[],
                      $12::integer[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-                     $16::jsonb[], $17::jsonb[])
+                     $16::jsonb[], $17::jsonb[], $18::text[])
 ORDER BY 1
 ON CONFLICT (id) DO NOTHING
 RETURNING id;

@@ -53,6 +53,7 @@ def _state_from_row(row: Any) -> WorkflowState:
         finished_at=row["finished_at"],
         parent=ParentRef.model_validate(row["parent"]) if row["parent"] else None,
         mailbox=row["mailbox"],
+        version=row["version"],
     )
 
 
@@ -98,6 +99,7 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.finished_at for s in states],
         [s.parent.model_dump(mode="json", by_alias=True) if s.parent else None for s in states],
         [s.mailbox for s in states],
+        [s.version for s in states],
     )
     return {row["id"] for row in rows}
 

@@ -23,7 +23,9 @@ async def test_migrations_are_idempotent(pool: asyncpg.Pool[Any]) -> None:
         assert await migrate(conn) == []
         assert await migrate(conn, (CORE, APP)) == []
         versions = await conn.fetch(
-            "SELECT package, version FROM relayflow_migrations ORDER BY package, version"
+            "SELECT package, version FROM relayflow_migrations WHERE package = ANY($1::text[]) "
+            "ORDER BY package, version",
+            [CORE, APP],
         )
     recorded = [(row["package"], row["version"]) for row in versions]
     assert recorded == [(APP, m.version) for m in available_migrations(APP)] + [

@@ -79,6 +79,7 @@ def start(
         created_at=now,
         updated_at=now,
         parent=message.parent,
+        version=definition.version,
     )
     problem = _input_problem(definition, message.input)
     if problem is not None and message.parent is None:
