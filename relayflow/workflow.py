@@ -100,7 +100,7 @@ Condition = Callable[[Given], bool]
 class StepSpec:
     """What every step has, whatever its kind. Each kind is a subclass (`TaskSpec`, `WaitSpec`,
     …) with its own options and its own load-time checks; the orchestrator runs it through the
-    kind's handler (`services/orchestrator/machine/kinds/`), found by `kind`."""
+    kind's handler (`relayflow/machine/kinds/`), found by `kind`."""
 
     kind: ClassVar[str]
     name: str

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from relayflow import machine
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import (
     BaseMessage,
@@ -25,11 +26,7 @@ from relayflow.contracts import (
     WorkflowEventBatch,
 )
 from relayflow.db import Connection
-from relayflow.model import ItemState, WorkflowState, ids
-from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, step_key
-from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
-from services.orchestrator import machine, store
-from services.orchestrator.machine import (
+from relayflow.machine import (
     CancelChild,
     ClaimItems,
     CollectItems,
@@ -45,6 +42,10 @@ from services.orchestrator.machine import (
     TimerFired,
     Transition,
 )
+from relayflow.model import ItemState, WorkflowState, ids
+from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, step_key
+from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
+from services.orchestrator import store
 from services.orchestrator.store import ItemKey, OutboxRow
 
 log = logging.getLogger(__name__)

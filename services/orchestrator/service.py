@@ -24,9 +24,9 @@ from relayflow.contracts import (
     encoded_size,
     unstorable,
 )
+from relayflow.machine import Ignored, Rejected, TimerFired
 from relayflow.topology import Topology
 from services.orchestrator import store
-from services.orchestrator.machine import Ignored, Rejected, TimerFired
 from services.orchestrator.processor import BatchResult, Processor
 from services.orchestrator.relay import OutboxRelay
 

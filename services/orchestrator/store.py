@@ -12,8 +12,7 @@ import orjson
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import ParentRef, WorkflowEvent, encode
 from relayflow.db import Connection, Queries
-from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, WorkflowStatus
-from services.orchestrator.machine import (
+from relayflow.machine import (
     CancelItems,
     CreateItems,
     ItemsClaimed,
@@ -24,6 +23,7 @@ from services.orchestrator.machine import (
     TimerFired,
     TimerKind,
 )
+from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, WorkflowStatus
 
 QUERIES = Queries.load("services.orchestrator")
 

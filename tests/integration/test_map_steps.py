@@ -23,10 +23,10 @@ from relayflow.contracts import (
     new_message_id,
     new_workflow_id,
 )
+from relayflow.machine import Ignored, TimerFired, TimerKind
 from relayflow.model import StepStatus, WorkflowStatus, ids
 from relayflow.topology import Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, map_step, task
-from services.orchestrator.machine import Ignored, TimerFired, TimerKind
 from services.orchestrator.processor import BatchResult, Input, Processor
 
 

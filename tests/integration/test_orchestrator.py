@@ -28,12 +28,12 @@ from relayflow.contracts import (
     new_message_id,
     new_workflow_id,
 )
+from relayflow.machine import Ignored, Rejected, Transition
 from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task, wait
 from services.orchestrator import store
 from services.orchestrator.__main__ import serve
-from services.orchestrator.machine import Ignored, Rejected, Transition
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator

@@ -13,11 +13,11 @@ import pytest
 from pydantic import BaseModel
 
 from relayflow.contracts import StartWorkflow, new_message_id, new_workflow_id
+from relayflow.machine import TimerFired
 from relayflow.model import StepStatus, WorkflowStatus
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry, define_workflow, sleep
 from services.orchestrator import store
-from services.orchestrator.machine import TimerFired
 from services.orchestrator.processor import Processor
 from tests.support import wait_for
 

@@ -22,10 +22,10 @@ from relayflow.contracts import (
     new_message_id,
     new_workflow_id,
 )
+from relayflow.machine import Rejected
 from relayflow.model import WorkflowStatus
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowDefinition, WorkflowRegistry, define_workflow, task, wait
-from services.orchestrator.machine import Rejected
 from services.orchestrator.processor import BatchResult, Input, Processor
 
 

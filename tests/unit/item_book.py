@@ -9,11 +9,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from relayflow import machine
 from relayflow.contracts import StepCommand, StepResult, StepResultStatus
-from relayflow.model import ItemState, StepStatus
-from relayflow.workflow import MapSpec, WorkflowDefinition
-from services.orchestrator import machine
-from services.orchestrator.machine import (
+from relayflow.machine import (
     CancelItems,
     ClaimItems,
     CollectItems,
@@ -28,6 +26,8 @@ from services.orchestrator.machine import (
     Transition,
     WorkflowState,
 )
+from relayflow.model import ItemState, StepStatus
+from relayflow.workflow import MapSpec, WorkflowDefinition
 
 ENDED = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED})
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from relayflow import machine
 from relayflow.contracts import (
     CancelWorkflow,
     EventType,
@@ -17,17 +18,7 @@ from relayflow.contracts import (
     StepResultStatus,
 )
 from relayflow.errors import DefinitionError
-from relayflow.model import StepStatus, WorkflowStatus, ids
-from relayflow.workflow import (
-    RetryPolicy,
-    WorkflowDefinition,
-    WorkflowRegistry,
-    child,
-    define_workflow,
-    task,
-)
-from services.orchestrator import machine
-from services.orchestrator.machine import (
+from relayflow.machine import (
     CancelChild,
     Ignored,
     NotifyParent,
@@ -36,6 +27,15 @@ from services.orchestrator.machine import (
     TimerFired,
     TimerKind,
     Transition,
+)
+from relayflow.model import StepStatus, WorkflowStatus, ids
+from relayflow.workflow import (
+    RetryPolicy,
+    WorkflowDefinition,
+    WorkflowRegistry,
+    child,
+    define_workflow,
+    task,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
+from relayflow import machine
 from relayflow.contracts import (
     CancelWorkflow,
     ErrorInfo,
@@ -16,17 +17,16 @@ from relayflow.contracts import (
     StepResult,
     StepResultStatus,
 )
-from relayflow.model import StepStatus, WorkflowStatus
-from relayflow.workflow import RetryPolicy, define_workflow, task
-from services.orchestrator import machine
-from services.orchestrator.machine import (
+from relayflow.machine import (
     Ignored,
     TimerFired,
     TimerKind,
     Transition,
     WorkflowState,
 )
-from services.orchestrator.machine.compensation import UNDO_KEY
+from relayflow.machine.compensation import UNDO_KEY
+from relayflow.model import StepStatus, WorkflowStatus
+from relayflow.workflow import RetryPolicy, define_workflow, task
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from relayflow import machine
 from relayflow.contracts import (
     CancelWorkflow,
     ErrorInfo,
@@ -20,6 +21,16 @@ from relayflow.contracts import (
     StartWorkflow,
     StepResult,
     StepResultStatus,
+)
+from relayflow.machine import (
+    Ignored,
+    Rejected,
+    StepStatus,
+    TimerFired,
+    TimerKind,
+    Transition,
+    WorkflowState,
+    WorkflowStatus,
 )
 from relayflow.workflow import (
     Condition,
@@ -32,17 +43,6 @@ from relayflow.workflow import (
     define_workflow,
     task,
     wait,
-)
-from services.orchestrator import machine
-from services.orchestrator.machine import (
-    Ignored,
-    Rejected,
-    StepStatus,
-    TimerFired,
-    TimerKind,
-    Transition,
-    WorkflowState,
-    WorkflowStatus,
 )
 from workflows.form_submission import FORM_SUBMISSION
 

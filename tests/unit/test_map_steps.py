@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from relayflow import machine
 from relayflow.contracts import (
     CancelWorkflow,
     ErrorInfo,
@@ -21,6 +22,17 @@ from relayflow.contracts import (
     StepResultStatus,
 )
 from relayflow.errors import DefinitionError
+from relayflow.machine import (
+    DispatchStep,
+    Ignored,
+    Rejected,
+    StartChild,
+    TimerFired,
+    TimerKind,
+    Transition,
+    WorkflowState,
+    WorkflowStatus,
+)
 from relayflow.model import StepStatus, ids
 from relayflow.workflow import (
     Condition,
@@ -33,18 +45,6 @@ from relayflow.workflow import (
     define_workflow,
     map_step,
     task,
-)
-from services.orchestrator import machine
-from services.orchestrator.machine import (
-    DispatchStep,
-    Ignored,
-    Rejected,
-    StartChild,
-    TimerFired,
-    TimerKind,
-    Transition,
-    WorkflowState,
-    WorkflowStatus,
 )
 from tests.unit.item_book import ItemBook, success
 

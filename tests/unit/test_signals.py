@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import BaseModel
 
+from relayflow import machine
 from relayflow.contracts import (
     CancelWorkflow,
     EventType,
@@ -17,10 +18,7 @@ from relayflow.contracts import (
     StepResultStatus,
 )
 from relayflow.errors import DefinitionError
-from relayflow.model import StepStatus, WorkflowStatus
-from relayflow.workflow import WorkflowDefinition, define_workflow, task, wait
-from services.orchestrator import machine
-from services.orchestrator.machine import (
+from relayflow.machine import (
     Ignored,
     Rejected,
     TimerFired,
@@ -28,6 +26,8 @@ from services.orchestrator.machine import (
     Transition,
     WorkflowState,
 )
+from relayflow.model import StepStatus, WorkflowStatus
+from relayflow.workflow import WorkflowDefinition, define_workflow, task, wait
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from relayflow import machine
 from relayflow.contracts import EventType, StartWorkflow
 from relayflow.errors import DefinitionError
+from relayflow.machine import Ignored, TimerFired, TimerKind, Transition
 from relayflow.model import StepStatus, WorkflowStatus
 from relayflow.workflow import WorkflowDefinition, define_workflow, sleep, task
-from services.orchestrator import machine
-from services.orchestrator.machine import Ignored, TimerFired, TimerKind, Transition
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from relayflow import machine
 from relayflow.contracts import (
     ErrorInfo,
     StartWorkflow,
@@ -17,12 +18,11 @@ from relayflow.contracts import (
     StepResultStatus,
 )
 from relayflow.errors import DefinitionError
+from relayflow.machine import Transition, WorkflowState
 from relayflow.steps import StepContext, StepRegistry
 from relayflow.steps.body import call
 from relayflow.steps.invocation import Succeeded
 from relayflow.workflow import WorkflowRegistry, define_workflow, map_step, task
-from services.orchestrator import machine
-from services.orchestrator.machine import Transition, WorkflowState
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -16,12 +16,10 @@ from relayflow.contracts import (
     StepResult,
     StepResultStatus,
 )
-from relayflow.model import StepStatus, ids
-from relayflow.workflow import ChildSpec, Given
-from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.kinds.base import StepKind, stale_result, start_to_close_limit
-from services.orchestrator.machine.kinds.task import SINGLE_KEY
-from services.orchestrator.machine.transition import (
+from relayflow.machine.handle import StepHandle
+from relayflow.machine.kinds.base import StepKind, stale_result, start_to_close_limit
+from relayflow.machine.kinds.task import SINGLE_KEY
+from relayflow.machine.transition import (
     CancelChild,
     Ignored,
     Rejected,
@@ -29,6 +27,8 @@ from services.orchestrator.machine.transition import (
     TimerFired,
     TimerKind,
 )
+from relayflow.model import StepStatus, ids
+from relayflow.workflow import ChildSpec, Given
 
 
 class Child(StepKind):

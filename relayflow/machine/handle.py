@@ -13,15 +13,15 @@ from datetime import datetime
 from typing import Any
 
 from relayflow.contracts import ErrorInfo, EventType, WorkflowEvent
-from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, ids
-from relayflow.workflow import StepSpec, WorkflowDefinition
-from services.orchestrator.machine.transition import (
+from relayflow.machine.transition import (
     Intent,
     ItemOp,
     Timer,
     TimerKind,
     Transition,
 )
+from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, ids
+from relayflow.workflow import StepSpec, WorkflowDefinition
 
 
 def emit(

@@ -18,11 +18,9 @@ from dataclasses import replace
 from typing import Any
 
 from relayflow.contracts import ErrorInfo, EventType, StepCommand, StepResult, StepResultStatus
-from relayflow.model import ItemState, MapProgress, StepStatus, ids
-from relayflow.workflow import INPUT_SOURCE, MapSpec
-from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.kinds.base import StepKind
-from services.orchestrator.machine.transition import (
+from relayflow.machine.handle import StepHandle
+from relayflow.machine.kinds.base import StepKind
+from relayflow.machine.transition import (
     CancelItems,
     ClaimItems,
     CollectItems,
@@ -37,6 +35,8 @@ from services.orchestrator.machine.transition import (
     TimerFired,
     TimerKind,
 )
+from relayflow.model import ItemState, MapProgress, StepStatus, ids
+from relayflow.workflow import INPUT_SOURCE, MapSpec
 
 # The longest stepKey a message carries.
 MAX_KEY_LENGTH = 200

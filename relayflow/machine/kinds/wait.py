@@ -8,11 +8,11 @@ from dataclasses import replace
 from typing import Any
 
 from relayflow.contracts import ErrorInfo, EventType, ExternalReply
+from relayflow.machine.handle import StepHandle
+from relayflow.machine.kinds.base import StepKind
+from relayflow.machine.transition import Ignored, TimerFired, TimerKind
 from relayflow.model import StepStatus
 from relayflow.workflow import WaitSpec
-from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.kinds.base import StepKind
-from services.orchestrator.machine.transition import Ignored, TimerFired, TimerKind
 
 
 class Wait(StepKind):

@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from relayflow.contracts import ExternalReply, StepResult
-from relayflow.model import StepStatus
-from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.transition import (
+from relayflow.machine.handle import StepHandle
+from relayflow.machine.transition import (
     Ignored,
     ItemAnswer,
     Rejected,
     TimerFired,
     TimerKind,
 )
+from relayflow.model import StepStatus
 
 
 class StepKind:

@@ -32,6 +32,20 @@ from relayflow.contracts import (
     StepResult,
     StepResultStatus,
 )
+from relayflow.machine import compensation
+from relayflow.machine.handle import StepHandle, emit
+from relayflow.machine.kinds import kind_of
+from relayflow.machine.transition import (
+    Ignored,
+    ItemAnswer,
+    NotifyParent,
+    Outcome,
+    Rejected,
+    Timer,
+    TimerFired,
+    TimerKind,
+    Transition,
+)
 from relayflow.model import (
     RERUN_STEPS,
     RETRYABLE,
@@ -46,20 +60,6 @@ from relayflow.model import (
     input_hash,
 )
 from relayflow.workflow import Given, WorkflowDefinition
-from services.orchestrator.machine import compensation
-from services.orchestrator.machine.handle import StepHandle, emit
-from services.orchestrator.machine.kinds import kind_of
-from services.orchestrator.machine.transition import (
-    Ignored,
-    ItemAnswer,
-    NotifyParent,
-    Outcome,
-    Rejected,
-    Timer,
-    TimerFired,
-    TimerKind,
-    Transition,
-)
 
 
 def start(

@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from typing import Final
 
 from relayflow.errors import DefinitionError
+from relayflow.machine.kinds.base import StepKind
+from relayflow.machine.kinds.child import Child
+from relayflow.machine.kinds.map import Map
+from relayflow.machine.kinds.signal_wait import SignalWait
+from relayflow.machine.kinds.sleep import Sleep
+from relayflow.machine.kinds.task import Task
+from relayflow.machine.kinds.wait import Wait
 from relayflow.workflow import StepSpec, WorkflowDefinition
-from services.orchestrator.machine.kinds.base import StepKind
-from services.orchestrator.machine.kinds.child import Child
-from services.orchestrator.machine.kinds.map import Map
-from services.orchestrator.machine.kinds.signal_wait import SignalWait
-from services.orchestrator.machine.kinds.sleep import Sleep
-from services.orchestrator.machine.kinds.task import Task
-from services.orchestrator.machine.kinds.wait import Wait
 
 KINDS: Final[Mapping[str, StepKind]] = {
     kind.name: kind for kind in (Task(), Wait(), Child(), Map(), Sleep(), SignalWait())

@@ -24,16 +24,16 @@ from relayflow.contracts import (
     StepResult,
     StepResultStatus,
 )
-from relayflow.model import StepState, StepStatus, WorkflowStatus, ids
-from relayflow.workflow import TaskSpec, WorkflowDefinition
-from services.orchestrator.machine.handle import StepHandle, emit
-from services.orchestrator.machine.transition import (
+from relayflow.machine.handle import StepHandle, emit
+from relayflow.machine.transition import (
     DispatchStep,
     Ignored,
     TimerFired,
     TimerKind,
     Transition,
 )
+from relayflow.model import StepState, StepStatus, WorkflowStatus, ids
+from relayflow.workflow import TaskSpec, WorkflowDefinition
 
 # The stepKey of an undo invocation: (workflow, step, "undo") beside the forward (…, "0").
 UNDO_KEY = "undo"

@@ -10,11 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from relayflow.contracts import ErrorInfo, EventType
+from relayflow.machine.handle import StepHandle
+from relayflow.machine.kinds.base import StepKind
+from relayflow.machine.transition import Ignored, TimerFired, TimerKind
 from relayflow.model import StepStatus
 from relayflow.workflow import INPUT_SOURCE, SleepSpec
-from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.kinds.base import StepKind
-from services.orchestrator.machine.transition import Ignored, TimerFired, TimerKind
 
 
 class Sleep(StepKind):

@@ -11,17 +11,17 @@ from relayflow.contracts import (
     StepResult,
     StepResultStatus,
 )
-from relayflow.model import StepStatus, ids
-from relayflow.workflow import TaskSpec
-from services.orchestrator.machine.handle import StepHandle
-from services.orchestrator.machine.kinds.base import StepKind, stale_result, start_to_close_limit
-from services.orchestrator.machine.transition import (
+from relayflow.machine.handle import StepHandle
+from relayflow.machine.kinds.base import StepKind, stale_result, start_to_close_limit
+from relayflow.machine.transition import (
     DispatchStep,
     Ignored,
     Rejected,
     TimerFired,
     TimerKind,
 )
+from relayflow.model import StepStatus, ids
+from relayflow.workflow import TaskSpec
 
 # A task runs one invocation; kinds that run many (a map) number them.
 SINGLE_KEY = "0"

@@ -1,8 +1,7 @@
 """The workflow state machine: `core` decides when steps start and workflows end, each step
 kind (`kinds/`) what its step does, and `Transition` carries the result out as typed values."""
 
-from relayflow.model import StepState, StepStatus, WorkflowState, WorkflowStatus, input_hash
-from services.orchestrator.machine.core import (
+from relayflow.machine.core import (
     duplicate_start,
     on_cancel,
     on_items,
@@ -13,8 +12,8 @@ from services.orchestrator.machine.core import (
     on_timer,
     start,
 )
-from services.orchestrator.machine.kinds import KINDS, StepKind, check_supported
-from services.orchestrator.machine.transition import (
+from relayflow.machine.kinds import KINDS, StepKind, check_supported
+from relayflow.machine.transition import (
     CancelChild,
     CancelItems,
     ClaimItems,
@@ -38,6 +37,7 @@ from services.orchestrator.machine.transition import (
     TimerKind,
     Transition,
 )
+from relayflow.model import StepState, StepStatus, WorkflowState, WorkflowStatus, input_hash
 
 __all__ = [
     "KINDS",
