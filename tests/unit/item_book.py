@@ -1,44 +1,37 @@
-"""The machine's map items held in memory, answering its item requests the way the processor
-does against `step_items` (claim the next pending items in order, collect the outputs): what the
-unit tests of map steps drive the pure machine with. The processor's SQL is checked against the
-same behaviour by tests/integration/test_map_steps.py."""
+"""One workflow driven through the pure machine with its map items in memory
+(`relayflow.machine.memory`), answering item requests as the processor does in its transaction:
+what the unit tests of map steps use."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from relayflow import machine
 from relayflow.contracts import StepCommand, StepResult, StepResultStatus
 from relayflow.machine import (
-    CancelItems,
-    ClaimItems,
-    CollectItems,
-    CreateItems,
-    ItemAnswer,
     ItemOp,
-    ItemsClaimed,
-    ItemsCollected,
-    ResetItems,
-    SaveItem,
     TimerFired,
     Transition,
     WorkflowState,
 )
-from relayflow.model import ItemState, StepStatus
+from relayflow.machine.memory import MemoryItems
+from relayflow.model import ItemState
 from relayflow.workflow import MapSpec, WorkflowDefinition
-
-ENDED = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED})
 
 
 @dataclass
 class ItemBook:
     definition: WorkflowDefinition
     now: datetime
-    items: dict[tuple[str, str], ItemState] = field(default_factory=dict)
+    store: MemoryItems = field(default_factory=MemoryItems)
     # Every transition applied so far, answers included, in order.
     transitions: list[Transition] = field(default_factory=list)
+
+    @property
+    def items(self) -> dict[tuple[str, str], ItemState]:
+        return {(step, key): item for (_, step, key), item in self.store.items.items()}
 
     def apply(self, outcome: machine.Outcome) -> WorkflowState | None:
         """Apply a transition's item ops and answer its requests, as the processor does in the
@@ -50,7 +43,7 @@ class ItemBook:
         state = outcome.state
         ops: list[ItemOp] = list(outcome.item_ops)
         while ops:
-            answers = self._write_and_answer(ops)
+            answers = self.store.answer(ops, self.now)
             ops = []
             for answer in answers:
                 answered = machine.on_items(self.definition, state, answer, self.now)
@@ -59,69 +52,6 @@ class ItemBook:
                     state = answered.state
                     ops.extend(answered.item_ops)
         return state
-
-    def _write_and_answer(self, ops: list[ItemOp]) -> list[ItemAnswer]:
-        claims: dict[str, int] = {}
-        collects: list[str] = []
-        for op in ops:
-            match op:
-                case ClaimItems(step_name=step, count=count):
-                    claims[step] = claims.get(step, 0) + count
-                case CollectItems(step_name=step):
-                    collects.append(step)
-                case _:
-                    self._write(op)
-        return self._claim(_workflow(ops), claims) + self._collect(_workflow(ops), collects)
-
-    def _write(self, op: ItemOp) -> None:
-        match op:
-            case CreateItems(items=items):
-                for item in items:
-                    self.items.setdefault((item.step_name, item.key), item)
-            case SaveItem(item=item):
-                self.items[(item.step_name, item.key)] = item
-            case ResetItems(step_name=step):
-                for key, item in self._of(step):
-                    if item.status is not StepStatus.COMPLETED:
-                        self.items[key] = replace(
-                            item, status=StepStatus.PENDING, error=None, finished_at=None
-                        )
-            case CancelItems(step_name=step):
-                for key, item in self._of(step):
-                    if item.status not in ENDED:
-                        self.items[key] = replace(item, status=StepStatus.CANCELLED)
-
-    def _claim(self, workflow_id: str, claims: dict[str, int]) -> list[ItemAnswer]:
-        answers: list[ItemAnswer] = []
-        for step, count in claims.items():
-            pending = [
-                (key, item) for key, item in self._of(step) if item.status is StepStatus.PENDING
-            ][:count]
-            claimed = []
-            for key, item in pending:
-                running = replace(
-                    item, status=StepStatus.RUNNING, attempts=item.attempts + 1, started_at=self.now
-                )
-                self.items[key] = running
-                claimed.append(running)
-            answers.append(ItemsClaimed(workflow_id, step, count, tuple(claimed)))
-        return answers
-
-    def _collect(self, workflow_id: str, collects: list[str]) -> list[ItemAnswer]:
-        answers: list[ItemAnswer] = []
-        for step in collects:
-            outputs = tuple(
-                item.output if item.status is StepStatus.COMPLETED else None
-                for _, item in self._of(step)
-            )
-            answers.append(ItemsCollected(workflow_id, step, outputs))
-        return answers
-
-    def _of(self, step: str) -> list[tuple[tuple[str, str], ItemState]]:
-        return sorted(
-            ((key, item) for key, item in self.items.items() if key[0] == step),
-            key=lambda pair: pair[1].index,
-        )
 
     def item(self, step: str, key: str) -> ItemState | None:
         return self.items.get((step, key))
@@ -144,23 +74,6 @@ class ItemBook:
 
     def is_map(self, step: str) -> bool:
         return isinstance(self.definition.steps[step], MapSpec)
-
-
-def _workflow(ops: list[ItemOp]) -> str:
-    for op in ops:
-        match op:
-            case CreateItems(items=items) if items:
-                return items[0].workflow_id
-            case SaveItem(item=item):
-                return item.workflow_id
-            case (
-                ResetItems(workflow_id=wid)
-                | CancelItems(workflow_id=wid)
-                | ClaimItems(workflow_id=wid)
-                | CollectItems(workflow_id=wid)
-            ):
-                return wid
-    raise AssertionError("item ops name no workflow")
 
 
 def success(command: StepCommand, output: Any) -> StepResult:
