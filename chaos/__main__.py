@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from chaos.runner import FAULTS, Config, run
+from chaos.workload import Mix
+
+DEFAULT_MIX = Mix()
 
 
 def parse(argv: Sequence[str] | None) -> Config:
@@ -32,12 +35,38 @@ def parse(argv: Sequence[str] | None) -> Config:
         action="store_true",
         help="never restart the broker nor cut the orchestrator's broker link",
     )
+    parser.add_argument(
+        "--mapped",
+        type=float,
+        default=DEFAULT_MIX.mapped,
+        help="fraction of the workflows that are mapped (ledgerMap, batchImport); 0: none",
+    )
+    parser.add_argument(
+        "--batch-import",
+        type=float,
+        default=DEFAULT_MIX.batch_import,
+        help="fraction of the mapped workflows that are batchImport (the others: ledgerMap)",
+    )
+    parser.add_argument(
+        "--items",
+        default=f"{DEFAULT_MIX.min_items}-{DEFAULT_MIX.max_items}",
+        help="items per mapped workflow, MIN-MAX (or one number)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown or not faults:
         parser.error(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+    low, _, high = str(args.items).partition("-")
+    try:
+        min_items, max_items = int(low), int(high or low)
+    except ValueError:
+        parser.error(f"--items takes MIN-MAX, not {args.items!r}")
+    if not 1 <= min_items <= max_items:
+        parser.error("--items needs 1 <= MIN <= MAX")
+    if not (0 <= args.mapped <= 1 and 0 <= args.batch_import <= 1):
+        parser.error("--mapped and --batch-import are fractions in [0, 1]")
     if args.spare_orchestrator_amqp:
         faults = tuple(f for f in faults if f != "restart-broker")
     logging.basicConfig(
@@ -56,6 +85,12 @@ def parse(argv: Sequence[str] | None) -> Config:
         settle_timeout=args.settle_timeout,
         step_delay=args.step_delay,
         spare_orchestrator_amqp=args.spare_orchestrator_amqp,
+        mix=Mix(
+            mapped=args.mapped,
+            batch_import=args.batch_import,
+            min_items=min_items,
+            max_items=max_items,
+        ),
     )
 
 

@@ -2,8 +2,10 @@
 
 The services run as processes (`tests.tools.cluster`) on a private RabbitMQ node and a private
 PostgreSQL cluster (`tests.tools.private_services`), each service behind its own fault proxies;
-the machine's shared broker and database are never touched. The workload is `ledgerFlow`
-(`tests.tools.ledger`): four transactional steps, each counting its committed side effect.
+the machine's shared broker and database are never touched. The workload (`chaos.workload`) is
+mostly `ledgerFlow` (`tests.tools.ledger`: four transactional steps, each counting its committed
+side effect), with a fraction of mapped workflows beside it: `ledgerMap`
+(`tests.tools.ledger_map`: every item counts its effect under its stepKey) and `batchImport`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,21 @@ from typing import Any
 
 import aio_pika
 import httpx
+import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from chaos.checks import History, count_by, judge, stream_violation
-from relayflow.contracts import workflow_id_for_key
+from chaos.checks import (
+    History,
+    ParentLink,
+    count_by,
+    judge,
+    map_stream_violation,
+    stream_violation,
+)
+from chaos.workload import MAP_ITEM_STEPS, NOTIFY_STEP, STEP_QUEUES, TASK_KEY, Mix, Planned, plan
 from relayflow.topology import RESULT_KEY, START_KEY, step_key
 from tests.support import read_sse
 from tests.tools.cluster import Cluster, running_cluster
-from tests.tools.ledger import STEP_NAMES, WORKFLOW_NAME
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit
 
 log = logging.getLogger("chaos")
@@ -61,6 +70,8 @@ class Config:
     # fails, whether the orchestrator's reconnection is to blame (it once failed to restore its
     # consumer; tests/faults/test_infrastructure.py covers that on its own now).
     spare_orchestrator_amqp: bool = False
+    # How much of the workload is mapped (ledgerMap, batchImport) and how many items a map has.
+    mix: Mix = field(default_factory=Mix)
 
 
 @dataclass
@@ -70,11 +81,17 @@ class Observed:
     faults: list[tuple[float, str]] = field(default_factory=list)
     malformed: int = 0
     streams: dict[str, list[int]] = field(default_factory=dict)
+    # (event, stepKey) of every event a subscriber saw, by workflow.
+    stream_events: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
+    # What we tried to start, by workflow id.
+    planned: dict[str, Planned] = field(default_factory=dict)
     stream_ended: dict[str, bool] = field(default_factory=dict)
     reconnects: dict[str, int] = field(default_factory=dict)
     # The workflow accepted last: most likely still running.
     latest: str | None = None
     captured: list[tuple[str, aio_pika.Message]] = field(default_factory=list)
+    # Copies of map items' commands and results published again (duplicated or reordered).
+    item_replays: int = 0
 
 
 class Chaos:
@@ -90,6 +107,29 @@ class Chaos:
         self.subscribers: list[asyncio.Task[None]] = []
         # Set once a subscriber's stream has delivered an event.
         self.streaming: dict[str, asyncio.Event] = {}
+        total = config.workflows + self.wave_size()
+        self.plans = [plan(config.seed, index, config.mix) for index in range(total)]
+        self.followed = self._pick_subscribers()
+
+    def _pick_subscribers(self) -> frozenset[int]:
+        """Evenly spread over the run, mapped workflows followed in their share of the
+        subscribers (at least one when there are any), so their item events are checked too."""
+        spread = self.plans[: self.config.workflows]
+        mapped = [p.index for p in spread if p.mapped]
+        plain = [p.index for p in spread if not p.mapped]
+        wanted = min(self.config.subscribers, len(spread))
+        share = min(
+            len(mapped),
+            max(1 if mapped and wanted else 0, round(wanted * len(mapped) / max(len(spread), 1))),
+        )
+
+        def every(indices: list[int], count: int) -> list[int]:
+            if count <= 0:
+                return []
+            stride = max(1, len(indices) // count)
+            return indices[::stride][:count]
+
+        return frozenset(every(mapped, share) + every(plain, wanted - share))
 
     # -- workload --------------------------------------------------------------------------
 
@@ -119,17 +159,18 @@ class Chaos:
         )
 
     async def _submit_new(self, client: httpx.AsyncClient, index: int) -> None:
-        key = f"chaos-{self.config.seed}-{index}-{uuid.uuid4().hex[:8]}"
-        self.seen.attempted.add(workflow_id_for_key(WORKFLOW_NAME, key))
-        await self._submit(client, key, index)
+        planned = self.plans[index]
+        self.seen.attempted.add(planned.workflow_id)
+        self.seen.planned[planned.workflow_id] = planned
+        await self._submit(client, planned)
 
-    async def _submit(self, client: httpx.AsyncClient, key: str, index: int) -> None:
+    async def _submit(self, client: httpx.AsyncClient, planned: Planned) -> None:
         for attempt in range(60):
             try:
                 response = await client.post(
-                    f"{self.cluster.base_url}/workflows/{WORKFLOW_NAME}",
-                    json={"tag": key},
-                    headers={"Idempotency-Key": key},
+                    f"{self.cluster.base_url}/workflows/{planned.name}",
+                    json=planned.input,
+                    headers={"Idempotency-Key": planned.key},
                 )
             except httpx.TransportError:
                 response = None
@@ -137,7 +178,7 @@ class Chaos:
                 workflow_id: str = response.json()["workflowId"]
                 self.seen.accepted.add(workflow_id)
                 self.seen.latest = workflow_id
-                if index % max(1, self.config.workflows // self.config.subscribers) == 0:
+                if planned.index in self.followed:
                     self.subscribers.append(
                         asyncio.create_task(self.subscribe(client, workflow_id))
                     )
@@ -148,6 +189,7 @@ class Chaos:
         """Follow a workflow's events, reconnecting with Last-Event-ID whenever the stream
         breaks (the gateway is killed under it), until its terminal event."""
         seqs = self.seen.streams.setdefault(workflow_id, [])
+        seen = self.seen.stream_events.setdefault(workflow_id, [])
         self.seen.stream_ended[workflow_id] = False
         url = f"{self.cluster.base_url}/workflows/{workflow_id}/events"
         for attempt in range(200):
@@ -161,6 +203,9 @@ class Chaos:
                     async for event in events:
                         if "id" in event:
                             seqs.append(int(event["id"]))
+                            data = event.get("data")
+                            item = data.get("stepKey") if isinstance(data, dict) else None
+                            seen.append((str(event.get("event", "")), item))
                             self.streaming.setdefault(workflow_id, asyncio.Event()).set()
                         if event.get("event") in (
                             "workflow.completed",
@@ -179,7 +224,7 @@ class Chaos:
         channel = await connection.channel()
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
         exchange = self.cluster.topology.exchange
-        for key in (START_KEY, RESULT_KEY, *(step_key(s) for s in STEP_NAMES)):
+        for key in (START_KEY, RESULT_KEY, *(step_key(s) for s in STEP_QUEUES)):
             await queue.bind(exchange, routing_key=key)
 
         async def keep(message: AbstractIncomingMessage) -> None:
@@ -279,6 +324,7 @@ class Chaos:
             for routing_key, message in batch:
                 with contextlib.suppress(Exception):
                     await exchange.publish(message, routing_key=routing_key, timeout=5)
+                    self.seen.item_replays += _is_item_message(message.body)
         finally:
             await connection.close()
 
@@ -300,7 +346,7 @@ class Chaos:
             b'{"type": "StartWorkflow", "messageId": "m"}',
             b'{"type": "NoSuchMessage", "messageId": "x", "workflowId": "wf_x"}',
         ]
-        keys = [START_KEY, RESULT_KEY, *(step_key(s) for s in STEP_NAMES)]
+        keys = [START_KEY, RESULT_KEY, *(step_key(s) for s in STEP_QUEUES)]
         try:
             connection, exchange = await self._publisher()
         except Exception:
@@ -359,12 +405,90 @@ class Chaos:
         deadline = loop.time() + 30
         while True:
             counts = await self.cluster.queue_counts()
+            counts.update(await self._step_queue_counts(set(counts)))
             outbox = await self.cluster.db().fetchval("SELECT count(*) FROM outbox")
             dead = counts.pop(self.cluster.topology.dead_letter_queue, (0, 0))[0]
             busy = {q: c[0] for q, c in counts.items() if c[0]}
             if (not busy and outbox == 0) or loop.time() > deadline:
                 return {"busy_queues": busy, "outbox": outbox, "dead_letters": dead}
             await asyncio.sleep(0.5)
+
+    async def _step_queue_counts(self, known: set[str]) -> dict[str, tuple[int, int]]:
+        """(ready, consumers) of the workload's step queues the cluster's own count leaves out
+        (the mapped workflows'), declared passively."""
+        names = [self.cluster.topology.step_queue(s) for s in STEP_QUEUES]
+        counts: dict[str, tuple[int, int]] = {}
+        connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+        try:
+            for name in (n for n in names if n not in known):
+                channel = await connection.channel()
+                try:
+                    declared = await channel.declare_queue(name, passive=True)
+                except aio_pika.exceptions.ChannelClosed:
+                    continue
+                result = declared.declaration_result
+                counts[name] = (result.message_count or 0, result.consumer_count or 0)
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        finally:
+            await connection.close()
+        return counts
+
+
+# Every counted effect: the ledger's rows, batchImport's rows (one per sku: the key refuses a
+# second), and each batchImport's notification, counted under the parent that asked for it.
+_EFFECTS = f"""
+SELECT workflow_id, step_name, step_key, effects FROM fault_ledger
+UNION ALL
+SELECT workflow_id, 'importItem', sku, count(*)::int FROM imported_items GROUP BY 1, 2, 3
+UNION ALL
+SELECT w.parent ->> 'workflowId', '{NOTIFY_STEP}', '{TASK_KEY}', count(*)::int
+FROM import_notifications n JOIN workflows w ON w.id = n.workflow_id
+WHERE w.parent IS NOT NULL
+GROUP BY 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Holdings:
+    """What the database holds at the end."""
+
+    statuses: dict[str, str]
+    last_seq: dict[str, int]
+    outputs: dict[str, Any]
+    errors: dict[str, str]
+    parents: dict[str, ParentLink]
+    effects: dict[tuple[str, str, str], int]
+    # Map items the orchestrator tried again (a failed or timed-out attempt).
+    item_retries: int
+
+
+async def holdings(cluster: Cluster) -> Holdings:
+    db = cluster.db()
+    rows = await db.fetch("SELECT id, status, last_seq, output, error, parent FROM workflows")
+    effects: dict[tuple[str, str, str], int] = {}
+    for row in await db.fetch(_EFFECTS):
+        key = (row["workflow_id"], row["step_name"], row["step_key"])
+        effects[key] = effects.get(key, 0) + int(row["effects"])
+    retries = await db.fetchval("SELECT count(*) FROM step_items WHERE attempts > 1")
+    return Holdings(
+        item_retries=int(retries),
+        statuses={row["id"]: row["status"] for row in rows},
+        last_seq={row["id"]: row["last_seq"] for row in rows},
+        outputs={row["id"]: row["output"] for row in rows if row["status"] == "completed"},
+        errors={row["id"]: str(row["error"]) for row in rows if row["status"] == "failed"},
+        parents={
+            row["id"]: ParentLink(
+                workflow_id=str(row["parent"]["workflowId"]),
+                step_name=str(row["parent"]["stepName"]),
+                step_key=str(row["parent"].get("stepKey", TASK_KEY)),
+                attempt=int(row["parent"]["attempt"]),
+            )
+            for row in rows
+            if isinstance(row["parent"], dict)
+        },
+        effects=effects,
+    )
 
 
 async def _nothing() -> AsyncIterator[dict[str, Any]]:
@@ -402,24 +526,21 @@ async def run(config: Config) -> dict[str, Any]:
                 for task in late:
                     task.cancel()
             end_state = await chaos.quiescent()
-            statuses = {
-                row["id"]: row["status"]
-                for row in await cluster.db().fetch("SELECT id, status FROM workflows")
-            }
-            last_seq = {
-                row["id"]: row["last_seq"]
-                for row in await cluster.db().fetch("SELECT id, last_seq FROM workflows")
-            }
-            effects = await cluster.ledger(statuses)
+            held = await holdings(cluster)
         finally:
             await observer.close()
+    planned = chaos.seen.planned
     verdict = judge(
         History(
             attempted=frozenset(chaos.seen.attempted),
             accepted=frozenset(chaos.seen.accepted),
-            statuses=statuses,
-            effects=effects,
-            steps=STEP_NAMES,
+            statuses=held.statuses,
+            effects=held.effects,
+            expected={wf: p.effects for wf, p in planned.items()},
+            expected_outputs={wf: p.output for wf, p in planned.items() if p.output is not None},
+            outputs=held.outputs,
+            parents=held.parents,
+            errors=held.errors,
         )
     )
     stream_problems = {
@@ -427,15 +548,19 @@ async def run(config: Config) -> dict[str, Any]:
         for wf, seqs in chaos.seen.streams.items()
         if (
             problem := stream_violation(
-                seqs, last_seq.get(wf, 0), chaos.seen.stream_ended.get(wf, False)
+                seqs, held.last_seq.get(wf, 0), chaos.seen.stream_ended.get(wf, False)
             )
+            or _map_stream_problem(chaos.seen, planned.get(wf), held.statuses.get(wf))
         )
     }
+    mapped = [p for p in planned.values() if p.mapped]
     checks = {
         "lost": len(verdict.lost) == 0,
         "duplicated": len(verdict.duplicated) == 0,
         "unexpected": len(verdict.unexpected) == 0,
         "missing_effects": len(verdict.missing_effects) == 0,
+        "stray_effects": len(verdict.stray_effects) == 0,
+        "outputs": len(verdict.wrong_outputs) == 0,
         "queues_drained": not end_state["busy_queues"],
         "outbox_empty": end_state["outbox"] == 0,
         "dead_letters": end_state["dead_letters"] == chaos.seen.malformed,
@@ -453,6 +578,16 @@ async def run(config: Config) -> dict[str, Any]:
         "duplicated": len(verdict.duplicated),
         "unexpected": len(verdict.unexpected),
         "missing_effects": len(verdict.missing_effects),
+        "stray_effects": len(verdict.stray_effects),
+        "wrong_outputs": len(verdict.wrong_outputs),
+        "mapped": count_by(p.name for p in mapped),
+        "mapped_completed": sum(
+            1 for p in mapped if held.statuses.get(p.workflow_id) == "completed"
+        ),
+        "items": sum(p.items for p in mapped),
+        "children": verdict.children,
+        "item_messages_replayed": chaos.seen.item_replays,
+        "item_retries": held.item_retries,
         "unacknowledged_started": verdict.unacknowledged_started,
         "queues_drained": checks["queues_drained"],
         "busy_queues": end_state["busy_queues"],
@@ -460,22 +595,44 @@ async def run(config: Config) -> dict[str, Any]:
         "dead_letters": end_state["dead_letters"],
         "malformed_injected": chaos.seen.malformed,
         "sse_subscribers": len(chaos.seen.streams),
+        "sse_mapped_subscribers": sum(
+            1 for wf in chaos.seen.streams if wf in planned and planned[wf].mapped
+        ),
         "sse_reconnected": sum(1 for n in chaos.seen.reconnects.values() if n),
         "sse_ok": checks["sse"],
         "sse_problems": dict(list(stream_problems.items())[:3]),
         "faults": count_by(f for _, f in chaos.seen.faults),
         "last_fault_to_last_completion_s": (
-            round(last_completion - last_fault, 2)
-            if last_completion is not None
-            else None
+            round(last_completion - last_fault, 2) if last_completion is not None else None
         ),
         "failed_checks": [name for name, passed in checks.items() if not passed],
         "examples": {
             "lost": verdict.lost[:3],
             "duplicated": verdict.duplicated[:3],
             "unexpected": verdict.unexpected[:3],
+            "missing_effects": verdict.missing_effects[:3],
+            "stray_effects": verdict.stray_effects[:3],
+            "wrong_outputs": verdict.wrong_outputs[:3],
         },
         "elapsed_s": round(time.time() - started, 1),
         "logs": str(log_dir),
     }
     return report
+
+
+def _map_stream_problem(seen: Observed, planned: Planned | None, status: str | None) -> str | None:
+    if planned is None or not planned.mapped:
+        return None
+    keys = frozenset(planned.item_keys)
+    return map_stream_violation(
+        seen.stream_events.get(planned.workflow_id, []), keys, status == "completed"
+    )
+
+
+def _is_item_message(body: bytes) -> bool:
+    """A map item's command or result (evidence that replays reach the maps)."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and message.get("stepName") in MAP_ITEM_STEPS

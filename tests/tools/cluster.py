@@ -85,8 +85,14 @@ class Cluster:
             "RELAYFLOW_NAMESPACE": self.namespace,
             "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
             "RELAYFLOW_GATEWAY_PORT": str(self.gateway_port),
-            "RELAYFLOW_WORKFLOWS": "workflows.form_submission,tests.tools.ledger",
-            "RELAYFLOW_STEP_MODULES": "services.steps.form_submission,tests.tools.ledger",
+            "RELAYFLOW_WORKFLOWS": (
+                "workflows.form_submission,tests.tools.ledger,tests.tools.ledger_map,"
+                "apps.batch_import.workflows"
+            ),
+            "RELAYFLOW_STEP_MODULES": (
+                "services.steps.form_submission,tests.tools.ledger,tests.tools.ledger_map,"
+                "apps.batch_import.steps"
+            ),
             "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
             "RELAYFLOW_STEP_LEASE_SECONDS": "3",
             "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.2",
