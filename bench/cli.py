@@ -8,6 +8,13 @@ Phases per system: warm-up; `--serial-n` five-step workflows at 1 in flight; `--
 10-step workflows at 1 in flight (`--marginal-n` each) for the marginal cost of a step.
 Then the scale-out run (2 orchestrators, 2 step services) and the SSE fan-out run.
 
+The parts `map` and `child` (issue 8) run once, after the repetitions, on their own set of our
+processes that also serves `apps.batch_import`: warm-up, `--n` five-step workflows at
+`--concurrency` (steps/s of the same run), one `batchImport` per `--map-items` size (wall time,
+items/s, rows, WAL and bytes written per item, peak memory), then `--child-n` workflows each of
+a parent -> child -> grandchild chain, three plain steps and one step, at 1 in flight.
+`--only map,child` runs just those.
+
 The last line of output is `BENCH_JSON {...}`, everything in one JSON object.
 """
 
@@ -31,11 +38,24 @@ import orjson
 from bench.driver import System
 from bench.fanout import fanout
 from bench.infra import Infra
+from bench.kinds import APP, run_kinds
 from bench.measure import Phase, median
 from bench.ours import Relayflow
-from bench.report import OURS, PEERS, SCALE, figures, medians, ratios, render, targets
+from bench.report import (
+    OURS,
+    PEERS,
+    SCALE,
+    figures,
+    kind_targets,
+    medians,
+    ratios,
+    render,
+    targets,
+)
 
 ALL = (OURS, *PEERS)
+MAP, CHILD = "map", "child"
+PARTS = (MAP, CHILD)
 NEEDS = {
     "celery-pg": ("celery", "sqlalchemy", "psycopg2"),
     "celery-rpc": ("celery", "psycopg2"),
@@ -57,6 +77,12 @@ class Options:
     fanout: int
     log_dir: Path
     profile: Path | None
+    map_items: tuple[int, ...] = ()
+    child_n: int = 0
+
+    @property
+    def systems(self) -> tuple[str, ...]:
+        return tuple(name for name in self.only if name in ALL)
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -73,8 +99,16 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 3)")
     parser.add_argument(
         "--only",
-        default=",".join(ALL),
-        help=f"comma-separated systems (default: all of {','.join(ALL)})",
+        default=",".join((*ALL, *PARTS)),
+        help=f"comma-separated systems and parts (default: all of {','.join((*ALL, *PARTS))})",
+    )
+    parser.add_argument(
+        "--map-items",
+        help="comma-separated batchImport sizes of the map part (default 1000,10000; "
+        "quick 100,1000)",
+    )
+    parser.add_argument(
+        "--child-n", type=int, help="workflows of each shape in the child part (default 100)"
     )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale-out run")
     parser.add_argument(
@@ -82,7 +116,8 @@ def parse(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument(
         "--quick", action="store_true",
-        help="a short run: n 200, serial 50, marginal 30, warm-up 20, 1 repetition, fan-out 200",
+        help="a short run: n 200, serial 50, marginal 30, warm-up 20, 1 repetition, fan-out 200, "
+        "maps of 100 and 1000 items, child 30",
     )  # fmt: skip
     parser.add_argument("--log-dir", type=Path, help="service logs (default: a temp dir)")
     parser.add_argument(
@@ -90,17 +125,25 @@ def parse(argv: Sequence[str] | None) -> Options:
         type=Path,
         metavar="DIR",
         help="py-spy each of our services during relayflow's loaded phase (first repetition) "
-        "and write text summaries to DIR",
+        "and the largest map (in DIR/map), and write text summaries to DIR",
     )
     args = parser.parse_args(argv)
     quick = args.quick
     only = tuple(name.strip() for name in args.only.split(",") if name.strip())
-    unknown = sorted(set(only) - set(ALL))
+    unknown = sorted(set(only) - set(ALL) - set(PARTS))
     if unknown or not only:
-        parser.error(f"unknown systems {unknown}; choose from {','.join(ALL)}")
+        parser.error(f"unknown systems {unknown}; choose from {','.join((*ALL, *PARTS))}")
 
     def pick(value: int | None, full: int, short: int) -> int:
         return value if value is not None else (short if quick else full)
+
+    sizes = args.map_items or ("100,1000" if quick else "1000,10000")
+    try:
+        map_items = tuple(sorted({int(size) for size in sizes.split(",") if size.strip()}))
+    except ValueError:
+        parser.error(f"--map-items takes comma-separated integers, not {sizes!r}")
+    if MAP in only and (not map_items or not all(1 <= size <= 10_000 for size in map_items)):
+        parser.error("--map-items: sizes from 1 to 10000 (batchImport's limit)")
 
     return Options(
         n=pick(args.n, 1000, 200),
@@ -114,6 +157,8 @@ def parse(argv: Sequence[str] | None) -> Options:
         fanout=pick(args.fanout, 1000, 200) if OURS in only else 0,
         log_dir=args.log_dir or Path(tempfile.mkdtemp(prefix="relayflow-bench-")),
         profile=args.profile,
+        map_items=map_items if MAP in only else (),
+        child_n=pick(args.child_n, 100, 30) if CHILD in only else 0,
     )
 
 
@@ -181,7 +226,7 @@ def _brief(name: str, phases: dict[str, Phase]) -> str:
 async def amain(options: Options) -> dict[str, Any]:
     infra = Infra.from_env()
     unavailable: dict[str, str] = {}
-    systems = [name for name in ALL if name in options.only]
+    systems = [name for name in ALL if name in options.systems]
     for name in list(systems):
         missing = missing_packages(name)
         if missing:
@@ -192,7 +237,7 @@ async def amain(options: Options) -> dict[str, Any]:
     per_rep: dict[str, list[dict[str, float | None]]] = {name: [] for name in systems}
     memory: dict[str, list[dict[str, float | None]]] = {name: [] for name in systems}
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
-    for rep in range(options.repeat):
+    for rep in range(options.repeat if systems else 0):
         order = [s for s in systems if s not in unavailable]
         shift = rep % max(1, len(order))
         order = order[shift:] + order[:shift]
@@ -232,6 +277,18 @@ async def amain(options: Options) -> dict[str, Any]:
         one, two = medians_by_system[OURS], medians_by_system[SCALE]
         if one.get("throughput") and two.get("throughput"):
             result["scale_throughput_ratio"] = two["throughput"] / one["throughput"]  # type: ignore[operator]
+    if options.map_items or options.child_n:
+        print(f"map and child steps: maps of {', '.join(map(str, options.map_items)) or 'none'} "
+              f"items, {options.child_n} chains of each shape", flush=True)  # fmt: skip
+        result["kinds"] = await run_kinds(
+            Relayflow(infra, options.log_dir / "kinds", name="relayflow-kinds", apps=[APP]),
+            map_sizes=options.map_items,
+            child_n=options.child_n,
+            n=options.n,
+            concurrency=options.concurrency,
+            warmup=options.warmup,
+            profile=options.profile / "map" if options.profile is not None else None,
+        )
     if options.fanout:
         print(f"fan-out: {options.fanout} SSE subscribers of one workflow", flush=True)
         system = Relayflow(infra, options.log_dir / "fanout", name="relayflow-fanout")
@@ -262,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra[f"{name} not measured"] = why
     print()
     print(render(result["systems"], result["memory_mib"], options.concurrency, options.repeat,
-                 extra))  # fmt: skip
+                 extra, kinds=result.get("kinds")))  # fmt: skip
+    if "kinds" in result:
+        result["kind_targets"] = kind_targets(result["kinds"])
     result["config"] = {
         "n": options.n,
         "concurrency": options.concurrency,
@@ -270,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "marginal_n": options.marginal_n,
         "warmup": options.warmup,
         "repeat": options.repeat,
+        "map_items": list(options.map_items),
+        "child_n": options.child_n,
         "cpus": _cpus(),
         "python": platform.python_version(),
         "seconds": round(time.time() - started, 1),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.driver import closed_loop
 from bench.http import Connection, EventStream, HttpError
 from bench.infra import Infra, Processes, free_port, unique, wait_until
 from bench.measure import Phase, Sample, peak_mib
-from bench.workflows import BY_LENGTH, WORKFLOWS
+from bench.workflows import BY_LENGTH
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 
@@ -20,7 +21,9 @@ HOST = "127.0.0.1"
 
 
 class Relayflow:
-    """`orchestrators` replicas and `step_services` step-service processes behind one gateway."""
+    """`orchestrators` replicas and `step_services` step-service processes behind one gateway,
+    serving the bench's workflows and steps, and those of the application packages in `apps`
+    (each with a `workflows` and a `steps` module, e.g. `apps.batch_import`)."""
 
     def __init__(
         self,
@@ -31,6 +34,7 @@ class Relayflow:
         step_services: int = 1,
         name: str = "relayflow",
         extra_env: dict[str, str] | None = None,
+        apps: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.infra = infra
@@ -40,7 +44,10 @@ class Relayflow:
         self.namespace = unique("bench")
         self.database = unique("bench_rf_")
         self.topology = Topology(self.namespace)
-        self.step_names = WorkflowRegistry(WORKFLOWS).task_names()
+        self.workflow_modules = ["bench.workflows", *(f"{app}.workflows" for app in apps)]
+        self.step_modules = ["bench.steps", *(f"{app}.steps" for app in apps)]
+        self.step_names = WorkflowRegistry.from_modules(self.workflow_modules).task_names()
+        self.database_url = ""
         self.log_dir = log_dir
         self.extra_env = extra_env or {}
         self.processes: Processes | None = None
@@ -52,15 +59,15 @@ class Relayflow:
         return ["gateway", *orchestrators, *steps]
 
     async def start(self) -> None:
-        database_url = await self.infra.create_database(self.database)
+        self.database_url = database_url = await self.infra.create_database(self.database)
         env = {
             "AMQP_URL": self.infra.amqp_url,
             "DATABASE_URL": database_url,
             "RELAYFLOW_NAMESPACE": self.namespace,
             "RELAYFLOW_GATEWAY_HOST": HOST,
             "RELAYFLOW_GATEWAY_PORT": str(self.port),
-            "RELAYFLOW_WORKFLOWS": "bench.workflows",
-            "RELAYFLOW_STEP_MODULES": "bench.steps",
+            "RELAYFLOW_WORKFLOWS": ",".join(self.workflow_modules),
+            "RELAYFLOW_STEP_MODULES": ",".join(self.step_modules),
             "RELAYFLOW_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
@@ -105,7 +112,10 @@ class Relayflow:
         return self.processes.pids() if self.processes is not None else {}
 
     async def run(self, steps: int, n: int, concurrency: int) -> Phase:
-        workflow = BY_LENGTH[steps]
+        return await self.run_workflow(BY_LENGTH[steps], steps, n, concurrency)
+
+    async def run_workflow(self, workflow: str, steps: int, n: int, concurrency: int) -> Phase:
+        """`n` runs of `workflow` (input `{"n": i}`; `steps` is what the phase is per run)."""
         connections = [Connection(HOST, self.port) for _ in range(concurrency)]
         free = list(connections)
         loop = asyncio.get_running_loop()
@@ -121,14 +131,7 @@ class Relayflow:
                 workflow_id = response.json()["workflowId"]  # type: ignore[index]
             finally:
                 free.append(connection)
-            stream = EventStream(HOST, self.port, f"/workflows/{workflow_id}/events")
-            try:
-                await stream.open()
-                last = await stream.read_until(TERMINAL)
-            finally:
-                await stream.close()
-            if last != "workflow.completed":
-                raise HttpError(f"{workflow_id} ended with {last}")
+            await self.completion(workflow_id)
             return Sample(latency=loop.time() - t0, accept=accepted - t0)
 
         try:
@@ -137,6 +140,29 @@ class Relayflow:
         finally:
             for connection in connections:
                 await connection.close()
+
+    async def submit(self, workflow: str, body: object) -> str:
+        """Start one workflow; its id."""
+        connection = Connection(HOST, self.port)
+        try:
+            response = await connection.post_json(f"/workflows/{workflow}", body)
+        finally:
+            await connection.close()
+        if response.status != 202:
+            raise HttpError(f"submit answered {response.status}: {response.body[:200]!r}")
+        workflow_id: str = response.json()["workflowId"]  # type: ignore[index]
+        return workflow_id
+
+    async def completion(self, workflow_id: str, timeout: float = 60.0) -> None:
+        """Wait on the workflow's SSE stream for its end; raise unless it completed."""
+        stream = EventStream(HOST, self.port, f"/workflows/{workflow_id}/events")
+        try:
+            await stream.open()
+            last = await stream.read_until(TERMINAL, timeout=timeout)
+        finally:
+            await stream.close()
+        if last != "workflow.completed":
+            raise HttpError(f"{workflow_id} ended with {last}")
 
     def memory(self) -> dict[str, float | None]:
         if self.processes is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from bench.measure import Phase, median
 
@@ -161,6 +161,8 @@ def render(
     concurrency: int,
     repeat: int,
     extra: Mapping[str, Any],
+    *,
+    kinds: Kinds | None = None,
 ) -> str:
     names = [n for n in (OURS, SCALE, *PEERS) if n in systems]
 
@@ -168,12 +170,14 @@ def render(
         text, unit, _ = METRICS[metric]
         return text.replace("{c}", str(concurrency)) + (f" ({unit})" if unit else "")
 
-    out = [f"Medians of {repeat} interleaved repetition(s):", ""]
-    rows = [
-        [label(m), *(_fmt(systems[n].get(m), 0 if m == "errors" else 2) for n in names)]
-        for m in METRICS
-    ]
-    out.append(_table(["", *names], rows))
+    out: list[str] = []
+    if names:
+        out += [f"Medians of {repeat} interleaved repetition(s):", ""]
+        rows = [
+            [label(m), *(_fmt(systems[n].get(m), 0 if m == "errors" else 2) for n in names)]
+            for m in METRICS
+        ]
+        out.append(_table(["", *names], rows))
     peer_ratios = ratios(systems)
     if peer_ratios:
         out += ["", "relayflow ÷ peer (throughput: higher is better; the rest: lower is better):"]
@@ -197,6 +201,185 @@ def render(
         for name, roles in memory.items():
             parts = ", ".join(f"{role} {_fmt(v)}" for role, v in roles.items())
             out.append(f"  {name}: {parts}")
+    if kinds:
+        section = render_kinds(kinds)
+        if section:
+            out += ["", section] if out else [section]
     for title, value in extra.items():
         out += ["", f"{title}:", f"  {value}"]
+    return "\n".join(out)
+
+
+# --- Map and child steps (issue 8) ---------------------------------------------------------
+
+# Items/s of a map ÷ steps/s of the five-step workload, at least; and a per-item cost of the
+# largest map ÷ that of the smallest, at most ("flat": no cost that grows with the map's size).
+MAP_RATE_BOUND = 0.8
+FLAT_BOUND = 1.1
+FLAT_CPU_BOUND = 1.2  # machine CPU is noisier than row and WAL counts
+
+# per-item figure -> (label, digits, flatness bound or None)
+MAP_COSTS: dict[str, tuple[str, int, float | None]] = {
+    "rows_per_item": ("rows written (ins+upd+del)", 1, FLAT_BOUND),
+    "wal_bytes_per_item": ("WAL bytes (whole cluster)", 0, FLAT_BOUND),
+    "db_bytes_per_item": ("database growth, bytes", 0, None),
+    "cpu_ms_per_item": ("machine CPU, ms", 2, FLAT_CPU_BOUND),
+}
+
+
+class Baseline(TypedDict):
+    """The five-step workload on the same processes, just before the maps."""
+
+    n: int
+    concurrency: int
+    workflows_per_s: float
+    cpu_ms_per_step: float  # machine CPU per workflow ÷ 5
+
+
+class MapRun(TypedDict):
+    """One `batchImport` of `items` lines, submit to `workflow.completed`."""
+
+    items: int
+    wall_s: float
+    items_per_s: float
+    # The costs of MAP_COSTS, each divided by `items`.
+    per_item: dict[str, float]
+    rows_per_item_by_table: dict[str, float]
+    cpu_ms_per_item_by_role: dict[str, float]
+    # VmHWM during this run (reset before it when the kernel allows, else the process's peak).
+    peak_mib: dict[str, float | None]
+    peak_reset: bool
+
+
+class ChildRun(TypedDict):
+    """`n` workflows of each shape at 1 in flight: p50 latencies, ms."""
+
+    n: int
+    nested_p50_ms: float
+    plain3_p50_ms: float
+    plain1_p50_ms: float
+    errors: int
+
+
+class Kinds(TypedDict, total=False):
+    baseline: Baseline
+    map: list[MapRun]
+    child: ChildRun
+
+
+def steps_per_s(baseline: Baseline) -> float:
+    return baseline["workflows_per_s"] * 5
+
+
+def child_figures(run: ChildRun) -> dict[str, float]:
+    """The 3-level chain against 3 plain steps, and one child step's cost against one task
+    step's: each beyond the one-step workflow, halved (two steps are added to it either way)."""
+    nested, plain3, plain1 = run["nested_p50_ms"], run["plain3_p50_ms"], run["plain1_p50_ms"]
+    child_step = (nested - plain1) / 2
+    task_step = (plain3 - plain1) / 2
+    out = {"nested_over_plain": nested / plain3 if plain3 else math.nan}
+    out["child_step_ms"] = child_step
+    out["task_step_ms"] = task_step
+    out["child_over_task"] = child_step / task_step if task_step > 0 else math.nan
+    return out
+
+
+def kind_targets(kinds: Kinds) -> list[dict[str, Any]]:
+    """Issue 8's targets: each map's items/s against the same run's steps/s; per-item costs of
+    the largest map against the smallest's."""
+    checks: list[dict[str, Any]] = []
+    runs = sorted(kinds.get("map", []), key=lambda r: r["items"])
+    baseline = kinds.get("baseline")
+    if baseline is not None and steps_per_s(baseline) > 0:
+        for run in runs:
+            value = run["items_per_s"] / steps_per_s(baseline)
+            checks.append(
+                {
+                    "target": f"map items/s ÷ five-step steps/s, {run['items']} items",
+                    "value": round(value, 3),
+                    "bound": f">= {MAP_RATE_BOUND}",
+                    "met": value >= MAP_RATE_BOUND,
+                }
+            )
+    if len(runs) >= 2:
+        small, large = runs[0], runs[-1]
+        for key, (label, _, bound) in MAP_COSTS.items():
+            a, b = small["per_item"].get(key), large["per_item"].get(key)
+            if bound is None or a is None or b is None or a <= 0:
+                continue
+            value = b / a
+            checks.append(
+                {
+                    "target": f"per item, {large['items']} ÷ {small['items']}: {label}",
+                    "value": round(value, 3),
+                    "bound": f"<= {bound}",
+                    "met": value <= bound,
+                }
+            )
+    return checks
+
+
+def render_kinds(kinds: Kinds) -> str:
+    """The map and child section of the report."""
+    out: list[str] = []
+    baseline = kinds.get("baseline")
+    runs = sorted(kinds.get("map", []), key=lambda r: r["items"])
+    if runs:
+        out.append("Map steps: batchImport (max_concurrency 8, one transactional row per item):")
+        if baseline is not None:
+            out.append(
+                f"  five-step workload on the same processes ({baseline['n']} at "
+                f"{baseline['concurrency']} in flight): {baseline['workflows_per_s']:.1f} "
+                f"workflows/s = {steps_per_s(baseline):.1f} steps/s, machine CPU "
+                f"{baseline['cpu_ms_per_step']:.2f} ms per step"
+            )
+        out.append("")
+        header = ["", *(f"{r['items']} items" for r in runs)]
+        rows = [
+            ["wall time (s)", *(_fmt(r["wall_s"], 2) for r in runs)],
+            ["items/s", *(_fmt(r["items_per_s"], 1) for r in runs)],
+        ]
+        if baseline is not None and steps_per_s(baseline) > 0:
+            rate = steps_per_s(baseline)
+            rows.append(["items/s ÷ steps/s", *(_fmt(r["items_per_s"] / rate, 2) for r in runs)])
+        rows += [
+            [f"per item: {label}", *(_fmt(r["per_item"].get(key), digits) for r in runs)]
+            for key, (label, digits, _) in MAP_COSTS.items()
+        ]
+        roles = sorted({role for r in runs for role in r["peak_mib"]})
+        rows += [[f"peak RSS {role} (MiB)", *(_fmt(r["peak_mib"].get(role)) for r in runs)]
+                 for role in roles]  # fmt: skip
+        out.append(_table(header, rows))
+        for run in runs:
+            tables = ", ".join(f"{t} {v:.2f}" for t, v in run["rows_per_item_by_table"].items())
+            cpu = ", ".join(f"{k} {v:.2f}" for k, v in run["cpu_ms_per_item_by_role"].items())
+            out.append(f"  {run['items']} items, rows per item by table: {tables}")
+            out.append(f"  {run['items']} items, CPU ms per item by process: {cpu}")
+        if not all(r["peak_reset"] for r in runs):
+            out.append("  (peak RSS could not be reset between runs: peaks since start)")
+    child = kinds.get("child")
+    if child is not None:
+        f = child_figures(child)
+        if out:
+            out.append("")
+        out.append(f"Child steps: parent -> child -> grandchild, one step each, {child['n']} "
+                   "of each shape at 1 in flight (p50):")  # fmt: skip
+        rows = [
+            ["3-level chain (ms)", _fmt(child["nested_p50_ms"], 2)],
+            ["3 plain task steps (ms)", _fmt(child["plain3_p50_ms"], 2)],
+            ["1 plain task step (ms)", _fmt(child["plain1_p50_ms"], 2)],
+            ["chain ÷ 3 plain steps", _fmt(f["nested_over_plain"], 2)],
+            ["one child step, beyond a 1-step workflow (ms)", _fmt(f["child_step_ms"], 2)],
+            ["one task step, beyond a 1-step workflow (ms)", _fmt(f["task_step_ms"], 2)],
+            ["child step ÷ task step", _fmt(f["child_over_task"], 2)],
+        ]
+        if child["errors"]:
+            rows.append(["failed workflows", str(child["errors"])])
+        out.append(_table(["", "value"], rows))
+    checks = kind_targets(kinds)
+    if checks:
+        out += ["", "Targets of issue 8:"]
+        rows = [[c["target"], _fmt(c["value"], 2), c["bound"], "met" if c["met"] else "MISSED"]
+                for c in checks]  # fmt: skip
+        out.append(_table(["target", "value", "bound", ""], rows))
     return "\n".join(out)

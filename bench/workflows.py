@@ -2,13 +2,15 @@
 
 `bench5` is the seed's five-step shape; `bench1` and `bench10` give the marginal cost of a step;
 `benchfan` holds a workflow open (its `gate` step sleeps) while many SSE subscribers attach.
+`benchnest3` starts `benchnest2` as its one (child) step, which starts `bench1` as its own: a
+three-level chain of one step each, timed against `bench3`, three plain task steps.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relayflow.workflow import StepSpec, WorkflowDefinition, define_workflow, task
+from relayflow.workflow import StepSpec, WorkflowDefinition, child, define_workflow, task
 
 MAX_STEPS = 10
 
@@ -39,6 +41,25 @@ FANOUT = define_workflow(
     output_from=step_name(1),
 )
 
-WORKFLOWS = [chain("bench1", 1), chain("bench5", 5), chain("bench10", MAX_STEPS), FANOUT]
+
+def nested(name: str, inner: str) -> WorkflowDefinition:
+    """One child step running workflow `inner` on this workflow's own input."""
+    return define_workflow(
+        name, input_model=BenchInput, steps=[child("inner", workflow=inner)], output_from="inner"
+    )
+
+
+# The child run: parent -> child -> grandchild, one step each.
+NESTED = "benchnest3"
+
+WORKFLOWS = [
+    chain("bench1", 1),
+    chain("bench3", 3),
+    chain("bench5", 5),
+    chain("bench10", MAX_STEPS),
+    FANOUT,
+    nested("benchnest2", "bench1"),
+    nested(NESTED, "benchnest2"),
+]
 # Workflow name by number of steps, for the phases of a run.
-BY_LENGTH = {1: "bench1", 5: "bench5", 10: "bench10"}
+BY_LENGTH = {1: "bench1", 3: "bench3", 5: "bench5", 10: "bench10"}

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from bench.infra import Infra
+from bench.kinds import APP, run_kinds
 from bench.ours import Relayflow
-from bench.report import figures
+from bench.report import figures, render_kinds
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,3 +39,25 @@ async def test_bench_harness_drives_relayflow(
     assert result["marginal_step"] is not None
     assert set(memory) == {"gateway", "orchestrator1", "steps1"}
     assert all(v is not None and v > 10 for v in memory.values())
+
+
+async def test_bench_map_and_child_parts(
+    service_endpoints: tuple[str, str], tmp_path: Path
+) -> None:
+    """`--only map,child` keeps working: batchImport served beside the bench's workflows, a tiny
+    map measured per item, and the nested chain completing through its child workflows."""
+    amqp_url, server_url = service_endpoints
+    infra = Infra(amqp_url=amqp_url, server_url=server_url)
+    system = Relayflow(infra, tmp_path, name="relayflow-kinds", apps=[APP])
+    kinds = await run_kinds(
+        system, map_sizes=(3,), child_n=2, n=4, concurrency=2, warmup=0, stats_flush=0.0
+    )
+    (run,) = kinds["map"]
+    assert run["items"] == 3
+    assert run["items_per_s"] > 0
+    assert run["peak_mib"]["orchestrator1"] is not None
+    assert kinds["baseline"]["workflows_per_s"] > 0
+    child = kinds["child"]
+    assert child["errors"] == 0
+    assert child["nested_p50_ms"] > 0
+    assert "Map steps" in render_kinds(kinds)

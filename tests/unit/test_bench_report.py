@@ -1,4 +1,4 @@
-"""The bench's arithmetic: percentiles, medians, ratios and the issue's targets."""
+"""The bench's arithmetic: percentiles, medians, ratios and the issues' targets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ import sys
 
 from bench.measure import cpu_split, median, percentile, process_cpu_ms
 from bench.profile import summarise
-from bench.report import ratios, render, targets
+from bench.report import (
+    Baseline,
+    ChildRun,
+    Kinds,
+    MapRun,
+    child_figures,
+    kind_targets,
+    ratios,
+    render,
+    render_kinds,
+    targets,
+)
 
 
 def test_percentile_interpolates_and_handles_empty() -> None:
@@ -75,3 +86,59 @@ def test_cpu_split_charges_a_child_to_its_parents_role() -> None:
             parent.kill()
     # Counted whole (neither process existed before), and not under `other`.
     assert split["service"] >= 300
+
+
+def _map_run(items: int, wall: float, rows: float, cpu: float) -> MapRun:
+    return MapRun(
+        items=items,
+        wall_s=wall,
+        items_per_s=items / wall,
+        per_item={
+            "rows_per_item": rows,
+            "wal_bytes_per_item": 4000.0,
+            "db_bytes_per_item": 1500.0,
+            "cpu_ms_per_item": cpu,
+        },
+        rows_per_item_by_table={"step_items": 3.0, "imported_items": 1.0},
+        cpu_ms_per_item_by_role={"orchestrator1": 1.2, "steps1": 1.1},
+        peak_mib={"orchestrator1": 50.0, "steps1": 49.0},
+        peak_reset=True,
+    )
+
+
+def test_map_and_child_section_ratios_and_flatness() -> None:
+    """Items/s is judged against the same run's steps/s (workflows/s x 5), per-item costs of the
+    largest map against the smallest's, and a child step against a task step."""
+    kinds = Kinds(
+        baseline=Baseline(n=1000, concurrency=50, workflows_per_s=100.0, cpu_ms_per_step=3.0),
+        # Given out of order: the section sorts by size.
+        map=[_map_run(10_000, 20.0, 12.0, 6.0), _map_run(1000, 2.0, 11.7, 5.0)],
+        child=ChildRun(n=100, nested_p50_ms=40.0, plain3_p50_ms=30.0, plain1_p50_ms=14.0, errors=0),
+    )
+    checks = {c["target"]: c for c in kind_targets(kinds)}
+    rate = checks["map items/s ÷ five-step steps/s, 1000 items"]
+    assert (rate["value"], rate["met"]) == (1.0, True)  # 500 items/s ÷ 500 steps/s
+    rows = checks["per item, 10000 ÷ 1000: rows written (ins+upd+del)"]
+    assert rows["met"]
+    assert rows["value"] == round(12.0 / 11.7, 3)
+    cpu = checks["per item, 10000 ÷ 1000: machine CPU, ms"]
+    assert (cpu["value"], cpu["met"]) == (1.2, True)  # at the bound still counts as flat
+    assert not any("database growth" in target for target in checks)  # reported, not judged
+    child = child_figures(kinds["child"])
+    assert child["child_step_ms"] == 13.0
+    assert child["task_step_ms"] == 8.0
+    assert child["child_over_task"] == 13.0 / 8.0
+    text = render({}, {}, 50, 1, {}, kinds=kinds)
+    assert text.startswith("Map steps")  # no systems measured: no empty peer table
+    assert text.index("1000 items") < text.index("10000 items")
+    assert "child step ÷ task step" in text
+    assert "Targets of issue 8" in text
+
+
+def test_map_section_without_baseline_or_second_size() -> None:
+    """One map alone, no five-step run: figures shown, no ratio or flatness claimed."""
+    kinds = Kinds(map=[_map_run(100, 1.0, 12.0, 5.0)])
+    assert kind_targets(kinds) == []
+    text = render_kinds(kinds)
+    assert "items/s ÷ steps/s" not in text
+    assert "100 items" in text
