@@ -12,7 +12,6 @@ from relayflow.db.migrate import CORE, available_migrations
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 
-
 # An application's own migration set, numbered on its own beside the core's.
 APP = "apps.batch_import"
 
