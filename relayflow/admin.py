@@ -4,15 +4,25 @@
     relayflow-admin dead-letters redrive (--all | --message-id ID ...)
     relayflow-admin workflows cancel ID [--reason TEXT]
     relayflow-admin workflows retry ID [--reason TEXT]
+    relayflow-admin workflows signal ID NAME --data JSON [--by WHO] [--idempotency-key K]
 
 `AMQP_URL` and `RELAYFLOW_NAMESPACE` say which broker and which set of queues (as for the
-services); `--amqp-url` and `--namespace` override them.
+services); `--amqp-url` and `--namespace` override them. `signal` also reads the workflow from
+`DATABASE_URL` (`--database-url`) and its definition from `RELAYFLOW_WORKFLOWS`.
 
 Listing browses `<ns>.dead-letters` without consuming: it takes the messages unacknowledged, one
 `basic.get` at a time, and hands every one back (nack, requeue) once it has seen them. Re-driving
 republishes a dead letter to the exchange and routing key it was dead-lettered from (the
 `x-relayflow-exchange`/`x-relayflow-queue` headers of our consumers, or the broker's `x-death`),
 confirmed and mandatory, and acknowledges the dead letter only after the broker confirmed the copy.
+
+`workflows signal` publishes a SignalWorkflow on `workflow.signal`, confirmed and mandatory, as the
+gateway's `POST /workflows/{id}/signals/{name}` does. When the workflow is in the database and its
+definition is loaded here, the signal must be one it declares and `--data` must fit that signal's
+model (the error names the field; nothing is sent), and a finished workflow is refused; when it
+is not, the signal is sent unchecked, with a warning, and the orchestrator decides (it
+dead-letters what it cannot take). `--by` is recorded as `sentBy`; `--idempotency-key` derives the
+signal id from the key (`ids.signal_id`, the gateway's scheme), so a resend counts once.
 """
 
 from __future__ import annotations
@@ -21,18 +31,30 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pydantic import ValidationError
 
 from relayflow.amqp.consumer import QUEUE_HEADER, REASON_HEADER
-from relayflow.contracts import CancelWorkflow, RetryWorkflow, encode, new_message_id
+from relayflow.contracts import (
+    CancelWorkflow,
+    RetryWorkflow,
+    SignalWorkflow,
+    describe_path,
+    encode,
+    new_message_id,
+    unstorable,
+)
+from relayflow.model import FINISHED, WorkflowStatus, ids
 from relayflow.settings import Settings
-from relayflow.topology import CONTROL_KEY, Topology
+from relayflow.topology import CONTROL_KEY, SIGNAL_KEY, Topology
+from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
 
 EXCHANGE_HEADER = "x-relayflow-exchange"
 DEAD_AT_HEADER = "x-relayflow-dead-lettered-at"
@@ -197,6 +219,22 @@ async def control(
     connection: AbstractConnection, topology: Topology, message: CancelWorkflow | RetryWorkflow
 ) -> None:
     """Publish a control message to the orchestrator, confirmed and mandatory."""
+    await _publish(connection, topology, message, CONTROL_KEY)
+
+
+async def send_signal(
+    connection: AbstractConnection, topology: Topology, message: SignalWorkflow
+) -> None:
+    """Publish a signal to the orchestrator, confirmed and mandatory."""
+    await _publish(connection, topology, message, SIGNAL_KEY)
+
+
+async def _publish(
+    connection: AbstractConnection,
+    topology: Topology,
+    message: CancelWorkflow | RetryWorkflow | SignalWorkflow,
+    routing_key: str,
+) -> None:
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
         exchange = await channel.get_exchange(topology.exchange, ensure=False)
@@ -209,12 +247,125 @@ async def control(
                 headers={"x-schema-version": message.schema_version},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
-            routing_key=CONTROL_KEY,
+            routing_key=routing_key,
             mandatory=True,
             timeout=10,
         )
     finally:
         await channel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SignalTarget:
+    """What the database says of the workflow a signal is for."""
+
+    name: str
+    version: str | None
+    status: WorkflowStatus
+
+
+# The admin command's one query (it has no package of queries of its own).
+_SIGNAL_TARGET = "SELECT name, version, status FROM workflows WHERE id = $1"
+
+
+async def signal_target(database_url: str, workflow_id: str) -> SignalTarget | None:
+    """The workflow's definition, version and status, or None if the database has no such
+    workflow. Raises OSError or asyncpg's errors when the database cannot be read."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        row = await conn.fetchrow(_SIGNAL_TARGET, workflow_id)
+    finally:
+        await conn.close()
+    if row is None:
+        return None
+    return SignalTarget(row["name"], row["version"], WorkflowStatus(row["status"]))
+
+
+def checked_payload(
+    definition: WorkflowDefinition, workflow_id: str, signal_name: str, data: Any
+) -> dict[str, Any]:
+    """The payload as the workflow's model for the signal normalises it (by alias), or
+    `AdminError` naming the undeclared signal or the fields at fault."""
+    model = definition.signals.get(signal_name)
+    if model is None:
+        declared = ", ".join(sorted(definition.signals)) or "no signals"
+        raise AdminError(
+            f"workflow {workflow_id} ({definition.name}) declares no signal {signal_name!r}; "
+            f"it declares {declared}"
+        )
+    what = f"signal {signal_name!r} of workflow {definition.name!r}"
+    if not isinstance(data, dict):
+        raise AdminError(f"the payload of {what} must be a JSON object")
+    try:
+        validated = model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{describe_path(tuple(error['loc']))}: {error['msg']}"
+            for error in exc.errors(include_url=False)[:10]
+        )
+        raise AdminError(f"invalid payload for {what}: {problems}") from exc
+    payload: dict[str, Any] = validated.model_dump(mode="json", by_alias=True)
+    found = unstorable(payload)
+    if found is not None:
+        raise AdminError(f"invalid payload for {what}: {describe_path(found[0])} {found[1]}")
+    return payload
+
+
+async def prepare_signal(
+    args: argparse.Namespace, settings: Settings, warn: Callable[[str], None]
+) -> SignalWorkflow:
+    """The SignalWorkflow the command sends: checked against the workflow's definition when
+    the database knows the workflow and the definition is loaded here; `warn` says otherwise."""
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise AdminError(f"--data is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise AdminError("--data must be a JSON object (the signal's payload)")
+    payload: dict[str, Any] = data
+    database_url = args.database_url or settings.database_url
+    try:
+        target = await signal_target(database_url, args.workflow_id)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        warn(f"cannot read the workflow from PostgreSQL ({exc}); sending the signal unchecked")
+        target = None
+    else:
+        if target is None:
+            warn(f"no workflow {args.workflow_id} in the database; sending the signal unchecked")
+    if target is not None:
+        if target.status in FINISHED:
+            raise AdminError(
+                f"workflow {args.workflow_id} is {target.status}; a finished workflow ignores "
+                "signals"
+            )
+        registry = WorkflowRegistry.from_modules(settings.workflows)
+        definition = registry.get(target.name, target.version)
+        if definition is None:
+            warn(
+                f"workflow {args.workflow_id} runs {target.name!r} "
+                f"{'version ' + target.version if target.version else ''}, which is not loaded "
+                "here (RELAYFLOW_WORKFLOWS); sending the signal unchecked"
+            )
+        else:
+            payload = checked_payload(definition, args.workflow_id, args.signal_name, data)
+    key: str | None = args.idempotency_key
+    try:
+        return SignalWorkflow(
+            message_id=new_message_id()
+            if key is None
+            else ids.signal_id(args.workflow_id, args.signal_name, key),
+            workflow_id=args.workflow_id,
+            idempotency_key=key,
+            signal_name=args.signal_name,
+            payload=payload,
+            sent_by=args.by,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{describe_path(tuple(error['loc']))}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise AdminError(f"cannot send this signal: {problems}") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -225,6 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--amqp-url", help="default: AMQP_URL")
     parser.add_argument("--namespace", help="default: RELAYFLOW_NAMESPACE")
+    parser.add_argument("--database-url", help="default: DATABASE_URL (for `workflows signal`)")
     areas = parser.add_subparsers(dest="area", required=True)
     dead = areas.add_parser("dead-letters").add_subparsers(dest="command", required=True)
     listing = dead.add_parser("list", help="show dead letters without consuming them")
@@ -239,13 +391,27 @@ def _parser() -> argparse.ArgumentParser:
         command = workflows.add_parser(name)
         command.add_argument("workflow_id")
         command.add_argument("--reason", default="")
+    signal = workflows.add_parser("signal", help="send a named signal to a running workflow")
+    signal.add_argument("workflow_id")
+    signal.add_argument("signal_name")
+    signal.add_argument("--data", required=True, help="the payload, a JSON object")
+    signal.add_argument("--by", help="who sends it (recorded as sentBy)")
+    signal.add_argument("--idempotency-key", help="the same key sends the same signal id")
     return parser
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"relayflow-admin: warning: {text}\n")
 
 
 async def _amain(args: argparse.Namespace) -> int:
     settings = Settings()
     url = args.amqp_url or settings.amqp_url
     topology = Topology(args.namespace or settings.namespace)
+    signal: SignalWorkflow | None = None
+    if args.area == "workflows" and args.command == "signal":
+        # Checked before the broker is reached: a refused payload sends nothing.
+        signal = await prepare_signal(args, settings, _warn)
     try:
         connection = await aio_pika.connect(url, timeout=10)
     except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
@@ -274,6 +440,12 @@ async def _amain(args: argparse.Namespace) -> int:
                     f"re-drove {letter.message_id} to {letter.exchange}/{letter.routing_key}\n"
                 )
             out.write(f"{len(sent)} dead letter(s) re-driven\n")
+        elif signal is not None:
+            await send_signal(connection, topology, signal)
+            out.write(
+                f"SignalWorkflow {signal.signal_name} for {signal.workflow_id} published "
+                f"({signal.message_id})\n"
+            )
         else:
             model = CancelWorkflow if args.command == "cancel" else RetryWorkflow
             message = model(

@@ -28,6 +28,7 @@ from services.gateway.openapi import build_openapi
 from services.gateway.pages import healthz, load_assets, openapi_endpoint, readyz
 from services.gateway.responses import error_response
 from services.gateway.settings import GatewaySettings
+from services.gateway.signals import signal_workflow
 from services.gateway.state import STATE_KEY, GatewayState
 from services.gateway.store import GatewayStore
 from services.gateway.submit import start_workflow, submit_form
@@ -113,6 +114,7 @@ def create_app(
         Route("/workflows/{workflow_id}/steps/{step_name}/items", step_items, methods=["GET"]),
         Route("/workflows/{workflow_id}/cancel", cancel_workflow, methods=["POST"]),
         Route("/workflows/{workflow_id}/retry", retry_workflow, methods=["POST"]),
+        Route("/workflows/{workflow_id}/signals/{signal_name}", signal_workflow, methods=["POST"]),
         Route("/events", all_events, methods=["GET"]),
     ]
     return Starlette(

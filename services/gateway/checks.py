@@ -7,6 +7,9 @@ A value that can never be valid is refused at once with a status and a message n
   lookup: PostgreSQL refuses NUL in text, and an event stream must not open, and then wait, for
   an id that cannot appear);
 - a `Last-Event-ID` that is not a seq PostgreSQL's integer column can hold is a 400;
+- a step or signal name in a path that no step or signal can have is a 400;
+- an `Idempotency-Key` or `X-Relayflow-Sender` header that is not 1 to 200 printable ASCII
+  characters (spaces only between others) is a 400;
 - a POST whose Content-Type is not `application/json` is a 415. That is the CSRF guard: a page on
   another origin can send `text/plain`, a form or no body at all without asking, but not JSON —
   the browser asks first (CORS preflight), and the gateway grants no origin.
@@ -24,7 +27,7 @@ import annotated_types
 from pydantic import BaseModel, TypeAdapter
 from starlette.requests import Request
 
-from relayflow.contracts import CancelWorkflow, RetryWorkflow, unstorable
+from relayflow.contracts import CancelWorkflow, RetryWorkflow, SignalWorkflow, unstorable
 from relayflow.contracts.messages import StepName, WorkflowId
 from services.gateway.models import FieldError
 
@@ -40,6 +43,8 @@ IDEMPOTENCY_KEY_PATTERN: Final = rf"^[!-~](?:[ -~]{{0,{MAX_KEY_LENGTH - 2}}}[!-~
 MAX_SEQ: Final = 2**31 - 1
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+# Who sends a signal, as the client says (until the gateway authenticates its callers).
+SENDER_HEADER: Final = "X-Relayflow-Sender"
 LAST_EVENT_ID_HEADER: Final = "Last-Event-ID"
 LAST_EVENT_ID_QUERY: Final = "lastEventId"
 JSON_MEDIA_TYPE: Final = "application/json"
@@ -83,6 +88,15 @@ def _max_length(model: type[BaseModel], field: str) -> int:
 
 # The contract's limit, so that the gateway refuses what the orchestrator could not take.
 MAX_REASON: Final = min(_max_length(CancelWorkflow, "reason"), _max_length(RetryWorkflow, "reason"))
+# `SignalWorkflow.sentBy` is optional, so its limit is in the schema's non-null branch.
+MAX_SENDER_LENGTH: Final[int] = next(
+    branch["maxLength"]
+    for branch in SignalWorkflow.model_json_schema(by_alias=True)["properties"]["sentBy"]["anyOf"]
+    if "maxLength" in branch
+)
+# Printable ASCII like an idempotency key, for the same reasons.
+SENDER_PATTERN: Final = rf"^[!-~](?:[ -~]{{0,{MAX_SENDER_LENGTH - 2}}}[!-~])?$"
+_SENDER = re.compile(SENDER_PATTERN)
 
 
 def workflow_id(raw: str) -> str:
@@ -107,6 +121,31 @@ def step_name(raw: str) -> str:
         400,
         f"{shown(raw)} is not a step name: a name is a letter, then up to 63 letters, digits, "
         "'_' or '-'",
+    )
+
+
+def signal_name(raw: str) -> str:
+    """A signal name in a path: signal names follow the step-name rule
+    (`SignalWorkflow.signalName`), so one that breaks it is a 400, not a lookup."""
+    if _STEP_NAME.fullmatch(raw):
+        return raw
+    raise InputError(
+        400,
+        f"{shown(raw)} is not a signal name: a name is a letter, then up to 63 letters, digits, "
+        "'_' or '-'",
+    )
+
+
+def sender(request: Request) -> str | None:
+    """Who sends a signal (`SignalWorkflow.sentBy`): the `X-Relayflow-Sender` header as given,
+    or None without one. It is what the client says, shown in the history as such."""
+    value = request.headers.get(SENDER_HEADER)
+    if value is None or _SENDER.fullmatch(value):
+        return value
+    raise InputError(
+        400,
+        f"the {SENDER_HEADER} header must be 1 to {MAX_SENDER_LENGTH} printable ASCII "
+        f"characters (spaces only between others), got {shown(value)}",
     )
 
 

@@ -18,7 +18,14 @@ from services.gateway import checks, html
 from services.gateway.checks import InputError
 from services.gateway.models import WorkflowPage
 from services.gateway.state import GatewayState, gateway_state
-from services.gateway.workflows import QueryError, list_filter, list_page, load_view
+from services.gateway.workflows import (
+    QueryError,
+    definition_of,
+    list_filter,
+    list_page,
+    load_view,
+    takes_signals,
+)
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -84,9 +91,10 @@ async def workflow_page(request: Request) -> Response:
     if row is None:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
         return _page(html.pending_workflow_page(workflow_id), 404)
-    definition = state.registry.get(row.name)
+    definition = definition_of(state.registry, row)
     view = await load_view(state.store, row, definition)
-    return _page(html.workflow_page(view, definition, datetime.now(UTC), row.last_seq))
+    signals = definition if takes_signals(row, definition) else None
+    return _page(html.workflow_page(view, definition, datetime.now(UTC), row.last_seq, signals))
 
 
 async def panel_fragment(request: Request) -> Response:
@@ -98,7 +106,7 @@ async def panel_fragment(request: Request) -> Response:
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         return _page(html.pending_panel(workflow_id), 404)
-    definition = state.registry.get(row.name)
+    definition = definition_of(state.registry, row)
     compact = request.query_params.get("compact") == "1"
     content = html.panel(
         await load_view(state.store, row, definition),

@@ -16,6 +16,7 @@ from pydantic import MISSING
 from relayflow.model import StepStatus, WorkflowStatus
 from relayflow.workflow import WorkflowDefinition
 from services.gateway.dag import columns
+from services.gateway.forms import signal_section
 from services.gateway.models import (
     WORKFLOW_STATUSES,
     ErrorView,
@@ -484,9 +485,18 @@ def panel(
 
 
 def workflow_page(
-    view: View, definition: WorkflowDefinition | None, now: datetime, last_seq: int
+    view: View,
+    definition: WorkflowDefinition | None,
+    now: datetime,
+    last_seq: int,
+    signals: WorkflowDefinition | None = None,
 ) -> str:
-    return _live_workflow_page(view.workflow_id, panel(view, definition, now, last_seq=last_seq))
+    """`signals`: the definition whose signals the page offers to send (the run's own)."""
+    return _live_workflow_page(
+        view.workflow_id,
+        panel(view, definition, now, last_seq=last_seq),
+        signal_section(view.status, signals),
+    )
 
 
 def pending_workflow_page(workflow_id: str) -> str:
@@ -496,10 +506,11 @@ def pending_workflow_page(workflow_id: str) -> str:
     return _live_workflow_page(workflow_id, pending_panel(workflow_id))
 
 
-def _live_workflow_page(workflow_id: str, state: str) -> str:
+def _live_workflow_page(workflow_id: str, state: str, signals: str = "") -> str:
     body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
 <section class="card" id="panel" aria-live="polite">{state}</section>
 <p class="toast" id="toast" role="status" hidden></p>
+{signals}
 <section class="card" aria-labelledby="events-title">
   <div class="card-head">
     <h2 id="events-title">Events</h2>

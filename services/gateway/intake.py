@@ -1,5 +1,5 @@
-"""Turning a request into a StartWorkflow: validation, the request hash and the workflow id.
-Plain functions over plain data; the HTTP handler wraps them."""
+"""Turning a request into a StartWorkflow (validation, the request hash and the workflow id) or
+into a signal's payload. Plain functions over plain data; the HTTP handlers wrap them."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def validate_input(definition: WorkflowDefinition, data: Any, *, max_bytes: int)
             422, f"invalid input for workflow {definition.name!r}", field_errors(exc)
         ) from exc
     validated: dict[str, Any] = model.model_dump(mode="json")
-    _check_storable(definition, validated)
+    _check_storable(f"invalid input for workflow {definition.name!r}", validated)
     # The model may add defaults, so the stored input can be larger than the body was.
     size = encoded_size(validated)
     if size > max_bytes:
@@ -70,7 +70,46 @@ def validate_input(definition: WorkflowDefinition, data: Any, *, max_bytes: int)
     return validated
 
 
-def _check_storable(definition: WorkflowDefinition, validated: dict[str, Any]) -> None:
+def validate_payload(
+    workflow_name: str,
+    signal_name: str,
+    model: type[BaseModel],
+    data: Any,
+    *,
+    max_bytes: int,
+) -> dict[str, Any]:
+    """A signal's payload as the workflow will see it (normalised by the signal's model, by
+    alias, so that the orchestrator's own check of it passes), or `InputError`: 422 naming the
+    fields the model refuses or PostgreSQL could not store, 413 over `max_bytes`."""
+    what = f"signal {signal_name!r} of workflow {workflow_name!r}"
+    if not isinstance(data, dict):
+        raise InputError(
+            422,
+            f"the payload of {what} must be a JSON object, "
+            f"got {type(data).__name__ if data is not None else 'null'}",
+            [FieldError(loc=[], message="Input should be a JSON object", type="dict_type")],
+        )
+    try:
+        payload = model.model_validate(data)
+    except ValidationError as exc:
+        fields = field_errors(exc)
+        named = "; ".join(
+            f"{describe_path(tuple(field.loc))}: {field.message}" for field in fields[:3]
+        )
+        raise InputError(422, f"invalid payload for {what}: {named}", fields) from exc
+    validated: dict[str, Any] = payload.model_dump(mode="json", by_alias=True)
+    _check_storable(f"invalid payload for {what}", validated)
+    size = encoded_size(validated)
+    if size > max_bytes:
+        raise InputError(
+            413,
+            f"the payload of {what} is {size} bytes as compact JSON; the limit is {max_bytes} "
+            "(RELAYFLOW_MAX_INPUT_BYTES)",
+        )
+    return validated
+
+
+def _check_storable(problem: str, validated: dict[str, Any]) -> None:
     """Valid for the model is not enough: a 202 for text PostgreSQL refuses is a false accept."""
     found = unstorable(validated)
     if found is None:
@@ -78,7 +117,7 @@ def _check_storable(definition: WorkflowDefinition, validated: dict[str, Any]) -
     path, reason = found
     raise InputError(
         422,
-        f"invalid input for workflow {definition.name!r}: {describe_path(path)} {reason}",
+        f"{problem}: {describe_path(path)} {reason}",
         [FieldError(loc=list(path), message=reason, type="unstorable")],
     )
 

@@ -136,6 +136,10 @@ class WorkflowView(_Model):
     parent_workflow_id: str | None = None
     # Map steps have their own view (MapStepView, `kind` "map"); every other step is a StepView.
     steps: list[MapStepView | StepView]
+    # The signals its definition declares, by name (POST /workflows/{id}/signals/{name}).
+    signals: list[str] = Field(default_factory=list)
+    # Signals that arrived before a wait took them: how many of each name are kept.
+    mailbox: dict[str, int] = Field(default_factory=dict)
 
 
 class WorkflowSummary(_Model):
@@ -172,6 +176,39 @@ class ActionAccepted(_Model):
     action: Literal["cancel", "retry"]
     message_id: str
     status: Literal["accepted"] = "accepted"
+
+
+class SignalAccepted(_Model):
+    """The broker confirmed the SignalWorkflow; the orchestrator applies it once (a resend with
+    the same Idempotency-Key has the same `signalId`) and records it as a `signal.received`
+    event, whose data carries this `signalId`."""
+
+    workflow_id: str
+    signal: str
+    signal_id: str = Field(examples=["sig:wf_01jd8n2w0a3k5y6q7r8s9t0v1w:decision:abc"])
+    status: Literal["accepted"] = "accepted"
+
+
+class SignalReceived(_Model):
+    """The `data` of a `signal.received` event: the signal's name and payload (as its model
+    validated it), who sent it as the sender said (`X-Relayflow-Sender`, null if not said),
+    and the signal's id (the `signalId` of the 202)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    signal: str
+    payload: dict[str, Any]
+    sent_by: str | None = None
+    signal_id: str
+
+
+class StepSleeping(_Model):
+    """The `data` of a `step.sleeping` event: a sleep step's attempt and when it wakes."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    attempt: int
+    wake_at: datetime
 
 
 class ActionOptions(_Model):

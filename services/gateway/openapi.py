@@ -32,6 +32,9 @@ from services.gateway.models import (
     Health,
     ItemPage,
     Readiness,
+    SignalAccepted,
+    SignalReceived,
+    StepSleeping,
     UnknownWorkflow,
     WorkflowPage,
     WorkflowView,
@@ -115,11 +118,123 @@ def _start_operation(
     }
 
 
+def _signal_operation(
+    workflow_id: dict[str, Any],
+    signal_name: dict[str, Any] | None,
+    body: dict[str, Any],
+    error_ref: dict[str, Any],
+    accepted: dict[str, Any],
+) -> dict[str, Any]:
+    """`POST /workflows/{workflowId}/signals/{signalName}`: with `signal_name` the templated
+    route, else the route of one declared signal name (its body that signal's model)."""
+    return {
+        "summary": "Send a named signal to a running workflow",
+        "description": (
+            "The body is the signal's payload, validated against the model the workflow's "
+            "definition declares for that signal (the payload sent is the one the model "
+            "normalised). Publishes a SignalWorkflow to the main exchange with routing key "
+            "`workflow.signal` (confirmed, mandatory); 202 only once the broker confirmed. The "
+            "orchestrator applies it once and emits `signal.received` (data `SignalReceived`); "
+            "a wait step for that signal takes it, else it is kept for the next one (`mailbox` "
+            "of GET /workflows/{workflowId}). `sentBy` is the `X-Relayflow-Sender` header as "
+            "the client gives it, or null: the gateway does not authenticate callers yet. "
+            "With an Idempotency-Key the signal id is derived from the key, workflow and "
+            "signal, so a resend is the same message; the same key with another payload or "
+            "sender is a 409. " + _JSON_ONLY
+        ),
+        "tags": ["workflows"],
+        "parameters": [
+            workflow_id,
+            *([signal_name] if signal_name is not None else []),
+            {
+                **_IDEMPOTENCY_KEY,
+                "description": (
+                    "The same key names the same signal (`signalId`): the same request again "
+                    "publishes the same message, which counts once; another payload or sender "
+                    f"under the key is a 409. 1 to {checks.MAX_KEY_LENGTH} printable ASCII "
+                    "characters, spaces only between others."
+                ),
+            },
+            {
+                "name": checks.SENDER_HEADER,
+                "in": "header",
+                "required": False,
+                "description": (
+                    "Who sends the signal, recorded as `sentBy` in the `signal.received` event "
+                    "as given (not authenticated); null without it. 1 to "
+                    f"{checks.MAX_SENDER_LENGTH} printable ASCII characters, spaces only "
+                    "between others (400 otherwise)."
+                ),
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": checks.MAX_SENDER_LENGTH,
+                    "pattern": checks.SENDER_PATTERN,
+                },
+            },
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "202": _json(accepted, "Accepted: the broker confirmed the SignalWorkflow."),
+            "400": _json(
+                error_ref,
+                "The workflow id or the signal name does not match its pattern, the "
+                "Idempotency-Key or X-Relayflow-Sender is invalid (or, with a workflow id and "
+                "signal name near their limits, too long to derive a signal id from), or the "
+                "body is empty or not JSON.",
+            ),
+            "404": _json(
+                error_ref,
+                "No workflow with this id, or its definition declares no such signal (the "
+                "error names those it declares), or this gateway does not serve its definition.",
+            ),
+            "409": _json(
+                error_ref,
+                "The workflow is finished (completed, failed, cancelled, compensated…: it takes no "
+                "more signals), or the "
+                "Idempotency-Key was used with another payload or sender.",
+            ),
+            "413": _json(
+                error_ref, "The body, or the payload as compact JSON, is over the input limit."
+            ),
+            "415": _json(error_ref, "The body was not sent as application/json."),
+            "422": _json(
+                error_ref,
+                "The payload does not validate against the signal's model, or holds text "
+                "PostgreSQL cannot store; `fields` says where and why.",
+            ),
+            "503": _json(
+                error_ref,
+                "The broker did not confirm the signal; retry, with the same Idempotency-Key "
+                "if one was sent.",
+            ),
+        },
+    }
+
+
+def _declared_signals(registry: WorkflowRegistry) -> dict[str, list[tuple[str, type[BaseModel]]]]:
+    """Each signal name any workflow declares, with the workflows and models that declare it."""
+    found: dict[str, list[tuple[str, type[BaseModel]]]] = {}
+    for definition in sorted(registry, key=lambda d: d.name):
+        for name, model in sorted(definition.signals.items()):
+            found.setdefault(name, []).append((definition.name, model))
+    return dict(sorted(found.items()))
+
+
 def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
-    inputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        *((definition.input_model, "validation") for definition in registry),
-        (ActionOptions, "validation"),
-    ]
+    signals = _declared_signals(registry)
+    signal_models = list(
+        dict.fromkeys(model for declared in signals.values() for _, model in declared)
+    )
+    inputs: list[tuple[type[BaseModel], JsonSchemaMode]] = list(
+        dict.fromkeys(
+            [
+                *((definition.input_model, "validation") for definition in registry),
+                *((model, "validation") for model in signal_models),
+                (ActionOptions, "validation"),
+            ]
+        )
+    )
     answers: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
         for model in (
@@ -134,6 +249,9 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             WorkflowEvent,
             UnknownWorkflow,
             FeedReset,
+            SignalAccepted,
+            SignalReceived,
+            StepSleeping,
         )
     ]
     refs, defs = models_json_schema([*inputs, *answers], by_alias=True, ref_template=REF)
@@ -179,7 +297,10 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             "description": (
                 'Each step is a `StepView`; a map step (`kind` "map") is a `MapStepView`, '
                 f"which adds its `progress` and its first {FIRST_ITEMS} `items` in item order, "
-                "with `itemsNext`, the URL of the items after them (null when there are none)."
+                "with `itemsNext`, the URL of the items after them (null when there are none). "
+                "`signals` names the signals its definition declares (what "
+                "POST /workflows/{workflowId}/signals/{signalName} takes) and `mailbox` counts, "
+                "by name, the signals kept until a wait takes them."
             ),
             "tags": ["workflows"],
             "parameters": [workflow_id],
@@ -252,6 +373,8 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
             },
         }
     }
+    # The `data` of the events whose data has a fixed shape of its own, by event type.
+    event_data = {"signal.received": ref(SignalReceived), "step.sleeping": ref(StepSleeping)}
     seq = {"type": "integer", "minimum": 0, "maximum": checks.MAX_SEQ}
     paths["/workflows/{workflowId}/events"] = {
         "get": {
@@ -265,7 +388,11 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                 "`step.progress` (data total, completed, failed, running; about once per "
                 "hundredth of the items), `step.item.retrying` and `step.item.failed` (with the "
                 "item's `stepKey`; data attempt, error and, when retrying, nextAttemptAt) and "
-                "`step.completed` (data total, completed, failed, running). The stream ends "
+                "`step.completed` (data total, completed, failed, running). A sleep step sends "
+                "`step.sleeping` (data attempt, wakeAt: schema `StepSleeping`); a signal that "
+                "reached the workflow is a `signal.received` (data signal, payload, sentBy, "
+                "signalId: schema `SignalReceived`); `x-event-data` names the schema of these "
+                "events' `data`. The stream ends "
                 "after the terminal event (`workflow.completed`, `workflow.failed` or "
                 "`workflow.cancelled`) unless later events follow it (a "
                 "retried workflow goes on with `workflow.retried`); a reconnect whose "
@@ -304,6 +431,7 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                         "text/event-stream": {
                             "schema": {"type": "string"},
                             "x-event-schema": {"oneOf": [ref(WorkflowEvent), ref(UnknownWorkflow)]},
+                            "x-event-data": event_data,
                         }
                     },
                 },
@@ -379,6 +507,43 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                 },
             }
         }
+    signal_accepted = ref(SignalAccepted)
+    any_signal = _signal_operation(
+        workflow_id,
+        {
+            "name": "signalName",
+            "in": "path",
+            "required": True,
+            "description": (
+                "A signal the workflow's definition declares (`signals` of GET "
+                "/workflows/{workflowId}); a name no signal can have is a 400."
+            ),
+            "schema": {"type": "string", "pattern": checks.STEP_NAME_PATTERN},
+        },
+        {
+            "type": "object",
+            "description": (
+                "The payload: a JSON object that the workflow's model for this signal validates "
+                "(each declared signal name has its own path below with that model)."
+            ),
+        },
+        error_ref,
+        signal_accepted,
+    )
+    any_signal["operationId"] = "signal_workflow"
+    paths["/workflows/{workflowId}/signals/{signalName}"] = {"post": any_signal}
+    for signal, declared in signals.items():
+        models = list(dict.fromkeys(model for _, model in declared))
+        refs_of = [ref(model, "validation") for model in models]
+        body = refs_of[0] if len(refs_of) == 1 else {"anyOf": refs_of}
+        operation = _signal_operation(workflow_id, None, body, error_ref, signal_accepted)
+        operation["operationId"] = f"send_{signal}_signal"
+        operation["summary"] = f"Send the {signal} signal to a running workflow"
+        operation["description"] = (
+            f"Declared by {', '.join(name for name, _ in declared)}: the body is the payload "
+            "that signal's model validates. " + operation["description"]
+        )
+        paths[f"/workflows/{{workflowId}}/signals/{signal}"] = {"post": operation}
     list_filters = [
         {
             "name": "status",
@@ -481,6 +646,7 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
                         "text/event-stream": {
                             "schema": {"type": "string"},
                             "x-event-schema": {"oneOf": [ref(WorkflowEvent), ref(FeedReset)]},
+                            "x-event-data": event_data,
                         }
                     },
                 },
@@ -506,7 +672,7 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
     paths["/ui/workflows/{workflowId}"] = {
         "get": {
             "operationId": "workflow_page",
-            "summary": "A workflow's page: steps, events, cancel and retry, live",
+            "summary": "A workflow's page: steps, events, cancel, retry and signals, live",
             "tags": ["pages"],
             "parameters": [workflow_id],
             "responses": {

@@ -1,4 +1,4 @@
--- The gateway's reads and its one write (idempotency keys).
+-- The gateway's reads and its writes (idempotency keys of starts and of signals).
 
 -- name: claim_idempotency_key
 -- First use of a key records the request it stands for; a later use returns nothing here and
@@ -13,9 +13,30 @@ SELECT workflow_id, request_hash
 FROM idempotency_keys
 WHERE workflow_name = $1 AND key = $2;
 
+-- name: claim_signal_key
+-- As `claim_idempotency_key`, for one signal of one workflow: the key names the signal id.
+INSERT INTO signal_keys (workflow_id, signal_name, key, signal_id, request_hash)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (workflow_id, signal_name, key) DO NOTHING
+RETURNING signal_id, request_hash;
+
+-- name: get_signal_key
+SELECT signal_id, request_hash
+FROM signal_keys
+WHERE workflow_id = $1 AND signal_name = $2 AND key = $3;
+
+-- name: signal_target
+-- What a signal needs to know of its workflow: which definition (and version: a run is pinned
+-- to the one it started on), and whether it still runs.
+SELECT name, version, status FROM workflows WHERE id = $1;
+
 -- name: get_workflow
+-- The mailbox is read as counts per signal name: the payloads it keeps are not shown.
 SELECT id, name, status, input, output, error, steps, created_at, updated_at, finished_at,
-       last_seq, parent ->> 'workflowId' AS parent_workflow_id
+       last_seq, parent ->> 'workflowId' AS parent_workflow_id, version,
+       (SELECT coalesce(jsonb_object_agg(m.key, jsonb_array_length(m.value)), '{}'::jsonb)
+        FROM jsonb_each(mailbox) AS m
+        WHERE jsonb_typeof(m.value) = 'array') AS mailbox_counts
 FROM workflows
 WHERE id = $1;
 

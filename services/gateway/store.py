@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,21 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalKeyRecord:
+    signal_id: str
+    request_hash: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SignalTarget:
+    name: str
+    # The definition's version the run is pinned to; None for a run from before versions.
+    version: str | None
+    status: WorkflowStatus
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowRow:
     id: str
     name: str
@@ -33,6 +48,10 @@ class WorkflowRow:
     finished_at: datetime | None
     last_seq: int = 0
     parent_workflow_id: str | None = None
+    # The signals kept for a later wait: how many of each name.
+    mailbox: dict[str, int] = field(default_factory=dict)
+    # The definition's version the run is pinned to; None for a run from before versions.
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +111,27 @@ class GatewayStore:
             raise RuntimeError(f"idempotency key {key!r} conflicted but cannot be read")
         return KeyRecord(row["workflow_id"], row["request_hash"], created=False)
 
+    async def claim_signal_key(
+        self, workflow_id: str, signal_name: str, key: str, signal_id: str, request_hash: str
+    ) -> SignalKeyRecord:
+        """Record a signal's key, or return what it was first used for."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                self._q.claim_signal_key, workflow_id, signal_name, key, signal_id, request_hash
+            )
+            if row is not None:
+                return SignalKeyRecord(row["signal_id"], row["request_hash"], created=True)
+            row = await conn.fetchrow(self._q.get_signal_key, workflow_id, signal_name, key)
+        if row is None:  # pragma: no cover - keys are never deleted while the gateway runs
+            raise RuntimeError(f"signal key {key!r} conflicted but cannot be read")
+        return SignalKeyRecord(row["signal_id"], row["request_hash"], created=False)
+
+    async def signal_target(self, workflow_id: str) -> SignalTarget | None:
+        row = await self._pool.fetchrow(self._q.signal_target, workflow_id)
+        if row is None:
+            return None
+        return SignalTarget(row["name"], row["version"], WorkflowStatus(row["status"]))
+
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         row = await self._pool.fetchrow(self._q.get_workflow, workflow_id)
         if row is None:
@@ -109,6 +149,8 @@ class GatewayStore:
             finished_at=row["finished_at"],
             last_seq=row["last_seq"],
             parent_workflow_id=row["parent_workflow_id"],
+            mailbox=row["mailbox_counts"] or {},
+            version=row["version"],
         )
 
     async def workflow_exists(self, workflow_id: str) -> bool:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relayflow.model import ACTIVE_STEPS, ItemState, StepState, StepStatus
-from relayflow.workflow import MapSpec, TaskSpec, WorkflowDefinition
+from relayflow.workflow import MapSpec, TaskSpec, WorkflowDefinition, WorkflowRegistry
 from services.gateway import checks
 from services.gateway.checks import InputError
 from services.gateway.feed import event_filter, follow_feed, parse_last_id
@@ -192,7 +192,22 @@ async def get_workflow(request: Request, raw_id: str) -> Response:
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
-    return model_response(await load_view(state.store, row, state.registry.get(row.name)))
+    return model_response(await load_view(state.store, row, definition_of(state.registry, row)))
+
+
+def definition_of(registry: WorkflowRegistry, row: WorkflowRow) -> WorkflowDefinition | None:
+    """The definition to show a run with: the version it is pinned to, or the newest loaded
+    when that one is not (its steps and kinds then come from its stored state where they
+    differ)."""
+    return registry.get(row.name, row.version) or registry.get(row.name)
+
+
+def takes_signals(row: WorkflowRow, definition: WorkflowDefinition | None) -> list[str]:
+    """The signals a run takes: its pinned definition's (none when that version is not loaded
+    here, since the signal route could not check them)."""
+    if definition is None or (row.version is not None and definition.version != row.version):
+        return []
+    return sorted(definition.signals)
 
 
 def item_query(params: Mapping[str, str]) -> tuple[int, StepStatus | None, int]:
@@ -251,7 +266,7 @@ async def step_items(request: Request) -> Response:
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
-    definition = state.registry.get(row.name)
+    definition = definition_of(state.registry, row)
     kinds = step_kinds(row, definition)
     kind = kinds.get(step_name)
     if kind is None:
@@ -341,7 +356,8 @@ def workflow_view(
 ) -> WorkflowView:
     """Steps in the definition's order; a step the orchestrator has not touched is pending.
     Steps the definition does not know (an older version's) follow in stored order. Map steps
-    show the first of `items` (their first items, read by `load_view`)."""
+    show the first of `items` (their first items, read by `load_view`). `signals` are the
+    names the definition declares, `mailbox` how many of each are kept for a later wait."""
     items = items or {}
     return WorkflowView(
         workflow_id=row.id,
@@ -358,6 +374,8 @@ def workflow_view(
             _step(row.id, name, kind, row.steps.get(name), items.get(name, []))
             for name, kind in step_kinds(row, definition).items()
         ],
+        signals=takes_signals(row, definition),
+        mailbox={name: count for name, count in sorted(row.mailbox.items()) if count},
     )
 
 

@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
 from relayflow.settings import Settings
-from relayflow.workflow import WorkflowRegistry, define_workflow, task
+from relayflow.workflow import WorkflowRegistry, define_workflow, task, wait
 from services.gateway.app import create_app
 from services.gateway.openapi import build_openapi
 from services.gateway.server import build_server, serve_until
@@ -44,10 +44,48 @@ class Padded(BaseModel):
     note: str = Field(default="n" * 1500)
 
 
+class Subject(BaseModel):
+    """What a review is about."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(max_length=200)
+
+
+class Decision(BaseModel):
+    """A person's answer: the shape the dashboard turns into an Approve/Reject pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approved: bool
+    by: str = Field(min_length=1, max_length=100)
+
+
+class Note(BaseModel):
+    """A second signal with a number and an optional field, for the generated forms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=500)
+    priority: int = Field(default=1, ge=1, le=5)
+
+
 # Their one step is the seed's `validate`, so that they add no queue a test must remove.
 WORKFLOWS = [
-    define_workflow(name, input_model=model, steps=[task("validate", timeout=timedelta(seconds=5))])
-    for name, model in (("freeform", Freeform), ("padded", Padded))
+    *(
+        define_workflow(
+            name, input_model=model, steps=[task("validate", timeout=timedelta(seconds=5))]
+        )
+        for name, model in (("freeform", Freeform), ("padded", Padded))
+    ),
+    # Only a wait for a signal: it runs without any step service, until a decision comes.
+    define_workflow(
+        "review",
+        input_model=Subject,
+        steps=[wait("decide", signal="decision", timeout=timedelta(minutes=10))],
+        signals={"decision": Decision, "note": Note},
+        output_from="decide",
+    ),
 ]
 WITH_TEST_WORKFLOWS = ["workflows.form_submission", __name__]
 

@@ -5,6 +5,7 @@ window.relayflow = (() => {
   const EVENT_TYPES = [
     "workflow.started", "workflow.completed", "workflow.failed", "workflow.cancelled",
     "workflow.retried", "step.started", "step.completed", "step.failed", "step.retrying",
+    "step.sleeping", "signal.received",
   ];
   // A map step's item-level events: a workflow's page follows them (they update its progress
   // bar and item rows in place); they never change the list, so the feed does not.
@@ -163,6 +164,14 @@ window.relayflow = (() => {
       const why = error ? `${error.type}: ${error.message}` : "failed";
       return `attempt ${data.attempt} ${why}; next at ${new Date(data.nextAttemptAt).toLocaleTimeString()}`;
     }
+    if (type === "signal.received") {
+      // Who sent what: the sender as the sender said (null when not said), then the payload.
+      const text = `${data.signal} from ${data.sentBy || "(no sender given)"}: ${JSON.stringify(data.payload || {})}`;
+      return text.length > 200 ? `${text.slice(0, 197)}…` : text;
+    }
+    if (type === "step.sleeping") {
+      return `attempt ${data.attempt}; wakes at ${new Date(data.wakeAt).toLocaleTimeString()}`;
+    }
     if (type === "step.progress") {
       return `${data.completed} completed, ${data.failed} failed, ${data.running} running of ${data.total}`;
     }
@@ -197,17 +206,18 @@ window.relayflow = (() => {
     return row;
   }
 
-  async function postAction(url) {
+  // POST `body` as JSON (the gateway takes only JSON posts: its guard against other sites'
+  // pages; an action's body is an empty object), under a fresh Idempotency-Key.
+  async function postAction(url, body = {}, headers = {}) {
     const key = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
-    // The gateway takes only JSON posts (its guard against other sites' pages): an empty object.
     const response = await fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", "Idempotency-Key": key },
-      body: "{}",
+      headers: { "Content-Type": "application/json", "Idempotency-Key": key, ...headers },
+      body: JSON.stringify(body),
     });
-    let body = {};
-    try { body = await response.json(); } catch (error) { /* not JSON */ }
-    return { ok: response.status === 202, status: response.status, body };
+    let answer = {};
+    try { answer = await response.json(); } catch (error) { /* not JSON */ }
+    return { ok: response.status === 202, status: response.status, body: answer };
   }
 
   localTimes(document);

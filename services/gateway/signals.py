@@ -1,0 +1,174 @@
+"""Signalling a workflow: `POST /workflows/{id}/signals/{name}`, the body being the payload.
+
+In order, before anything is published: the route's common checks (415 for anything but JSON,
+400 for an id or a name that cannot be, a bad `Idempotency-Key` or `X-Relayflow-Sender`, a body
+that is not JSON), 404 for an unknown workflow or a signal its definition does not declare
+(the answer names those it does), 422 for a payload the signal's model refuses (naming the
+fields, like a start's input), 409 for a finished workflow. Then a `SignalWorkflow` goes to the
+main exchange with routing key `workflow.signal`, confirmed and mandatory, and the answer is 202
+only once the broker has it (503 otherwise, never a false accept).
+
+The payload sent is the one the model validated (normalised, by alias). `sentBy` is what the
+`X-Relayflow-Sender` header says, or null: the gateway does not authenticate its callers yet, so
+it is shown as the sender's claim.
+
+Idempotency: with an `Idempotency-Key` the signal id is `ids.signal_id(workflow, signal, key)`,
+so a resend is the same message and the orchestrator's inbox counts it once. The first use of a
+key is recorded in `signal_keys` (migration 0009) with the hash of the request (payload and
+sender); the same key with another request is a 409, as for starts. The checks here are a
+courtesy: the orchestrator checks the signal again when it applies it (a workflow may finish in
+between, and then ignores it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relayflow.amqp import OutgoingMessage
+from relayflow.contracts import SignalWorkflow, new_message_id
+from relayflow.model import ids
+from relayflow.topology import SIGNAL_KEY
+from services.gateway import checks
+from services.gateway.checks import InputError
+from services.gateway.intake import parse_body, validate_payload
+from services.gateway.models import FINISHED_STATUSES, SignalAccepted
+from services.gateway.responses import error_response, model_response
+from services.gateway.state import GatewayState, gateway_state
+
+log = logging.getLogger(__name__)
+
+# `BaseMessage.messageId`'s limit.
+MAX_MESSAGE_ID: int = SignalWorkflow.model_json_schema(by_alias=True)["properties"]["messageId"][
+    "maxLength"
+]
+
+
+def signal_message_id(workflow_id: str, signal_name: str, key: str | None) -> str:
+    """Random without a key; with one, the id the key names (the admin command's too)."""
+    return new_message_id() if key is None else ids.signal_id(workflow_id, signal_name, key)
+
+
+def signal_hash(payload: dict[str, Any], sent_by: str | None) -> str:
+    """What a signal's idempotency key is bound to: the validated payload and the sender."""
+    request = {"payload": payload, "sentBy": sent_by}
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def declared(names: list[str]) -> str:
+    return f"it declares {', '.join(names)}" if names else "it declares no signals"
+
+
+async def signal_workflow(request: Request) -> Response:
+    """Bad requests raise `checks.InputError`, which the app answers."""
+    state = gateway_state(request)
+    checks.require_json(request)
+    workflow_id = checks.workflow_id(request.path_params["workflow_id"])
+    signal_name = checks.signal_name(request.path_params["signal_name"])
+    key = checks.idempotency_key(request)
+    sent_by = checks.sender(request)
+    limit = state.settings.max_input_bytes
+    data = parse_body(await checks.read_body(request, limit), expected="the signal's payload")
+    target = await _target(state, workflow_id, signal_name)
+    payload = validate_payload(target.name, signal_name, target.model, data, max_bytes=limit)
+    if target.status in FINISHED_STATUSES:
+        raise InputError(
+            409, f"the workflow is {target.status}; a finished workflow takes no signals"
+        )
+    signal_id = signal_message_id(workflow_id, signal_name, key)
+    if len(signal_id) > MAX_MESSAGE_ID:
+        # `ids.signal_id` spells the workflow id and the name in full: a 128-character id with
+        # a long name does not fit a message id.
+        raise InputError(
+            400,
+            f"a signal id derived from an Idempotency-Key would be {len(signal_id)} characters "
+            f"for this workflow id and signal name (at most {MAX_MESSAGE_ID}); send the signal "
+            "without the key",
+        )
+    if key is not None:
+        wanted = signal_hash(payload, sent_by)
+        record = await state.store.claim_signal_key(
+            workflow_id, signal_name, key, signal_id, wanted
+        )
+        if record.request_hash != wanted:
+            raise InputError(
+                409,
+                f"Idempotency-Key {key!r} was already used for signal {signal_name!r} of this "
+                "workflow with a different payload or sender; use a new key for a different "
+                "signal",
+            )
+    message = SignalWorkflow(
+        message_id=signal_id,
+        workflow_id=workflow_id,
+        idempotency_key=key,
+        signal_name=signal_name,
+        payload=payload,
+        sent_by=sent_by,
+    )
+    try:
+        await _publish(state, message)
+    except Exception as exc:
+        log.warning(
+            "could not confirm signal %s of %s: %s",
+            signal_name,
+            workflow_id,
+            exc or type(exc).__name__,
+        )
+        return error_response(
+            503,
+            f"the message broker did not confirm the signal {signal_name!r}; retry the request"
+            + (" with the same Idempotency-Key" if key is not None else ""),
+            headers={"Retry-After": "1"},
+        )
+    return model_response(
+        SignalAccepted(workflow_id=workflow_id, signal=signal_name, signal_id=signal_id),
+        status_code=202,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    name: str
+    status: str
+    model: type[BaseModel]
+
+
+async def _target(state: GatewayState, workflow_id: str, signal_name: str) -> _Target:
+    """The workflow's definition name, status and the model of this signal, or a 404."""
+    found = await state.store.signal_target(workflow_id)
+    if found is None:
+        raise InputError(404, f"no workflow with id {workflow_id!r}")
+    # The version the run is pinned to: the orchestrator applies the signal with that one.
+    definition = state.registry.get(found.name, found.version)
+    if definition is None:
+        # Without the definition nothing says which signals it takes, or what they hold.
+        what = found.name if found.version is None else f"{found.name} version {found.version}"
+        raise InputError(
+            404,
+            f"workflow {workflow_id!r} runs {what!r}, which this gateway does not serve; it "
+            "cannot check a signal for it",
+        )
+    model = definition.signals.get(signal_name)
+    if model is None:
+        raise InputError(
+            404,
+            f"workflow {workflow_id!r} ({definition.name}) declares no signal {signal_name!r}; "
+            f"{declared(sorted(definition.signals))}",
+        )
+    return _Target(definition.name, found.status, model)
+
+
+async def _publish(state: GatewayState, message: SignalWorkflow) -> None:
+    outgoing = OutgoingMessage.of(message, exchange=state.topology.exchange, routing_key=SIGNAL_KEY)
+    # The Publisher's own timeout covers the confirm; this one also bounds the wait for a
+    # channel that is reopening after a broker outage.
+    async with asyncio.timeout(state.settings.gateway_publish_timeout):
+        await state.publisher.publish(outgoing)
