@@ -96,6 +96,37 @@ class Given:
 Condition = Callable[[Given], bool]
 
 
+# Where a map's list, a sleep's wake-up time or a wait's correlation id is read from:
+# "input.<field>[.<field>…]" (the workflow's input) or "<step>.<field>[.<field>…]".
+INPUT_SOURCE = "input"
+
+
+def split_reference(reference: str) -> tuple[str, tuple[str, ...]]:
+    """A reference as (source, path): ("input" or a step name, the fields under it)."""
+    source, _, path = reference.partition(".")
+    return source, tuple(path.split(".")) if path else ()
+
+
+def _check_reference(
+    workflow: str,
+    what: str,
+    reference: str,
+    ancestors: frozenset[str],
+    *,
+    from_input: bool,
+) -> None:
+    """Refuse a reference that does not name a field of an ancestor's output (or, when
+    `from_input`, of the input): `what` says which step reads it, and for what."""
+    source, path = split_reference(reference)
+    known = source in ancestors or (from_input and source == INPUT_SOURCE)
+    if not path or not known:
+        allowed = "'input.<field>' or '<step>.<field>'" if from_input else "'<step>.<field>'"
+        raise DefinitionError(
+            f"workflow {workflow!r}: {what} {reference!r}, which must be {allowed} of a step "
+            "it comes after"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class StepSpec:
     """What every step has, whatever its kind. Each kind is a subclass (`TaskSpec`, `WaitSpec`,
@@ -154,19 +185,14 @@ class WaitSpec(StepSpec):
     # Where the correlation id comes from: "<step>.<field>[.<field>…]" of an ancestor's output.
     correlation_from: str = ""
 
-    @property
-    def correlation_source(self) -> tuple[str, tuple[str, ...]]:
-        source, _, path = self.correlation_from.partition(".")
-        return source, tuple(path.split(".")) if path else ()
-
     def check(self, workflow: str, ancestors: frozenset[str]) -> None:
-        source, path = self.correlation_source
-        if source not in ancestors or not path:
-            raise DefinitionError(
-                f"workflow {workflow!r}: wait {self.name!r} takes its correlation id from "
-                f"{self.correlation_from!r}, which must be '<step>.<field>' of a step it comes "
-                "after"
-            )
+        _check_reference(
+            workflow,
+            f"wait {self.name!r} takes its correlation id from",
+            self.correlation_from,
+            ancestors,
+            from_input=False,
+        )
 
 
 # What a child step hands its child workflow as input, computed from the parent's input and the
@@ -188,9 +214,6 @@ class ChildSpec(StepSpec):
 # A map item's stepKey, from the item (pure, like a condition); None numbers items 0, 1, 2, ….
 ItemKey = Callable[[Any], str]
 
-# Where a map's list comes from: "input.<field>[.<field>…]" or "<step>.<field>[.<field>…]".
-INPUT_SOURCE = "input"
-
 
 @dataclass(frozen=True, slots=True)
 class MapSpec(StepSpec):
@@ -210,11 +233,6 @@ class MapSpec(StepSpec):
     tolerate_ratio: float = 0.0
 
     @property
-    def source(self) -> tuple[str, tuple[str, ...]]:
-        source, _, path = self.over.partition(".")
-        return source, tuple(path.split(".")) if path else ()
-
-    @property
     def body(self) -> str:
         return self.step or self.name
 
@@ -226,12 +244,9 @@ class MapSpec(StepSpec):
         return (self.body,)
 
     def check(self, workflow: str, ancestors: frozenset[str]) -> None:
-        source, path = self.source
-        if not path or (source != INPUT_SOURCE and source not in ancestors):
-            raise DefinitionError(
-                f"workflow {workflow!r}: map {self.name!r} is over {self.over!r}, which must be "
-                "'input.<field>' or '<step>.<field>' of a step it comes after"
-            )
+        _check_reference(
+            workflow, f"map {self.name!r} is over", self.over, ancestors, from_input=True
+        )
 
 
 # The longest a sleep may be declared for: longer is a mistake (a unit, a zero too many).
@@ -248,19 +263,14 @@ class SleepSpec(StepSpec):
     duration: timedelta | None = None
     until: str = ""
 
-    @property
-    def source(self) -> tuple[str, tuple[str, ...]]:
-        source, _, path = self.until.partition(".")
-        return source, tuple(path.split(".")) if path else ()
-
     def check(self, workflow: str, ancestors: frozenset[str]) -> None:
-        if not self.until:
-            return
-        source, path = self.source
-        if not path or (source != INPUT_SOURCE and source not in ancestors):
-            raise DefinitionError(
-                f"workflow {workflow!r}: sleep {self.name!r} sleeps until {self.until!r}, which "
-                "must be 'input.<field>' or '<step>.<field>' of a step it comes after"
+        if self.until:
+            _check_reference(
+                workflow,
+                f"sleep {self.name!r} sleeps until",
+                self.until,
+                ancestors,
+                from_input=True,
             )
 
 
@@ -508,7 +518,7 @@ def define_workflow(
         ancestors[step] = frozenset(deps).union(*(ancestors[dep] for dep in deps))
         by_name[step].check(name, ancestors[step])
         spec = by_name[step]
-        if isinstance(spec, MapSpec) and spec.source[0] == INPUT_SOURCE:
+        if isinstance(spec, MapSpec) and split_reference(spec.over)[0] == INPUT_SOURCE:
             _check_list_field(name, spec, input_model)
         if isinstance(spec, SignalWaitSpec) and spec.signal not in declared:
             raise DefinitionError(
@@ -603,7 +613,7 @@ def _check_list_field(workflow: str, spec: MapSpec, model: type[BaseModel]) -> N
     """A map over the input must name a list field of the input model, as far as the model
     says (a field typed `Any` or `dict` is taken on trust and checked at run time)."""
     annotation: Any = model
-    for part in spec.source[1]:
+    for part in split_reference(spec.over)[1]:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return
         fields = {f.alias or field_name: f for field_name, f in annotation.model_fields.items()}

@@ -20,7 +20,6 @@ from typing import Any
 from relayflow.contracts import (
     ErrorInfo,
     EventType,
-    StepCommand,
     StepResult,
     StepResultStatus,
 )
@@ -32,7 +31,7 @@ from relayflow.machine.transition import (
     TimerKind,
     Transition,
 )
-from relayflow.model import StepState, StepStatus, WorkflowStatus, ids
+from relayflow.model import StepState, StepStatus, WorkflowStatus
 from relayflow.workflow import TaskSpec, WorkflowDefinition
 
 # The stepKey of an undo invocation: (workflow, step, "undo") beside the forward (…, "0").
@@ -197,21 +196,14 @@ def _dispatch(step: StepHandle) -> None:
         ),
     )
     step.emit(EventType.STEP_COMPENSATING, attempt=attempt, body=body)
-    workflow = step.workflow
     step.add(
         DispatchStep(
-            StepCommand(
-                message_id=ids.command_id(workflow.id, step.name, UNDO_KEY, attempt),
-                workflow_id=workflow.id,
-                idempotency_key=workflow.idempotency_key,
-                created_at=step.now,
-                workflow_name=workflow.name,
-                step_name=step.name,
+            step.command(
+                UNDO_KEY,
+                attempt,
                 body=body,
-                step_key=UNDO_KEY,
-                attempt=attempt,
                 # What it has to undo: the forward step's input, and its output by its name.
-                input=workflow.input,
+                input=step.workflow.input,
                 dependencies={**step.ancestor_outputs(), step.name: step.state.output},
             )
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from relayflow.contracts import ErrorInfo, EventType, WorkflowEvent
+from relayflow.contracts import ErrorInfo, EventType, StepCommand, WorkflowEvent
 from relayflow.machine.transition import (
     Intent,
     ItemOp,
@@ -21,7 +21,7 @@ from relayflow.machine.transition import (
     Transition,
 )
 from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, ids
-from relayflow.workflow import StepSpec, WorkflowDefinition
+from relayflow.workflow import INPUT_SOURCE, StepSpec, WorkflowDefinition, split_reference
 
 
 def emit(
@@ -78,6 +78,47 @@ class StepHandle:
     def output_of(self, step: str) -> Any:
         """An ancestor's output (the definition checked, at load, that it is one)."""
         return self.workflow.steps[step].output
+
+    def value_at(self, reference: str) -> tuple[bool, Any]:
+        """The value a reference ("input.<field>…" or "<step>.<field>…", checked when the
+        definition loaded) names: (False, None) when a field on the way is missing."""
+        source, path = split_reference(reference)
+        value: Any = self.workflow.input if source == INPUT_SOURCE else self.output_of(source)
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                return False, None
+            value = value[part]
+        return True, value
+
+    def command(
+        self,
+        key: str,
+        attempt: int,
+        *,
+        body: str,
+        input: dict[str, Any],
+        dependencies: dict[str, Any] | None = None,
+        item: Any = None,
+        item_index: int | None = None,
+    ) -> StepCommand:
+        """The StepCommand of attempt `attempt` of this step's invocation `key`, run by `body`
+        (named in the command only when it is not the step's own name)."""
+        workflow = self.workflow
+        return StepCommand(
+            message_id=ids.command_id(workflow.id, self.name, key, attempt),
+            workflow_id=workflow.id,
+            idempotency_key=workflow.idempotency_key,
+            created_at=self.now,
+            workflow_name=workflow.name,
+            step_name=self.name,
+            body=None if body == self.name else body,
+            step_key=key,
+            attempt=attempt,
+            input=input,
+            dependencies=dependencies or {},
+            item=item,
+            item_index=item_index,
+        )
 
     def ancestor_outputs(self) -> dict[str, Any]:
         return {step: self.output_of(step) for step in sorted(self.definition.ancestors[self.name])}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from relayflow.contracts import ErrorInfo, EventType, StepCommand, StepResult, StepResultStatus
+from relayflow.contracts import ErrorInfo, EventType, StepResult, StepResultStatus
 from relayflow.machine.handle import StepHandle
 from relayflow.machine.kinds.base import StepKind
 from relayflow.machine.transition import (
@@ -35,8 +35,8 @@ from relayflow.machine.transition import (
     TimerFired,
     TimerKind,
 )
-from relayflow.model import ItemState, MapProgress, StepStatus, ids
-from relayflow.workflow import INPUT_SOURCE, MapSpec
+from relayflow.model import ItemState, MapProgress, StepStatus
+from relayflow.workflow import MapSpec
 
 # The longest stepKey a message carries.
 MAX_KEY_LENGTH = 200
@@ -188,12 +188,9 @@ def _stale(step: StepHandle, item: ItemState, attempt: int, expected: StepStatus
 def _items(step: StepHandle, spec: MapSpec) -> tuple[ItemState, ...] | ErrorInfo:
     """The map's items from its source, or why they cannot be had (never retried: the same
     outputs give the same list)."""
-    source, path = spec.source
-    value: Any = step.workflow.input if source == INPUT_SOURCE else step.output_of(source)
-    for part in path:
-        if not isinstance(value, dict) or part not in value:
-            return _input_error(step, f"{spec.over} is missing")
-        value = value[part]
+    found, value = step.value_at(spec.over)
+    if not found:
+        return _input_error(step, f"{spec.over} is missing")
     if not isinstance(value, list):
         return _input_error(step, f"{spec.over} is a {type(value).__name__}, not a list")
     if len(value) > spec.max_items:
@@ -274,21 +271,14 @@ def _next_attempt(step: StepHandle, item: ItemState) -> ItemState:
 def _dispatch(step: StepHandle, spec: MapSpec, item: ItemState, *, save: bool) -> None:
     """Send the command of `item`'s current attempt; `save` stores the item's new state (a
     claimed item was stored running by its claim)."""
-    workflow = step.workflow
     if save:
         step.add_item_op(SaveItem(item))
     step.add(
         DispatchStep(
-            StepCommand(
-                message_id=ids.command_id(workflow.id, step.name, item.key, item.attempts),
-                workflow_id=workflow.id,
-                idempotency_key=workflow.idempotency_key,
-                created_at=step.now,
-                workflow_name=workflow.name,
-                step_name=step.name,
-                body=None if spec.body == step.name else spec.body,
-                step_key=item.key,
-                attempt=item.attempts,
+            step.command(
+                item.key,
+                item.attempts,
+                body=spec.body,
                 input={},
                 item=item.item,
                 item_index=item.index,

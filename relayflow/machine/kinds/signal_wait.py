@@ -12,6 +12,7 @@ from typing import Any
 from relayflow.contracts import ErrorInfo, EventType
 from relayflow.machine.handle import StepHandle
 from relayflow.machine.kinds.base import StepKind
+from relayflow.machine.kinds.wait import time_out
 from relayflow.machine.transition import Ignored, TimerFired, TimerKind
 from relayflow.model import StepStatus
 from relayflow.workflow import SignalWaitSpec
@@ -51,17 +52,7 @@ class SignalWait(StepKind):
         return taken is not False
 
     def on_timer(self, step: StepHandle, timer: TimerFired) -> Ignored | None:
-        if timer.kind is not TimerKind.WAIT_TIMEOUT or step.state.status is not StepStatus.WAITING:
-            return Ignored(f"{timer.kind.value} timer for {step.name} #{timer.attempt} is stale")
-        limit = step.spec.timeout.total_seconds() if step.spec.timeout else 0.0
-        step.fail(
-            ErrorInfo(
-                type="WaitTimeout",
-                message=f"no signal {_spec(step).signal!r} within {limit:g}s",
-                retryable=False,
-            )
-        )
-        return None
+        return time_out(step, timer, f"signal {_spec(step).signal!r}")
 
 
 def _spec(step: StepHandle) -> SignalWaitSpec:

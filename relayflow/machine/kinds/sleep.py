@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from relayflow.contracts import ErrorInfo, EventType
 from relayflow.machine.handle import StepHandle
 from relayflow.machine.kinds.base import StepKind
 from relayflow.machine.transition import Ignored, TimerFired, TimerKind
 from relayflow.model import StepStatus
-from relayflow.workflow import INPUT_SOURCE, SleepSpec
+from relayflow.workflow import SleepSpec
 
 
 class Sleep(StepKind):
@@ -54,12 +53,9 @@ def _wake(step: StepHandle) -> None:
 
 
 def _until(step: StepHandle, spec: SleepSpec) -> datetime | ErrorInfo:
-    source, path = spec.source
-    value: Any = step.workflow.input if source == INPUT_SOURCE else step.output_of(source)
-    for part in path:
-        if not isinstance(value, dict) or part not in value:
-            return _error(step, f"{spec.until} is missing")
-        value = value[part]
+    found, value = step.value_at(spec.until)
+    if not found:
+        return _error(step, f"{spec.until} is missing")
     if not isinstance(value, str):
         return _error(step, f"{spec.until} is a {type(value).__name__}, not an ISO 8601 time")
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from relayflow.contracts import (
     ErrorInfo,
     EventType,
-    StepCommand,
     StepResult,
     StepResultStatus,
 )
@@ -20,18 +19,11 @@ from relayflow.machine.transition import (
     TimerFired,
     TimerKind,
 )
-from relayflow.model import StepStatus, ids
+from relayflow.model import StepStatus
 from relayflow.workflow import TaskSpec
 
 # A task runs one invocation; kinds that run many (a map) number them.
 SINGLE_KEY = "0"
-
-
-def _body(step: StepHandle) -> str | None:
-    """The body to name in the command, when it is not the step's own name."""
-    spec = step.spec
-    assert isinstance(spec, TaskSpec)
-    return None if spec.body == step.name else spec.body
 
 
 class Task(StepKind):
@@ -41,20 +33,15 @@ class Task(StepKind):
     def start(self, step: StepHandle) -> None:
         attempt = step.begin_attempt(StepStatus.RUNNING)
         step.emit(EventType.STEP_STARTED, attempt=attempt)
-        workflow = step.workflow
+        spec = step.spec
+        assert isinstance(spec, TaskSpec)
         step.add(
             DispatchStep(
-                StepCommand(
-                    message_id=ids.command_id(workflow.id, step.name, SINGLE_KEY, attempt),
-                    workflow_id=workflow.id,
-                    idempotency_key=workflow.idempotency_key,
-                    created_at=step.now,
-                    workflow_name=workflow.name,
-                    step_name=step.name,
-                    body=_body(step),
-                    step_key=SINGLE_KEY,
-                    attempt=attempt,
-                    input=workflow.input,
+                step.command(
+                    SINGLE_KEY,
+                    attempt,
+                    body=spec.body,
+                    input=step.workflow.input,
                     dependencies=step.ancestor_outputs(),
                 )
             )

@@ -5,7 +5,6 @@ workflow's `signals` and consumed here when the wait begins."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from relayflow.contracts import ErrorInfo, EventType, ExternalReply
 from relayflow.machine.handle import StepHandle
@@ -53,23 +52,21 @@ class Wait(StepKind):
         return False
 
     def on_timer(self, step: StepHandle, timer: TimerFired) -> Ignored | None:
-        if timer.kind is not TimerKind.WAIT_TIMEOUT or step.state.status is not StepStatus.WAITING:
-            return Ignored(f"{timer.kind.value} timer for {step.name} #{timer.attempt} is stale")
-        limit = step.spec.timeout.total_seconds() if step.spec.timeout else 0
-        step.fail(
-            ErrorInfo(
-                type="WaitTimeout",
-                message=f"no reply with correlation id {step.state.correlation_id!r} "
-                f"within {limit:g}s",
-                retryable=False,
-            )
-        )
-        return None
+        return time_out(step, timer, f"reply with correlation id {step.state.correlation_id!r}")
+
+
+def time_out(step: StepHandle, timer: TimerFired, waited_for: str) -> Ignored | None:
+    """A waiting step's wait-timeout timer: it fails for good with WaitTimeout (a timer that
+    comes after the step moved on is stale)."""
+    if timer.kind is not TimerKind.WAIT_TIMEOUT or step.state.status is not StepStatus.WAITING:
+        return Ignored(f"{timer.kind.value} timer for {step.name} #{timer.attempt} is stale")
+    limit = step.spec.timeout.total_seconds() if step.spec.timeout else 0
+    step.fail(
+        ErrorInfo(type="WaitTimeout", message=f"no {waited_for} within {limit:g}s", retryable=False)
+    )
+    return None
 
 
 def _correlation_id(step: StepHandle, spec: WaitSpec) -> str | None:
-    source, path = spec.correlation_source
-    value: Any = step.output_of(source)
-    for part in path:
-        value = value.get(part) if isinstance(value, dict) else None
+    _, value = step.value_at(spec.correlation_from)
     return value if isinstance(value, str) and value else None
