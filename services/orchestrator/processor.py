@@ -46,6 +46,7 @@ from relayflow.model import ItemState, WorkflowState, ids
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, step_key
 from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
 from services.orchestrator import store
+from services.orchestrator.inputs import InputCache
 from services.orchestrator.store import ItemKey, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,20 @@ class BatchResult:
 
 
 class Processor:
-    def __init__(self, registry: WorkflowRegistry, topology: Topology) -> None:
+    def __init__(
+        self,
+        registry: WorkflowRegistry,
+        topology: Topology,
+        *,
+        inputs: InputCache | None = None,
+    ) -> None:
         for definition in registry.all_versions():
             machine.check_supported(definition)
         self._registry = registry
         self._topology = topology
+        # Large inputs of the workflows this process has locked (the caller's lock reads
+        # through it too).
+        self.inputs = inputs or InputCache()
 
     async def apply(
         self,
@@ -96,7 +106,7 @@ class Processor:
         # Everything else acts on existing workflows, locked for the rest of the transaction.
         wanted = {item.workflow_id for item in inputs if not isinstance(item, StartWorkflow)}
         wanted.update(inputs[index].workflow_id for index in deferred)
-        current.update(await store.lock_workflows(conn, wanted - current.keys()))
+        current.update(await store.lock_workflows(conn, wanted - current.keys(), self.inputs))
         for index in deferred:
             start = inputs[index]
             assert isinstance(start, StartWorkflow)
@@ -251,7 +261,6 @@ class Processor:
         items, a finished map's outputs) and apply the answers: returns the item ops those
         produce in turn (a completed map may start another)."""
         writes = [op for op in ops if not isinstance(op, (ClaimItems, CollectItems))]
-        await store.write_items(conn, writes, now)
         claims: dict[tuple[str, str], int] = {}
         for op in ops:
             if isinstance(op, ClaimItems):
@@ -259,7 +268,7 @@ class Processor:
                 claims[key] = claims.get(key, 0) + op.count
         collects = [(op.workflow_id, op.step_name) for op in ops if isinstance(op, CollectItems)]
         answers: list[ItemAnswer] = [
-            *await store.claim_items(conn, claims, now),
+            *await store.write_and_claim(conn, writes, claims, now),
             *await store.collect_items(conn, collects),
         ]
         follow_ups: list[ItemOp] = []

@@ -15,7 +15,14 @@ WITH fresh AS (
 SELECT (SELECT array_agg(message_id) FROM fresh) AS fresh, w.*
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN LATERAL (
-    SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
+    SELECT id, name, status,
+           -- An input the orchestrator holds in memory (same id, same hash) is left out: CASE
+           -- does not detoast the branch it does not take.
+           CASE WHEN input_hash = ($4::text[])[array_position($3::text[], id)] THEN NULL
+                ELSE input END AS input,
+           (input_hash = ($4::text[])[array_position($3::text[], id)]) IS TRUE AS input_cached,
+           pg_column_size(input) AS input_size,
+           input_hash, idempotency_key, steps, signals, output, error,
            last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version
     FROM workflows
     WHERE id = ANY($2::text[])
@@ -24,7 +31,13 @@ LEFT JOIN LATERAL (
 ) AS w ON true;
 
 -- name: lock_workflows
-SELECT id, name, status, input, input_hash, idempotency_key, steps, signals, output, error,
+-- As in claim_and_lock: ids and input hashes of the inputs held in memory are $2 and $3.
+SELECT id, name, status,
+       CASE WHEN input_hash = ($3::text[])[array_position($2::text[], id)] THEN NULL
+            ELSE input END AS input,
+       (input_hash = ($3::text[])[array_position($2::text[], id)]) IS TRUE AS input_cached,
+       pg_column_size(input) AS input_size,
+       input_hash, idempotency_key, steps, signals, output, error,
        last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version
 FROM workflows
 WHERE id = ANY($1::text[])
@@ -183,6 +196,52 @@ WITH picked AS (
 )
 UPDATE step_items AS i
 SET status = 'running', attempts = i.attempts + 1, started_at = $4, finished_at = NULL
+FROM picked
+WHERE i.workflow_id = picked.workflow_id AND i.step_name = picked.step_name
+  AND i.key = picked.key
+RETURNING i.workflow_id, i.step_name, i.key, i.item_index, i.status, i.attempts, i.item,
+          i.output, i.error, i.started_at, i.finished_at;
+
+-- name: save_and_claim_items
+-- save_items and claim_items in one round trip, for the common batch of a map (items ended,
+-- their places refilled). Used only when no save makes an item pending, so that the claim
+-- cannot miss an item the same statement frees; and a row being saved is never also claimed
+-- (two updates of one row in one statement would apply only one).
+WITH saved AS (
+    UPDATE step_items AS i
+    SET status = u.status, attempts = u.attempts, output = u.output, error = u.error,
+        started_at = u.started_at, finished_at = u.finished_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::jsonb[],
+                $7::jsonb[], $8::timestamptz[], $9::timestamptz[])
+         AS u(workflow_id, step_name, key, status, attempts, output, error, started_at,
+              finished_at)
+    WHERE i.workflow_id = u.workflow_id AND i.step_name = u.step_name AND i.key = u.key
+    RETURNING i.workflow_id, i.step_name, i.key, i.status
+), dropped AS (
+    DELETE FROM timers AS t
+    USING saved AS s
+    WHERE s.status IN ('completed', 'failed', 'cancelled')
+      AND t.workflow_id = s.workflow_id AND t.step_name = s.step_name AND t.step_key = s.key
+    RETURNING 1
+), picked AS (
+    SELECT p.workflow_id, p.step_name, p.key
+    FROM unnest($10::text[], $11::text[], $12::integer[]) AS w(workflow_id, step_name, n)
+    CROSS JOIN LATERAL (
+        SELECT i.workflow_id, i.step_name, i.key
+        FROM step_items AS i
+        WHERE i.workflow_id = w.workflow_id AND i.step_name = w.step_name
+          AND i.status = 'pending'
+          AND NOT EXISTS (
+              SELECT 1 FROM saved AS s
+              WHERE s.workflow_id = i.workflow_id AND s.step_name = i.step_name
+                AND s.key = i.key
+          )
+        ORDER BY i.item_index
+        LIMIT w.n
+    ) AS p
+)
+UPDATE step_items AS i
+SET status = 'running', attempts = i.attempts + 1, started_at = $13, finished_at = NULL
 FROM picked
 WHERE i.workflow_id = picked.workflow_id AND i.step_name = picked.step_name
   AND i.key = picked.key

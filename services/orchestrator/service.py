@@ -140,7 +140,9 @@ class Orchestrator:
                     for d in deliveries
                     if not isinstance(d.input, StartWorkflow)
                 ]
-                unseen, locked = await store.claim_and_lock(conn, ids, about)
+                unseen, locked = await store.claim_and_lock(
+                    conn, ids, about, self._processor.inputs
+                )
                 fresh: list[bool] = []
                 for message_id in ids:
                     # The first of several copies in one batch is the fresh one.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from relayflow.machine import (
     TimerKind,
 )
 from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, WorkflowStatus
+from services.orchestrator.inputs import CachedInput, InputCache
 
 QUERIES = Queries.load("services.orchestrator")
 
@@ -34,12 +35,12 @@ class OutboxRow:
     message: OutgoingMessage
 
 
-def _state_from_row(row: Any) -> WorkflowState:
+def _state_from_row(row: Any, pinned: Mapping[str, CachedInput]) -> WorkflowState:
     return WorkflowState(
         id=row["id"],
         name=row["name"],
         status=WorkflowStatus(row["status"]),
-        input=row["input"],
+        input=pinned[row["id"]].value if row["input_cached"] else row["input"],
         input_hash=row["input_hash"],
         idempotency_key=row["idempotency_key"],
         steps={name: StepState.from_json(step) for name, step in row["steps"].items()},
@@ -58,22 +59,51 @@ def _state_from_row(row: Any) -> WorkflowState:
 
 
 async def claim_and_lock(
-    conn: Connection, message_ids: Sequence[str], workflow_ids: Iterable[str]
+    conn: Connection,
+    message_ids: Sequence[str],
+    workflow_ids: Iterable[str],
+    inputs: InputCache | None = None,
 ) -> tuple[set[str], dict[str, WorkflowState]]:
     """Record the message ids in the inbox and lock the workflows they are about, in one round
-    trip: returns the ids not seen before, and the workflows, locked and loaded."""
-    rows = await conn.fetch(QUERIES.claim_and_lock, list(message_ids), sorted(set(workflow_ids)))
+    trip: returns the ids not seen before, and the workflows, locked and loaded (their inputs
+    from `inputs` where it holds them; without one, every input is read)."""
+    wanted = sorted(set(workflow_ids))
+    pinned = inputs.pin(wanted) if inputs is not None else {}
+    rows = await conn.fetch(
+        QUERIES.claim_and_lock, list(message_ids), wanted, *InputCache.hashes(pinned)
+    )
     fresh = set(rows[0]["fresh"] or ()) if rows else set()
-    return fresh, {row["id"]: _state_from_row(row) for row in rows if row["id"] is not None}
+    return fresh, _states(rows, pinned, inputs)
 
 
-async def lock_workflows(conn: Connection, ids: Iterable[str]) -> dict[str, WorkflowState]:
+async def lock_workflows(
+    conn: Connection, ids: Iterable[str], inputs: InputCache | None = None
+) -> dict[str, WorkflowState]:
     """Lock the rows (in id order, so concurrent batches cannot deadlock) and load them."""
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = await conn.fetch(QUERIES.lock_workflows, wanted)
-    return {row["id"]: _state_from_row(row) for row in rows}
+    pinned = inputs.pin(wanted) if inputs is not None else {}
+    rows = await conn.fetch(QUERIES.lock_workflows, wanted, *InputCache.hashes(pinned))
+    return _states(rows, pinned, inputs)
+
+
+def _states(
+    rows: Sequence[Any], pinned: Mapping[str, CachedInput], inputs: InputCache | None
+) -> dict[str, WorkflowState]:
+    states: dict[str, WorkflowState] = {}
+    for row in rows:
+        if row["id"] is None:
+            continue
+        state = _state_from_row(row, pinned)
+        if inputs is None:
+            pass
+        elif row["input_cached"]:
+            inputs.hits += 1
+        else:
+            inputs.offer(state.id, state.input_hash, state.input, row["input_size"])
+        states[state.id] = state
+    return states
 
 
 async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) -> set[str]:
@@ -257,26 +287,7 @@ async def _write_run(conn: Connection, run: Sequence[ItemWrite], now: datetime) 
             [i.item for i in items],
         )
     elif isinstance(first, SaveItem):
-        # One row per item (the last state wins): an UPDATE joining two rows of one item would
-        # apply an arbitrary one.
-        latest = {
-            (op.item.workflow_id, op.item.step_name, op.item.key): op.item
-            for op in run
-            if isinstance(op, SaveItem)
-        }
-        saved = list(latest.values())
-        await conn.execute(
-            QUERIES.save_items,
-            [i.workflow_id for i in saved],
-            [i.step_name for i in saved],
-            [i.key for i in saved],
-            [i.status.value for i in saved],
-            [i.attempts for i in saved],
-            [i.output for i in saved],
-            [i.error for i in saved],
-            [i.started_at for i in saved],
-            [i.finished_at for i in saved],
-        )
+        await conn.execute(QUERIES.save_items, *_save_parameters(run))
     else:
         steps = [
             (op.workflow_id, op.step_name)
@@ -289,6 +300,56 @@ async def _write_run(conn: Connection, run: Sequence[ItemWrite], now: datetime) 
             await conn.execute(
                 QUERIES.cancel_items, [s[0] for s in steps], [s[1] for s in steps], now
             )
+
+
+def _save_parameters(run: Sequence[ItemWrite]) -> list[list[Any]]:
+    # One row per item (the last state wins): an UPDATE joining two rows of one item would
+    # apply an arbitrary one.
+    latest = {
+        (op.item.workflow_id, op.item.step_name, op.item.key): op.item
+        for op in run
+        if isinstance(op, SaveItem)
+    }
+    saved = list(latest.values())
+    return [
+        [i.workflow_id for i in saved],
+        [i.step_name for i in saved],
+        [i.key for i in saved],
+        [i.status.value for i in saved],
+        [i.attempts for i in saved],
+        [i.output for i in saved],
+        [i.error for i in saved],
+        [i.started_at for i in saved],
+        [i.finished_at for i in saved],
+    ]
+
+
+async def write_and_claim(
+    conn: Connection,
+    writes: Sequence[ItemWrite],
+    requests: dict[tuple[str, str], int],
+    now: datetime,
+) -> list[ItemsClaimed]:
+    """`write_items`, then `claim_items`: in one statement when the writes are saves that free
+    no item to be claimed (the usual batch of a running map), else one after the other."""
+    one_statement = (
+        writes
+        and requests
+        and all(isinstance(w, SaveItem) and w.item.status is not StepStatus.PENDING for w in writes)
+    )
+    if not one_statement:
+        await write_items(conn, writes, now)
+        return await claim_items(conn, requests, now)
+    wanted = sorted(requests)
+    rows = await conn.fetch(
+        QUERIES.save_and_claim_items,
+        *_save_parameters(writes),
+        [w[0] for w in wanted],
+        [w[1] for w in wanted],
+        [requests[w] for w in wanted],
+        now,
+    )
+    return _claimed(requests, rows)
 
 
 async def claim_items(
@@ -306,6 +367,11 @@ async def claim_items(
         [requests[w] for w in wanted],
         now,
     )
+    return _claimed(requests, rows)
+
+
+def _claimed(requests: dict[tuple[str, str], int], rows: Sequence[Any]) -> list[ItemsClaimed]:
+    wanted = sorted(requests)
     claimed: dict[tuple[str, str], list[ItemState]] = {w: [] for w in wanted}
     for row in rows:
         item = _item_from_row(row)
