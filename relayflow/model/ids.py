@@ -8,8 +8,9 @@ about, never drawn at random.
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
-from relayflow.contracts.messages import b32
+from relayflow.contracts.messages import BaseMessage, b32
 
 
 def event_id(workflow_id: str, seq: int) -> str:
@@ -56,8 +57,20 @@ def child_result_id(child_id: str, run: int) -> str:
     return f"chr:{child_id}:{run}"
 
 
+# `BaseMessage.messageId`'s limit: every id here must fit it.
+MAX_MESSAGE_ID: Final[int] = BaseMessage.model_json_schema(by_alias=True)["properties"][
+    "messageId"
+]["maxLength"]
+
+
 def signal_id(workflow_id: str, signal_name: str, idempotency_key: str) -> str:
     """A signal sent under an idempotency key: the same key always names the same signal, so
-    the orchestrator's inbox counts a resend once. Hashed, so that any key fits."""
+    the orchestrator's inbox counts a resend once. The key is hashed, so that any key fits; the
+    workflow id and the signal name are spelled out for a reader, unless the id would then be
+    longer than a message id may be: then the whole id is hashed (still one id per input)."""
     digest = hashlib.sha256(f"{workflow_id}\x00{signal_name}\x00{idempotency_key}".encode())
-    return f"sig:{workflow_id}:{signal_name}:{b32(digest.digest()[:16])}"
+    readable = f"sig:{workflow_id}:{signal_name}:{b32(digest.digest()[:16])}"
+    if len(readable) <= MAX_MESSAGE_ID:
+        return readable
+    # One colon, where a readable id has three: the two forms cannot meet.
+    return f"sig:{b32(hashlib.sha256(readable.encode()).digest()[:16])}"
