@@ -21,8 +21,10 @@ gateway's `POST /workflows/{id}/signals/{name}` does. When the workflow is in th
 definition is loaded here, the signal must be one it declares and `--data` must fit that signal's
 model (the error names the field; nothing is sent), and a finished workflow is refused; when it
 is not, the signal is sent unchecked, with a warning, and the orchestrator decides (it
-dead-letters what it cannot take). `--by` is recorded as `sentBy`; `--idempotency-key` derives the
-signal id from the key (`ids.signal_id`, the gateway's scheme), so a resend counts once.
+dead-letters what it cannot take). `--by` is recorded as `sentBy`. `--idempotency-key` names the
+signal id and is recorded with the request as the gateway records it (`relayflow.signal_keys`),
+so a resend counts once and the same key with another payload or sender is refused (the key
+needs the database: without it nothing is sent).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ from relayflow.contracts import (
     new_message_id,
     unstorable,
 )
-from relayflow.model import FINISHED, WorkflowStatus, ids
+from relayflow.model import FINISHED
 from relayflow.settings import Settings
+from relayflow.signal_keys import SignalKeyConflict, signal_message_id, signal_target
 from relayflow.topology import CONTROL_KEY, SIGNAL_KEY, Topology
 from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
 
@@ -255,32 +258,6 @@ async def _publish(
         await channel.close()
 
 
-@dataclass(frozen=True, slots=True)
-class SignalTarget:
-    """What the database says of the workflow a signal is for."""
-
-    name: str
-    version: str | None
-    status: WorkflowStatus
-
-
-# The admin command's one query (it has no package of queries of its own).
-_SIGNAL_TARGET = "SELECT name, version, status FROM workflows WHERE id = $1"
-
-
-async def signal_target(database_url: str, workflow_id: str) -> SignalTarget | None:
-    """The workflow's definition, version and status, or None if the database has no such
-    workflow. Raises OSError or asyncpg's errors when the database cannot be read."""
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        row = await conn.fetchrow(_SIGNAL_TARGET, workflow_id)
-    finally:
-        await conn.close()
-    if row is None:
-        return None
-    return SignalTarget(row["name"], row["version"], WorkflowStatus(row["status"]))
-
-
 def checked_payload(
     definition: WorkflowDefinition, workflow_id: str, signal_name: str, data: Any
 ) -> dict[str, Any]:
@@ -315,47 +292,76 @@ async def prepare_signal(
     args: argparse.Namespace, settings: Settings, warn: Callable[[str], None]
 ) -> SignalWorkflow:
     """The SignalWorkflow the command sends: checked against the workflow's definition when
-    the database knows the workflow and the definition is loaded here; `warn` says otherwise."""
+    the database knows the workflow and the definition is loaded here; `warn` says otherwise.
+    With `--idempotency-key`, its id is the one the key names, the key recorded as the gateway
+    records it (`relayflow.signal_keys`): the same key with another payload or sender is refused,
+    whichever of the two sent it first."""
     try:
         data = json.loads(args.data)
     except json.JSONDecodeError as exc:
         raise AdminError(f"--data is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise AdminError("--data must be a JSON object (the signal's payload)")
-    payload: dict[str, Any] = data
+    key: str | None = args.idempotency_key
     database_url = args.database_url or settings.database_url
     try:
-        target = await signal_target(database_url, args.workflow_id)
+        conn = await asyncpg.connect(database_url, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        warn(f"cannot read the workflow from PostgreSQL ({exc}); sending the signal unchecked")
-        target = None
-    else:
-        if target is None:
-            warn(f"no workflow {args.workflow_id} in the database; sending the signal unchecked")
-    if target is not None:
-        if target.status in FINISHED:
+        if key is not None:
             raise AdminError(
-                f"workflow {args.workflow_id} is {target.status}; a finished workflow ignores "
-                "signals"
+                f"cannot read PostgreSQL ({exc}), where --idempotency-key is recorded; send the "
+                "signal once the database answers, or without the key"
+            ) from exc
+        warn(f"cannot read the workflow from PostgreSQL ({exc}); sending the signal unchecked")
+        return _signal(args, new_message_id(), data)
+    try:
+        payload = await _checked(conn, args, settings, data, warn)
+        try:
+            message_id = await signal_message_id(
+                conn, args.workflow_id, args.signal_name, key, payload=payload, sent_by=args.by
             )
-        registry = WorkflowRegistry.from_modules(settings.workflows)
-        definition = registry.get(target.name, target.version)
-        if definition is None:
-            warn(
-                f"workflow {args.workflow_id} runs {target.name!r} "
-                f"{'version ' + target.version if target.version else ''}, which is not loaded "
-                "here (RELAYFLOW_WORKFLOWS); sending the signal unchecked"
-            )
-        else:
-            payload = checked_payload(definition, args.workflow_id, args.signal_name, data)
-    key: str | None = args.idempotency_key
+        except SignalKeyConflict as exc:
+            raise AdminError(str(exc)) from None
+    finally:
+        await conn.close()
+    return _signal(args, message_id, payload)
+
+
+async def _checked(
+    conn: asyncpg.Connection[Any],
+    args: argparse.Namespace,
+    settings: Settings,
+    data: dict[str, Any],
+    warn: Callable[[str], None],
+) -> dict[str, Any]:
+    """The payload as the run's definition validates it, or `data` unchecked (with a warning)
+    when the database does not know the workflow or its definition is not loaded here."""
+    target = await signal_target(conn, args.workflow_id)
+    if target is None:
+        warn(f"no workflow {args.workflow_id} in the database; sending the signal unchecked")
+        return data
+    if target.status in FINISHED:
+        raise AdminError(
+            f"workflow {args.workflow_id} is {target.status}; a finished workflow ignores signals"
+        )
+    registry = WorkflowRegistry.from_modules(settings.workflows)
+    definition = registry.get(target.name, target.version)
+    if definition is None:
+        warn(
+            f"workflow {args.workflow_id} runs {target.name!r} "
+            f"{'version ' + target.version if target.version else ''}, which is not loaded "
+            "here (RELAYFLOW_WORKFLOWS); sending the signal unchecked"
+        )
+        return data
+    return checked_payload(definition, args.workflow_id, args.signal_name, data)
+
+
+def _signal(args: argparse.Namespace, message_id: str, payload: dict[str, Any]) -> SignalWorkflow:
     try:
         return SignalWorkflow(
-            message_id=new_message_id()
-            if key is None
-            else ids.signal_id(args.workflow_id, args.signal_name, key),
+            message_id=message_id,
             workflow_id=args.workflow_id,
-            idempotency_key=key,
+            idempotency_key=args.idempotency_key,
             signal_name=args.signal_name,
             payload=payload,
             sent_by=args.by,

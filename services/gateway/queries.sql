@@ -1,4 +1,5 @@
--- The gateway's reads and its writes (idempotency keys of starts and of signals).
+-- The gateway's reads and its writes (idempotency keys of starts; those of signals, which
+-- relayflow-admin records too, are relayflow/signal_keys.sql's).
 
 -- name: claim_idempotency_key
 -- First use of a key records the request it stands for; a later use returns nothing here and
@@ -12,23 +13,6 @@ RETURNING workflow_id, request_hash;
 SELECT workflow_id, request_hash
 FROM idempotency_keys
 WHERE workflow_name = $1 AND key = $2;
-
--- name: claim_signal_key
--- As `claim_idempotency_key`, for one signal of one workflow: the key names the signal id.
-INSERT INTO signal_keys (workflow_id, signal_name, key, signal_id, request_hash)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (workflow_id, signal_name, key) DO NOTHING
-RETURNING signal_id, request_hash;
-
--- name: get_signal_key
-SELECT signal_id, request_hash
-FROM signal_keys
-WHERE workflow_id = $1 AND signal_name = $2 AND key = $3;
-
--- name: signal_target
--- What a signal needs to know of its workflow: which definition (and version: a run is pinned
--- to the one it started on), and whether it still runs.
-SELECT name, version, status FROM workflows WHERE id = $1;
 
 -- name: get_workflow
 -- The mailbox is read as counts per signal name: the payloads it keeps are not shown.
@@ -61,19 +45,21 @@ SELECT status, last_seq FROM workflows WHERE id = $1;
 
 -- name: list_workflows
 -- The dashboard's list, newest first. Each filter applies only when its parameter is not null
--- (status $1, name $2, id LIKE pattern $3, keyset cursor $4/$5); parameters are planned per call
--- (custom plans), so each combination uses its index: workflows_status_created_id_idx,
--- workflows_name_created_idx, workflows_id_pattern_idx or workflows_created_at_idx.
-SELECT id, name, status, created_at, updated_at, finished_at, last_seq, error,
+-- (status $1, name $2, version $3, id LIKE pattern $4, keyset cursor $5/$6); parameters are
+-- planned per call (custom plans), so each combination uses its index:
+-- workflows_status_created_id_idx, workflows_name_created_idx, workflows_name_version_idx,
+-- workflows_id_pattern_idx or workflows_created_at_idx.
+SELECT id, name, status, created_at, updated_at, finished_at, last_seq, error, version,
        (SELECT coalesce(jsonb_object_agg(s.key, s.value -> 'status'), '{}'::jsonb)
         FROM jsonb_each(steps) AS s) AS step_statuses
 FROM workflows
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR name = $2)
-  AND ($3::text IS NULL OR id LIKE $3)
-  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::text))
+  AND ($3::text IS NULL OR version = $3)
+  AND ($4::text IS NULL OR id LIKE $4)
+  AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::text))
 ORDER BY created_at DESC, id DESC
-LIMIT $6;
+LIMIT $7;
 
 -- name: first_items
 -- The first $3 items of each map step $2 of workflow $1, in item order: one indexed range scan

@@ -12,30 +12,27 @@ The payload sent is the one the model validated (normalised, by alias). `sentBy`
 `X-Relayflow-Sender` header says, or null: the gateway does not authenticate its callers yet, so
 it is shown as the sender's claim.
 
-Idempotency: with an `Idempotency-Key` the signal id is `ids.signal_id(workflow, signal, key)`,
-so a resend is the same message and the orchestrator's inbox counts it once. The first use of a
-key is recorded in `signal_keys` (migration 0009) with the hash of the request (payload and
-sender); the same key with another request is a 409, as for starts. The checks here are a
-courtesy: the orchestrator checks the signal again when it applies it (a workflow may finish in
-between, and then ignores it).
+Idempotency: with an `Idempotency-Key` the signal id is the one the key names, and its first
+use is recorded with the request's hash (`relayflow.signal_keys`, shared with `relayflow-admin
+workflows signal`): a resend is the same message, which the orchestrator's inbox counts once; the
+same key with another request is a 409, as for starts. The checks here are a courtesy: the
+orchestrator checks the signal again when it applies it (a workflow may finish in between, and
+then ignores it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from relayflow.amqp import OutgoingMessage
-from relayflow.contracts import SignalWorkflow, new_message_id
-from relayflow.model import ids
+from relayflow.contracts import SignalWorkflow
+from relayflow.signal_keys import SignalKeyConflict
 from relayflow.topology import SIGNAL_KEY
 from services.gateway import checks
 from services.gateway.checks import InputError
@@ -45,22 +42,6 @@ from services.gateway.responses import error_response, model_response
 from services.gateway.state import GatewayState, gateway_state
 
 log = logging.getLogger(__name__)
-
-# `BaseMessage.messageId`'s limit.
-MAX_MESSAGE_ID: int = SignalWorkflow.model_json_schema(by_alias=True)["properties"]["messageId"][
-    "maxLength"
-]
-
-
-def signal_message_id(workflow_id: str, signal_name: str, key: str | None) -> str:
-    """Random without a key; with one, the id the key names (the admin command's too)."""
-    return new_message_id() if key is None else ids.signal_id(workflow_id, signal_name, key)
-
-
-def signal_hash(payload: dict[str, Any], sent_by: str | None) -> str:
-    """What a signal's idempotency key is bound to: the validated payload and the sender."""
-    request = {"payload": payload, "sentBy": sent_by}
-    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def declared(names: list[str]) -> str:
@@ -83,28 +64,12 @@ async def signal_workflow(request: Request) -> Response:
         raise InputError(
             409, f"the workflow is {target.status}; a finished workflow takes no signals"
         )
-    signal_id = signal_message_id(workflow_id, signal_name, key)
-    if len(signal_id) > MAX_MESSAGE_ID:
-        # `ids.signal_id` spells the workflow id and the name in full: a 128-character id with
-        # a long name does not fit a message id.
-        raise InputError(
-            400,
-            f"a signal id derived from an Idempotency-Key would be {len(signal_id)} characters "
-            f"for this workflow id and signal name (at most {MAX_MESSAGE_ID}); send the signal "
-            "without the key",
+    try:
+        signal_id = await state.store.signal_message_id(
+            workflow_id, signal_name, key, payload=payload, sent_by=sent_by
         )
-    if key is not None:
-        wanted = signal_hash(payload, sent_by)
-        record = await state.store.claim_signal_key(
-            workflow_id, signal_name, key, signal_id, wanted
-        )
-        if record.request_hash != wanted:
-            raise InputError(
-                409,
-                f"Idempotency-Key {key!r} was already used for signal {signal_name!r} of this "
-                "workflow with a different payload or sender; use a new key for a different "
-                "signal",
-            )
+    except SignalKeyConflict as exc:
+        raise InputError(409, str(exc)) from None
     message = SignalWorkflow(
         message_id=signal_id,
         workflow_id=workflow_id,

@@ -8,8 +8,10 @@ from typing import Any
 
 import asyncpg
 
+from relayflow import signal_keys
 from relayflow.db import Queries
 from relayflow.model import ItemState, StepStatus, WorkflowStatus
+from relayflow.signal_keys import SignalTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,21 +19,6 @@ class KeyRecord:
     workflow_id: str
     request_hash: str
     created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SignalKeyRecord:
-    signal_id: str
-    request_hash: str
-    created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SignalTarget:
-    name: str
-    # The definition's version the run is pinned to; None for a run from before versions.
-    version: str | None
-    status: WorkflowStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +56,8 @@ class ListFilter:
     id_prefix: str | None = None
     # Keyset cursor: rows strictly older than (created_at, id).
     before: tuple[datetime, str] | None = None
+    # The definition's version the runs are pinned to.
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +71,7 @@ class SummaryRow:
     last_seq: int
     error: Any
     step_statuses: dict[str, str]
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,26 +101,24 @@ class GatewayStore:
             raise RuntimeError(f"idempotency key {key!r} conflicted but cannot be read")
         return KeyRecord(row["workflow_id"], row["request_hash"], created=False)
 
-    async def claim_signal_key(
-        self, workflow_id: str, signal_name: str, key: str, signal_id: str, request_hash: str
-    ) -> SignalKeyRecord:
-        """Record a signal's key, or return what it was first used for."""
+    async def signal_message_id(
+        self,
+        workflow_id: str,
+        signal_name: str,
+        key: str | None,
+        *,
+        payload: dict[str, Any],
+        sent_by: str | None,
+    ) -> str:
+        """`relayflow.signal_keys.signal_message_id` on a pooled connection."""
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                self._q.claim_signal_key, workflow_id, signal_name, key, signal_id, request_hash
+            return await signal_keys.signal_message_id(
+                conn, workflow_id, signal_name, key, payload=payload, sent_by=sent_by
             )
-            if row is not None:
-                return SignalKeyRecord(row["signal_id"], row["request_hash"], created=True)
-            row = await conn.fetchrow(self._q.get_signal_key, workflow_id, signal_name, key)
-        if row is None:  # pragma: no cover - keys are never deleted while the gateway runs
-            raise RuntimeError(f"signal key {key!r} conflicted but cannot be read")
-        return SignalKeyRecord(row["signal_id"], row["request_hash"], created=False)
 
     async def signal_target(self, workflow_id: str) -> SignalTarget | None:
-        row = await self._pool.fetchrow(self._q.signal_target, workflow_id)
-        if row is None:
-            return None
-        return SignalTarget(row["name"], row["version"], WorkflowStatus(row["status"]))
+        async with self._pool.acquire() as conn:
+            return await signal_keys.signal_target(conn, workflow_id)
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         row = await self._pool.fetchrow(self._q.get_workflow, workflow_id)
@@ -173,6 +161,7 @@ class GatewayStore:
             self._q.list_workflows,
             where.status,
             where.name,
+            where.version,
             pattern,
             before_at,
             before_id,
@@ -189,6 +178,7 @@ class GatewayStore:
                 last_seq=row["last_seq"],
                 error=row["error"],
                 step_statuses=row["step_statuses"] or {},
+                version=row["version"],
             )
             for row in rows
         ]

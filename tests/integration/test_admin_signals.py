@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,20 @@ import aio_pika
 import asyncpg
 import pytest
 
-from relayflow.contracts import SignalWorkflow, decode, new_workflow_id
+from relayflow.contracts import (
+    SignalWorkflow,
+    StartWorkflow,
+    decode,
+    new_message_id,
+    new_workflow_id,
+)
 from relayflow.model import ids
 from relayflow.settings import Settings
 from relayflow.topology import SIGNAL_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
-from tests.integration.gateway_harness import WITH_TEST_WORKFLOWS
+from services.orchestrator import store
+from services.orchestrator.processor import BatchResult, Input, Processor
+from tests.integration.gateway_harness import WITH_TEST_WORKFLOWS, WORKFLOWS, running_gateway
 from tests.support import get_messages
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,3 +179,124 @@ async def test_a_workflow_the_database_does_not_know_is_signalled_unchecked_with
             {"any": 1},
             None,
         )
+
+
+async def apply(
+    pool: asyncpg.Pool[Any], processor: Processor, inputs: list[StartWorkflow | SignalWorkflow]
+) -> BatchResult:
+    """One batch through the orchestrator's processor as its consumer runs it: the message ids
+    claimed in the inbox first, and only those it has not seen applied."""
+    async with pool.acquire() as conn, conn.transaction():
+        about = [item.workflow_id for item in inputs if not isinstance(item, StartWorkflow)]
+        unseen, locked = await store.claim_and_lock(
+            conn, [item.message_id for item in inputs], about
+        )
+        applied: list[Input] = [item for item in inputs if item.message_id in unseen]
+        return await processor.apply(conn, applied, datetime.now(UTC), locked=locked)
+
+
+async def signal_rows(pool: asyncpg.Pool[Any], workflow_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT signal_name, key, signal_id FROM signal_keys WHERE workflow_id = $1", workflow_id
+    )
+
+
+async def test_a_repeated_send_with_the_same_key_is_one_signal(
+    settings: Settings,
+    pool: asyncpg.Pool[Any],
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+) -> None:
+    """An operator who runs the command again (a timeout, a doubt) must not signal twice, and
+    the same key for another payload is refused like the gateway refuses it: the admin command
+    did not record its keys, so a resend with another payload went out under the first id (the
+    inbox dropped it without a word) and the gateway took the key as new."""
+    processor = Processor(WorkflowRegistry(WORKFLOWS), topology)
+    workflow_id = new_workflow_id()
+    start = StartWorkflow(
+        message_id=new_message_id(),
+        workflow_id=workflow_id,
+        workflow_name="review",
+        input={"subject": "a raise"},
+    )
+    await apply(pool, processor, [start])
+    send = ("workflows", "signal", workflow_id, "note", "--data", '{"text": "memo"}')
+    first = await admin(settings, *send, "--by", "ops", "--idempotency-key", "k-1")
+    again = await admin(settings, *send, "--by", "ops", "--idempotency-key", "k-1")
+    assert first[0] == again[0] == 0, (first, again)
+    expected = ids.signal_id(workflow_id, "note", "k-1")
+    sent = [
+        decode(message.body)
+        async for message in get_messages(channel, topology.orchestrator_queue, count=2)
+    ]
+    assert [message.message_id for message in sent] == [expected, expected]
+    assert [(row["key"], row["signal_id"]) for row in await signal_rows(pool, workflow_id)] == [
+        ("k-1", expected)
+    ]
+    # Applied as the orchestrator applies them, one batch each: one signal.
+    for message in sent:
+        assert isinstance(message, SignalWorkflow)
+        await apply(pool, processor, [message])
+    received = await pool.fetchval(
+        "SELECT count(*) FROM workflow_events WHERE workflow_id = $1 AND event = $2",
+        workflow_id,
+        "signal.received",
+    )
+    assert received == 1
+    assert (
+        await pool.fetchval(
+            "SELECT jsonb_array_length(mailbox -> 'note') FROM workflows WHERE id = $1", workflow_id
+        )
+        == 1
+    )
+
+    # The same key for another payload: refused, whether the admin command or the gateway
+    # sends it; nothing goes out.
+    other = await admin(
+        settings, *send[:-1], '{"text": "other"}', "--by", "ops", "--idempotency-key", "k-1"
+    )
+    assert other[0] == 1, other
+    assert "Idempotency-Key 'k-1' was already used" in other[2]
+    async with running_gateway(settings, workflows=WITH_TEST_WORKFLOWS) as gateway:
+        refused = await gateway.client.post(
+            f"/workflows/{workflow_id}/signals/note",
+            json={"text": "memo"},
+            headers={"Idempotency-Key": "k-1", "X-Relayflow-Sender": "someone else"},
+        )
+        assert refused.status_code == 409, refused.text
+        resent = await gateway.client.post(
+            f"/workflows/{workflow_id}/signals/note",
+            json={"text": "memo"},
+            headers={"Idempotency-Key": "k-1", "X-Relayflow-Sender": "ops"},
+        )
+        assert resent.status_code == 202, resent.text
+        assert resent.json()["signalId"] == expected
+    [copy] = [
+        decode(message.body)
+        async for message in get_messages(channel, topology.orchestrator_queue, count=1)
+    ]
+    assert copy.message_id == expected
+    assert await queued(channel, topology) == 0
+
+
+async def test_a_key_needs_the_database(
+    settings: Settings, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """Without the record, the same key could later be taken for another payload: a keyed send
+    that cannot reach PostgreSQL sends nothing and says why."""
+    code, out, err = await admin(
+        settings,
+        "--database-url",
+        "postgresql://nobody@127.0.0.1:1/none",
+        "workflows",
+        "signal",
+        new_workflow_id(),
+        "note",
+        "--data",
+        '{"text": "memo"}',
+        "--idempotency-key",
+        "k-1",
+    )
+    assert code == 1, (out, err)
+    assert "--idempotency-key is recorded" in err
+    assert await queued(channel, topology) == 0
