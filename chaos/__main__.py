@@ -48,6 +48,12 @@ def parse(argv: Sequence[str] | None) -> Config:
         help="fraction of the mapped workflows that are batchImport (the others: ledgerMap)",
     )
     parser.add_argument(
+        "--approval",
+        type=float,
+        default=DEFAULT_MIX.approval,
+        help="fraction of the workflows that are approval (signals, compensation); 0: none",
+    )
+    parser.add_argument(
         "--items",
         default=f"{DEFAULT_MIX.min_items}-{DEFAULT_MIX.max_items}",
         help="items per mapped workflow, MIN-MAX (or one number)",
@@ -65,8 +71,10 @@ def parse(argv: Sequence[str] | None) -> Config:
         parser.error(f"--items takes MIN-MAX, not {args.items!r}")
     if not 1 <= min_items <= max_items:
         parser.error("--items needs 1 <= MIN <= MAX")
-    if not (0 <= args.mapped <= 1 and 0 <= args.batch_import <= 1):
-        parser.error("--mapped and --batch-import are fractions in [0, 1]")
+    if not (0 <= args.mapped <= 1 and 0 <= args.batch_import <= 1 and 0 <= args.approval <= 1):
+        parser.error("--mapped, --batch-import and --approval are fractions in [0, 1]")
+    if args.mapped + args.approval > 1:
+        parser.error("--mapped and --approval together are at most 1")
     if args.spare_orchestrator_amqp:
         faults = tuple(f for f in faults if f != "restart-broker")
     logging.basicConfig(
@@ -87,6 +95,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         spare_orchestrator_amqp=args.spare_orchestrator_amqp,
         mix=Mix(
             mapped=args.mapped,
+            approval=args.approval,
             batch_import=args.batch_import,
             min_items=min_items,
             max_items=max_items,

@@ -6,9 +6,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relayflow.model import ids
+from relayflow.model import FINISHED, ids
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+# Every status a run ends in (`compensated` and `compensation_failed` too).
+TERMINAL = frozenset(str(status) for status in FINISHED)
 PROGRESS_EVENT = "step.progress"
 ITEM_EVENT = "step.item."
 
@@ -175,3 +176,160 @@ def count_by(items: Iterable[str]) -> dict[str, int]:
     for item in items:
         counts[item] = counts.get(item, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# -- approval ------------------------------------------------------------------------------
+
+# The bodies whose effect `approval_ledger` counts, and the undo of each compensable step.
+UNDO_OF = {"reserve": "release", "charge": "refund"}
+# The stepKeys of a task's forward invocation and of its undo.
+FORWARD_KEY = "0"
+UNDO_KEY = "undo"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedSignal:
+    """A `signal.received` event of a run, as `workflow_events` holds it."""
+
+    seq: int
+    signal_id: str
+    approved: bool | None
+    by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRun:
+    """What one `approval` run was sent and asked for, and what the database holds of it."""
+
+    workflow_id: str
+    fail_at: str | None
+    # Every signal id the run's plan names (one per key), and those a send of which was
+    # confirmed by the broker or accepted (202) by the gateway.
+    planned_signals: frozenset[str]
+    confirmed_signals: frozenset[str]
+    status: str | None
+    output: Any
+    # Effect -> its count in `approval_ledger` (the step bodies' own rows).
+    ledger: Mapping[str, int]
+    # (step, stepKey) -> status of its row in `step_invocations` (the step service's).
+    invocations: Mapping[tuple[str, str], str]
+    # The `outcome` step's recorded output (the decision as the step service saw it).
+    outcome: Any
+    received: Sequence[ReceivedSignal]  # in seq order
+    wait_started_seq: int | None  # `step.started` of `decision`
+    # Of our signal ids, those the orchestrator's inbox took in (applied, or ignored as late).
+    inboxed: frozenset[str]
+
+
+@dataclass(slots=True)
+class ApprovalVerdict:
+    """Built up run by run (`judge_approvals`)."""
+
+    # Confirmed or accepted signals that the orchestrator never took in.
+    lost: list[tuple[str, str]] = field(default_factory=list)
+    # (workflow, effect or "signal <id>", count) counted more than once.
+    duplicated: list[tuple[str, str, int]] = field(default_factory=list)
+    # (workflow, what): an effect the run should not have (an undo of a step that never
+    # completed), a signal no one sent.
+    unexpected: list[tuple[str, str]] = field(default_factory=list)
+    missing_effects: list[tuple[str, str]] = field(default_factory=list)
+    # (workflow, status, expected status) given its decision and failAt.
+    wrong_status: list[tuple[str, str | None, str]] = field(default_factory=list)
+    # Completed runs whose output or outcome step is not the decision they took.
+    wrong_outputs: list[str] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    compensated_undos: int = 0
+    signals_confirmed: int = 0
+    signals_received: int = 0
+    # Received before the wait began (kept, then taken) or while it waited.
+    signals_before_wait: int = 0
+    signals_while_waiting: int = 0
+    # Confirmed and taken in, but the run had ended: ignored, as it should be.
+    signals_after_end: int = 0
+
+
+def expected_approval(fail_at: str | None, approved: bool | None) -> tuple[str, dict[str, int]]:
+    """The status and `approval_ledger` effects of a run, given its `failAt` and the decision
+    it took (the first signal it received; None: none)."""
+    if fail_at == "reserve":
+        return "failed", {}
+    if approved is None:
+        return "<a decision>", {"reserve": 1}
+    if not approved:
+        # `releaseRejected` gives the reservation back and the run completes (not an undo).
+        return "completed", {"reserve": 1, "release": 1}
+    if fail_at == "charge":
+        return "compensated", {"reserve": 1, "release": 1}
+    if fail_at == "notify":
+        return "compensated", {"reserve": 1, "charge": 1, "refund": 1, "release": 1}
+    return "completed", {"reserve": 1, "charge": 1, "notify": 1}
+
+
+def judge_approvals(runs: Iterable[ApprovalRun]) -> ApprovalVerdict:
+    verdict = ApprovalVerdict()
+    for run in runs:
+        _judge_approval(run, verdict)
+    for name in ("lost", "duplicated", "unexpected", "missing_effects", "wrong_status"):
+        getattr(verdict, name).sort()
+    verdict.wrong_outputs.sort()
+    return verdict
+
+
+def _judge_approval(run: ApprovalRun, verdict: ApprovalVerdict) -> None:
+    status = run.status or "<none>"
+    verdict.statuses[status] = verdict.statuses.get(status, 0) + 1
+    _judge_signals(run, verdict)
+    # The decision the wait took: the first signal received (kept ones are taken oldest first).
+    decision = run.received[0] if run.received and run.fail_at != "reserve" else None
+    want_status, want_effects = expected_approval(
+        run.fail_at, decision.approved if decision else None
+    )
+    if status != want_status:
+        verdict.wrong_status.append((run.workflow_id, run.status, want_status))
+    _judge_effects(run, want_effects, verdict)
+    if status == "completed" and decision is not None:
+        taken = {"approved": decision.approved, "by": decision.by}
+        if run.output != taken or run.outcome != taken:
+            verdict.wrong_outputs.append(run.workflow_id)
+
+
+def _judge_signals(run: ApprovalRun, verdict: ApprovalVerdict) -> None:
+    """Each signal id counted once, only ours, none that was confirmed dropped unseen."""
+    wf = run.workflow_id
+    counts = count_by(signal.signal_id for signal in run.received)
+    verdict.duplicated.extend((wf, f"signal {s}", n) for s, n in counts.items() if n > 1)
+    verdict.unexpected.extend((wf, f"signal {s}") for s in counts if s not in run.planned_signals)
+    verdict.lost.extend((wf, s) for s in sorted(run.confirmed_signals - run.inboxed - set(counts)))
+    verdict.signals_confirmed += len(run.confirmed_signals)
+    verdict.signals_received += len(counts)
+    verdict.signals_after_end += len((run.confirmed_signals & run.inboxed) - set(counts))
+    for signal in run.received:
+        if run.wait_started_seq is None or signal.seq < run.wait_started_seq:
+            verdict.signals_before_wait += 1
+        else:
+            verdict.signals_while_waiting += 1
+
+
+def _judge_effects(run: ApprovalRun, want: Mapping[str, int], verdict: ApprovalVerdict) -> None:
+    """The step bodies' own ledger: each effect once, as the decision implies; no undo of a step
+    that never completed (by the ledger and by the step service's rows); every completed
+    compensable step of a compensated run undone."""
+    wf = run.workflow_id
+    for effect in sorted(set(run.ledger) | set(want)):
+        count = run.ledger.get(effect, 0)
+        if count > 1:
+            verdict.duplicated.append((wf, effect, count))
+        if count and not want.get(effect):
+            verdict.unexpected.append((wf, effect))
+        elif not count and want.get(effect):
+            verdict.missing_effects.append((wf, effect))
+    compensated = run.status == "compensated"
+    for step, undo in UNDO_OF.items():
+        if run.ledger.get(undo, 0) and not run.ledger.get(step, 0):
+            verdict.unexpected.append((wf, f"{undo} without {step}"))
+        undone = run.invocations.get((step, UNDO_KEY))
+        if undone is not None and run.invocations.get((step, FORWARD_KEY)) != "succeeded":
+            verdict.unexpected.append((wf, f"undo of {step}, which never succeeded"))
+        if compensated and run.ledger.get(step) and undone != "succeeded":
+            verdict.missing_effects.append((wf, f"undo of {step}"))
+        verdict.compensated_undos += compensated and undone == "succeeded"

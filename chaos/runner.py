@@ -5,7 +5,9 @@ PostgreSQL cluster (`tests.tools.private_services`), each service behind its own
 the machine's shared broker and database are never touched. The workload (`chaos.workload`) is
 mostly `ledgerFlow` (`tests.tools.ledger`: four transactional steps, each counting its committed
 side effect), with a fraction of mapped workflows beside it: `ledgerMap`
-(`tests.tools.ledger_map`: every item counts its effect under its stepKey) and `batchImport`.
+(`tests.tools.ledger_map`: every item counts its effect under its stepKey) and `batchImport`,
+and a fraction of `approval` runs, each sent its `decision` signal by a task of its own
+(`Chaos.signal`) at the moments and over the routes (broker or gateway) its plan names.
 """
 
 from __future__ import annotations
@@ -23,20 +25,39 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import asyncpg
 import httpx
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from chaos.checks import (
+    TERMINAL,
+    ApprovalRun,
+    ApprovalVerdict,
     History,
     ParentLink,
+    ReceivedSignal,
     count_by,
     judge,
+    judge_approvals,
     map_stream_violation,
     stream_violation,
 )
-from chaos.workload import MAP_ITEM_STEPS, NOTIFY_STEP, STEP_QUEUES, TASK_KEY, Mix, Planned, plan
-from relayflow.topology import RESULT_KEY, START_KEY, step_key
+from chaos.workload import (
+    DECISION,
+    MAP_ITEM_STEPS,
+    NOTIFY_STEP,
+    STEP_QUEUES,
+    TASK_KEY,
+    Mix,
+    Moment,
+    Planned,
+    Route,
+    Send,
+    plan,
+)
+from relayflow.contracts import TERMINAL_EVENTS, SignalWorkflow, encode
+from relayflow.topology import RESULT_KEY, SIGNAL_KEY, START_KEY, step_key
 from tests.support import read_sse
 from tests.tools.cluster import Cluster, running_cluster
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit
@@ -55,6 +76,15 @@ FAULTS = (
     "reorder",
     "malformed",
 )
+
+# The applications the cluster serves beside its defaults (`tests.tools.cluster`).
+APPS = {
+    "RELAYFLOW_WORKFLOWS": "apps.approval.workflows",
+    "RELAYFLOW_STEP_MODULES": "apps.approval.steps",
+}
+_ENDING_EVENTS = frozenset(str(event) for event in TERMINAL_EVENTS)
+# What the harness's own queries meet while PostgreSQL restarts or is cut.
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +122,15 @@ class Observed:
     captured: list[tuple[str, aio_pika.Message]] = field(default_factory=list)
     # Copies of map items' commands and results published again (duplicated or reordered).
     item_replays: int = 0
+    # approval runs: the signal ids a send of which was confirmed (broker) or accepted (202).
+    confirmed_signals: dict[str, set[str]] = field(default_factory=dict)
+    # Sends by route, and how they ended: "confirmed", "finished" (409: the run had ended),
+    # "refused" (any other 4xx: a check fails), "unsent" (gave up retrying).
+    signal_sends: dict[str, int] = field(default_factory=dict)
+    signal_outcomes: dict[str, int] = field(default_factory=dict)
+    signal_refusals: list[str] = field(default_factory=list)
+    # Why sends were tried again (a gateway's status, the broker unreachable or unconfirmed).
+    signal_retries: dict[str, int] = field(default_factory=dict)
 
 
 class Chaos:
@@ -105,6 +144,8 @@ class Chaos:
         self.rng = random.Random(config.seed)  # noqa: S311 - chaos, not cryptography
         self.seen = Observed()
         self.subscribers: list[asyncio.Task[None]] = []
+        # One task per accepted approval run, sending its decision signals.
+        self.signallers: list[asyncio.Task[None]] = []
         # Set once a subscriber's stream has delivered an event.
         self.streaming: dict[str, asyncio.Event] = {}
         total = config.workflows + self.wave_size()
@@ -176,6 +217,8 @@ class Chaos:
                 response = None
             if response is not None and response.status_code == 202:
                 workflow_id: str = response.json()["workflowId"]
+                if planned.approval is not None and workflow_id not in self.seen.accepted:
+                    self.signallers.append(asyncio.create_task(self.signal(client, planned)))
                 self.seen.accepted.add(workflow_id)
                 self.seen.latest = workflow_id
                 if planned.index in self.followed:
@@ -207,16 +250,134 @@ class Chaos:
                             item = data.get("stepKey") if isinstance(data, dict) else None
                             seen.append((str(event.get("event", "")), item))
                             self.streaming.setdefault(workflow_id, asyncio.Event()).set()
-                        if event.get("event") in (
-                            "workflow.completed",
-                            "workflow.failed",
-                            "workflow.cancelled",
-                        ):
+                        if event.get("event") in _ENDING_EVENTS:
                             self.seen.stream_ended[workflow_id] = True
                             return
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 pass
             await asyncio.sleep(0.5)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    async def signal(self, client: httpx.AsyncClient, planned: Planned) -> None:
+        """Send an approval run its decision signals as its plan says: each at its moment (as
+        soon as the run exists, once its wait has begun, or right after the send before it),
+        over its route, retried (under the same key, so the same signal) until the broker
+        confirms it or the gateway accepts it — or says the run has ended."""
+        assert planned.approval is not None
+        workflow_id = planned.workflow_id
+        for send in planned.approval.sends:
+            if send.moment is not Moment.NEXT:
+                await self._until(workflow_id, waiting=send.moment is Moment.WAITING)
+            # The planned offset from that moment (the workload's schedule, like the spread of
+            # the starts: no condition to wait for).
+            await asyncio.sleep(send.delay)
+            outcome = await self._send(client, workflow_id, send)
+            _bump(self.seen.signal_sends, str(send.route))
+            _bump(self.seen.signal_outcomes, outcome)
+            if outcome == "confirmed":
+                self.seen.confirmed_signals.setdefault(workflow_id, set()).add(
+                    send.signal_id(workflow_id)
+                )
+
+    async def _until(self, workflow_id: str, *, waiting: bool) -> None:
+        """Until the run's row exists, or (`waiting`) its wait has begun or it has ended,
+        read from the database directly (it may be restarting: then asked again). Polled
+        often: an early signal should beat the run's first step to its wait."""
+        query = """
+            SELECT w.status, EXISTS (
+                SELECT 1 FROM workflow_events e
+                WHERE e.workflow_id = w.id AND e.event = 'step.started'
+                  AND e.body ->> 'stepName' = $2
+            ) AS waiting
+            FROM workflows w WHERE w.id = $1
+        """
+        while True:
+            try:
+                row = await self.cluster.db().fetchrow(query, workflow_id, DECISION)
+            except _DB_ERRORS:
+                row = None
+            else:
+                if row is not None and (not waiting or row["waiting"] or row["status"] in TERMINAL):
+                    return
+            await asyncio.sleep(0.02 if not waiting else 0.1)
+
+    async def _send(self, client: httpx.AsyncClient, workflow_id: str, send: Send) -> str:
+        for attempt in range(60):
+            if send.route is Route.GATEWAY:
+                outcome = await self._send_through_gateway(client, workflow_id, send)
+            else:
+                outcome = await self._send_on_broker(workflow_id, send)
+            if outcome is not None:
+                return outcome
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        return "unsent"
+
+    async def _send_through_gateway(
+        self, client: httpx.AsyncClient, workflow_id: str, send: Send
+    ) -> str | None:
+        """POST /workflows/{id}/signals/decision; None: try again (same key)."""
+        try:
+            response = await client.post(
+                f"{self.cluster.base_url}/workflows/{workflow_id}/signals/{DECISION}",
+                json=send.payload(),
+                headers={"Idempotency-Key": send.key, "X-Relayflow-Sender": send.by},
+            )
+        except httpx.TransportError:
+            _bump(self.seen.signal_retries, "gateway unreachable")
+            return None
+        if response.status_code == 202:
+            return "confirmed"
+        if response.status_code == 409 and "finished workflow" in response.text:
+            return "finished"
+        if response.status_code >= 500 or (
+            response.status_code == 404 and "no workflow with id" in response.text
+        ):
+            # 503: the broker did not confirm; 500: the database did not answer (a restart).
+            # 404: not seen yet. Asked again under the same key: the same signal.
+            _bump(self.seen.signal_retries, f"gateway {response.status_code}")
+            return None
+        self.seen.signal_refusals.append(f"{response.status_code}: {response.text[:200]}")
+        return "refused"
+
+    async def _send_on_broker(self, workflow_id: str, send: Send) -> str | None:
+        """A SignalWorkflow on `workflow.signal`, confirmed and mandatory; None: try again
+        (same message id)."""
+        message = SignalWorkflow(
+            message_id=send.signal_id(workflow_id),
+            workflow_id=workflow_id,
+            idempotency_key=send.key,
+            signal_name=DECISION,
+            payload=send.payload(),
+            sent_by=send.by,
+        )
+        try:
+            connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+        except Exception:  # the broker may be restarting: try again
+            _bump(self.seen.signal_retries, "broker unreachable")
+            return None
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = await channel.get_exchange(self.cluster.topology.exchange, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(
+                    encode(message),
+                    message_id=message.message_id,
+                    type=message.type,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=SIGNAL_KEY,
+                mandatory=True,
+                timeout=5,
+            )
+        except Exception:  # not confirmed (a restart, a cut): try again, same message id
+            _bump(self.seen.signal_retries, "broker unconfirmed")
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        return "confirmed"
 
     # -- capturing messages to duplicate and reorder ---------------------------------------
 
@@ -224,7 +385,7 @@ class Chaos:
         channel = await connection.channel()
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
         exchange = self.cluster.topology.exchange
-        for key in (START_KEY, RESULT_KEY, *(step_key(s) for s in STEP_QUEUES)):
+        for key in (START_KEY, RESULT_KEY, SIGNAL_KEY, *(step_key(s) for s in STEP_QUEUES)):
             await queue.bind(exchange, routing_key=key)
 
         async def keep(message: AbstractIncomingMessage) -> None:
@@ -346,7 +507,7 @@ class Chaos:
             b'{"type": "StartWorkflow", "messageId": "m"}',
             b'{"type": "NoSuchMessage", "messageId": "x", "workflowId": "wf_x"}',
         ]
-        keys = [START_KEY, RESULT_KEY, *(step_key(s) for s in STEP_QUEUES)]
+        keys = [START_KEY, RESULT_KEY, SIGNAL_KEY, *(step_key(s) for s in STEP_QUEUES)]
         try:
             connection, exchange = await self._publisher()
         except Exception:
@@ -388,9 +549,7 @@ class Chaos:
         accepted = sorted(self.seen.accepted)
         while loop.time() < deadline:
             statuses = await self.cluster.statuses(accepted)
-            if len(statuses) == len(accepted) and all(
-                s in ("completed", "failed", "cancelled") for s in statuses.values()
-            ):
+            if len(statuses) == len(accepted) and all(s in TERMINAL for s in statuses.values()):
                 last = await self.cluster.db().fetchval(
                     "SELECT extract(epoch FROM max(finished_at)) FROM workflows"
                 )
@@ -491,6 +650,108 @@ async def holdings(cluster: Cluster) -> Holdings:
     )
 
 
+# What an approval run left: its effects (the bodies' own rows), its invocations (the step
+# service's rows), its decision as its `outcome` step recorded it, and what its history says
+# of its signals and its wait.
+_APPROVAL_LEDGER = "SELECT workflow_id, effect, count FROM approval_ledger"
+_APPROVAL_INVOCATIONS = """
+SELECT workflow_id, step_name, step_key, status, output FROM step_invocations
+WHERE workflow_id = ANY($1)
+"""
+_APPROVAL_EVENTS = """
+SELECT workflow_id, seq, event, body -> 'data' AS data FROM workflow_events
+WHERE workflow_id = ANY($1)
+  AND (event = 'signal.received' OR (event = 'step.started' AND body ->> 'stepName' = $2))
+ORDER BY workflow_id, seq
+"""
+_INBOXED = "SELECT message_id FROM inbox WHERE message_id = ANY($1)"
+
+
+async def approval_runs(cluster: Cluster, seen: Observed, held: Holdings) -> list[ApprovalRun]:
+    """Every approval run we started, as the database holds it."""
+    plans = {wf: p for wf, p in seen.planned.items() if p.approval is not None}
+    if not plans:
+        return []
+    db = cluster.db()
+    ids = sorted(plans)
+    ledger: dict[str, dict[str, int]] = {wf: {} for wf in ids}
+    for row in await db.fetch(_APPROVAL_LEDGER):
+        ledger.setdefault(row["workflow_id"], {})[row["effect"]] = int(row["count"])
+    invocations: dict[str, dict[tuple[str, str], str]] = {wf: {} for wf in ids}
+    outcomes: dict[str, Any] = {}
+    for row in await db.fetch(_APPROVAL_INVOCATIONS, ids):
+        invocations[row["workflow_id"]][(row["step_name"], row["step_key"])] = row["status"]
+        if row["step_name"] == "outcome" and row["status"] == "succeeded":
+            outcomes[row["workflow_id"]] = row["output"]
+    received: dict[str, list[ReceivedSignal]] = {wf: [] for wf in ids}
+    wait_started: dict[str, int] = {}
+    for row in await db.fetch(_APPROVAL_EVENTS, ids, DECISION):
+        data = row["data"] if isinstance(row["data"], dict) else {}
+        if row["event"] != "signal.received":
+            wait_started.setdefault(row["workflow_id"], int(row["seq"]))
+            continue
+        payload = data.get("payload")
+        payload = payload if isinstance(payload, dict) else {}
+        received[row["workflow_id"]].append(
+            ReceivedSignal(
+                seq=int(row["seq"]),
+                signal_id=str(data.get("signalId")),
+                approved=payload.get("approved"),
+                by=payload.get("by"),
+            )
+        )
+    approvals = {wf: p.approval for wf, p in plans.items() if p.approval is not None}
+    planned_ids = {
+        wf: frozenset(send.signal_id(wf) for send in a.sends) for wf, a in approvals.items()
+    }
+    everyone = sorted(set().union(*planned_ids.values()))
+    inboxed = {row["message_id"] for row in await db.fetch(_INBOXED, everyone)}
+    return [
+        ApprovalRun(
+            workflow_id=wf,
+            fail_at=approvals[wf].fail_at,
+            planned_signals=planned_ids[wf],
+            confirmed_signals=frozenset(seen.confirmed_signals.get(wf, ())),
+            status=held.statuses.get(wf),
+            output=held.outputs.get(wf),
+            ledger=ledger.get(wf, {}),
+            invocations=invocations[wf],
+            outcome=outcomes.get(wf),
+            received=received[wf],
+            wait_started_seq=wait_started.get(wf),
+            inboxed=frozenset(planned_ids[wf] & inboxed),
+        )
+        for wf in ids
+        if wf in seen.accepted
+    ]
+
+
+def _approval_report(verdict: ApprovalVerdict, runs: int, seen: Observed) -> dict[str, Any]:
+    return {
+        "approval_runs": runs,
+        "approval_statuses": dict(sorted(verdict.statuses.items())),
+        "approval_lost": len(verdict.lost),
+        "approval_duplicated": len(verdict.duplicated),
+        "approval_unexpected": len(verdict.unexpected),
+        "approval_missing_effects": len(verdict.missing_effects),
+        "approval_wrong_status": len(verdict.wrong_status),
+        "approval_wrong_outputs": len(verdict.wrong_outputs),
+        "approval_undos": verdict.compensated_undos,
+        "signal_sends": dict(sorted(seen.signal_sends.items())),
+        "signal_send_outcomes": dict(sorted(seen.signal_outcomes.items())),
+        "signal_send_retries": dict(sorted(seen.signal_retries.items())),
+        "signals_confirmed": verdict.signals_confirmed,
+        "signals_received": verdict.signals_received,
+        "signals_before_wait": verdict.signals_before_wait,
+        "signals_while_waiting": verdict.signals_while_waiting,
+        "signals_after_end": verdict.signals_after_end,
+    }
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
 async def _nothing() -> AsyncIterator[dict[str, Any]]:
     return
     yield
@@ -507,9 +768,14 @@ async def run(config: Config) -> dict[str, Any]:
     async with (
         PrivateRabbit() as rabbit,
         PrivatePostgres() as postgres,
-        running_cluster(rabbit, postgres, log_dir, extra_env=env) as cluster,
+        running_cluster(rabbit, postgres, log_dir, extra_env=env, start=False) as cluster,
         httpx.AsyncClient(timeout=10) as client,
     ):
+        # The cluster's own workflows and step modules, and approval's beside them.
+        defaults = cluster.env_for("orchestrator")
+        for variable, module in APPS.items():
+            cluster.extra_env[variable] = f"{defaults[variable]},{module}"
+        await cluster.start_all(client)
         chaos = Chaos(cluster, rabbit, postgres, config)
         observer = await aio_pika.connect_robust(rabbit.url)
         try:
@@ -520,6 +786,13 @@ async def run(config: Config) -> dict[str, Any]:
             last_fault = chaos.seen.faults[-1][0] if chaos.seen.faults else started
             await chaos.submit_wave(client)
             last_completion = await chaos.settle(client)
+            # Each run is terminal, so its signaller has sent all (or met the end): a moment.
+            if chaos.signallers:
+                _, stuck = await asyncio.wait(chaos.signallers, timeout=60)
+                for task in stuck:
+                    task.cancel()
+                if stuck:
+                    chaos.seen.signal_outcomes["unfinished"] = len(stuck)
             # Streams still open end by themselves after their workflow's terminal event.
             if chaos.subscribers:
                 _, late = await asyncio.wait(chaos.subscribers, timeout=30)
@@ -527,6 +800,7 @@ async def run(config: Config) -> dict[str, Any]:
                     task.cancel()
             end_state = await chaos.quiescent()
             held = await holdings(cluster)
+            approvals = await approval_runs(cluster, chaos.seen, held)
         finally:
             await observer.close()
     planned = chaos.seen.planned
@@ -536,7 +810,7 @@ async def run(config: Config) -> dict[str, Any]:
             accepted=frozenset(chaos.seen.accepted),
             statuses=held.statuses,
             effects=held.effects,
-            expected={wf: p.effects for wf, p in planned.items()},
+            expected={wf: p.effects for wf, p in planned.items() if p.approval is None},
             expected_outputs={wf: p.output for wf, p in planned.items() if p.output is not None},
             outputs=held.outputs,
             parents=held.parents,
@@ -554,6 +828,15 @@ async def run(config: Config) -> dict[str, Any]:
         )
     }
     mapped = [p for p in planned.values() if p.mapped]
+    approval = judge_approvals(approvals)
+    signal_problems = [
+        *chaos.seen.signal_refusals,
+        *(
+            f"{n} send(s) {outcome}"
+            for outcome, n in chaos.seen.signal_outcomes.items()
+            if n and outcome in ("unsent", "unfinished")
+        ),
+    ]
     checks = {
         "lost": len(verdict.lost) == 0,
         "duplicated": len(verdict.duplicated) == 0,
@@ -565,6 +848,13 @@ async def run(config: Config) -> dict[str, Any]:
         "outbox_empty": end_state["outbox"] == 0,
         "dead_letters": end_state["dead_letters"] == chaos.seen.malformed,
         "sse": not stream_problems,
+        "approval_lost": not approval.lost,
+        "approval_duplicated": not approval.duplicated,
+        "approval_unexpected": not approval.unexpected,
+        "approval_missing_effects": not approval.missing_effects,
+        "approval_status": not approval.wrong_status,
+        "approval_outputs": not approval.wrong_outputs,
+        "signals_sent": not signal_problems,
     }
     report: dict[str, Any] = {
         "ok": all(checks.values()),
@@ -589,6 +879,7 @@ async def run(config: Config) -> dict[str, Any]:
         "item_messages_replayed": chaos.seen.item_replays,
         "item_retries": held.item_retries,
         "unacknowledged_started": verdict.unacknowledged_started,
+        **_approval_report(approval, len(approvals), chaos.seen),
         "queues_drained": checks["queues_drained"],
         "busy_queues": end_state["busy_queues"],
         "outbox": end_state["outbox"],
@@ -613,6 +904,13 @@ async def run(config: Config) -> dict[str, Any]:
             "missing_effects": verdict.missing_effects[:3],
             "stray_effects": verdict.stray_effects[:3],
             "wrong_outputs": verdict.wrong_outputs[:3],
+            "approval_lost": approval.lost[:3],
+            "approval_duplicated": approval.duplicated[:3],
+            "approval_unexpected": approval.unexpected[:3],
+            "approval_missing_effects": approval.missing_effects[:3],
+            "approval_wrong_status": approval.wrong_status[:3],
+            "approval_wrong_outputs": approval.wrong_outputs[:3],
+            "signal_problems": signal_problems[:3],
         },
         "elapsed_s": round(time.time() - started, 1),
         "logs": str(log_dir),

@@ -4,8 +4,12 @@ Most workflows are `ledgerFlow` (`tests.tools.ledger`: four counted steps). A fr
 mapped: mostly `ledgerMap` (`tests.tools.ledger_map`: a map whose every item counts its effect
 under its stepKey in the same ledger, so a duplicate shows as a 2), some `batchImport`
 (`apps.batch_import`: one `imported_items` row per sku, half of them notifying through a child
-`notification` workflow). The plan is a pure function of the seed and the index, so a seed
-names the same workload whatever the timing.
+`notification` workflow). Another fraction is `approval` (`apps.approval`: reserve, wait for a
+`decision` signal, charge, cool down, notify; undone by `release` / `refund` when a later step
+fails): each run is sent its decision once, or twice under one key, or under two keys (the
+second sometimes disagreeing), at planned moments and over planned routes, and some are asked
+(`failAt`) to fail after steps completed, so that compensation runs. The plan is a pure function
+of the seed and the index, so a seed names the same workload whatever the timing.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from relayflow.contracts import workflow_id_for_key
+from relayflow.model import ids
 from tests.tools import ledger, ledger_map
 
 BATCH_IMPORT = "batchImport"
@@ -26,11 +32,43 @@ NOTIFY_STEP = "sendNotification"
 # The stepKey of a step that is not a map's item.
 TASK_KEY = "0"
 
+APPROVAL = "approval"
+DECISION = "decision"
+# The bodies of `approval` (a step queue each: the undos `release` and `refund` too).
+APPROVAL_BODIES = ("reserve", "release", "charge", "refund", "notify", "outcome")
+# The steps `failAt` can name (`apps.approval.workflows.FailAt`).
+FAIL_AT = ("reserve", "charge", "notify")
+
 # The map steps whose invocations are items.
 MAP_ITEM_STEPS = (ledger_map.ITEM_STEP, BATCH_ITEM_STEP)
+MAPPED_NAMES = (ledger_map.WORKFLOW_NAME, BATCH_IMPORT)
 # Every step queue the workload's commands travel on (captured, duplicated, drained).
-STEP_QUEUES = (*ledger.STEP_NAMES, *ledger_map.STEP_NAMES, *BATCH_STEPS)
-WORKFLOW_NAMES = (ledger.WORKFLOW_NAME, ledger_map.WORKFLOW_NAME, BATCH_IMPORT)
+STEP_QUEUES = (*ledger.STEP_NAMES, *ledger_map.STEP_NAMES, *BATCH_STEPS, *APPROVAL_BODIES)
+WORKFLOW_NAMES = (ledger.WORKFLOW_NAME, ledger_map.WORKFLOW_NAME, BATCH_IMPORT, APPROVAL)
+
+
+class Route(StrEnum):
+    """How a signal is sent: the two paths users have."""
+
+    BROKER = "broker"  # a SignalWorkflow published on `workflow.signal`
+    GATEWAY = "gateway"  # POST /workflows/{id}/signals/decision
+
+
+class Moment(StrEnum):
+    """When a signal is sent, relative to its run."""
+
+    # As soon as the run exists (its row is in the database): most likely before its wait.
+    EARLY = "early"
+    # Once its wait has begun (`step.started` of `decision`).
+    WAITING = "waiting"
+    # Right after the send before it was confirmed.
+    NEXT = "next"
+
+
+class Pattern(StrEnum):
+    ONCE = "once"
+    SAME_KEY_TWICE = "same-key-twice"
+    TWO_KEYS = "two-keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +76,35 @@ class Mix:
     """How much of the workload is mapped, and how big a map is."""
 
     mapped: float = 0.2  # of all workflows
+    approval: float = 0.15  # of all workflows
     batch_import: float = 0.34  # of the mapped ones; the others are ledgerMap
     min_items: int = 20
     max_items: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """One send of a decision: one signal (one key) is sent once, or twice over two sends."""
+
+    key: str  # its Idempotency-Key; the message id is derived from it
+    approved: bool
+    by: str
+    moment: Moment
+    route: Route
+    delay: float  # seconds after its moment
+
+    def payload(self) -> dict[str, Any]:
+        return {"approved": self.approved, "by": self.by}
+
+    def signal_id(self, workflow_id: str) -> str:
+        return ids.signal_id(workflow_id, DECISION, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalPlan:
+    pattern: Pattern
+    fail_at: str | None
+    sends: tuple[Send, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +121,8 @@ class Planned:
     output: Any
     # A mapped workflow's item keys, in item order (the stepKeys of its item events).
     item_keys: tuple[str, ...] = ()
+    # An `approval` run's signals and failure (its effects depend on the decision it takes).
+    approval: ApprovalPlan | None = None
 
     @property
     def workflow_id(self) -> str:
@@ -64,7 +130,7 @@ class Planned:
 
     @property
     def mapped(self) -> bool:
-        return self.name != ledger.WORKFLOW_NAME
+        return self.name in MAPPED_NAMES
 
     @property
     def items(self) -> int:
@@ -74,7 +140,10 @@ class Planned:
 def plan(seed: int, index: int, mix: Mix) -> Planned:
     rng = random.Random(f"{seed}:{index}")  # noqa: S311 - a workload, not a secret
     key = f"chaos-{seed}-{index}-{uuid.uuid4().hex[:8]}"
-    if rng.random() >= mix.mapped:
+    kind = rng.random()
+    if kind < mix.approval:
+        return _approval(rng, index, key)
+    if kind >= mix.approval + mix.mapped:
         return Planned(
             index=index,
             name=ledger.WORKFLOW_NAME,
@@ -117,4 +186,50 @@ def plan(seed: int, index: int, mix: Mix) -> Planned:
         ),
         output={"tag": key, "keys": keys},
         item_keys=tuple(keys),
+    )
+
+
+def _approval(rng: random.Random, index: int, key: str) -> Planned:
+    """An `approval` run: a decision (approved 70 %), and one run in two asked to fail after
+    steps completed (`notify`: after charge and its cooldown; `charge`: after reserve) or before
+    any did (`reserve`)."""
+    fail_at = rng.choices([None, "notify", "charge", "reserve"], weights=[50, 25, 15, 10])[0]
+    pattern = rng.choice(list(Pattern))
+    approved = rng.random() < 0.7
+
+    def delay(moment: Moment) -> float:
+        # Early ones go at once: the run reaches its wait within tens of milliseconds.
+        return 0.0 if moment is Moment.EARLY else rng.uniform(0.0, 0.5)
+
+    def send(n: int, moment: Moment, agrees: bool = True) -> Send:
+        return Send(
+            key=f"{key}-decision-{n}",
+            approved=approved if agrees else not approved,
+            by=f"chaos-{n}",
+            moment=moment,
+            route=rng.choice(list(Route)),
+            delay=delay(moment),
+        )
+
+    first = send(1, rng.choice([Moment.EARLY, Moment.WAITING]))
+    if pattern is Pattern.ONCE:
+        sends: tuple[Send, ...] = (first,)
+    elif pattern is Pattern.SAME_KEY_TWICE:
+        # The same signal again (one key, one payload), maybe over the other route.
+        moment = rng.choice(list(Moment))
+        again = Send(
+            first.key, first.approved, first.by, moment, rng.choice(list(Route)), delay(moment)
+        )
+        sends = (first, again)
+    else:
+        sends = (first, send(2, rng.choice(list(Moment)), agrees=rng.random() < 0.5))
+    return Planned(
+        index=index,
+        name=APPROVAL,
+        key=key,
+        input={"requestId": key, "amount": rng.randint(1, 1000), "failAt": fail_at},
+        # What it commits depends on the decision it takes: `chaos.checks.judge_approvals`.
+        effects=frozenset(),
+        output=None,
+        approval=ApprovalPlan(pattern=pattern, fail_at=fail_at, sends=sends),
     )

@@ -1,5 +1,6 @@
 """The bounded chaos suite, as CI runs it: a few hundred workflows under random faults, one in
-five of them mapped (`ledgerMap`, `batchImport`, 20 to 50 items each)."""
+five of them mapped (`ledgerMap`, `batchImport`, 20 to 50 items each) and about one in seven
+`approval` (decision signals at random moments and over both routes, some runs compensating)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from chaos.checks import History, ParentLink, judge, map_stream_violation
+from chaos.checks import (
+    ApprovalRun,
+    History,
+    ParentLink,
+    ReceivedSignal,
+    judge,
+    judge_approvals,
+    map_stream_violation,
+)
 from relayflow.model import ids
 from tests.tools.cluster import ROOT
 
@@ -33,9 +42,10 @@ BOUNDED = [
 @pytest.mark.timeout(900)
 async def test_bounded_chaos_run_loses_duplicates_and_invents_nothing() -> None:
     """The promise in numbers: under kills, restarts, cuts, duplicated, reordered and malformed
-    messages, lost = duplicated = unexpected = 0 — for mapped workflows too, item by item —
-    queues drain, the outbox empties, dead letters are exactly the malformed messages, and
-    reconnecting SSE clients see every event once."""
+    messages, lost = duplicated = unexpected = 0 — for mapped workflows too, item by item, and
+    for approval runs, signal by signal and undo by undo — queues drain, the outbox empties,
+    dead letters are exactly the malformed messages, and reconnecting SSE clients see every
+    event once."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -58,6 +68,15 @@ async def test_bounded_chaos_run_loses_duplicates_and_invents_nothing() -> None:
     ), report
     # The mapped workload really ran: some maps completed, item by item.
     assert report["mapped_completed"] > 0, report
+    approval = {
+        name: report[f"approval_{name}"]
+        for name in ("lost", "duplicated", "unexpected", "missing_effects", "wrong_status")
+    }
+    assert set(approval.values()) == {0}, report
+    assert report["approval_wrong_outputs"] == 0, report
+    # And the approval workload: runs, undos (the seed plans runs that must compensate).
+    assert report["approval_runs"] > 0, report
+    assert report["approval_undos"] > 0, report
     assert report["ok"], report
     assert process.returncode == 0
 
@@ -144,3 +163,123 @@ def test_mapped_streams_carry_item_keys_and_progress() -> None:
     assert map_stream_violation([("step.progress", None)], keys, completed=True) is None
     assert map_stream_violation([("step.item.failed", "k9")], keys, completed=False)
     assert map_stream_violation([("step.started", None)], keys, completed=True)
+
+
+# The approval checks, on made-up runs.
+
+APPROVAL_WF = "wf_approval"
+SIGNAL_1 = ids.signal_id(APPROVAL_WF, "decision", "key-1")
+SIGNAL_2 = ids.signal_id(APPROVAL_WF, "decision", "key-2")
+
+APPROVED = ApprovalRun(
+    workflow_id=APPROVAL_WF,
+    fail_at=None,
+    planned_signals=frozenset({SIGNAL_1, SIGNAL_2}),
+    confirmed_signals=frozenset({SIGNAL_1, SIGNAL_2}),
+    status="completed",
+    output={"approved": True, "by": "ada"},
+    ledger={"reserve": 1, "charge": 1, "notify": 1},
+    invocations={("reserve", "0"): "succeeded", ("charge", "0"): "succeeded"},
+    outcome={"approved": True, "by": "ada"},
+    received=[
+        ReceivedSignal(seq=2, signal_id=SIGNAL_1, approved=True, by="ada"),
+        ReceivedSignal(seq=5, signal_id=SIGNAL_2, approved=False, by="bob"),
+    ],
+    wait_started_seq=4,
+    inboxed=frozenset({SIGNAL_1, SIGNAL_2}),
+)
+
+
+def _run(**changes: Any) -> ApprovalRun:
+    return dataclasses.replace(APPROVED, **changes)
+
+
+def test_an_approval_decided_by_its_first_signal_passes() -> None:
+    """Two keys, the second disagreeing and later: the first decides, the second is kept
+    unused; one kept before the wait and one taken while it waited."""
+    verdict = judge_approvals([_run()])
+    assert (verdict.lost, verdict.duplicated, verdict.unexpected) == ([], [], [])
+    assert (verdict.missing_effects, verdict.wrong_status, verdict.wrong_outputs) == ([], [], [])
+    assert (verdict.signals_before_wait, verdict.signals_while_waiting) == (1, 1)
+
+
+def test_a_signal_counted_twice_dropped_or_unknown_is_reported() -> None:
+    """Counted once per key: the same id twice is a duplicate, a confirmed id the inbox never
+    took is lost, an id no one sent is unexpected."""
+    stranger = ids.signal_id(APPROVAL_WF, "decision", "nobody")
+    verdict = judge_approvals(
+        [
+            _run(
+                received=[
+                    ReceivedSignal(seq=2, signal_id=SIGNAL_1, approved=True, by="ada"),
+                    ReceivedSignal(seq=5, signal_id=SIGNAL_1, approved=True, by="ada"),
+                    ReceivedSignal(seq=6, signal_id=stranger, approved=True, by="eve"),
+                ],
+                inboxed=frozenset({SIGNAL_1}),
+            )
+        ]
+    )
+    assert verdict.duplicated == [(APPROVAL_WF, f"signal {SIGNAL_1}", 2)]
+    assert verdict.lost == [(APPROVAL_WF, SIGNAL_2)]
+    assert verdict.unexpected == [(APPROVAL_WF, f"signal {stranger}")]
+
+
+def test_a_late_signal_to_an_ended_run_is_not_lost() -> None:
+    """A confirmed signal the inbox took after the run had ended is ignored, as it should be."""
+    verdict = judge_approvals([_run(received=APPROVED.received[:1])])
+    assert verdict.lost == []
+    assert verdict.signals_after_end == 1
+
+
+def test_the_status_and_effects_follow_the_decision_and_fail_at() -> None:
+    """Approved with `notify` failing: compensated, each undo once; a run that completed
+    instead, or undid twice, or refunded what it never charged, is reported."""
+    compensating = _run(
+        fail_at="notify",
+        status="compensated",
+        ledger={"reserve": 1, "charge": 1, "refund": 1, "release": 1},
+        invocations={
+            ("reserve", "0"): "succeeded",
+            ("charge", "0"): "succeeded",
+            ("reserve", "undo"): "succeeded",
+            ("charge", "undo"): "succeeded",
+        },
+    )
+    clean = judge_approvals([compensating])
+    assert (clean.duplicated, clean.unexpected, clean.missing_effects) == ([], [], [])
+    assert clean.compensated_undos == 2
+    assert judge_approvals([dataclasses.replace(compensating, status="completed")]).wrong_status
+    twice = judge_approvals(
+        [dataclasses.replace(compensating, ledger={**compensating.ledger, "release": 2})]
+    )
+    assert twice.duplicated == [(APPROVAL_WF, "release", 2)]
+    never_charged = judge_approvals(
+        [
+            dataclasses.replace(
+                compensating,
+                fail_at="charge",
+                ledger={"reserve": 1, "refund": 1, "release": 1},
+                invocations={**compensating.invocations, ("charge", "0"): "failed"},
+            )
+        ]
+    )
+    assert (APPROVAL_WF, "refund without charge") in never_charged.unexpected
+    assert (APPROVAL_WF, "undo of charge, which never succeeded") in never_charged.unexpected
+
+
+def test_a_rejection_completes_with_the_reservation_released() -> None:
+    """Rejected (whatever `failAt`, which then never runs): completed, `release` once, and the
+    output is the decision taken."""
+    rejected = _run(
+        fail_at="notify",
+        received=[ReceivedSignal(seq=3, signal_id=SIGNAL_2, approved=False, by="bob")],
+        inboxed=frozenset({SIGNAL_2}),
+        confirmed_signals=frozenset({SIGNAL_2}),
+        ledger={"reserve": 1, "release": 1},
+        output={"approved": False, "by": "bob"},
+        outcome={"approved": False, "by": "bob"},
+    )
+    verdict = judge_approvals([rejected])
+    assert (verdict.wrong_status, verdict.unexpected, verdict.wrong_outputs) == ([], [], [])
+    wrong = judge_approvals([dataclasses.replace(rejected, output={"approved": True, "by": "ada"})])
+    assert wrong.wrong_outputs == [APPROVAL_WF]
