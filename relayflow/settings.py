@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_PROCESS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def split_csv(value: object) -> object:
@@ -36,10 +38,16 @@ class Settings(BaseSettings):
     # Modules that define workflows with `define_workflow`; importing them registers nothing
     # globally, each must expose `WORKFLOWS`.
     workflows: Annotated[list[str], NoDecode] = [
-        "workflows.form_submission",
+        "apps.form_submission.workflows",
         "apps.batch_import.workflows",
         "apps.approval.workflows",
     ]
+    # The applications' own processes that the run command (`relayflow-run`) starts beside the
+    # core services, as name=module (run with `python -m`), comma-separated:
+    # RELAYFLOW_APP_PROCESSES=external=apps.form_submission.external; empty: none.
+    app_processes: Annotated[dict[str, str], NoDecode] = {
+        "external": "apps.form_submission.external",
+    }
     queue_type: str = "quorum"
     # Backstop against poison messages that crash a consumer before it can dead-letter them.
     delivery_limit: int = Field(default=20, ge=1)
@@ -53,6 +61,21 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
+
+    @field_validator("app_processes", mode="before")
+    @classmethod
+    def _processes(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        processes: dict[str, str] = {}
+        for part in filter(None, (part.strip() for part in value.split(","))):
+            name, _, module = (side.strip() for side in part.partition("="))
+            if not _PROCESS.match(name) or not _MODULE.match(module):
+                raise ValueError(
+                    f"expected name=module (a module run with python -m), got {part!r}"
+                )
+            processes[name] = module
+        return processes
 
     @field_validator("namespace")
     @classmethod

@@ -22,12 +22,12 @@ import asyncpg
 
 from relayflow.settings import Settings
 
-# The services, in start order: name shown in the logs -> module run with `python -m`.
+# The core services, in start order: name shown in the logs -> module run with `python -m`. The
+# applications' own processes (`RELAYFLOW_APP_PROCESSES`) start after them.
 SERVICES: dict[str, str] = {
     "gateway": "services.gateway",
     "orchestrator": "services.orchestrator",
     "steps": "services.steps",
-    "external": "services.external",
 }
 _COLOURS = ("36", "35", "33", "32", "34", "31")
 _SELF = "run"
@@ -196,30 +196,44 @@ async def _stop_all(
     await tasks[0]
 
 
+def programs(settings: Settings) -> dict[str, str]:
+    """What the run command starts: the core services, then the applications' processes."""
+    clashes = sorted(set(SERVICES) & set(settings.app_processes))
+    if clashes:
+        raise ValueError(f"RELAYFLOW_APP_PROCESSES reuses the core services' names {clashes}")
+    return {**SERVICES, **settings.app_processes}
+
+
 def main(argv: list[str] | None = None) -> None:
+    settings = Settings()
     parser = argparse.ArgumentParser(prog="relayflow-run", description=__doc__)
+    try:
+        available = programs(settings)
+    except ValueError as exc:
+        parser.error(str(exc))
     parser.add_argument(
         "--only",
         type=lambda v: [name.strip() for name in v.split(",") if name.strip()],
-        default=list(SERVICES),
-        help=f"comma-separated services to run (default: all of {','.join(SERVICES)})",
+        default=list(available),
+        help=f"comma-separated services to run (default: all of {','.join(available)})",
     )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait on stop")
     parser.add_argument(
         "--check", action="store_true", help="only check that RabbitMQ and PostgreSQL answer"
     )
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.only) - set(SERVICES))
+    unknown = sorted(set(args.only) - set(available))
     if unknown or not args.only:
-        parser.error(f"unknown services {unknown}; choose from {','.join(SERVICES)}")
-    settings = Settings()
+        parser.error(f"unknown services {unknown}; choose from {','.join(available)}")
     # aiormq logs every failed connection attempt itself; check_services explains it better.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     host = os.environ.get("RELAYFLOW_GATEWAY_HOST", "127.0.0.1")
     port = int(os.environ.get("RELAYFLOW_GATEWAY_PORT", "8000"))
     gateway = ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)  # noqa: S104
     commands = {
-        name: [sys.executable, "-m", SERVICES[name]] for name in SERVICES if name in args.only
+        name: [sys.executable, "-m", module]
+        for name, module in available.items()
+        if name in args.only
     }
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
 

@@ -1,8 +1,8 @@
 """Workflow definitions: a named DAG of steps, written as code.
 
-    FORM_SUBMISSION = define_workflow(
-        "formSubmission",
-        input_model=ContactForm,
+    ORDER = define_workflow(
+        "order",
+        input_model=OrderRequest,
         steps=[
             task("validate"),
             task("persist", after=["validate"]),

@@ -14,7 +14,7 @@ class StepServiceSettings(Settings):
     # Modules whose `steps` registries this service loads.
     step_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
-            "services.steps.form_submission",
+            "apps.form_submission.steps",
             "apps.batch_import.steps",
             "apps.approval.steps",
         ]

@@ -182,7 +182,7 @@ def test_inputs_document_what_postgresql_cannot_store() -> None:
     open — or a client that trusts them is refused what they allow."""
     document = build_openapi(
         WorkflowRegistry.from_modules(
-            ["workflows.form_submission", "tests.integration.gateway_harness"]
+            ["apps.form_submission.workflows", "tests.integration.gateway_harness"]
         )
     )
     freeform = _validator(document, "Freeform")

@@ -17,12 +17,16 @@ import aio_pika
 import httpx
 import pytest
 
+from relayflow import supervisor
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from tests.support import delete_topology, unique_name, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "orchestrator", "steps", "external")
+# Each service and the module it runs as (`python -m`), as the run command starts them: the core's
+# and formSubmission's external system.
+MODULES = {**supervisor.SERVICES, "external": "apps.form_submission.external"}
+SERVICES = tuple(MODULES)
 
 
 def free_port() -> int:
@@ -47,7 +51,7 @@ class System:
         self.processes[service] = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            f"services.{service}",
+            MODULES[service],
             cwd=ROOT,
             env=self.env,
             stdout=log,

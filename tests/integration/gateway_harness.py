@@ -87,7 +87,7 @@ WORKFLOWS = [
         output_from="decide",
     ),
 ]
-WITH_TEST_WORKFLOWS = ["workflows.form_submission", __name__]
+WITH_TEST_WORKFLOWS = ["apps.form_submission.workflows", __name__]
 
 
 def documented(document: dict[str, Any], schema: dict[str, Any] | str) -> Draft202012Validator:
@@ -99,7 +99,7 @@ def documented(document: dict[str, Any], schema: dict[str, Any] | str) -> Draft2
 
 
 def seed_document() -> dict[str, Any]:
-    return build_openapi(WorkflowRegistry.from_modules(["workflows.form_submission"]))
+    return build_openapi(WorkflowRegistry.from_modules(["apps.form_submission.workflows"]))
 
 
 def event_schema(document: dict[str, Any], path: str) -> Draft202012Validator:

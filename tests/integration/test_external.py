@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from apps.form_submission.external.service import serve
+from apps.form_submission.external.settings import ExternalSettings
+from apps.form_submission.external.system import ExternalSystem, ticket_id_for
 from relayflow.amqp import OutgoingMessage, Publisher
 from relayflow.amqp.settle import REASON_HEADER
 from relayflow.contracts import (
@@ -22,9 +25,6 @@ from relayflow.contracts import (
 from relayflow.settings import Settings
 from relayflow.topology import EXTERNAL_REQUEST_KEY, SIGNAL_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
-from services.external.service import serve
-from services.external.settings import ExternalSettings
-from services.external.system import ExternalSystem, ticket_id_for
 from tests.support import get_messages, wait_for
 
 

@@ -41,7 +41,7 @@ WORKFLOWS = [
         steps=[map_step("validate", over="input.rows"), task("persist", after=["validate"])],
     )
 ]
-MODULES = ["workflows.form_submission", __name__]
+MODULES = ["apps.form_submission.workflows", __name__]
 ITEMS_PATH = "/workflows/{workflowId}/steps/{stepName}/items"
 
 
@@ -215,6 +215,8 @@ async def test_workflow_view_shows_a_map_steps_progress_and_first_items(
         "startedAt": None,
         "finishedAt": None,
         "nextAttemptAt": None,
+        "compensation": None,
+        "undo": None,
     }
 
     # The rest, from `itemsNext` on: nothing skipped, nothing repeated, in item order.

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from apps.form_submission import steps as form_submission
 from relayflow.amqp import OutgoingMessage, Publisher
 from relayflow.amqp.settle import REASON_HEADER
 from relayflow.contracts import (
@@ -32,7 +33,6 @@ from relayflow.settings import Settings
 from relayflow.steps import StepContext, StepRegistry, StepWorker, WorkerConfig
 from relayflow.topology import SIGNAL_KEY, Topology, step_key
 from relayflow.workflow import WorkflowRegistry
-from services.steps import form_submission
 from services.steps.service import serve
 from services.steps.settings import StepServiceSettings
 from tests.support import delete_topology, get_messages, wait_for

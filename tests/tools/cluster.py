@@ -24,6 +24,7 @@ import aio_pika
 import asyncpg
 import httpx
 
+from relayflow import supervisor
 from relayflow.db import create_pool, migrate
 from relayflow.topology import Topology
 from tests.support import wait_for
@@ -32,7 +33,10 @@ from tests.tools.ledger import LEDGER_DDL, STEP_NAMES, WORKFLOW_NAME
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit, free_low_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "orchestrator", "steps", "external")
+# Each service and the module it runs as (`python -m`), as the run command starts them: the core's
+# and formSubmission's external system.
+MODULES = {**supervisor.SERVICES, "external": "apps.form_submission.external"}
+SERVICES = tuple(MODULES)
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -86,11 +90,11 @@ class Cluster:
             "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
             "RELAYFLOW_GATEWAY_PORT": str(self.gateway_port),
             "RELAYFLOW_WORKFLOWS": (
-                "workflows.form_submission,tests.tools.ledger,tests.tools.ledger_map,"
+                "apps.form_submission.workflows,tests.tools.ledger,tests.tools.ledger_map,"
                 "apps.batch_import.workflows"
             ),
             "RELAYFLOW_STEP_MODULES": (
-                "services.steps.form_submission,tests.tools.ledger,tests.tools.ledger_map,"
+                "apps.form_submission.steps,tests.tools.ledger,tests.tools.ledger_map,"
                 "apps.batch_import.steps"
             ),
             "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
@@ -126,7 +130,7 @@ class Cluster:
         self.processes[service] = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            f"services.{service}",
+            MODULES[service],
             cwd=ROOT,
             env=self.env_for(service),
             stdout=log,

@@ -21,7 +21,15 @@ from relayflow.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-SERVICE_NAMES = ("gateway", "orchestrator", "steps", "external")
+# Each service in the stack and the package of its settings: the core's, and formSubmission's
+# external system.
+SETTINGS_PACKAGES = {
+    "gateway": "services.gateway",
+    "orchestrator": "services.orchestrator",
+    "steps": "services.steps",
+    "external": "apps.form_submission.external",
+}
+SERVICE_NAMES = tuple(SETTINGS_PACKAGES)
 INFRASTRUCTURE = ("rabbitmq", "postgres")
 
 
@@ -51,13 +59,13 @@ def env_names(settings: type[BaseSettings]) -> set[str]:
 
 
 def settings_of(service: str) -> set[str]:
-    module = importlib.import_module(f"services.{service}.settings")
+    module = importlib.import_module(f"{SETTINGS_PACKAGES[service]}.settings")
     classes = [
         cls
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if issubclass(cls, BaseSettings) and cls.__module__ == module.__name__
     ]
-    assert classes, f"services/{service}/settings.py defines no settings class"
+    assert classes, f"{module.__name__} defines no settings class"
     return set().union(env_names(Settings), *(env_names(cls) for cls in classes))
 
 

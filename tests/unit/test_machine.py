@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from apps.form_submission.workflows import FORM_SUBMISSION
 from relayflow import machine
 from relayflow.contracts import (
     CancelWorkflow,
@@ -44,7 +45,6 @@ from relayflow.workflow import (
     task,
     wait,
 )
-from workflows.form_submission import FORM_SUBMISSION
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

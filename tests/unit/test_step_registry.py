@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from apps.form_submission import steps as form_submission
 from relayflow.contracts import ErrorInfo, StepCommand, StepResultStatus
 from relayflow.errors import DefinitionError, StepError
 from relayflow.steps import (
@@ -22,7 +23,6 @@ from relayflow.steps import (
     result_for,
 )
 from relayflow.steps.body import error_from
-from services.steps import form_submission
 
 
 class Item(BaseModel):
@@ -108,6 +108,8 @@ def test_seed_module_offers_every_task_of_the_seed_workflow() -> None:
     steps = form_submission.steps
     assert steps.names() == ["finalize", "persist", "publishToMQ", "validate"]
     assert {d.name for d in steps if d.transactional} == {"persist", "finalize"}
+    # Its table is its own migration set's, applied by the step service that serves it.
+    assert steps.migrations == ("apps.form_submission",)
 
 
 def test_errors_become_data() -> None:

@@ -10,8 +10,10 @@ import sys
 import warnings
 
 import pytest
+from pydantic import ValidationError
 
 from relayflow import supervisor
+from relayflow.settings import Settings
 
 # Exits 0 on SIGTERM, like the real services.
 POLITE = (
@@ -122,6 +124,28 @@ def test_unknown_service_is_a_usage_error() -> None:
 
 
 def test_every_service_runs_as_its_own_module() -> None:
-    """Process names must say which service they are, as in production."""
-    assert set(supervisor.SERVICES) == {"gateway", "orchestrator", "steps", "external"}
+    """Process names must say which service they are, as in production: the core's, then the
+    applications' own processes, which live in their packages and not in the core."""
+    assert set(supervisor.SERVICES) == {"gateway", "orchestrator", "steps"}
     assert all(module == f"services.{name}" for name, module in supervisor.SERVICES.items())
+    programs = supervisor.programs(Settings())
+    assert list(programs) == ["gateway", "orchestrator", "steps", "external"]
+    assert programs["external"] == "apps.form_submission.external"
+
+
+def test_application_processes_are_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment without the seed application runs none of its processes; one that names a
+    core service's name for its own would shadow it, and is refused."""
+    monkeypatch.setenv("RELAYFLOW_APP_PROCESSES", "")
+    assert supervisor.programs(Settings()) == supervisor.SERVICES
+    monkeypatch.setenv("RELAYFLOW_APP_PROCESSES", "mailer = apps.mail.run")
+    assert supervisor.programs(Settings()) == {**supervisor.SERVICES, "mailer": "apps.mail.run"}
+    monkeypatch.setenv("RELAYFLOW_APP_PROCESSES", "mailer")
+    with pytest.raises(ValidationError, match="name=module"):
+        Settings()
+    monkeypatch.setenv("RELAYFLOW_APP_PROCESSES", "steps=apps.mail.run")
+    with pytest.raises(ValueError, match="core services"):
+        supervisor.programs(Settings())
+    with pytest.raises(SystemExit) as exit_info:
+        supervisor.main(["--check"])
+    assert exit_info.value.code == 2

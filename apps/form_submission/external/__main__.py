@@ -1,12 +1,13 @@
-"""`python -m services.external` / `relayflow-external`: run the external-system stand-in."""
+"""`python -m apps.form_submission.external` / `relayflow-external`: run the external-system
+stand-in."""
 
 from __future__ import annotations
 
 import asyncio
 
+from apps.form_submission.external.service import serve
+from apps.form_submission.external.settings import ExternalSettings
 from relayflow.runtime import run
-from services.external.service import serve
-from services.external.settings import ExternalSettings
 
 
 def main() -> None:

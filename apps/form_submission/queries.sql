@@ -1,5 +1,5 @@
--- The seed application's writes, made by its transactional steps inside the transaction that
--- records the step's success.
+-- The writes of formSubmission's transactional steps, made inside the transaction that records
+-- the step's success.
 
 -- name: insert_submission
 INSERT INTO form_submissions (workflow_id, name, email, message)

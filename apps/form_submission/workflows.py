@@ -1,5 +1,5 @@
-"""The seed workflow: a contact form, persisted, handed to an external system and finalised
-once that system replies."""
+"""The workflow `formSubmission`: a contact form, persisted, handed to an external system and
+finalised once that system replies. Its step bodies are in `steps.py`."""
 
 from __future__ import annotations
 

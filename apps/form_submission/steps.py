@@ -1,4 +1,5 @@
-"""The step bodies of the seed workflow `formSubmission` (see `workflows/form_submission.py`).
+"""The step bodies of `formSubmission` (see `apps/form_submission/workflows.py`); `persist` and
+`finalize` write `form_submissions`, this application's own table (`migrations/`).
 
 `awaitResponse` is not here: it is a wait, held by the orchestrator.
 """
@@ -10,14 +11,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from apps.form_submission.workflows import ContactForm
 from relayflow.contracts import ExternalRequest
 from relayflow.db import Queries
 from relayflow.errors import StepError
 from relayflow.steps import StepContext, StepRegistry
 from relayflow.topology import EXTERNAL_REQUEST_KEY, SIGNAL_KEY
-from workflows.form_submission import ContactForm
 
-QUERIES = Queries.load("services.steps")
+QUERIES = Queries.load("apps.form_submission")
 
 # Throwaway-address providers: a submission from one cannot be answered, so it is refused.
 DISPOSABLE_DOMAINS = frozenset(
@@ -35,7 +36,7 @@ DISPOSABLE_DOMAINS = frozenset(
     }
 )
 
-steps = StepRegistry()
+steps = StepRegistry(migrations=["apps.form_submission"])
 
 
 class _Output(BaseModel):

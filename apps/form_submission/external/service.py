@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from apps.form_submission.external.settings import ExternalSettings
+from apps.form_submission.external.system import ExternalConfig, ExternalSystem
 from relayflow.amqp import connect, quietly
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.external.settings import ExternalSettings
-from services.external.system import ExternalConfig, ExternalSystem
 
 
 async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
