@@ -117,8 +117,7 @@ def page(
 def contact_form() -> str:
     return """<section class="card" id="new" aria-labelledby="new-title">
   <h2 id="new-title">New submission</h2>
-  <p class="muted">Your message starts a durable <code>formSubmission</code> workflow; watch it
-  run step by step.</p>
+  <p class="muted">Your message starts a durable workflow; watch it run step by step.</p>
   <form id="contact" novalidate>
     <label for="name">Name</label>
     <input id="name" name="name" autocomplete="name" required maxlength="200">

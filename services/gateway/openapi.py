@@ -18,8 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from relayflow.contracts import WorkflowEvent
-from relayflow.settings import Settings
-from relayflow.workflow import WorkflowRegistry
+from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
 from services.gateway import checks
 from services.gateway.input_schema import NO_NUL, STORABLE_JSON, as_applied, storable_json
 from services.gateway.models import (
@@ -39,6 +38,7 @@ from services.gateway.models import (
     WorkflowPage,
     WorkflowView,
 )
+from services.gateway.settings import GatewaySettings
 from services.gateway.workflows import (
     CURSOR_PATTERN,
     DEFAULT_ITEMS,
@@ -50,7 +50,6 @@ from services.gateway.workflows import (
 )
 
 REF = "#/components/schemas/{model}"
-FORM_WORKFLOW = "formSubmission"
 
 _IDEMPOTENCY_KEY = {
     "name": checks.IDEMPOTENCY_HEADER,
@@ -221,7 +220,20 @@ def _declared_signals(registry: WorkflowRegistry) -> dict[str, list[tuple[str, t
     return dict(sorted(found.items()))
 
 
-def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
+def _submit_definition(
+    registry: WorkflowRegistry, submit_workflow: str | None
+) -> WorkflowDefinition | None:
+    """The workflow `/submit` starts, if it is on and names one `registry` serves."""
+    if submit_workflow is None:
+        submit_workflow = GatewaySettings().gateway_submit_workflow
+    return registry.get(submit_workflow) if submit_workflow else None
+
+
+def build_openapi(
+    registry: WorkflowRegistry, *, submit_workflow: str | None = None
+) -> dict[str, Any]:
+    """The document for `registry`; `/submit` is in it when `submit_workflow` (by default the
+    environment's `RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW`) names one of its workflows."""
     signals = _declared_signals(registry)
     signal_models = list(
         dict.fromkeys(model for declared in signals.values() for _, model in declared)
@@ -264,13 +276,13 @@ def build_openapi(registry: WorkflowRegistry) -> dict[str, Any]:
     accepted = ref(Accepted)
     paths: dict[str, Any] = {}
 
-    form = registry.get(FORM_WORKFLOW)
+    form = _submit_definition(registry, submit_workflow)
     if form is not None:
         operation = _start_operation(
-            FORM_WORKFLOW, ref(form.input_model, "validation"), error_ref, accepted
+            form.name, ref(form.input_model, "validation"), error_ref, accepted
         )
         operation["operationId"] = "submit_form"
-        operation["summary"] = "Submit the contact form (starts formSubmission)"
+        operation["summary"] = f"Submit the contact form (starts {form.name})"
         paths["/submit"] = {"post": operation}
     for definition in sorted(registry, key=lambda d: d.name):
         post = _start_operation(
@@ -774,15 +786,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print the gateway's OpenAPI document.")
     parser.add_argument(
         "--workflows",
-        help="comma-separated workflow modules (default: RELAYFLOW_WORKFLOWS or the seed one)",
+        help="comma-separated workflow modules (default: RELAYFLOW_WORKFLOWS or its default)",
     )
     args = parser.parse_args(argv)
+    settings = GatewaySettings()
     modules = (
         [part.strip() for part in args.workflows.split(",") if part.strip()]
         if args.workflows
-        else Settings().workflows
+        else settings.workflows
     )
-    sys.stdout.write(render(build_openapi(WorkflowRegistry.from_modules(modules))))
+    registry = WorkflowRegistry.from_modules(modules)
+    document = build_openapi(registry, submit_workflow=settings.gateway_submit_workflow)
+    sys.stdout.write(render(document))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,6 @@ class GatewaySettings(Settings):
     # How often a live stream re-reads PostgreSQL in case a live event was lost (broker outage).
     gateway_catch_up_interval: float = Field(default=10.0, gt=0)
     gateway_access_log: bool = False
+    # The workflow `POST /submit` (and the dashboard's contact form, which posts there) starts:
+    # an alias of `POST /workflows/{name}`. Empty turns the alias off: `/submit` answers 404.
+    gateway_submit_workflow: str = "formSubmission"

@@ -1,4 +1,5 @@
-"""Starting workflows: `POST /submit` (the contact form) and `POST /workflows/{name}`.
+"""Starting workflows: `POST /workflows/{name}`, and `POST /submit`, the contact form's alias of
+it for the workflow `RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW` names (none when it is empty).
 
 The answer is 202 only once the broker has confirmed the StartWorkflow (publisher confirms,
 mandatory routing); any doubt is a 503 and never a false accept. A retry with the same
@@ -24,11 +25,16 @@ from services.gateway.state import GatewayState, gateway_state
 
 log = logging.getLogger(__name__)
 
-FORM_WORKFLOW = "formSubmission"
-
 
 async def submit_form(request: Request) -> Response:
-    return await start_workflow(request, FORM_WORKFLOW)
+    workflow_name = gateway_state(request).settings.gateway_submit_workflow
+    if not workflow_name:
+        return error_response(
+            404,
+            "POST /submit is turned off here (RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW is empty); "
+            "start a workflow with POST /workflows/{name}",
+        )
+    return await start_workflow(request, workflow_name)
 
 
 async def start_workflow(request: Request, workflow_name: str) -> Response:

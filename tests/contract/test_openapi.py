@@ -194,3 +194,15 @@ def test_inputs_document_what_postgresql_cannot_store() -> None:
     assert form.is_valid(good)
     assert not form.is_valid({**good, "name": "A\x00da"})
     assert not form.is_valid({**good, "email": "ada@example.test"})
+
+
+def test_submit_alias_follows_the_setting() -> None:
+    """`/submit` is documented for the workflow RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW names, with that
+    workflow's input, and not at all when the setting is empty or names no served workflow."""
+    registry = WorkflowRegistry.from_modules(SEED_WORKFLOWS)
+    assert "/submit" not in build_openapi(registry, submit_workflow="")["paths"]
+    assert "/submit" not in build_openapi(registry, submit_workflow="noSuchFlow")["paths"]
+    submit = build_openapi(registry, submit_workflow="batchImport")["paths"]["/submit"]["post"]
+    assert submit["summary"] == "Submit the contact form (starts batchImport)"
+    started = build_openapi(registry)["paths"]["/workflows/batchImport"]["post"]
+    assert submit["requestBody"] == started["requestBody"]

@@ -88,6 +88,40 @@ async def test_submit_answers_202_after_the_start_is_on_the_orchestrator_queue(
     assert start.idempotency_key is None
 
 
+async def test_submit_starts_the_workflow_its_setting_names(
+    settings: Settings, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """/submit is an alias: RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW says of which workflow, and its
+    input is that workflow's."""
+    async with running_gateway(
+        settings, workflows=WITH_TEST_WORKFLOWS, gateway_submit_workflow="freeform"
+    ) as gateway:
+        refused = await gateway.client.post("/submit", json=FORM)
+        assert refused.status_code == 422, refused.text
+        response = await gateway.client.post("/submit", json={"data": {"a": 1}})
+        assert response.status_code == 202, response.text
+    (start,) = await started(channel, topology, 1)
+    assert (start.workflow_name, start.input) == ("freeform", {"data": {"a": 1}})
+
+
+async def test_submit_turned_off_is_a_404_that_says_so(
+    settings: Settings, channel: aio_pika.abc.AbstractChannel, topology: Topology
+) -> None:
+    """With the setting empty, /submit (and the contact form, which posts there) starts nothing
+    and says where to go instead; the workflow itself still starts by its name."""
+    async with running_gateway(settings, gateway_submit_workflow="") as gateway:
+        response = await gateway.client.post("/submit", json=FORM)
+        assert response.status_code == 404, response.text
+        message = response.json()["error"]
+        assert "RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW" in message
+        assert "POST /workflows/{name}" in message
+        assert await queued(channel, topology) == 0
+        named = await gateway.client.post("/workflows/formSubmission", json=FORM)
+        assert named.status_code == 202, named.text
+    (start,) = await started(channel, topology, 1)
+    assert start.workflow_name == "formSubmission"
+
+
 async def test_generic_start_route_and_unknown_workflow(
     gateway: RunningGateway, channel: aio_pika.abc.AbstractChannel, topology: Topology
 ) -> None:
