@@ -34,6 +34,9 @@ from services.gateway.models import FieldError
 WORKFLOW_ID_PATTERN: Final[str] = TypeAdapter(WorkflowId).json_schema()["pattern"]
 # Workflow names follow the step-name rule (`StartWorkflow.workflowName`).
 WORKFLOW_NAME_PATTERN: Final[str] = TypeAdapter(StepName).json_schema()["pattern"]
+# A definition's version, as `define_workflow` allows one (`relayflow.workflow`; a derived one
+# is "v" and twelve hex digits).
+VERSION_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
 MAX_KEY_LENGTH: Final = 200
 # Printable ASCII, not starting or ending with a space: HTTP strips those spaces, so a key that
 # had them would not be the key the client sent. (Non-ASCII header bytes have no agreed
@@ -51,6 +54,7 @@ JSON_MEDIA_TYPE: Final = "application/json"
 
 _WORKFLOW_ID = re.compile(WORKFLOW_ID_PATTERN)
 _WORKFLOW_NAME = re.compile(WORKFLOW_NAME_PATTERN)
+_VERSION = re.compile(VERSION_PATTERN)
 STEP_NAME_PATTERN: Final[str] = TypeAdapter(StepName).json_schema()["pattern"]
 _STEP_NAME = re.compile(STEP_NAME_PATTERN)
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
@@ -111,6 +115,10 @@ def workflow_id(raw: str) -> str:
 
 def is_workflow_name(raw: str) -> bool:
     return _WORKFLOW_NAME.fullmatch(raw) is not None
+
+
+def is_version(raw: str) -> bool:
+    return _VERSION.fullmatch(raw) is not None
 
 
 def step_name(raw: str) -> str:

@@ -37,7 +37,7 @@ def _page(content: str, status_code: int = 200) -> HTMLResponse:
 def _params(request: Request) -> dict[str, str]:
     """The list's parameters as the page's filter form sends them: every field, empty ones
     meaning "no filter", and the id as typed (spaces around it are no part of it)."""
-    keys = ("id", "status", "workflow", "before", "limit")
+    keys = ("id", "status", "workflow", "version", "before", "limit")
     given = {key: request.query_params.get(key, "").strip() for key in keys}
     return {key: value for key, value in given.items() if value}
 

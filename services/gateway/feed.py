@@ -36,17 +36,31 @@ _AFTER: dict[str, tuple[WorkflowStatus, ...]] = {
     EventType.WORKFLOW_RETRIED: (
         WorkflowStatus.FAILED,
         WorkflowStatus.CANCELLED,
+        WorkflowStatus.COMPENSATION_FAILED,
         WorkflowStatus.RUNNING,
+        WorkflowStatus.COMPENSATING,
     ),
     EventType.WORKFLOW_COMPLETED: (WorkflowStatus.RUNNING, WorkflowStatus.COMPLETED),
     EventType.WORKFLOW_FAILED: (WorkflowStatus.RUNNING, WorkflowStatus.FAILED),
     EventType.WORKFLOW_CANCELLED: (WorkflowStatus.RUNNING, WorkflowStatus.CANCELLED),
+    EventType.WORKFLOW_COMPENSATING: (WorkflowStatus.RUNNING, WorkflowStatus.COMPENSATING),
+    EventType.WORKFLOW_COMPENSATED: (WorkflowStatus.COMPENSATING, WorkflowStatus.COMPENSATED),
+    EventType.WORKFLOW_COMPENSATION_FAILED: (
+        WorkflowStatus.COMPENSATING,
+        WorkflowStatus.COMPENSATION_FAILED,
+    ),
+    # Undos run while the workflow compensates (a retrying undo says so with `step.retrying`).
+    EventType.STEP_COMPENSATING: (WorkflowStatus.COMPENSATING,),
+    EventType.STEP_COMPENSATED: (WorkflowStatus.COMPENSATING,),
+    EventType.STEP_COMPENSATION_FAILED: (WorkflowStatus.COMPENSATING,),
+    EventType.STEP_RETRYING: (WorkflowStatus.RUNNING, WorkflowStatus.COMPENSATING),
 }
 
 
 def touches(event: str) -> tuple[str, ...]:
     """The workflow statuses an event concerns: the status it leaves and the one it enters
-    (`workflow.retried` leaves failed or cancelled). Step events happen while running. A feed
+    (`workflow.retried` leaves failed, cancelled or compensation_failed). Step events happen
+    while running, undos while compensating. A feed
     filtered on a status gets exactly the events that can change a list filtered on it."""
     return _AFTER.get(event, (WorkflowStatus.RUNNING,))
 

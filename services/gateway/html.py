@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 import orjson
 from pydantic import MISSING
 
-from relayflow.model import StepStatus, WorkflowStatus
+from relayflow.model import CANCELLABLE, RETRYABLE, StepStatus, WorkflowStatus
 from relayflow.workflow import WorkflowDefinition
 from services.gateway.dag import columns
 from services.gateway.forms import signal_section
@@ -24,16 +24,12 @@ from services.gateway.models import (
     MapProgressView,
     MapStepView,
     StepView,
+    UndoView,
     WorkflowSummary,
 )
 from services.gateway.models import WorkflowView as View
 from services.gateway.workflows import items_url
 
-ACTIONS = {
-    WorkflowStatus.RUNNING: ("cancel",),
-    WorkflowStatus.FAILED: ("retry",),
-    WorkflowStatus.CANCELLED: ("retry",),
-}
 MAX_JSON_CHARS = 20_000
 # A map step's card lists this many of its first items; the rest are a link away.
 SHOWN_ITEMS = 20
@@ -164,8 +160,21 @@ def filters(params: Mapping[str, str], names: Iterable[str]) -> str:
       <option value="">Any status</option>{status_options}</select>
     <select name="workflow" aria-label="Workflow">
       <option value="">Any workflow</option>{name_options}</select>
+    <input type="search" name="version" placeholder="Version" aria-label="Definition version"
+           value="{esc(params.get("version", ""))}" autocomplete="off" spellcheck="false"
+           class="version-filter">
     <button type="submit" class="btn">Filter</button>
   </form>"""
+
+
+def version_badge(version: str | None) -> str:
+    """The definition version a run is pinned to; nothing for a run from before versions."""
+    if version is None:
+        return ""
+    return (
+        f' <span class="badge version" data-version="{esc(version)}" '
+        f'title="definition version {esc(version)}">{esc(version)}</span>'
+    )
 
 
 def progress_cell(item: WorkflowSummary) -> str:
@@ -190,7 +199,7 @@ def list_rows(items: Sequence[WorkflowSummary], now: datetime) -> str:
         rows.append(
             f'<tr data-workflow-id="{esc(item.workflow_id)}" data-status="{esc(item.status)}">'
             f'<td><a class="mono" href="{esc(href)}">{esc(item.workflow_id)}</a>'
-            f'<div class="small muted">{esc(item.name)}</div></td>'
+            f'<div class="small muted">{esc(item.name)}{version_badge(item.version)}</div></td>'
             f"<td>{pill(item.status)}</td>"
             f'<td class="progress">{progress_cell(item)}</td>'
             f'<td class="when">{when(item.created_at)}'
@@ -207,7 +216,7 @@ def workflow_list(
     now: datetime,
 ) -> str:
     """The list's table and pager: what `/ui/list` returns and the home page embeds."""
-    base = {key: params.get(key) for key in ("id", "status", "workflow")}
+    base = {key: params.get(key) for key in ("id", "status", "workflow", "version")}
     newer = ""
     if params.get("before"):
         newer = f'<a class="btn ghost" href="/?{esc(list_query(base))}">← Newest</a>'
@@ -359,6 +368,30 @@ def map_items(step: MapStepView, workflow_id: str, now: datetime) -> str:
     )
 
 
+def undo_section(step: StepView, now: datetime) -> str:
+    """A completed step the workflow undoes: where its undo stands, its attempts and time, and
+    the error of an undo that failed (or of the attempt that will be retried)."""
+    undo: UndoView | None = step.undo
+    if undo is None or step.compensation is None:
+        return ""
+    phase = step.compensation
+    meta = [f"undo {undo.status}"]
+    if undo.attempts:
+        meta.append(f"attempt {undo.attempts}")
+    took = duration(undo.started_at, undo.finished_at, now)
+    if took:
+        meta.append(took)
+    if undo.status is StepStatus.RETRYING and undo.next_attempt_at is not None:
+        meta.append(f"next at {undo.next_attempt_at.astimezone(UTC):%H:%M:%S}")
+    error = _error_block(undo.error, f"{step.name}:undo-err") if undo.error is not None else ""
+    return (
+        f'<div class="undo s-{esc(phase)}" data-undo="{esc(step.name)}" '
+        f'data-compensation="{esc(phase)}">'
+        f'<p class="small"><strong>Undo</strong> {pill(phase, data_undo_status=step.name)} '
+        f'<span class="muted">{esc(" · ".join(meta))}</span></p>{error}</div>'
+    )
+
+
 def step_card(
     step: StepView, view: View, definition: WorkflowDefinition | None, now: datetime
 ) -> str:
@@ -372,8 +405,9 @@ def step_card(
     if step.status is StepStatus.RETRYING and step.next_attempt_at is not None:
         meta.append(f"next at {step.next_attempt_at.astimezone(UTC):%H:%M:%S}")
     after = ", ".join(spec.after) if spec and spec.after else ""
+    undoing = f" undo-{step.compensation}" if step.compensation is not None else ""
     parts = [
-        f'<article class="step s-{esc(step.status)}" data-step="{esc(step.name)}" '
+        f'<article class="step s-{esc(step.status)}{esc(undoing)}" data-step="{esc(step.name)}" '
         f'data-status="{esc(step.status)}">',
         f"<header><h3>{esc(step.name)}</h3>{pill(step.status, data_step_status=step.name)}"
         "</header>",
@@ -394,6 +428,7 @@ def step_card(
         parts.append(_json_block("Output", step.output, f"{step.name}:out"))
     if step.error is not None:
         parts.append(_error_block(step.error, f"{step.name}:err"))
+    parts.append(undo_section(step, now))
     parts.append("</article>")
     return "".join(parts)
 
@@ -410,7 +445,13 @@ def steps_lines(view: View, now: datetime) -> str:
             f'<li class="step-line s-{esc(step.status)}" data-step="{esc(step.name)}">'
             f'<span class="name">{esc(step.name)}</span>'
             f'<span class="small muted">{esc(took)}</span>'
-            f"{pill(step.status, data_step_status=step.name)}</li>"
+            f"{pill(step.status, data_step_status=step.name)}"
+            + (
+                ""
+                if step.compensation is None
+                else pill(step.compensation, data_undo_status=step.name)
+            )
+            + "</li>"
         )
     return f'<ol class="step-lines">{"".join(lines)}</ol>'
 
@@ -430,18 +471,16 @@ def steps_graph(view: View, definition: WorkflowDefinition | None, now: datetime
 
 
 def action_buttons(view: View) -> str:
-    buttons = []
-    for action in ACTIONS.get(view.status, ()):
-        if action == "cancel":
-            buttons.append(
-                '<button type="button" class="btn danger" data-action="cancel">Cancel</button>'
-            )
-        else:
-            buttons.append(
-                '<button type="button" class="btn primary" data-action="retry">'
-                "Retry failed steps</button>"
-            )
-    return "".join(buttons)
+    """What the status allows (`relayflow.model.CANCELLABLE`, `RETRYABLE`)."""
+    if view.status in CANCELLABLE:
+        return '<button type="button" class="btn danger" data-action="cancel">Cancel</button>'
+    if view.status in RETRYABLE:
+        what = "undos" if view.status is WorkflowStatus.COMPENSATION_FAILED else "steps"
+        return (
+            '<button type="button" class="btn primary" data-action="retry">'
+            f"Retry failed {what}</button>"
+        )
+    return ""
 
 
 def panel(
@@ -454,7 +493,7 @@ def panel(
 ) -> str:
     """A workflow's state: what the workflow page shows above its events, and (compact) what the
     home page shows under the form while a submission runs."""
-    facts = [f"<div><dt>Workflow</dt><dd>{esc(view.name)}</dd></div>"]
+    facts = [f"<div><dt>Workflow</dt><dd>{esc(view.name)}{version_badge(view.version)}</dd></div>"]
     if view.parent_workflow_id:
         facts.append(f"<div><dt>Parent</dt><dd>{workflow_link(view.parent_workflow_id)}</dd></div>")
     facts.append(f"<div><dt>Created</dt><dd>{when(view.created_at)}</dd></div>")

@@ -14,6 +14,11 @@ from relayflow.model import FINISHED, StepStatus, WorkflowStatus
 # The vocabulary is the workflow model's (relayflow/model/status.py); these are its views.
 WORKFLOW_STATUSES: tuple[str, ...] = tuple(status.value for status in WorkflowStatus)
 FINISHED_STATUSES: frozenset[str] = frozenset(status.value for status in FINISHED)
+# Where a compensable step's undo stands, in the workflow statuses' words: being undone (its
+# undo waits its turn, runs or waits to retry), undone, or its undo failed for good.
+CompensationPhase = Literal[
+    WorkflowStatus.COMPENSATING, WorkflowStatus.COMPENSATED, WorkflowStatus.COMPENSATION_FAILED
+]
 # Why the feed tells a client to fetch the list again.
 ResetReason = Literal["connected", "missed events"]
 
@@ -55,6 +60,20 @@ class ErrorView(_Model):
     retryable: bool = True
 
 
+class UndoView(_Model):
+    """The undo of a completed compensable step while its workflow compensates
+    (`relayflow.model.StepState.undo`): an invocation of its own (stepKey `undo`, the step's
+    `compensate` body) with its own attempts; `error` is the last failed attempt's."""
+
+    status: StepStatus
+    attempts: int = 0
+    error: ErrorView | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # While `retrying`: when the undo's next attempt starts.
+    next_attempt_at: datetime | None = None
+
+
 class StepView(_Model):
     name: str
     # The step's kind: task, wait, child, ... (`StepSpec.kind`).
@@ -69,6 +88,10 @@ class StepView(_Model):
     next_attempt_at: datetime | None = None
     # Child steps: the workflow the current attempt runs (GET /workflows/{it} for its detail).
     child_workflow_id: str | None = None
+    # Set once the workflow undoes this (completed, compensable) step: where its undo stands
+    # (`compensating`, `compensated`, `compensation_failed`), and the undo itself.
+    compensation: CompensationPhase | None = None
+    undo: UndoView | None = None
 
 
 class MapProgressView(_Model):
@@ -125,6 +148,9 @@ class WorkflowView(_Model):
 
     workflow_id: str
     name: str
+    # The version of its definition the run is pinned to (null: started before versions were
+    # recorded).
+    version: str | None = None
     status: WorkflowStatus
     input: dict[str, Any]
     output: Any = None
@@ -147,6 +173,8 @@ class WorkflowSummary(_Model):
 
     workflow_id: str
     name: str
+    # The version of its definition the run is pinned to (null: from before versions).
+    version: str | None = None
     status: WorkflowStatus
     created_at: datetime
     updated_at: datetime

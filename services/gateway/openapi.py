@@ -584,6 +584,16 @@ def build_openapi(
             "parameters": [
                 *list_filters,
                 {
+                    "name": "version",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "The version of its definition a run is pinned to (a workflow's "
+                        "`version`): only the runs of that version."
+                    ),
+                    "schema": {"type": "string", "pattern": checks.VERSION_PATTERN},
+                },
+                {
                     "name": "id",
                     "in": "query",
                     "required": False,
@@ -625,7 +635,8 @@ def build_openapi(
                 "`event` = the event type and `data` = the WorkflowEvent JSON, as on a "
                 "workflow's stream, filtered by workflow name and by status (an event is sent to "
                 "a status filter when it enters or leaves that status; step events count as "
-                "`running`). Ids are `<epoch>.<position>` of the gateway process. The stream "
+                "`running`, undos' as `compensating`). Ids are `<epoch>.<position>` of the "
+                "gateway process. The stream "
                 "starts with a `reset` event (schema `FeedReset`): load the list "
                 "(`GET /workflows`), then apply what follows. A reconnect with Last-Event-ID (or "
                 "lastEventId) to the same gateway process "
@@ -676,7 +687,9 @@ def build_openapi(
         "get": {
             "operationId": "dashboard",
             "summary": "The dashboard: the contact form and the live workflow list",
-            "description": "Takes the list's parameters (status, workflow, id, before, limit).",
+            "description": (
+                "Takes the list's parameters (status, workflow, version, id, before, limit)."
+            ),
             "tags": ["pages"],
             "responses": html_answer,
         }

@@ -17,7 +17,7 @@ from pydantic import MISSING, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relayflow.model import ACTIVE_STEPS, ItemState, StepState, StepStatus
+from relayflow.model import ACTIVE_STEPS, ItemState, StepState, StepStatus, WorkflowStatus
 from relayflow.workflow import MapSpec, TaskSpec, WorkflowDefinition, WorkflowRegistry
 from services.gateway import checks
 from services.gateway.checks import InputError
@@ -25,12 +25,14 @@ from services.gateway.feed import event_filter, follow_feed, parse_last_id
 from services.gateway.models import (
     FINISHED_STATUSES,
     WORKFLOW_STATUSES,
+    CompensationPhase,
     ErrorView,
     ItemPage,
     ItemView,
     MapProgressView,
     MapStepView,
     StepView,
+    UndoView,
     WorkflowPage,
     WorkflowSummary,
     WorkflowView,
@@ -68,9 +70,10 @@ class QueryError(InputError):
 
 
 def list_filter(params: Mapping[str, str]) -> tuple[ListFilter, int]:
-    """The list's query parameters (`status`, `workflow`, `id`, `before`, `limit`), checked: each
-    one given must be usable, even empty (the dashboard drops its form's empty fields first)."""
-    status, name = status_filter(params), name_filter(params)
+    """The list's query parameters (`status`, `workflow`, `version`, `id`, `before`, `limit`),
+    checked: each one given must be usable, even empty (the dashboard drops its form's empty
+    fields first)."""
+    status, name, version = status_filter(params), name_filter(params), version_filter(params)
     id_prefix = params.get("id")
     if id_prefix is not None and not _ID_PREFIX.fullmatch(id_prefix):
         raise QueryError(f"id must be (the start of) a workflow id, got {checks.shown(id_prefix)}")
@@ -81,7 +84,7 @@ def list_filter(params: Mapping[str, str]) -> tuple[ListFilter, int]:
         raise QueryError(
             f"limit must be an integer from 1 to {MAX_PAGE}, got {checks.shown(raw_limit)}"
         )
-    return ListFilter(status, name, id_prefix, before), int(raw_limit)
+    return ListFilter(status, name, id_prefix, before, version), int(raw_limit)
 
 
 def status_filter(params: Mapping[str, str]) -> str | None:
@@ -101,6 +104,16 @@ def name_filter(params: Mapping[str, str]) -> str | None:
             f"'-'), got {checks.shown(name)}"
         )
     return name
+
+
+def version_filter(params: Mapping[str, str]) -> str | None:
+    version = params.get("version")
+    if version is not None and not checks.is_version(version):
+        raise QueryError(
+            "version must be a definition version (1 to 64 of A-Z a-z 0-9 . _ -), got "
+            f"{checks.shown(version)}"
+        )
+    return version
 
 
 def encode_cursor(created_at: datetime, workflow_id: str) -> str:
@@ -142,6 +155,7 @@ def summary(row: SummaryRow) -> WorkflowSummary:
     return WorkflowSummary(
         workflow_id=row.id,
         name=row.name,
+        version=row.version,
         status=row.status,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -362,6 +376,7 @@ def workflow_view(
     return WorkflowView(
         workflow_id=row.id,
         name=row.name,
+        version=row.version,
         status=row.status,
         input=row.input,
         output=row.output,
@@ -396,8 +411,31 @@ def _step(workflow_id: str, name: str, kind: str, stored: Any, items: list[ItemS
     return StepView(kind=kind, **_step_fields(name, step))
 
 
+def compensation_phase(undo: StepState) -> CompensationPhase:
+    """Where an undo stands, in the workflow statuses' words."""
+    if undo.status is StepStatus.COMPLETED:
+        return WorkflowStatus.COMPENSATED
+    if undo.status is StepStatus.FAILED:
+        return WorkflowStatus.COMPENSATION_FAILED
+    return WorkflowStatus.COMPENSATING
+
+
+def undo_view(undo: StepState) -> UndoView:
+    return UndoView(
+        status=undo.status,
+        attempts=undo.attempts,
+        error=_error(undo.error),
+        started_at=undo.started_at,
+        finished_at=undo.finished_at,
+        next_attempt_at=undo.next_attempt_at,
+    )
+
+
 def _step_fields(name: str, step: StepState) -> dict[str, Any]:
+    undo = step.undo
     return {
+        "compensation": None if undo is None else compensation_phase(undo),
+        "undo": None if undo is None else undo_view(undo),
         "name": name,
         "status": step.status,
         "attempts": step.attempts,

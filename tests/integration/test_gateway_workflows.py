@@ -12,11 +12,13 @@ import aio_pika
 import asyncpg
 import pytest
 
+from relayflow import workflow as workflow_module
 from relayflow.contracts import CancelWorkflow, decode, new_workflow_id
 from relayflow.db import Queries
 from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
+from services.gateway import checks
 from services.gateway.dag import columns
 from services.gateway.openapi import build_openapi
 from services.gateway.store import like_prefix
@@ -116,6 +118,8 @@ async def test_workflow_view_lists_steps_in_definition_order(
         "startedAt": None,
         "finishedAt": None,
         "nextAttemptAt": None,
+        "compensation": None,
+        "undo": None,
     }
 
 
@@ -156,12 +160,14 @@ async def insert_workflow(
     created_at: datetime = T0,
     steps: dict[str, Any] | None = None,
     last_seq: int = 0,
+    version: str | None = None,
+    error: dict[str, Any] | None = None,
 ) -> None:
     await pool.execute(
         """
         INSERT INTO workflows (id, name, status, input, input_hash, steps, last_seq,
-                               created_at, updated_at)
-        VALUES ($1, $2, $3, $4, 'h', $5, $6, $7, $7)
+                               created_at, updated_at, version, error)
+        VALUES ($1, $2, $3, $4, 'h', $5, $6, $7, $7, $8, $9)
         """,
         workflow_id,
         name,
@@ -170,6 +176,8 @@ async def insert_workflow(
         steps or {},
         last_seq,
         created_at,
+        version,
+        error,
     )
 
 
@@ -236,10 +244,11 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
     name = f"big{uuid.uuid4().hex[:8]}"
     await pool.execute(
         """
-        INSERT INTO workflows (id, name, status, input, input_hash, steps, created_at, updated_at)
+        INSERT INTO workflows (id, name, status, input, input_hash, steps, created_at, updated_at,
+                               version)
         SELECT 'wf_' || $1 || '_' || i, CASE WHEN i % 10 = 0 THEN $1 ELSE $1 || 'x' END,
                (ARRAY['running', 'completed', 'failed', 'cancelled'])[1 + i % 4], '{}', 'h', '{}',
-               $2::timestamptz + i * interval '1 second', now()
+               $2::timestamptz + i * interval '1 second', now(), 'v' || (i % 3)
         FROM generate_series(1, 20000) AS i
         """,
         name,
@@ -249,25 +258,29 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
     query = Queries.load("services.gateway").list_workflows
     cursor = (T0 + timedelta(hours=3), "wf_zzz")
     cases = [
-        (None, None, None, None, None),
-        ("failed", None, None, None, None),
-        (None, name, None, None, None),
-        ("running", name, None, *cursor),
-        (None, None, like_prefix(f"wf_{name}_123"), None, None),
+        (None, None, None, None, None, None),
+        ("failed", None, None, None, None, None),
+        (None, name, None, None, None, None),
+        ("running", name, None, None, *cursor),
+        (None, None, None, like_prefix(f"wf_{name}_123"), None, None),
+        (None, name, "v1", None, None, None),
+        (None, None, "v1", None, None, None),
+        ("failed", name, "v1", None, *cursor),
     ]
     async with pool.acquire() as conn:
-        for status, workflow, pattern, before_at, before_id in cases:
+        for status, workflow, version, pattern, before_at, before_id in cases:
             plan = await conn.fetchval(
                 f"EXPLAIN (FORMAT JSON) {query}",
                 status,
                 workflow,
+                version,
                 pattern,
                 before_at,
                 before_id,
                 50,
             )
             text = str(plan)
-            assert "Seq Scan" not in text, (status, workflow, pattern, text)
+            assert "Seq Scan" not in text, (status, workflow, version, pattern, text)
             assert "Index" in text, text
     await pool.execute("DELETE FROM workflows WHERE id LIKE $1", like_prefix(f"wf_{name}_"))
 
@@ -520,3 +533,127 @@ async def test_a_cursor_holding_an_impossible_id_is_400(gateway: RunningGateway)
     response = await gateway.client.get("/workflows", params={"before": cursor})
     assert response.status_code == 400, response.text
     assert "before" in response.json()["error"]
+
+
+def test_the_version_filter_takes_what_a_definition_may_be_called() -> None:
+    """The list's `version` parameter is checked by the gateway's own copy of the rule
+    `define_workflow` applies: the two must not drift apart."""
+    assert workflow_module._VERSION.pattern == checks.VERSION_PATTERN
+
+
+async def test_the_list_filters_by_version_and_shows_it(
+    gateway: RunningGateway, pool: asyncpg.Pool[Any]
+) -> None:
+    """After a deploy, runs of the old and the new definition live side by side: an operator
+    must see which is which, and list only one version's runs."""
+    name = f"ver{uuid.uuid4().hex[:8]}"
+    old, new, unversioned = (f"wf_{name}_{index}" for index in range(3))
+    await insert_workflow(pool, old, name=name, version="1", created_at=T0)
+    await insert_workflow(pool, new, name=name, version="2", created_at=T0 + timedelta(1))
+    await insert_workflow(pool, unversioned, name=name, created_at=T0 + timedelta(2))
+
+    listed = await gateway.client.get("/workflows", params={"workflow": name, "version": "1"})
+    assert listed.status_code == 200, listed.text
+    assert [(i["workflowId"], i["version"]) for i in listed.json()["items"]] == [(old, "1")]
+    everything = (await gateway.client.get("/workflows", params={"workflow": name})).json()
+    assert [i["version"] for i in everything["items"]] == [None, "2", "1"]
+    only_version = (await gateway.client.get("/workflows", params={"version": "2"})).json()
+    assert new in [i["workflowId"] for i in only_version["items"]]
+    assert (await gateway.client.get(f"/workflows/{new}")).json()["version"] == "2"
+
+    for bad in ("", "a b", "x" * 65, "1;DROP", "v\u00e9"):
+        refused = await gateway.client.get("/workflows", params={"version": bad})
+        assert refused.status_code == 400, bad
+        assert "version must be" in refused.json()["error"]
+
+    # The dashboard: a badge in the list and on the page, and the list's filter.
+    rows = await gateway.client.get("/ui/list", params={"workflow": name, "version": "2"})
+    assert f'data-workflow-id="{new}"' in rows.text
+    assert f'data-workflow-id="{old}"' not in rows.text
+    assert 'data-version="2"' in rows.text
+    home = await gateway.client.get("/", params={"version": "1", "workflow": name})
+    assert 'name="version"' in home.text
+    assert 'value="1"' in home.text
+    assert f'data-workflow-id="{old}"' in home.text
+    assert f'data-workflow-id="{new}"' not in home.text
+    page = await gateway.client.get(f"/ui/workflows/{old}")
+    assert 'class="badge version" data-version="1"' in page.text
+    refused_page = await gateway.client.get("/ui/list", params={"version": "a b"})
+    assert refused_page.status_code == 400
+    assert "version must be" in refused_page.text
+
+
+def undo(status: str, **fields: Any) -> dict[str, Any]:
+    return {"status": status, "attempts": 1, "startedAt": T0.isoformat(), **fields}
+
+
+async def test_a_compensation_shows_which_steps_are_undone_and_why_an_undo_failed(
+    gateway: RunningGateway, pool: asyncpg.Pool[Any]
+) -> None:
+    """A run that undoes its completed steps must say so: which steps are being undone, which
+    were, and the error of the undo that failed — in the JSON and on the page — and its status
+    must show with its own style in the list."""
+    workflow_id = new_workflow_id()
+    refund_error = {"type": "RefundRefused", "message": "card <closed>", "retryable": False}
+    steps = {
+        "validate": {"status": "completed", "attempts": 1, "undo": undo("completed")},
+        "persist": {
+            "status": "completed",
+            "attempts": 1,
+            "undo": undo("failed", attempts=3, error=refund_error),
+        },
+        "publishToMQ": {"status": "completed", "attempts": 1, "undo": undo("running")},
+        "awaitResponse": {
+            "status": "failed",
+            "attempts": 1,
+            "error": {"type": "WaitTimeout", "message": "no reply", "retryable": False},
+        },
+    }
+    await insert_workflow(
+        pool,
+        workflow_id,
+        status="compensation_failed",
+        steps=steps,
+        error={
+            "type": "RefundRefused",
+            "message": "the undo of step 'persist' failed: card <closed>",
+            "retryable": False,
+            "step": "persist",
+            "cause": {"type": "WaitTimeout", "message": "no reply", "cause": "failed"},
+        },
+        version="3",
+    )
+    view = (await gateway.client.get(f"/workflows/{workflow_id}")).json()
+    assert view["status"] == "compensation_failed"
+    assert view["version"] == "3"
+    assert view["error"]["cause"]["type"] == "WaitTimeout"
+    by_name = {step["name"]: step for step in view["steps"]}
+    assert {name: step["compensation"] for name, step in by_name.items()} == {
+        "validate": "compensated",
+        "persist": "compensation_failed",
+        "publishToMQ": "compensating",
+        "awaitResponse": None,
+        "finalize": None,
+    }
+    assert by_name["persist"]["undo"]["error"] == refund_error
+    assert by_name["persist"]["undo"]["attempts"] == 3
+    assert by_name["persist"]["undo"]["status"] == "failed"
+    assert by_name["publishToMQ"]["undo"]["status"] == "running"
+    assert by_name["awaitResponse"]["undo"] is None
+    document = build_openapi(WorkflowRegistry.from_modules(gateway.settings.workflows))
+    assert documented(document, "WorkflowView").is_valid(view)
+
+    page = (await gateway.client.get(f"/ui/workflows/{workflow_id}")).text
+    assert 'class="pill s-compensation_failed"' in page
+    assert 'data-undo="persist" data-compensation="compensation_failed"' in page
+    assert 'data-undo="validate" data-compensation="compensated"' in page
+    assert 'data-undo="publishToMQ" data-compensation="compensating"' in page
+    assert 'data-undo="awaitResponse"' not in page
+    assert "RefundRefused" in page
+    assert "card &lt;closed&gt;" in page  # escaped, never markup
+    assert "Retry failed undos" in page
+    rows = (await gateway.client.get("/ui/list", params={"id": workflow_id})).text
+    assert 'class="pill s-compensation_failed"' in rows
+    assert 'data-status="compensation_failed"' in rows
+    listed = await gateway.client.get("/workflows", params={"status": "compensation_failed"})
+    assert workflow_id in [item["workflowId"] for item in listed.json()["items"]]

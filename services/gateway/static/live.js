@@ -6,12 +6,18 @@ window.relayflow = (() => {
     "workflow.started", "workflow.completed", "workflow.failed", "workflow.cancelled",
     "workflow.retried", "step.started", "step.completed", "step.failed", "step.retrying",
     "step.sleeping", "signal.received",
+    // Compensation: a failed or cancelled run undoes its completed compensable steps.
+    "workflow.compensating", "workflow.compensated", "workflow.compensation_failed",
+    "step.compensating", "step.compensated", "step.compensation_failed",
   ];
   // A map step's item-level events: a workflow's page follows them (they update its progress
   // bar and item rows in place); they never change the list, so the feed does not.
   const ITEM_EVENT_TYPES = ["step.progress", "step.item.retrying", "step.item.failed"];
   const ITEM_EVENTS = new Set(ITEM_EVENT_TYPES);
-  const TERMINAL = new Set(["workflow.completed", "workflow.failed", "workflow.cancelled"]);
+  const TERMINAL = new Set([
+    "workflow.completed", "workflow.failed", "workflow.cancelled",
+    "workflow.compensated", "workflow.compensation_failed",
+  ]);
 
   // <time datetime> elements rendered in UTC by the server, shown in the reader's time zone.
   function localTimes(root) {
@@ -223,5 +229,6 @@ window.relayflow = (() => {
   localTimes(document);
   return {
     followWorkflow, followFeed, refresher, eventRow, postAction, localTimes, swap, setLive, ITEM_EVENTS,
+    TERMINAL,
   };
 })();

@@ -7,7 +7,8 @@
 
 (() => {
   const { followWorkflow, refresher, eventRow, postAction, ITEM_EVENTS } = window.relayflow;
-  const TERMINAL_TYPES = new Set(["workflow.completed", "workflow.failed", "workflow.cancelled"]);
+  // A compensating run takes no signals either (they are ignored until it ends).
+  const TERMINAL_TYPES = new Set([...window.relayflow.TERMINAL, "workflow.compensating"]);
   const workflowId = document.body.dataset.workflowId;
   const panel = document.getElementById("panel");
   const events = document.getElementById("events");
