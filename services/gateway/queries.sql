@@ -63,7 +63,7 @@ LIMIT $7;
 
 -- name: first_items
 -- The first $3 items of each map step $2 of workflow $1, in item order: one indexed range scan
--- per step (step_items_order_idx), whatever the number of items.
+-- per step (step_items_pkey: a step's items in index order), whatever the number of items.
 SELECT s.step_name, i.key, i.item_index, i.status, i.attempts, i.output, i.error, i.started_at,
        i.finished_at
 FROM unnest($2::text[]) AS s (step_name)
@@ -78,7 +78,7 @@ ORDER BY s.step_name, i.item_index;
 
 -- name: items_after
 -- A page of one map step's items after index $3 (keyset), in item order, optionally only those
--- with status $4 (step_items_order_idx either way).
+-- with status $4 (step_items_pkey either way).
 SELECT $2::text AS step_name, key, item_index, status, attempts, output, error, started_at,
        finished_at
 FROM step_items

@@ -127,13 +127,16 @@ WHERE message_id IN (
 );
 
 -- Map items (`step_items`). The workflow rows they belong to are locked by the batch, so no two
--- transactions write the items of one workflow at once.
+-- transactions write the items of one workflow at once. An item is found by key through
+-- `ARRAY[workflow_id, step_name, key]`, spelled exactly as step_items_key_idx is, so that no
+-- other index can serve (and slow) the lookup (migration 0012).
 
 -- name: load_items
 SELECT i.workflow_id, i.step_name, i.key, i.item_index, i.status, i.attempts, i.item, i.output,
        i.error, i.started_at, i.finished_at
 FROM unnest($1::text[], $2::text[], $3::text[]) AS w(workflow_id, step_name, key)
-JOIN step_items AS i USING (workflow_id, step_name, key);
+JOIN step_items AS i
+  ON ARRAY[i.workflow_id, i.step_name, i.key] = ARRAY[w.workflow_id, w.step_name, w.key];
 
 -- name: create_items
 INSERT INTO step_items (workflow_id, step_name, key, item_index, status, item)
@@ -153,13 +156,15 @@ WITH saved AS (
                 $7::jsonb[], $8::timestamptz[], $9::timestamptz[])
          AS u(workflow_id, step_name, key, status, attempts, output, error, started_at,
               finished_at)
-    WHERE i.workflow_id = u.workflow_id AND i.step_name = u.step_name AND i.key = u.key
+    WHERE ARRAY[i.workflow_id, i.step_name, i.key] = ARRAY[u.workflow_id, u.step_name, u.key]
     RETURNING i.workflow_id, i.step_name, i.key, i.status
 )
 DELETE FROM timers AS t
 USING saved AS s
 WHERE s.status IN ('completed', 'failed', 'cancelled')
-  AND t.workflow_id = s.workflow_id AND t.step_name = s.step_name AND t.step_key = s.key;
+  AND t.workflow_id = s.workflow_id AND t.step_name = s.step_name AND t.step_key = s.key
+  -- The predicate of timers_item_idx, so that it serves the join.
+  AND t.step_key <> '';
 
 -- name: reset_items
 UPDATE step_items AS i
@@ -178,15 +183,16 @@ WITH cancelled AS (
 )
 DELETE FROM timers AS t
 USING cancelled AS c
-WHERE t.workflow_id = c.workflow_id AND t.step_name = c.step_name AND t.step_key = c.key;
+WHERE t.workflow_id = c.workflow_id AND t.step_name = c.step_name AND t.step_key = c.key
+  AND t.step_key <> '';
 
 -- name: claim_items
 -- The next `n` pending items of each map, in item order, moved to their next attempt.
 WITH picked AS (
-    SELECT p.workflow_id, p.step_name, p.key
+    SELECT p.workflow_id, p.step_name, p.item_index
     FROM unnest($1::text[], $2::text[], $3::integer[]) AS w(workflow_id, step_name, n)
     CROSS JOIN LATERAL (
-        SELECT i.workflow_id, i.step_name, i.key
+        SELECT i.workflow_id, i.step_name, i.item_index
         FROM step_items AS i
         WHERE i.workflow_id = w.workflow_id AND i.step_name = w.step_name
           AND i.status = 'pending'
@@ -198,7 +204,7 @@ UPDATE step_items AS i
 SET status = 'running', attempts = i.attempts + 1, started_at = $4, finished_at = NULL
 FROM picked
 WHERE i.workflow_id = picked.workflow_id AND i.step_name = picked.step_name
-  AND i.key = picked.key
+  AND i.item_index = picked.item_index
 RETURNING i.workflow_id, i.step_name, i.key, i.item_index, i.status, i.attempts, i.item,
           i.output, i.error, i.started_at, i.finished_at;
 
@@ -215,19 +221,20 @@ WITH saved AS (
                 $7::jsonb[], $8::timestamptz[], $9::timestamptz[])
          AS u(workflow_id, step_name, key, status, attempts, output, error, started_at,
               finished_at)
-    WHERE i.workflow_id = u.workflow_id AND i.step_name = u.step_name AND i.key = u.key
+    WHERE ARRAY[i.workflow_id, i.step_name, i.key] = ARRAY[u.workflow_id, u.step_name, u.key]
     RETURNING i.workflow_id, i.step_name, i.key, i.status
 ), dropped AS (
     DELETE FROM timers AS t
     USING saved AS s
     WHERE s.status IN ('completed', 'failed', 'cancelled')
       AND t.workflow_id = s.workflow_id AND t.step_name = s.step_name AND t.step_key = s.key
+      AND t.step_key <> ''
     RETURNING 1
 ), picked AS (
-    SELECT p.workflow_id, p.step_name, p.key
+    SELECT p.workflow_id, p.step_name, p.item_index
     FROM unnest($10::text[], $11::text[], $12::integer[]) AS w(workflow_id, step_name, n)
     CROSS JOIN LATERAL (
-        SELECT i.workflow_id, i.step_name, i.key
+        SELECT i.workflow_id, i.step_name, i.item_index
         FROM step_items AS i
         WHERE i.workflow_id = w.workflow_id AND i.step_name = w.step_name
           AND i.status = 'pending'
@@ -244,7 +251,7 @@ UPDATE step_items AS i
 SET status = 'running', attempts = i.attempts + 1, started_at = $13, finished_at = NULL
 FROM picked
 WHERE i.workflow_id = picked.workflow_id AND i.step_name = picked.step_name
-  AND i.key = picked.key
+  AND i.item_index = picked.item_index
 RETURNING i.workflow_id, i.step_name, i.key, i.item_index, i.status, i.attempts, i.item,
           i.output, i.error, i.started_at, i.finished_at;
 

@@ -394,8 +394,8 @@ async def test_the_dashboard_card_shows_the_progress_bar_and_only_the_first_item
 
 async def test_item_queries_use_the_order_index(pool: asyncpg.Pool[Any]) -> None:
     """A 10,000-item map: the first items of each map step and each page are a range scan of
-    the order index, never a scan of every item; an unfiltered page reads only its rows, in
-    index order (no sort), and a filtered one at most the step's own items."""
+    the primary key (item order), never a scan of every item; an unfiltered page reads only
+    its rows, in index order (no sort), and a filtered one at most the step's own items."""
     workflow_id = new_workflow_id()
     await pool.execute(
         """
@@ -411,7 +411,7 @@ async def test_item_queries_use_the_order_index(pool: asyncpg.Pool[Any]) -> None
     def checked(plan: Any, *, sorted_rows: bool) -> None:
         text = str(plan)
         assert "Seq Scan" not in text, text
-        assert "step_items_order_idx" in text, text
+        assert "step_items_pkey" in text, text
         assert sorted_rows or "Sort" not in text, text
 
     async with pool.acquire() as conn:

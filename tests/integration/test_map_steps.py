@@ -4,7 +4,7 @@ as the machine expects (the same rules tests/unit/test_map_steps.py checks in me
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from relayflow.contracts import (
     new_message_id,
     new_workflow_id,
 )
+from relayflow.db import Queries
 from relayflow.machine import Ignored, TimerFired, TimerKind
 from relayflow.model import StepStatus, WorkflowStatus, ids
 from relayflow.topology import Topology
@@ -182,3 +183,63 @@ async def test_cancel_mid_map_cancels_the_items_and_a_late_answer_changes_nothin
     assert isinstance(late.outcomes[0], Ignored)
     status = await pool.fetchval("SELECT status FROM workflows WHERE id = $1", workflow_id)
     assert status == WorkflowStatus.CANCELLED
+
+
+async def test_item_lookups_use_the_key_index_with_or_without_statistics(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Each result finds its item by key. With the order index sharing the key index's first
+    two columns, a planner without statistics (a new database, a skewed table) chose the order
+    index for those lookups and filtered on the key: every item of the map read per result. The
+    lookups of load, save, and save-and-claim must be key-index lookups, before and after
+    ANALYZE."""
+    workflow_id = new_workflow_id()
+    await pool.execute(
+        """
+        INSERT INTO step_items (workflow_id, step_name, key, item_index, status, attempts)
+        SELECT $1, 'square', i::text, i, 'running', 1 FROM generate_series(0, 9999) AS i
+        """,
+        workflow_id,
+    )
+    queries = Queries.load("services.orchestrator")
+    one = ([workflow_id], ["square"], ["5000"])
+    saved = (*one, ["completed"], [1], [None], [None], [None], [None])
+    claims = ([workflow_id], ["square"], [1], datetime.now(UTC))
+
+    def by_key(plan: Any) -> None:
+        """Every scan of step_items is of the key index, every scan of timers of its item
+        index."""
+        scans = list(_scans(plan))
+        assert ("step_items", "step_items_key_idx") in scans, scans
+        for relation, index in scans:
+            expected = {"step_items": "step_items_key_idx", "timers": "timers_item_idx"}
+            assert index == expected[relation], scans
+
+    try:
+        for analyzed in (False, True):
+            if analyzed:
+                await pool.execute("ANALYZE step_items")
+            async with pool.acquire() as conn, conn.transaction():
+                # EXPLAIN without ANALYZE: nothing is written.
+                by_key(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {queries.load_items}", *one))
+                by_key(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {queries.save_items}", *saved))
+                plan = await conn.fetchval(
+                    f"EXPLAIN (FORMAT JSON) {queries.save_and_claim_items}", *saved, *claims
+                )
+                # ... and the claim's scan is of the pending items, in order.
+                scans = list(_scans(plan))
+                assert ("step_items", "step_items_key_idx") in scans, scans
+                assert ("step_items", "step_items_pending_idx") in scans, scans
+                assert all(index is not None for _, index in scans), scans
+    finally:
+        await pool.execute("DELETE FROM step_items WHERE workflow_id = $1", workflow_id)
+
+
+def _scans(plan: Any) -> Iterator[tuple[str, str | None]]:
+    """(relation, index or None) of every scan node of an EXPLAIN (FORMAT JSON) plan."""
+    nodes: list[Any] = [entry["Plan"] for entry in plan]
+    while nodes:
+        node = nodes.pop()
+        if "Relation Name" in node and node["Node Type"] != "ModifyTable":
+            yield node["Relation Name"], node.get("Index Name")
+        nodes.extend(node.get("Plans", ()))
