@@ -21,7 +21,7 @@ import orjson
 
 # Inputs stored in fewer bytes than this (PostgreSQL's size of the column, compressed) are read
 # with the row every time.
-DEFAULT_MIN_BYTES = 8 * 1024
+DEFAULT_MIN_BYTES = 2 * 1024
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 
