@@ -46,6 +46,8 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             publisher,
             topology,
             max_input_bytes=settings.max_input_bytes,
+            defer_first=settings.orchestrator_defer_first,
+            defer_limit=settings.orchestrator_defer_limit,
         )
         # ensure=True returns the queue the robust channel tracks, so that its consumer is
         # restored after a reconnect (an untracked queue object would silently stop consuming).
@@ -66,6 +68,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("stopping: no new deliveries; finishing the batches in hand")
         await consumer.stop()
+        await orchestrator.stop()
         for task in background:
             task.cancel()
         for task in background:

@@ -62,10 +62,23 @@ Input = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """The input may apply later, not now: a signal that overtook the start of its workflow.
+    Handed back to the broker after a backoff, and dead-lettered with the reason once it has
+    come back too often. (The machine never defers: only the processor finds a workflow
+    missing.)"""
+
+    reason: str
+
+
+Applied = Outcome | Deferred
+
+
 @dataclass(slots=True)
 class BatchResult:
     # One outcome per input, in input order.
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[Applied] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
 
 
@@ -98,7 +111,7 @@ class Processor:
         read again). `sent`: outbox rows the broker has confirmed, deleted with the batch's
         writes."""
         now = now or datetime.now(UTC)
-        outcomes: list[Outcome | None] = [None] * len(inputs)
+        outcomes: list[Applied | None] = [None] * len(inputs)
         current: dict[str, WorkflowState] = dict(locked or {})
 
         transitions, deferred = await self._start_new(conn, inputs, outcomes, current, now)
@@ -146,7 +159,7 @@ class Processor:
         self,
         conn: Connection,
         inputs: Sequence[Input],
-        outcomes: list[Outcome | None],
+        outcomes: list[Applied | None],
         current: dict[str, WorkflowState],
         now: datetime,
     ) -> tuple[list[Transition], list[int]]:
@@ -173,7 +186,7 @@ class Processor:
         return [t for wid, t in new.items() if wid in inserted], deferred
 
     def _build_starts(
-        self, inputs: Sequence[Input], outcomes: list[Outcome | None], now: datetime
+        self, inputs: Sequence[Input], outcomes: list[Applied | None], now: datetime
     ) -> tuple[dict[str, Transition], list[int]]:
         """Each new workflow's first transition, by id, and the indexes of repeated starts: an
         id an earlier start of this batch claims, whose verdict is known only after the insert
@@ -201,11 +214,15 @@ class Processor:
         item: Input,
         now: datetime,
         items: Mapping[ItemKey, ItemState],
-    ) -> Outcome:
+    ) -> Applied:
         state = current.get(item.workflow_id)
         if state is None:
             if isinstance(item, TimerFired):
                 return Ignored(f"timer for unknown workflow {item.workflow_id}")
+            if isinstance(item, SignalWorkflow):
+                # A sender may signal right after its start was accepted, and the signal can
+                # overtake the start (another queue position, a start handed back once).
+                return Deferred(f"signal for workflow {item.workflow_id}, which does not exist")
             return Rejected(f"unknown workflow {item.workflow_id}")
         definition = self._definition_of(state)
         if isinstance(definition, Rejected):

@@ -104,6 +104,9 @@ WHERE id IN (
 )
 RETURNING workflow_id, kind, step_name, attempt, step_key;
 
+-- name: forget_messages
+DELETE FROM inbox WHERE message_id = ANY($1::text[]);
+
 -- name: delete_outbox
 DELETE FROM outbox WHERE id = ANY($1::bigint[]);
 

@@ -14,7 +14,8 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter, ValidationError
 
-from relayflow.amqp import Publisher, dead_letter
+from relayflow.amqp import Backoff, Publisher, dead_letter
+from relayflow.amqp.settle import delivery_count, hand_back
 from relayflow.contracts import (
     DEFAULT_MAX_INPUT_BYTES,
     OrchestratorInput,
@@ -27,12 +28,17 @@ from relayflow.contracts import (
 from relayflow.machine import Ignored, Rejected, TimerFired
 from relayflow.topology import Topology
 from services.orchestrator import store
-from services.orchestrator.processor import BatchResult, Processor
+from services.orchestrator.processor import BatchResult, Deferred, Processor
 from services.orchestrator.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 
 _input_adapter: TypeAdapter[OrchestratorInput] = TypeAdapter(OrchestratorInput)
+
+# A deferred input (a signal ahead of its workflow's start) comes back after 1, 2, 4, 8, 16 and
+# 30 s by default, then is dead-lettered: a start a minute late is lost or stuck, not slow. Well
+# inside the quorum queue's delivery limit.
+DEFER_LONGEST = 30.0
 
 # Errors that one transaction may hit through no fault of its input; trying again resolves them.
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -56,8 +62,13 @@ class Orchestrator:
         topology: Topology,
         *,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        defer_first: float = 1.0,
+        defer_limit: int = 6,
     ) -> None:
         self._max_input_bytes = max_input_bytes
+        self._defer_backoff = Backoff(first=defer_first, longest=max(defer_first, DEFER_LONGEST))
+        self._defer_limit = defer_limit
+        self._deferred: set[asyncio.Task[None]] = set()
         self._pool = pool
         self._processor = processor
         self._relay = relay
@@ -124,6 +135,8 @@ class Orchestrator:
             outcome = next(outcomes) if is_fresh else Ignored("duplicate message")
             if isinstance(outcome, Rejected):
                 await self._dead_letter(delivery.message, outcome.reason)
+            elif isinstance(outcome, Deferred):
+                await self._defer(delivery.message, outcome.reason)
             else:
                 if isinstance(outcome, Ignored):
                     log.debug("ignored %s: %s", delivery.message.message_id, outcome.reason)
@@ -152,6 +165,15 @@ class Orchestrator:
                     d.input for d, is_fresh in zip(deliveries, fresh, strict=True) if is_fresh
                 ]
                 result = await self._processor.apply(conn, inputs, locked=locked, sent=sent)
+                # A deferred input comes back as the same message: it must not be a duplicate.
+                await store.forget_messages(
+                    conn,
+                    [
+                        item.message_id
+                        for item, outcome in zip(inputs, result.outcomes, strict=True)
+                        if isinstance(outcome, Deferred)
+                    ],
+                )
         return fresh, result
 
     async def fire_due_timers(self, limit: int = 100) -> int:
@@ -163,6 +185,34 @@ class Orchestrator:
             result = await self._processor.apply(conn, timers)
         self._relay.submit(result.outbox)
         return len(timers)
+
+    async def _defer(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Hand `message` back after a backoff that doubles with each return; once it has come
+        back `defer_limit` times (about a minute by default), dead-letter it with the reason."""
+        returns = delivery_count(message)
+        if returns >= self._defer_limit:
+            waited = sum(self._defer_backoff.after(n) for n in range(returns))
+            await self._dead_letter(
+                message, f"{reason} (handed back {returns} times over {waited:.0f}s)"
+            )
+            return
+        log.info("deferring %s: %s", message.message_id, reason)
+        task = asyncio.create_task(self._hand_back_later(message))
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
+
+    async def _hand_back_later(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await asyncio.sleep(self._defer_backoff.after(delivery_count(message)))
+        finally:
+            await hand_back(message)
+
+    async def stop(self) -> None:
+        """Hand deferred deliveries back at once (another replica, or this one restarted,
+        takes them)."""
+        for task in list(self._deferred):
+            task.cancel()
+        await asyncio.gather(*self._deferred, return_exceptions=True)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         await dead_letter(self._publisher, self._topology.dead_letter_exchange, message, reason)

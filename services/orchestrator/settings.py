@@ -18,6 +18,10 @@ class OrchestratorSettings(Settings):
     # machine (bench: larger batches, fewer commits); more helps where PostgreSQL has cores to
     # spare for concurrent transactions.
     orchestrator_workers: int = Field(default=1, ge=1)
+    # A signal that overtook its workflow's start is handed back after this many seconds,
+    # doubling (up to 30 s), and dead-lettered after `orchestrator_defer_limit` returns.
+    orchestrator_defer_first: float = Field(default=1.0, gt=0)
+    orchestrator_defer_limit: int = Field(default=6, ge=0, le=15)
     outbox_stale_after: float = Field(default=5.0, gt=0)
     outbox_sweep_interval: float = Field(default=1.0, gt=0)
     timer_poll_interval: float = Field(default=0.25, gt=0)

@@ -197,6 +197,12 @@ async def claim_due_timers(conn: Connection, limit: int) -> list[TimerFired]:
     ]
 
 
+async def forget_messages(conn: Connection, message_ids: Sequence[str]) -> None:
+    """Remove message ids from the inbox (inputs handed back to come again)."""
+    if message_ids:
+        await conn.execute(QUERIES.forget_messages, list(message_ids))
+
+
 async def delete_outbox(conn: Connection, ids: Sequence[int]) -> None:
     if ids:
         await conn.execute(QUERIES.delete_outbox, list(ids))
