@@ -28,7 +28,7 @@ import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel
 
@@ -491,7 +491,7 @@ def define_workflow(
     several versions of one workflow at once (new runs take the newest). Without one, the
     version is derived from the definition's shape — its steps, their kinds and options, the
     code of its conditions — so that a changed definition is a new version by itself."""
-    if version is not None and not _VERSION.match(version):
+    if version is not None and not _VERSION.fullmatch(version):
         raise DefinitionError(
             f"workflow {name!r}: version {version!r} must be 1 to 64 of A-Z a-z 0-9 . _ -"
         )
@@ -542,7 +542,10 @@ def define_workflow(
     return replace(definition, version=version or _derived_version(definition))
 
 
-_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# What a declared version may be (a derived one is "v" and twelve hex digits). Public because
+# others apply the same rule: the gateway to its list's `version` filter and in its API document.
+VERSION_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
+_VERSION = re.compile(VERSION_PATTERN)
 
 
 def _derived_version(definition: WorkflowDefinition) -> str:

@@ -29,14 +29,12 @@ from starlette.requests import Request
 
 from relayflow.contracts import CancelWorkflow, RetryWorkflow, SignalWorkflow, unstorable
 from relayflow.contracts.messages import StepName, WorkflowId
+from relayflow.workflow import VERSION_PATTERN
 from services.gateway.models import FieldError
 
 WORKFLOW_ID_PATTERN: Final[str] = TypeAdapter(WorkflowId).json_schema()["pattern"]
 # Workflow names follow the step-name rule (`StartWorkflow.workflowName`).
 WORKFLOW_NAME_PATTERN: Final[str] = TypeAdapter(StepName).json_schema()["pattern"]
-# A definition's version, as `define_workflow` allows one (`relayflow.workflow`; a derived one
-# is "v" and twelve hex digits).
-VERSION_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
 MAX_KEY_LENGTH: Final = 200
 # Printable ASCII, not starting or ending with a space: HTTP strips those spaces, so a key that
 # had them would not be the key the client sent. (Non-ASCII header bytes have no agreed
@@ -54,6 +52,7 @@ JSON_MEDIA_TYPE: Final = "application/json"
 
 _WORKFLOW_ID = re.compile(WORKFLOW_ID_PATTERN)
 _WORKFLOW_NAME = re.compile(WORKFLOW_NAME_PATTERN)
+# A definition's version, by the rule `define_workflow` applies.
 _VERSION = re.compile(VERSION_PATTERN)
 STEP_NAME_PATTERN: Final[str] = TypeAdapter(StepName).json_schema()["pattern"]
 _STEP_NAME = re.compile(STEP_NAME_PATTERN)

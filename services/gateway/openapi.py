@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from relayflow.contracts import WorkflowEvent
-from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
+from relayflow.workflow import VERSION_PATTERN, WorkflowDefinition, WorkflowRegistry
 from services.gateway import checks
 from services.gateway.input_schema import NO_NUL, STORABLE_JSON, as_applied, storable_json
 from services.gateway.models import (
@@ -591,7 +591,7 @@ def build_openapi(
                         "The version of its definition a run is pinned to (a workflow's "
                         "`version`): only the runs of that version."
                     ),
-                    "schema": {"type": "string", "pattern": checks.VERSION_PATTERN},
+                    "schema": {"type": "string", "pattern": VERSION_PATTERN},
                 },
                 {
                     "name": "id",

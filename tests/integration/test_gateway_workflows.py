@@ -12,13 +12,11 @@ import aio_pika
 import asyncpg
 import pytest
 
-from relayflow import workflow as workflow_module
 from relayflow.contracts import CancelWorkflow, decode, new_workflow_id
 from relayflow.db import Queries
 from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
-from services.gateway import checks
 from services.gateway.dag import columns
 from services.gateway.openapi import build_openapi
 from services.gateway.store import like_prefix
@@ -533,12 +531,6 @@ async def test_a_cursor_holding_an_impossible_id_is_400(gateway: RunningGateway)
     response = await gateway.client.get("/workflows", params={"before": cursor})
     assert response.status_code == 400, response.text
     assert "before" in response.json()["error"]
-
-
-def test_the_version_filter_takes_what_a_definition_may_be_called() -> None:
-    """The list's `version` parameter is checked by the gateway's own copy of the rule
-    `define_workflow` applies: the two must not drift apart."""
-    assert workflow_module._VERSION.pattern == checks.VERSION_PATTERN
 
 
 async def test_the_list_filters_by_version_and_shows_it(

@@ -3,6 +3,7 @@ or declared; several versions of one workflow loaded at once."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -11,7 +12,14 @@ import pytest
 from pydantic import BaseModel
 
 from relayflow.errors import DefinitionError
-from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task
+from relayflow.workflow import (
+    VERSION_PATTERN,
+    RetryPolicy,
+    WorkflowRegistry,
+    define_workflow,
+    task,
+)
+from services.gateway import checks
 
 
 class Empty(BaseModel):
@@ -84,3 +92,36 @@ def test_several_versions_load_at_once_and_new_runs_take_the_newest() -> None:
         WorkflowRegistry([old, old])
     with pytest.raises(DefinitionError, match="version"):
         define_workflow("flow", input_model=Empty, steps=[task("a")], version="no spaces")
+
+
+@pytest.mark.parametrize(
+    ("version", "valid"),
+    [
+        ("1", True),
+        ("v2.0-rc_1", True),
+        ("a" * 64, True),
+        ("", False),
+        ("a" * 65, False),
+        ("no spaces", False),
+        ("1/2", False),
+        ("é", False),
+        # `$` alone also matches before a final newline: the whole string must fit.
+        ("v1\n", False),
+    ],
+)
+def test_the_version_rule_is_one_for_definitions_and_the_gateway(version: str, valid: bool) -> None:
+    """`VERSION_PATTERN` is the one rule: what `define_workflow` accepts as a version is exactly
+    what the gateway's list takes as a `version` filter (a run of it can be found by its name)."""
+    assert (re.fullmatch(VERSION_PATTERN, version) is not None) is valid
+    assert checks.is_version(version) is valid
+    if valid:
+        assert define_workflow("f", input_model=Empty, steps=[task("a")], version=version)
+    else:
+        with pytest.raises(DefinitionError, match="version"):
+            define_workflow("f", input_model=Empty, steps=[task("a")], version=version)
+
+
+def test_a_derived_version_fits_the_rule() -> None:
+    """A derived version is filtered on like a declared one, so it must fit the same rule."""
+    derived = define_workflow("f", input_model=Empty, steps=[task("a")]).version
+    assert re.fullmatch(VERSION_PATTERN, derived)
