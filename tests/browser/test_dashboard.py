@@ -166,7 +166,8 @@ async def test_retry_a_failed_workflow_from_its_page(page: Page, system: System)
     workflow_id = await submit(system, form("bob@mailinator.com"))
 
     async def failed() -> bool:
-        return (await workflow_summary(system, workflow_id))["status"] == "failed"
+        status: str = (await workflow_summary(system, workflow_id))["status"]
+        return status == "failed"
 
     await wait_for(failed, timeout=30)
     await page.goto(f"/ui/workflows/{workflow_id}")

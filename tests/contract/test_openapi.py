@@ -121,7 +121,7 @@ def test_dashboard_endpoints_are_documented(document: dict[str, Any]) -> None:
     assert "204" in paths["/workflows/{workflowId}/events"]["get"]["responses"]
     assert "text/event-stream" in paths["/events"]["get"]["responses"]["200"]["content"]
     page = _validator(document, "WorkflowPage")
-    item = {
+    item: dict[str, Any] = {
         "workflowId": "wf_x",
         "name": "formSubmission",
         "status": "cancelled",

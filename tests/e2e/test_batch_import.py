@@ -55,6 +55,7 @@ async def test_a_batch_imports_each_line_once_summarises_and_notifies(
     }
     child_id = steps["notifyOwner"]["childWorkflowId"]
     child = await pool.fetchrow("SELECT status, output FROM workflows WHERE id = $1", child_id)
+    assert child is not None
     assert child["status"] == WorkflowStatus.COMPLETED
     message = await pool.fetchval(
         "SELECT message FROM import_notifications WHERE workflow_id = $1", child_id

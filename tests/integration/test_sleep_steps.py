@@ -50,6 +50,7 @@ async def test_a_sleep_wakes_once_however_many_replicas_poll(
     row = await pool.fetchrow(
         "SELECT kind, fire_at FROM timers WHERE workflow_id = $1", workflow_id
     )
+    assert row is not None
     assert row["kind"] == "sleep"
 
     async def due() -> bool:
@@ -72,6 +73,7 @@ async def test_a_sleep_wakes_once_however_many_replicas_poll(
     claimed = await asyncio.gather(replica(), replica())
     assert sorted(len(c) for c in claimed) == [0, 1]
     state = await pool.fetchrow("SELECT status, steps FROM workflows WHERE id = $1", workflow_id)
+    assert state is not None
     assert state["status"] == WorkflowStatus.COMPLETED
     assert state["steps"]["nap"]["status"] == StepStatus.COMPLETED
     events = await pool.fetch(

@@ -70,7 +70,9 @@ def start(definition: WorkflowDefinition, payload: dict[str, Any] | None = None)
         workflow_name=definition.name,
         input=payload if payload is not None else FORM,
     )
-    return machine.start(definition, message, NOW)
+    outcome = machine.start(definition, message, NOW)
+    assert isinstance(outcome, Transition), outcome
+    return outcome
 
 
 def result(

@@ -177,6 +177,7 @@ def test_one_body_serves_several_steps_each_with_its_own_invocation() -> None:
         outcome = machine.on_step_result(SHOP, current, _done(current, step), NOW)
         assert isinstance(outcome, Transition)
         current = outcome.state
+    assert isinstance(outcome, Transition)
     notified = outcome.commands
     assert [(c.step_name, c.body) for c in notified] == [
         ("notifyBuyer", "notify"),
