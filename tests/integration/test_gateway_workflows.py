@@ -12,7 +12,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from relayflow.contracts import CancelWorkflow, decode, new_workflow_id
+from relayflow.contracts import CancelWorkflow, RetryWorkflow, decode, new_workflow_id
 from relayflow.db import Queries
 from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, Topology
@@ -330,14 +330,18 @@ async def test_cancel_and_retry_publish_control_messages_or_refuse(
         "RetryWorkflow",
     ]
     assert all(message.routing_key == CONTROL_KEY for message in got)
-    assert [m.workflow_id for m in decoded] == [running, running, failed]
+    first, second, third = decoded
+    assert isinstance(first, CancelWorkflow)
+    assert isinstance(second, CancelWorkflow)
+    assert isinstance(third, RetryWorkflow)
+    assert [m.workflow_id for m in (first, second, third)] == [running, running, failed]
     assert [m.message_id for m in decoded] == [
         cancel.json()["messageId"],
         cancel.json()["messageId"],
         retry.json()["messageId"],
     ]
-    assert decoded[0].reason == "bored"
-    assert decoded[0].idempotency_key == "k1"
+    assert first.reason == "bored"
+    assert first.idempotency_key == "k1"
 
 
 async def test_dashboard_pages_and_fragments(
