@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -122,6 +122,16 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"{what or condition} not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def raw_headers(headers: Mapping[str, str | bytes]) -> list[tuple[bytes, bytes]]:
+    """Headers that mix text with raw bytes (a value no text can spell), as httpx sends them:
+    names and text values in ASCII, bytes as they are. httpx takes the mix as it is, but its
+    types take one kind per mapping."""
+    return [
+        (name.encode("ascii"), value if isinstance(value, bytes) else value.encode("ascii"))
+        for name, value in headers.items()
+    ]
 
 
 async def read_sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

@@ -31,7 +31,7 @@ from tests.integration.gateway_harness import (
     running_gateway,
     seed_document,
 )
-from tests.support import get_messages, wait_for
+from tests.support import get_messages, raw_headers, wait_for
 
 STEPS = ["validate", "persist", "publishToMQ", "awaitResponse", "finalize"]
 
@@ -246,7 +246,7 @@ async def test_a_last_event_id_that_is_no_seq_is_400_before_any_stream(
     """Resuming needs a seq the integer column can hold: anything else was a 200 stream that
     PostgreSQL then cut (over 2^31-1), a 500 (digits int() refuses), or a silent replay of
     everything. The workflow is not stored yet, so only the check can answer."""
-    response = await gateway.client.get(run.url() + query, headers=headers)
+    response = await gateway.client.get(run.url() + query, headers=raw_headers(headers))
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == "application/json"
     assert named in response.json()["error"]

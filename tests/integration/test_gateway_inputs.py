@@ -7,7 +7,7 @@ that waits for an id that cannot appear."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -18,6 +18,7 @@ from relayflow.settings import Settings
 from services.gateway.workflows import encode_cursor
 from tests.integration.gateway_harness import RunningGateway, failures, running_gateway
 from tests.integration.test_gateway_workflows import T0
+from tests.support import raw_headers
 
 FORM = {"name": "Ada", "email": "ada@example.com", "message": "hi"}
 JSON = {"content-type": "application/json"}
@@ -40,7 +41,7 @@ class Probe:
     method: str
     url: str
     status: int
-    headers: dict[str, str | bytes] = field(default_factory=dict)
+    headers: Mapping[str, str | bytes] = field(default_factory=dict)
     content: bytes | None = None
 
     def __str__(self) -> str:
@@ -150,7 +151,7 @@ async def test_every_route_refuses_what_it_cannot_use_at_once_and_cleanly(
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=5) as client:
         for probe in PROBES:
             response = await client.request(
-                probe.method, probe.url, headers=probe.headers, content=probe.content
+                probe.method, probe.url, headers=raw_headers(probe.headers), content=probe.content
             )
             if response.status_code != probe.status:
                 wrong.append(f"{probe}: got {response.status_code} {response.text[:200]}")
@@ -175,7 +176,7 @@ async def test_a_feed_id_it_cannot_resume_from_is_a_reset_not_an_error(
     caplog.set_level(logging.WARNING)
     for last in ("9" * 5000, b"\xb2", "x." + "9" * 5000, b"ab.\xb2"):
         async with gateway.client.stream(
-            "GET", "/events", headers={"Last-Event-ID": last}
+            "GET", "/events", headers=raw_headers({"Last-Event-ID": last})
         ) as response:
             assert response.status_code == 200
             lines = response.aiter_lines()

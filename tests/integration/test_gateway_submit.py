@@ -413,7 +413,7 @@ async def test_idempotency_key_is_refused_exactly_when_the_document_says(
     parameter = seed_document()["paths"]["/submit"]["post"]["parameters"][0]
     assert parameter["name"] == "Idempotency-Key"
     allowed = documented(seed_document(), parameter["schema"]).is_valid(key.decode("latin-1"))
-    response = await gateway.client.post("/submit", json=FORM, headers={"Idempotency-Key": key})
+    response = await gateway.client.post("/submit", json=FORM, headers={b"Idempotency-Key": key})
     assert response.status_code == (202 if allowed else 400), response.text
     if not allowed:
         assert "printable ASCII" in response.json()["error"]
