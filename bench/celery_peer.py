@@ -94,7 +94,7 @@ class CeleryPeer:
         await wait_until(consuming, timeout=60, what="celery worker", interval=0.2)
 
     def _one(self, steps: int) -> Any:
-        from celery import chain  # type: ignore[import-untyped]  # celery ships no types
+        from celery import chain
 
         from bench.peers.celery_app import make_app
 

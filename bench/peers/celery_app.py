@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery  # type: ignore[import-untyped]  # celery ships no types
+from celery import Celery
 
 
 def make_app(broker: str, backend: str, queue: str) -> Celery:
@@ -33,7 +33,7 @@ def make_app(broker: str, backend: str, queue: str) -> Celery:
         result_expires=None,
     )
 
-    @app.task(name="bench_step", shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name="bench_step", shared=False)
     def bench_step(value: int) -> int:
         return value + 1
 
