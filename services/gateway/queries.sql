@@ -48,7 +48,7 @@ SELECT status, last_seq FROM workflows WHERE id = $1;
 -- (status $1, name $2, version $3, id LIKE pattern $4, keyset cursor $5/$6); parameters are
 -- planned per call (custom plans), so each combination uses its index:
 -- workflows_status_created_id_idx, workflows_name_created_idx, workflows_name_version_idx,
--- workflows_id_pattern_idx or workflows_created_at_idx.
+-- workflows_version_created_id_idx, workflows_id_pattern_idx or workflows_created_at_idx.
 SELECT id, name, status, created_at, updated_at, finished_at, last_seq, error, version,
        (SELECT coalesce(jsonb_object_agg(s.key, s.value -> 'status'), '{}'::jsonb)
         FROM jsonb_each(steps) AS s) AS step_statuses

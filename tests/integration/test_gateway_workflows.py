@@ -4,7 +4,7 @@ and the gateway's small endpoints (health, OpenAPI)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -280,7 +280,46 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
             text = str(plan)
             assert "Seq Scan" not in text, (status, workflow, version, pattern, text)
             assert "Index" in text, text
+    # A version with a few runs, older than the 20,000 of other versions: filtered on alone, it
+    # is read through its own index, not by walking the newest of the table and dropping every
+    # other version's row on the way (what the created_at index does).
+    rare = f"rare{name}"
+    await pool.execute(
+        """
+        INSERT INTO workflows (id, name, status, input, input_hash, steps, created_at, updated_at,
+                               version)
+        SELECT 'wf_' || $1 || '_rare' || i, $1, 'completed', '{}', 'h', '{}',
+               $2::timestamptz - i * interval '1 second', now(), $3
+        FROM generate_series(1, 3) AS i
+        """,
+        name,
+        T0,
+        rare,
+    )
+    await pool.execute("ANALYZE workflows")
+    # The rare version's 3 rows, and a page of the 6,667 of v1: each row read is a row listed.
+    for version, listed in ((rare, 3), ("v1", 50)):
+        (explained,) = await pool.fetchval(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", None, None, version, None, None, None, 50
+        )
+        nodes = list(_plan_nodes(explained["Plan"]))
+        assert {node["Index Name"] for node in nodes if "Index Name" in node} == {
+            "workflows_version_created_id_idx"
+        }, nodes
+        (read,) = (node for node in nodes if node.get("Relation Name") == "workflows")
+        assert read["Actual Rows"] == listed, nodes
+        assert not any(node.get("Rows Removed by Filter") for node in nodes), nodes
+        if listed == 50:
+            # Many runs of the version: the index gives the list's order, nothing is sorted.
+            assert not [node for node in nodes if node["Node Type"].endswith("Sort")], nodes
     await pool.execute("DELETE FROM workflows WHERE id LIKE $1", like_prefix(f"wf_{name}_"))
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A plan node of EXPLAIN (FORMAT JSON) and every node under it."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
 
 
 async def test_cancel_and_retry_publish_control_messages_or_refuse(
