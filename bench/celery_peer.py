@@ -16,13 +16,17 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.infra import Infra, Processes, unique, wait_until
 from bench.measure import Phase, Sample, peak_mib, process_tree
 from bench.threaded import DonePoller, threaded_closed_loop
+
+if TYPE_CHECKING:  # celery is the bench extra's, imported when the peer starts
+    from celery import Celery
 
 # Under load, Celery's rpc backend now and then never delivers a chain's result to its waiting
 # thread (seen here with 50 threads, about 1 in 300); such a workflow counts as an error.
@@ -50,11 +54,11 @@ class CeleryPeer:
         self.queue = unique("bench_celery_")
         self.database = unique("bench_celery_") if backend == "pg" else None
         self.processes: Processes | None = None
-        self.app: Any = None
+        self.app: Celery | None = None
         self.poller: DonePoller | None = None
         self._memory: dict[str, float | None] = {}
         self._lock = threading.Lock()
-        self._thread_apps: list[Any] = []
+        self._thread_apps: list[Celery] = []
 
     async def start(self) -> None:
         from bench.peers.celery_app import make_app
@@ -93,22 +97,23 @@ class CeleryPeer:
 
         await wait_until(consuming, timeout=60, what="celery worker", interval=0.2)
 
-    def _one(self, steps: int) -> Any:
+    def _one(self, steps: int) -> Callable[[int], Sample]:
         from celery import chain
 
         from bench.peers.celery_app import make_app
 
-        poller = self.poller
+        shared, poller = self.app, self.poller
+        assert shared is not None, "start() makes the app"
         local = threading.local()
 
-        def client() -> Any:
+        def client() -> Celery:
             # rpc: a client per thread, since one rpc result consumer cannot serve many threads
             # (replies meant for one thread are drained by another and lost to it).
             if poller is not None:
-                return self.app
-            app = getattr(local, "app", None)
+                return shared
+            app: Celery | None = getattr(local, "app", None)
             if app is None:
-                app = local.app = make_app(self.app.conf.broker_url, "rpc://", self.queue)
+                app = local.app = make_app(shared.conf.broker_url, "rpc://", self.queue)
                 with self._lock:
                     self._thread_apps.append(app)
             return app
@@ -120,7 +125,9 @@ class CeleryPeer:
             if poller is None:
                 # rpc: only the chain's result is sent back; the links before it send nothing.
                 for signature in signatures[:-1]:
-                    signature.set(ignore_result=True)
+                    # celery-types spells out the options `set` takes, but not ignore_result,
+                    # which celery takes like any other (they all go into the options).
+                    signature.set(ignore_result=True)  # type: ignore[call-arg]
             t0 = time.perf_counter()
             result = chain(*signatures).apply_async()
             if poller is not None:

@@ -16,14 +16,18 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from bench.infra import ROOT, Infra, unique
 from bench.measure import CpuMeter, Phase, Sample, peak_mib
 from bench.threaded import DonePoller, threaded_closed_loop
+
+if TYPE_CHECKING:  # dbos is the bench extra's, imported when a peer starts
+    from dbos import DBOSClient, EnqueueOptions
 
 PROCESSES = 2
 QUEUE_POLL_SECONDS = 0.01
@@ -43,7 +47,7 @@ class DbosPeer:
         self.database = unique("bench_dbos_")
         self.queue = unique("bench_q_")
         self.workers: list[asyncio.subprocess.Process] = []
-        self.client: Any = None
+        self.client: DBOSClient | None = None
         self.poller: DonePoller | None = None
         self._memory: dict[str, float | None] = {}
 
@@ -96,10 +100,11 @@ class DbosPeer:
     def _roles(self) -> dict[int, str]:
         return {worker.pid: "dbos" for worker in self.workers}
 
-    def _enqueue_one(self, steps: int) -> Any:
+    def _enqueue_one(self, steps: int) -> Callable[[int], Sample]:
         client, poller = self.client, self.poller
+        assert client is not None
         assert poller is not None
-        options = {"workflow_name": WORKFLOW_NAME, "queue_name": self.queue}
+        options: EnqueueOptions = {"workflow_name": WORKFLOW_NAME, "queue_name": self.queue}
 
         def one(i: int) -> Sample:
             workflow_id = uuid.uuid4().hex
