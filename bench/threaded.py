@@ -10,9 +10,12 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bench.measure import CpuMeter, Phase, Sample
+
+if TYPE_CHECKING:  # psycopg2 is the bench extra's, imported when a poller starts
+    from psycopg2.extensions import connection
 
 
 def threaded_closed_loop(
@@ -65,9 +68,9 @@ class DonePoller:
     which is cheaper for the peer than each thread polling on its own."""
 
     def __init__(self, dsn: str, query: str, interval: float = 0.002) -> None:
-        import psycopg2  # type: ignore[import-untyped]  # no stubs in the bench extra
+        import psycopg2
 
-        self._connection: Any = psycopg2.connect(dsn)
+        self._connection: connection = psycopg2.connect(dsn)
         self._connection.autocommit = True
         self._query = query
         self._interval = interval
