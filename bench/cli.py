@@ -275,8 +275,9 @@ async def amain(options: Options) -> dict[str, Any]:
     }
     if SCALE in medians_by_system and OURS in medians_by_system:
         one, two = medians_by_system[OURS], medians_by_system[SCALE]
-        if one.get("throughput") and two.get("throughput"):
-            result["scale_throughput_ratio"] = two["throughput"] / one["throughput"]  # type: ignore[operator]
+        single, scaled = one.get("throughput"), two.get("throughput")
+        if single and scaled:
+            result["scale_throughput_ratio"] = scaled / single
     if options.map_items or options.child_n:
         print(f"map and child steps: maps of {', '.join(map(str, options.map_items)) or 'none'} "
               f"items, {options.child_n} chains of each shape", flush=True)  # fmt: skip

@@ -30,6 +30,14 @@ class Response:
     def json(self) -> object:
         return orjson.loads(self.body)
 
+    def text_field(self, name: str) -> str:
+        """A string member of a JSON object body (a 202's `workflowId`, say)."""
+        document = self.json()
+        value = document.get(name) if isinstance(document, dict) else None
+        if not isinstance(value, str):
+            raise HttpError(f"no string {name!r} in {self.body[:200]!r}")
+        return value
+
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     head = await reader.readuntil(b"\r\n\r\n")

@@ -128,7 +128,7 @@ class Relayflow:
                 accepted = loop.time()
                 if response.status != 202:
                     raise HttpError(f"submit answered {response.status}: {response.body[:200]!r}")
-                workflow_id = response.json()["workflowId"]  # type: ignore[index]
+                workflow_id = response.text_field("workflowId")
             finally:
                 free.append(connection)
             await self.completion(workflow_id)
@@ -150,7 +150,7 @@ class Relayflow:
             await connection.close()
         if response.status != 202:
             raise HttpError(f"submit answered {response.status}: {response.body[:200]!r}")
-        workflow_id: str = response.json()["workflowId"]  # type: ignore[index]
+        workflow_id = response.text_field("workflowId")
         return workflow_id
 
     async def completion(self, workflow_id: str, timeout: float = 60.0) -> None:
