@@ -49,10 +49,13 @@ def create_app(
     """`stopping`, once set, ends every open event stream so that the server can drain (the
     process's stop event; uvicorn only closes the lifespan after connections are gone)."""
     settings = settings or GatewaySettings()
-    # Definitions are checked here, so a broken workflow module fails before anything opens.
+    # Definitions are checked here, so a broken workflow module fails before anything opens;
+    # so is the workflow /submit starts (ConfigurationError: the setting names none served).
     registry = WorkflowRegistry.from_modules(settings.workflows)
+    submit_workflow = settings.submit_workflow(registry)
     topology = Topology.from_settings(settings)
     assets = load_assets()
+    document = build_openapi(registry, submit_workflow=settings.gateway_submit_workflow)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -78,14 +81,16 @@ def create_app(
                 watcher = asyncio.create_task(_close_on(stopping, hub), name="gateway:stopping")
                 stack.callback(watcher.cancel)
             log.info(
-                "gateway ready: namespace %s, workflows %s",
+                "gateway ready: namespace %s, workflows %s, POST /submit %s",
                 settings.namespace,
                 ", ".join(registry.names()),
+                f"starts {submit_workflow}" if submit_workflow else "off",
             )
             yield {
                 STATE_KEY: GatewayState(
                     settings=settings,
                     registry=registry,
+                    submit_workflow=submit_workflow,
                     topology=topology,
                     pool=pool,
                     store=GatewayStore(pool),
@@ -106,7 +111,7 @@ def create_app(
         ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint(build_openapi(registry)).respond, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(document).respond, methods=["GET"]),
         Route("/submit", submit_form, methods=["POST"]),
         Route("/workflows", list_workflows, methods=["GET"]),
         Route("/workflows/{name_or_id}", _workflow_path, methods=["GET", "POST"]),

@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from relayflow.contracts import WorkflowEvent
-from relayflow.workflow import VERSION_PATTERN, WorkflowDefinition, WorkflowRegistry
+from relayflow.errors import ConfigurationError
+from relayflow.workflow import VERSION_PATTERN, WorkflowRegistry
 from services.gateway import checks
 from services.gateway.input_schema import NO_NUL, STORABLE_JSON, as_applied, storable_json
 from services.gateway.models import (
@@ -38,7 +39,7 @@ from services.gateway.models import (
     WorkflowPage,
     WorkflowView,
 )
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import GatewaySettings, resolve_submit_workflow
 from services.gateway.workflows import (
     CURSOR_PATTERN,
     DEFAULT_ITEMS,
@@ -220,20 +221,12 @@ def _declared_signals(registry: WorkflowRegistry) -> dict[str, list[tuple[str, t
     return dict(sorted(found.items()))
 
 
-def _submit_definition(
-    registry: WorkflowRegistry, submit_workflow: str | None
-) -> WorkflowDefinition | None:
-    """The workflow `/submit` starts, if it is on and names one `registry` serves."""
-    if submit_workflow is None:
-        submit_workflow = GatewaySettings().gateway_submit_workflow
-    return registry.get(submit_workflow) if submit_workflow else None
-
-
 def build_openapi(
     registry: WorkflowRegistry, *, submit_workflow: str | None = None
 ) -> dict[str, Any]:
-    """The document for `registry`; `/submit` is in it when `submit_workflow` (by default the
-    environment's `RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW`) names one of its workflows."""
+    """The document for `registry`; `submit_workflow` is the gateway's `gateway_submit_workflow`
+    setting (None: unset), and `/submit` is in the document when that turns it on. A setting
+    that names no workflow of `registry` raises `ConfigurationError`, as the gateway does."""
     signals = _declared_signals(registry)
     signal_models = list(
         dict.fromkeys(model for declared in signals.values() for _, model in declared)
@@ -276,7 +269,8 @@ def build_openapi(
     accepted = ref(Accepted)
     paths: dict[str, Any] = {}
 
-    form = _submit_definition(registry, submit_workflow)
+    submits = resolve_submit_workflow(submit_workflow, registry)
+    form = registry.get(submits) if submits else None
     if form is not None:
         operation = _start_operation(
             form.name, ref(form.input_model, "validation"), error_ref, accepted
@@ -809,7 +803,10 @@ def main(argv: list[str] | None = None) -> None:
         else settings.workflows
     )
     registry = WorkflowRegistry.from_modules(modules)
-    document = build_openapi(registry, submit_workflow=settings.gateway_submit_workflow)
+    try:
+        document = build_openapi(registry, submit_workflow=settings.gateway_submit_workflow)
+    except ConfigurationError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     sys.stdout.write(render(document))
 
 

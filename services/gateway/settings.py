@@ -9,9 +9,13 @@ Every field here is read from `RELAYFLOW_<FIELD>`, e.g. `RELAYFLOW_GATEWAY_HOST`
 
 from __future__ import annotations
 
+from typing import Final
+
 from pydantic import Field
 
+from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
+from relayflow.workflow import WorkflowRegistry
 
 
 class GatewaySettings(Settings):
@@ -33,5 +37,40 @@ class GatewaySettings(Settings):
     gateway_catch_up_interval: float = Field(default=10.0, gt=0)
     gateway_access_log: bool = False
     # The workflow `POST /submit` (and the dashboard's contact form, which posts there) starts:
-    # an alias of `POST /workflows/{name}`. Empty turns the alias off: `/submit` answers 404.
-    gateway_submit_workflow: str = "formSubmission"
+    # an alias of `POST /workflows/{name}`. Empty turns the alias off: `/submit` answers 404 and
+    # the dashboard shows no form. Unset, it is `formSubmission` when that workflow is served
+    # (else off); set, it must name a served workflow (`submit_workflow`).
+    gateway_submit_workflow: str | None = None
+
+    def submit_workflow(self, registry: WorkflowRegistry) -> str | None:
+        """The workflow `/submit` starts, or None when it is off; `ConfigurationError` when the
+        setting names a workflow `registry` does not serve."""
+        return resolve_submit_workflow(self.gateway_submit_workflow, registry)
+
+
+SUBMIT_SETTING: Final = "RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW"
+# What `/submit` starts when the setting is unset: the seed application's contact form.
+DEFAULT_SUBMIT_WORKFLOW: Final = "formSubmission"
+
+
+def resolve_submit_workflow(setting: str | None, registry: WorkflowRegistry) -> str | None:
+    """What `gateway_submit_workflow` (`setting`) means for `registry`: see the field."""
+    if setting is None:
+        served = registry.get(DEFAULT_SUBMIT_WORKFLOW) is not None
+        return DEFAULT_SUBMIT_WORKFLOW if served else None
+    if not setting:
+        return None
+    if registry.get(setting) is None:
+        raise ConfigurationError(
+            f"{SUBMIT_SETTING}={setting!r} names no workflow this gateway serves; the "
+            f"workflows of RELAYFLOW_WORKFLOWS are: {', '.join(registry.names()) or 'none'} "
+            f"(set {SUBMIT_SETTING} to one of them, or to empty to turn POST /submit off)"
+        )
+    return setting
+
+
+def submit_off_reason(setting: str | None) -> str:
+    """Why `/submit` is off, for a setting that turns it off."""
+    if setting is None:
+        return f"{SUBMIT_SETTING} is unset and no {DEFAULT_SUBMIT_WORKFLOW} workflow is served"
+    return f"{SUBMIT_SETTING} is empty"

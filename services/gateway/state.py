@@ -23,6 +23,8 @@ STATE_KEY = "gateway"
 class GatewayState:
     settings: GatewaySettings
     registry: WorkflowRegistry
+    # The workflow `POST /submit` and the dashboard's form start; None: both are off.
+    submit_workflow: str | None
     topology: Topology
     pool: asyncpg.Pool[Any]
     store: GatewayStore

@@ -1,5 +1,6 @@
 """Starting workflows: `POST /workflows/{name}`, and `POST /submit`, the contact form's alias of
-it for the workflow `RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW` names (none when it is empty).
+it for the workflow `RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW` names (`GatewaySettings`: none when it
+is empty, `formSubmission` when it is unset and that workflow is served).
 
 The answer is 202 only once the broker has confirmed the StartWorkflow (publisher confirms,
 mandatory routing); any doubt is a 503 and never a false accept. A retry with the same
@@ -21,20 +22,22 @@ from services.gateway import checks
 from services.gateway.intake import StartRequest, parse_body, request_hash, validate_input
 from services.gateway.models import Accepted
 from services.gateway.responses import error_response, model_response
+from services.gateway.settings import submit_off_reason
 from services.gateway.state import GatewayState, gateway_state
 
 log = logging.getLogger(__name__)
 
 
 async def submit_form(request: Request) -> Response:
-    workflow_name = gateway_state(request).settings.gateway_submit_workflow
-    if not workflow_name:
+    state = gateway_state(request)
+    if state.submit_workflow is None:
+        reason = submit_off_reason(state.settings.gateway_submit_workflow)
         return error_response(
             404,
-            "POST /submit is turned off here (RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW is empty); "
-            "start a workflow with POST /workflows/{name}",
+            f"POST /submit is turned off here ({reason}); start a workflow with "
+            "POST /workflows/{name}",
         )
-    return await start_workflow(request, workflow_name)
+    return await start_workflow(request, state.submit_workflow)
 
 
 async def start_workflow(request: Request, workflow_name: str) -> Response:

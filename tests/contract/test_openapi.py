@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry
 from services.gateway.openapi import build_openapi, render
@@ -198,10 +199,12 @@ def test_inputs_document_what_postgresql_cannot_store() -> None:
 
 def test_submit_alias_follows_the_setting() -> None:
     """`/submit` is documented for the workflow RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW names, with that
-    workflow's input, and not at all when the setting is empty or names no served workflow."""
+    workflow's input, and not at all when the setting is empty; one that names no served
+    workflow is refused, as the gateway refuses to start with it."""
     registry = WorkflowRegistry.from_modules(SEED_WORKFLOWS)
     assert "/submit" not in build_openapi(registry, submit_workflow="")["paths"]
-    assert "/submit" not in build_openapi(registry, submit_workflow="noSuchFlow")["paths"]
+    with pytest.raises(ConfigurationError, match="RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW='noSuchFlow'"):
+        build_openapi(registry, submit_workflow="noSuchFlow")
     submit = build_openapi(registry, submit_workflow="batchImport")["paths"]["/submit"]["post"]
     assert submit["summary"] == "Submit the contact form (starts batchImport)"
     started = build_openapi(registry)["paths"]["/workflows/batchImport"]["post"]

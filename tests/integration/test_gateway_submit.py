@@ -4,8 +4,12 @@ idempotency keys, 503 when unconfirmed."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -13,9 +17,13 @@ import asyncpg
 import pytest
 
 from relayflow.contracts import StartWorkflow, decode, workflow_id_for_key
+from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
+from services.gateway.app import create_app
+from services.gateway.openapi import build_openapi
+from services.gateway.settings import SUBMIT_SETTING, GatewaySettings, submit_off_reason
 from tests.integration.gateway_harness import (
     WITH_TEST_WORKFLOWS,
     RunningGateway,
@@ -27,6 +35,7 @@ from tests.support import get_messages
 
 FORM = {"name": "Ada Lovelace", "email": "ada@example.com", "message": "Hello there"}
 WORKFLOW_ID = re.compile(r"^wf_[0-9a-z]{26}$")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -120,6 +129,83 @@ async def test_submit_turned_off_is_a_404_that_says_so(
         assert named.status_code == 202, named.text
     (start,) = await started(channel, topology, 1)
     assert start.workflow_name == "formSubmission"
+
+
+async def test_the_api_document_follows_the_settings_given_not_the_environment(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/openapi.json documents the /submit this gateway serves, that of the settings passed to
+    create_app: it once read RELAYFLOW_GATEWAY_SUBMIT_WORKFLOW from the environment instead."""
+    monkeypatch.setenv(SUBMIT_SETTING, "padded")
+    async with running_gateway(
+        settings, workflows=WITH_TEST_WORKFLOWS, gateway_submit_workflow="freeform"
+    ) as gateway:
+        document = (await gateway.client.get("/openapi.json")).json()
+    paths = document["paths"]
+    assert paths["/submit"]["post"]["summary"] == "Submit the contact form (starts freeform)"
+    assert (
+        paths["/submit"]["post"]["requestBody"]
+        == paths["/workflows/freeform"]["post"]["requestBody"]
+    )
+    monkeypatch.delenv(SUBMIT_SETTING)
+    async with running_gateway(settings, gateway_submit_workflow="") as gateway:
+        off = (await gateway.client.get("/openapi.json")).json()
+    assert "/submit" not in off["paths"]
+    assert "/workflows/formSubmission" in off["paths"]
+
+
+def test_a_submit_workflow_not_served_fails_at_start_up() -> None:
+    """A setting naming a workflow the gateway does not serve (a typo, a module left out) is a
+    configuration error naming the setting, its value and the workflows served, raised when
+    the app is made, before anything opens: not a 404 at the first /submit."""
+    config = GatewaySettings(gateway_submit_workflow="fromSubmission")
+    with pytest.raises(ConfigurationError) as refused:
+        create_app(config)
+    message = str(refused.value)
+    assert f"{SUBMIT_SETTING}='fromSubmission'" in message
+    served = WorkflowRegistry.from_modules(config.workflows).names()
+    assert f"are: {', '.join(served)} " in message
+    with pytest.raises(ConfigurationError, match=SUBMIT_SETTING):
+        build_openapi(WorkflowRegistry.from_modules(config.workflows), submit_workflow="nope")
+
+
+def test_the_gateway_process_exits_naming_the_setting() -> None:
+    """The process, too: exit status 2 and the message, not a traceback (nor a gateway that
+    serves, and 404s, until someone posts the form)."""
+    env = {**os.environ, SUBMIT_SETTING: "fromSubmission"}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.gateway"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{SUBMIT_SETTING}='fromSubmission' names no workflow" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unset_submit_is_the_seed_form_where_it_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unset, /submit starts formSubmission if the gateway serves it and is off otherwise, so a
+    gateway for other applications (the bench's) starts without naming the setting; empty in
+    the environment is off, not unset."""
+    monkeypatch.delenv(SUBMIT_SETTING, raising=False)
+    seed = GatewaySettings(workflows=["apps.form_submission.workflows"])
+    assert seed.submit_workflow(WorkflowRegistry.from_modules(seed.workflows)) == "formSubmission"
+    other = GatewaySettings(workflows=["apps.batch_import.workflows"])
+    registry = WorkflowRegistry.from_modules(other.workflows)
+    assert other.submit_workflow(registry) is None
+    create_app(other)
+    assert "/submit" not in build_openapi(registry)["paths"]
+    assert "unset" in submit_off_reason(other.gateway_submit_workflow)
+    monkeypatch.setenv(SUBMIT_SETTING, "")
+    emptied = GatewaySettings(workflows=["apps.form_submission.workflows"])
+    assert emptied.gateway_submit_workflow == ""
+    assert emptied.submit_workflow(WorkflowRegistry.from_modules(emptied.workflows)) is None
 
 
 async def test_generic_start_route_and_unknown_workflow(
