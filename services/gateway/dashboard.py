@@ -1,6 +1,7 @@
 """The dashboard's pages and the fragments their scripts swap in.
 
-GET /                              the form and the workflow list (filters, pages)
+GET /                              the form (or, with /submit off, how to start a workflow) and
+                                   the workflow list (filters, pages)
 GET /ui/list?…                     the list's table and pager, for live refresh
 GET /ui/workflows/{id}             a workflow: state, steps as a DAG, events (live)
 GET /ui/workflows/{id}/panel       its state and steps, for live refresh (?compact=1: the
@@ -17,6 +18,7 @@ from starlette.responses import HTMLResponse, Response
 from services.gateway import checks, html
 from services.gateway.checks import InputError
 from services.gateway.models import WorkflowPage
+from services.gateway.settings import submit_off_reason
 from services.gateway.state import GatewayState, gateway_state
 from services.gateway.workflows import (
     QueryError,
@@ -65,8 +67,19 @@ async def home(request: Request) -> Response:
         # A hand-edited URL: show the problem and the unfiltered list rather than an error page.
         problem, params = str(exc), {}
         listed = await _list(state, params)
+    submit_off = (
+        submit_off_reason(state.settings.gateway_submit_workflow)
+        if state.submit_workflow is None
+        else None
+    )
     content = html.home(
-        listed.items, listed.next, params, state.registry.names(), datetime.now(UTC), problem
+        listed.items,
+        listed.next,
+        params,
+        state.registry.names(),
+        datetime.now(UTC),
+        problem,
+        submit_off=submit_off,
     )
     return _page(content)
 

@@ -137,6 +137,20 @@ def contact_form() -> str:
 </section>"""
 
 
+def no_contact_form(names: Iterable[str], reason: str) -> str:
+    """In the form's place when `/submit` is off (the form posts there): why, and how to start
+    a workflow instead."""
+    routes = "".join(f"<li><code>POST /workflows/{esc(name)}</code></li>" for name in names)
+    return f"""<section class="card" id="start" aria-labelledby="start-title">
+  <h2 id="start-title">Start a workflow</h2>
+  <p class="muted">The contact form is off here: {esc(reason)}.</p>
+  <p>Start a workflow with <code>POST /workflows/{{name}}</code> and its input as the JSON body
+    (<code>Content-Type: application/json</code>); each input is described in
+    <a href="/openapi.json">/openapi.json</a>. This gateway serves:</p>
+  <ul>{routes}</ul>
+</section>"""
+
+
 def list_query(params: Mapping[str, str | None]) -> str:
     kept = {key: value for key, value in params.items() if value}
     return urlencode(kept)
@@ -240,10 +254,16 @@ def home(  # noqa: PLR0917 - one page's data, each piece named at the one call s
     names: Iterable[str],
     now: datetime,
     problem: str | None = None,
+    *,
+    submit_off: str | None = None,
 ) -> str:
+    """`submit_off` says why `/submit` is off, in which case the page shows how to start a
+    workflow instead of the contact form."""
+    names = list(names)
     feed = list_query({"workflow": params.get("workflow"), "status": params.get("status")})
+    start = contact_form() if submit_off is None else no_contact_form(names, submit_off)
     body = f"""<div class="home">
-{contact_form()}
+{start}
 <section class="card" id="workflows" aria-labelledby="list-title"
          data-list-query="{esc(list_query(params))}" data-feed-query="{esc(feed)}">
   <div class="card-head">

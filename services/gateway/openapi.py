@@ -682,7 +682,9 @@ def build_openapi(
             "operationId": "dashboard",
             "summary": "The dashboard: the contact form and the live workflow list",
             "description": (
-                "Takes the list's parameters (status, workflow, version, id, before, limit)."
+                "Takes the list's parameters (status, workflow, version, id, before, limit). "
+                "With POST /submit off, the page says how to start a workflow instead of "
+                "showing the form."
             ),
             "tags": ["pages"],
             "responses": html_answer,

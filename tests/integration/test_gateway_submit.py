@@ -131,6 +131,21 @@ async def test_submit_turned_off_is_a_404_that_says_so(
     assert start.workflow_name == "formSubmission"
 
 
+async def test_home_page_without_submit_says_how_to_start_a_workflow(settings: Settings) -> None:
+    """With /submit off the contact form, which posts there, could only fail: the home page
+    shows instead why and how to start a workflow (POST /workflows/{name}), and still the list."""
+    async with running_gateway(settings, gateway_submit_workflow="") as gateway:
+        page = await gateway.client.get("/")
+        served = WorkflowRegistry.from_modules(gateway.settings.workflows).names()
+    assert page.status_code == 200, page.text
+    assert 'id="contact"' not in page.text
+    assert f"{SUBMIT_SETTING} is empty" in page.text
+    assert "POST /workflows/{name}" in page.text
+    for name in served:
+        assert f"<code>POST /workflows/{name}</code>" in page.text
+    assert 'id="workflows"' in page.text
+
+
 async def test_the_api_document_follows_the_settings_given_not_the_environment(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

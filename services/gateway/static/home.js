@@ -1,4 +1,5 @@
-// The home page: the contact form (submit, then watch the workflow run) and the live list.
+// The home page: the contact form (submit, then watch the workflow run), when /submit is on, and
+// the live list.
 "use strict";
 
 (() => {
@@ -17,6 +18,8 @@
 
   // ---- the form -------------------------------------------------------------------------
   const form = document.getElementById("contact");
+  // Not on the page when POST /submit is off (the page says how to start a workflow instead).
+  if (!form) return;
   const send = document.getElementById("send");
   const formError = document.getElementById("form-error");
   const progress = document.getElementById("progress");
