@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -56,11 +57,21 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     # The largest workflow input (compact JSON), on the HTTP path and the broker path alike.
     max_input_bytes: int = Field(default=DEFAULT_MAX_INPUT_BYTES, ge=1024)
+    # Debug: a directory where each process writes, when it stops, when each message reached
+    # each hop (`relayflow.hops`, for the bench's per-hop breakdown); unset or `off`: nothing.
+    hop_trace: Path | None = None
 
     @field_validator("workflows", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
+
+    @field_validator("hop_trace", mode="before")
+    @classmethod
+    def _hop_trace(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "off"):
+            return None
+        return value
 
     @field_validator("app_processes", mode="before")
     @classmethod
