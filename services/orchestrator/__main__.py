@@ -11,6 +11,7 @@ import asyncpg
 
 from relayflow.amqp import BatchConsumer, Publisher, connect, quietly
 from relayflow.db import close_pool
+from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database, run
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
@@ -28,6 +29,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
     topology = Topology.from_settings(settings)
     pool = await prepare_database(settings)
     connection = await connect(settings.amqp_url, name="relayflow-orchestrator")
+    hops = HopTrace.open(settings.hop_trace, "orchestrator")
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.orchestrator_prefetch)
@@ -38,6 +40,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             publisher,
             stale_after=settings.outbox_stale_after,
             sweep_interval=settings.outbox_sweep_interval,
+            hops=hops,
         )
         orchestrator = Orchestrator(
             pool,
@@ -48,6 +51,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             max_input_bytes=settings.max_input_bytes,
             defer_first=settings.orchestrator_defer_first,
             defer_limit=settings.orchestrator_defer_limit,
+            hops=hops,
         )
         # ensure=True returns the queue the robust channel tracks, so that its consumer is
         # restored after a reconnect (an untracked queue object would silently stop consuming).
@@ -78,6 +82,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
     finally:
         await quietly("closing the broker connection", connection.close)
         await close_pool(pool)
+        hops.close()
 
 
 async def _fire_timers(orchestrator: Orchestrator, interval: float) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from relayflow.amqp import Publisher
+from relayflow.hops import HopTrace
 from services.orchestrator import store
 from services.orchestrator.store import OutboxRow
 
@@ -38,7 +39,9 @@ class OutboxRelay:
         sweep_interval: float = 1.0,
         sweep_batch: int = 500,
         flush_interval: float = 0.5,
+        hops: HopTrace | None = None,
     ) -> None:
+        self._hops = hops or HopTrace()
         self._pool = pool
         self._publisher = publisher
         self._stale_after = stale_after
@@ -113,7 +116,10 @@ class OutboxRelay:
         self._sent.extend(sent)
 
     async def _publish(self, rows: Sequence[OutboxRow]) -> list[int]:
-        results = await self._publisher.publish_many([row.message for row in rows])
+        messages = [row.message for row in rows]
+        self._hops.record_each("relay.publish", messages)
+        results = await self._publisher.publish_many(messages)
+        self._hops.record_each("relay.confirmed", messages)
         sent = []
         for row, error in zip(rows, results, strict=True):
             if error is None:

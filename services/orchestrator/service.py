@@ -25,6 +25,7 @@ from relayflow.contracts import (
     encoded_size,
     unstorable,
 )
+from relayflow.hops import HopTrace
 from relayflow.machine import Ignored, Rejected, TimerFired
 from relayflow.topology import Topology
 from services.orchestrator import store
@@ -51,6 +52,10 @@ class _Delivery:
     message: AbstractIncomingMessage
     input: OrchestratorInput
 
+    @property
+    def message_id(self) -> str:
+        return self.input.message_id
+
 
 class Orchestrator:
     def __init__(
@@ -64,7 +69,9 @@ class Orchestrator:
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         defer_first: float = 1.0,
         defer_limit: int = 6,
+        hops: HopTrace | None = None,
     ) -> None:
+        self._hops = hops or HopTrace()
         self._max_input_bytes = max_input_bytes
         self._defer_backoff = Backoff(first=defer_first, longest=max(defer_first, DEFER_LONGEST))
         self._defer_limit = defer_limit
@@ -76,6 +83,7 @@ class Orchestrator:
         self._topology = topology
 
     async def handle_batch(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        self._hops.record_each("orch.delivered", messages)
         deliveries: list[_Delivery] = []
         for message in messages:
             try:
@@ -129,6 +137,7 @@ class Orchestrator:
                 await asyncio.sleep(0.01 * attempt)
         else:
             raise RuntimeError("transaction kept conflicting; handing the batch back")
+        self._hops.record_each("orch.committed", deliveries)
         self._relay.submit(result.outbox)
         outcomes = iter(result.outcomes)
         for delivery, is_fresh in zip(deliveries, fresh, strict=True):
@@ -174,6 +183,7 @@ class Orchestrator:
                         if isinstance(outcome, Deferred)
                     ],
                 )
+                self._hops.record_each("orch.written", ids)
         return fresh, result
 
     async def fire_due_timers(self, limit: int = 100) -> int:
