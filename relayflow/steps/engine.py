@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from relayflow.contracts import StepCommand, StepResult
+from relayflow.hops import HopTrace
 from relayflow.steps.body import call
 from relayflow.steps.context import DbConnection, PublishFn
 from relayflow.steps.invocation import (
@@ -86,7 +87,9 @@ class InvocationEngine:
         *,
         publish: PublishFn,
         config: EngineConfig | None = None,
+        hops: HopTrace | None = None,
     ) -> None:
+        self._hops = hops or HopTrace()
         self._steps = steps
         self._storage = storage
         self._publish = publish
@@ -208,9 +211,11 @@ class InvocationEngine:
         budget_ends = loop.time() + self._config.inline_budget
         results: list[_Attempt] = [_NOT_CLAIMED] * len(items)
         bodies: dict[int, asyncio.Future[Outcome]] = {}
+        commands = [command for command, _ in items]
         async with self._storage.batch() as batch:
             try:
-                claimed = await batch.claim_many([command for command, _ in items])
+                claimed = await batch.claim_many(commands)
+                self._hops.record_each("step.claimed", commands)
                 if not claimed:
                     await batch.rollback()
                     return results
@@ -221,8 +226,10 @@ class InvocationEngine:
                     if outcomes
                     else {}
                 )
+                self._hops.record_each("step.recorded", commands)
                 # Commits the outcomes, and the claims of slow bodies as their leases.
                 await batch.commit()
+                self._hops.record_each("step.committed", commands)
             except BaseException:
                 for running in bodies.values():
                     running.cancel()
@@ -268,7 +275,10 @@ class InvocationEngine:
     async def _call(
         self, command: StepCommand, definition: StepDefinition, connection: DbConnection | None
     ) -> Outcome:
-        return await call(
+        self._hops.record(
+            "step.body.start", command.message_id, command.workflow_id, command.step_name
+        )
+        outcome = await call(
             definition,
             command,
             publish=self._publish,
@@ -277,6 +287,8 @@ class InvocationEngine:
                 command.workflow_name, command.step_name, command.body or command.step_name
             ),
         )
+        self._hops.record("step.body.end", command.message_id)
+        return outcome
 
     async def _finish_under_lease(
         self, command: StepCommand, running: asyncio.Future[Outcome]

@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from relayflow.amqp import Backoff, BatchConsumer, OutgoingMessage, Publisher, Settler, quietly
 from relayflow.contracts import Envelope, StepCommand, StepResult, decode
+from relayflow.hops import HopTrace
 from relayflow.steps.engine import EngineConfig, InvocationEngine, Started
 from relayflow.steps.registry import StepRegistry
 from relayflow.steps.store import InvocationStore
@@ -97,7 +98,9 @@ class StepWorker:
         topology: Topology,
         config: WorkerConfig | None = None,
         worker_id: str | None = None,
+        hops: HopTrace | None = None,
     ) -> None:
+        self._hops = hops or HopTrace()
         self._steps = steps
         self._connection = connection
         self._topology = topology
@@ -108,6 +111,7 @@ class StepWorker:
             InvocationStore(pool, owner=self.worker_id, lease_seconds=self._config.lease_seconds),
             publish=self._publish_from_step,
             config=self._config.engine,
+            hops=self._hops,
         )
         self._publisher: Publisher | None = None
         self._settler: Settler | None = None
@@ -181,6 +185,7 @@ class StepWorker:
     async def _handle_batch(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         """Hand what has arrived to the engine as one batch (one transaction, one commit), then
         let each command be answered and acked on its own task."""
+        self._hops.record_each("step.delivered", messages)
         settler = _started(self._settler)
         deliveries: list[tuple[AbstractIncomingMessage, StepCommand]] = []
         for message in messages:
@@ -213,9 +218,12 @@ class StepWorker:
     # -- publishing ------------------------------------------------------------------------
 
     async def _publish_result(self, result: StepResult) -> None:
-        await _started(self._publisher).publish(
-            OutgoingMessage.of(result, exchange=self._topology.exchange, routing_key=RESULT_KEY)
+        message = OutgoingMessage.of(
+            result, exchange=self._topology.exchange, routing_key=RESULT_KEY
         )
+        self._hops.record("step.publish", result.message_id, result.workflow_id, result.step_name)
+        await _started(self._publisher).publish(message)
+        self._hops.record("step.confirmed", result.message_id)
 
     async def _publish_from_step(
         self, message: Envelope, routing_key: str, correlation_id: str | None

@@ -9,6 +9,7 @@ import logging
 from relayflow.amqp import connect, quietly
 from relayflow.db import close_pool
 from relayflow.errors import ConfigurationError, DefinitionError
+from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.steps import StepRegistry, StepWorker, WorkerConfig
 from relayflow.topology import Topology
@@ -47,6 +48,8 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
         channel = await connection.channel()
         await topology.declare(channel, {*workflows.task_names(), *steps.names()})
         await channel.close()
+        hops = HopTrace.open(settings.hop_trace, "steps")
+        stack.callback(hops.close)
         worker = StepWorker(
             steps=steps,
             pool=pool,
@@ -59,6 +62,7 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
                 batch_size=settings.step_batch_size,
                 batch_workers=settings.step_batch_workers,
             ),
+            hops=hops,
         )
         await worker.start()
         try:
