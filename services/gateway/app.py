@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from relayflow.amqp import Publisher, connect, quietly
 from relayflow.db import close_pool
+from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
@@ -72,8 +73,12 @@ def create_app(
                 connection, confirm_timeout=settings.gateway_publish_timeout
             )
             stack.push_async_callback(publisher.close)
+            hops = HopTrace.open(settings.hop_trace, "gateway")
+            stack.callback(hops.close)
             hub = EventHub(
-                buffer=settings.gateway_subscriber_buffer, recent=settings.gateway_recent_events
+                buffer=settings.gateway_subscriber_buffer,
+                recent=settings.gateway_recent_events,
+                hops=hops,
             )
             stack.push_async_callback(hub.stop)
             await hub.start(await connection.channel(), topology, publisher)
@@ -97,6 +102,7 @@ def create_app(
                     connection=connection,
                     publisher=publisher,
                     hub=hub,
+                    hops=hops,
                 )
             }
 

@@ -40,6 +40,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from relayflow.amqp import Publisher, Settler, quietly
 from relayflow.contracts import WorkflowEvent, WorkflowEventBatch
+from relayflow.hops import HopTrace
 from relayflow.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,10 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 
 
 class EventHub:
-    def __init__(self, *, buffer: int = 256, recent: int = 1000) -> None:
+    def __init__(
+        self, *, buffer: int = 256, recent: int = 1000, hops: HopTrace | None = None
+    ) -> None:
+        self._hops = hops or HopTrace()
         self._buffer = buffer
         self._subscribers: dict[str, set[Subscription]] = {}
         self._feeds: set[Subscription] = set()
@@ -230,6 +234,7 @@ class EventHub:
     def dispatch(self, event: LiveEvent) -> int:
         """Number `event`, keep it in the recent ring and hand it to its workflow's streams and
         to the feeds that accept it; returns how many streams got it."""
+        self._hops.record("gw.event", event.event, event.workflow_id, event.seq)
         self.position += 1
         event = replace(event, position=self.position)
         self._recent.append(event)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractRobustConnection
 from starlette.requests import Request
 
 from relayflow.amqp import Publisher
+from relayflow.hops import HopTrace
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.gateway.events import EventHub
@@ -31,6 +32,7 @@ class GatewayState:
     connection: AbstractRobustConnection
     publisher: Publisher
     hub: EventHub
+    hops: HopTrace = field(default_factory=HopTrace)
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -27,6 +27,7 @@ import orjson
 from sse_starlette import ServerSentEvent
 
 from relayflow.contracts import TERMINAL_EVENTS as _TERMINAL
+from relayflow.hops import HopTrace
 from services.gateway.events import LiveEvent, Signal, Subscription
 from services.gateway.models import UnknownWorkflow
 from services.gateway.store import GatewayStore, StoredEvent
@@ -109,8 +110,11 @@ async def follow(
     last_event_id: int,
     unknown_wait: float,
     catch_up_interval: float,
+    hops: HopTrace | None = None,
 ) -> AsyncGenerator[ServerSentEvent, None]:
-    """The SSE body for one client; `subscription` must be taken before this starts."""
+    """The SSE body for one client; `subscription` must be taken before this starts. `hops`
+    records each event once it is written (the body resumes after the write)."""
+    hops = hops or HopTrace()
     workflow_id = subscription.workflow_id
     assert workflow_id is not None
     sequencer = Sequencer(last=last_event_id)
@@ -118,6 +122,7 @@ async def follow(
     with subscription:
         for event in await _replay(store, workflow_id, sequencer):
             yield event.to_sse()
+            hops.record("gw.sse", event.event, workflow_id, event.seq)
         if sequencer.finished:
             return
         known = sequencer.last > last_event_id or await store.workflow_exists(workflow_id)
@@ -140,6 +145,7 @@ async def follow(
                 ready.extend(await _replay(store, workflow_id, sequencer))
             for event in ready:
                 yield event.to_sse()
+                hops.record("gw.sse", event.event, workflow_id, event.seq)
             if not known:
                 known = bool(ready) or await store.workflow_exists(workflow_id)
                 if not known and loop.time() >= give_up_at:

@@ -44,6 +44,7 @@ async def start_workflow(request: Request, workflow_name: str) -> Response:
     """Start `workflow_name` with the request's body as input. Bad requests raise
     `checks.InputError`, which the app answers."""
     state = gateway_state(request)
+    received = state.hops.now()
     checks.require_json(request)
     definition = state.registry.get(workflow_name)
     if definition is None:
@@ -67,6 +68,7 @@ async def start_workflow(request: Request, workflow_name: str) -> Response:
                 f"Idempotency-Key {key!r} was already used for workflow {record.workflow_id} "
                 "with a different request body; use a new key for a different request",
             )
+    state.hops.record("gw.received", None, start.workflow_id, at=received)
     try:
         await _publish(state, start)
     except Exception as exc:
@@ -91,7 +93,9 @@ async def _publish(state: GatewayState, start: StartRequest) -> None:
     message = OutgoingMessage.of(
         start.message(), exchange=state.topology.exchange, routing_key=START_KEY
     )
+    state.hops.record("gw.publish", message.message_id, start.workflow_id)
     # The Publisher's own timeout covers the confirm; this one also bounds the wait for a
     # channel that is reopening after a broker outage.
     async with asyncio.timeout(state.settings.gateway_publish_timeout):
         await state.publisher.publish(message)
+    state.hops.record("gw.confirmed", message.message_id)

@@ -329,6 +329,7 @@ async def workflow_events(request: Request) -> Response:
             last_event_id=last_event_id or 0,
             unknown_wait=settings.gateway_unknown_workflow_wait,
             catch_up_interval=settings.gateway_catch_up_interval,
+            hops=state.hops,
         ),
         ping=settings.gateway_ping_interval,
         retry_ms=RECONNECT_MS,
