@@ -15,6 +15,10 @@ items/s, rows, WAL and bytes written per item, peak memory), then `--child-n` wo
 a parent -> child -> grandchild chain, three plain steps and one step, at 1 in flight.
 `--only map,child` runs just those.
 
+The part `hops` (issue 12) runs `--hops-n` five-step workflows at 1 in flight on its own set of
+our processes with `RELAYFLOW_HOP_TRACE` on, and prints where the time of a step goes: each hop
+from the gateway's accept to the SSE event written, its median and p99 (`bench.hops`).
+
 The last line of output is `BENCH_JSON {...}`, everything in one JSON object.
 """
 
@@ -37,6 +41,7 @@ import orjson
 
 from bench.driver import System
 from bench.fanout import fanout
+from bench.hops import render_hops, run_hops
 from bench.infra import Infra
 from bench.kinds import APP, run_kinds
 from bench.measure import Phase, median
@@ -54,8 +59,8 @@ from bench.report import (
 )
 
 ALL = (OURS, *PEERS)
-MAP, CHILD = "map", "child"
-PARTS = (MAP, CHILD)
+MAP, CHILD, HOPS = "map", "child", "hops"
+PARTS = (MAP, CHILD, HOPS)
 NEEDS = {
     "celery-pg": ("celery", "sqlalchemy", "psycopg2"),
     "celery-rpc": ("celery", "psycopg2"),
@@ -79,6 +84,7 @@ class Options:
     profile: Path | None
     map_items: tuple[int, ...] = ()
     child_n: int = 0
+    hops_n: int = 0
 
     @property
     def systems(self) -> tuple[str, ...]:
@@ -110,6 +116,9 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--child-n", type=int, help="workflows of each shape in the child part (default 100)"
     )
+    parser.add_argument(
+        "--hops-n", type=int, help="workflows of the per-hop breakdown (default 200)"
+    )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale-out run")
     parser.add_argument(
         "--fanout", type=int, help="SSE subscribers of the fan-out run, 0 to skip (default 1000)"
@@ -117,7 +126,7 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--quick", action="store_true",
         help="a short run: n 200, serial 50, marginal 30, warm-up 20, 1 repetition, fan-out 200, "
-        "maps of 100 and 1000 items, child 30",
+        "maps of 100 and 1000 items, child 30, hops 50",
     )  # fmt: skip
     parser.add_argument("--log-dir", type=Path, help="service logs (default: a temp dir)")
     parser.add_argument(
@@ -159,6 +168,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         profile=args.profile,
         map_items=map_items if MAP in only else (),
         child_n=pick(args.child_n, 100, 30) if CHILD in only else 0,
+        hops_n=pick(args.hops_n, 200, 50) if HOPS in only else 0,
     )
 
 
@@ -278,6 +288,12 @@ async def amain(options: Options) -> dict[str, Any]:
         single, scaled = one.get("throughput"), two.get("throughput")
         if single and scaled:
             result["scale_throughput_ratio"] = scaled / single
+    await _parts(infra, options, result)
+    return result
+
+
+async def _parts(infra: Infra, options: Options, result: dict[str, Any]) -> None:
+    """The parts that run once, after the repetitions, each on its own set of processes."""
     if options.map_items or options.child_n:
         print(f"map and child steps: maps of {', '.join(map(str, options.map_items)) or 'none'} "
               f"items, {options.child_n} chains of each shape", flush=True)  # fmt: skip
@@ -290,6 +306,8 @@ async def amain(options: Options) -> dict[str, Any]:
             warmup=options.warmup,
             profile=options.profile / "map" if options.profile is not None else None,
         )
+    if options.hops_n:
+        result["hops"] = await _hops(infra, options)
     if options.fanout:
         print(f"fan-out: {options.fanout} SSE subscribers of one workflow", flush=True)
         system = Relayflow(infra, options.log_dir / "fanout", name="relayflow-fanout")
@@ -298,7 +316,16 @@ async def amain(options: Options) -> dict[str, Any]:
             result["fanout"] = await fanout(system, options.fanout)
         finally:
             await system.stop()
-    return result
+
+
+async def _hops(infra: Infra, options: Options) -> dict[str, Any]:
+    print(f"per-hop breakdown: {options.hops_n} workflows at 1 in flight", flush=True)
+    where = options.log_dir / "hops"
+    trace_dir = where / "trace"
+    system = Relayflow(
+        infra, where, name="relayflow-hops", extra_env={"RELAYFLOW_HOP_TRACE": str(trace_dir)}
+    )
+    return await run_hops(system, trace_dir, n=options.hops_n, warmup=options.warmup)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -321,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print(render(result["systems"], result["memory_mib"], options.concurrency, options.repeat,
                  extra, kinds=result.get("kinds")))  # fmt: skip
+    if "hops" in result:
+        print()
+        print(render_hops(result["hops"]))
     if "kinds" in result:
         result["kind_targets"] = kind_targets(result["kinds"])
     result["config"] = {
@@ -332,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "repeat": options.repeat,
         "map_items": list(options.map_items),
         "child_n": options.child_n,
+        "hops_n": options.hops_n,
         "cpus": _cpus(),
         "python": platform.python_version(),
         "seconds": round(time.time() - started, 1),

@@ -145,6 +145,9 @@ class Sample:
 
     latency: float
     accept: float | None = None
+    # (workflow id, request sent, 202 read, terminal event read) on the wall clock, ns (ours):
+    # what the hop breakdown joins with the services' records (`bench.hops`).
+    trace: tuple[str, int, int, int] | None = None
 
 
 @dataclass

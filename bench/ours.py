@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -123,16 +124,18 @@ class Relayflow:
         async def one(i: int) -> Sample:
             connection = free.pop()
             try:
-                t0 = loop.time()
+                t0, sent = loop.time(), time.time_ns()
                 response = await connection.post_json(f"/workflows/{workflow}", {"n": i})
-                accepted = loop.time()
+                accepted, accepted_at = loop.time(), time.time_ns()
                 if response.status != 202:
                     raise HttpError(f"submit answered {response.status}: {response.body[:200]!r}")
                 workflow_id = response.text_field("workflowId")
             finally:
                 free.append(connection)
             await self.completion(workflow_id)
-            return Sample(latency=loop.time() - t0, accept=accepted - t0)
+            latency, done = loop.time() - t0, time.time_ns()
+            trace = (workflow_id, sent, accepted_at, done)
+            return Sample(latency=latency, accept=accepted - t0, trace=trace)
 
         try:
             roles = {pid: role for role, pid in self.pids().items()}

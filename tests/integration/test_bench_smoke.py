@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.hops import render_hops, run_hops
 from bench.infra import Infra
 from bench.kinds import APP, run_kinds
 from bench.ours import Relayflow
@@ -61,3 +62,15 @@ async def test_bench_map_and_child_parts(
     assert child["errors"] == 0
     assert child["nested_p50_ms"] > 0
     assert "Map steps" in render_kinds(kinds)
+
+
+async def test_bench_hops_part(service_endpoints: tuple[str, str], tmp_path: Path) -> None:
+    """`--only hops` keeps working: the services record their hops with the setting on, and
+    every workflow joins into one chain whose means add up to the measured end-to-end time."""
+    amqp_url, server_url = service_endpoints
+    env = {"RELAYFLOW_HOP_TRACE": str(tmp_path / "trace")}
+    system = Relayflow(Infra(amqp_url, server_url), tmp_path, name="hops", extra_env=env)
+    result = await run_hops(system, tmp_path / "trace", n=3, warmup=1)
+    assert (result["errors"], result["workflows"], result["joined"]) == (0, 3, 3)
+    assert result["sum_of_means_ms"] == pytest.approx(result["e2e_mean_ms"], rel=0.05)
+    assert "step: body" in render_hops(result)
