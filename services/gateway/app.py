@@ -21,7 +21,7 @@ from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.gateway import dashboard
+from services.gateway import dashboard, outages
 from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
@@ -134,6 +134,7 @@ def create_app(
         exception_handlers={
             HTTPException: _http_error,
             InputError: _input_error,
+            **outages.handlers(),
             Exception: _server_error,
         },
     )

@@ -735,6 +735,13 @@ def build_openapi(
             },
         }
     }
+    return _document(paths, schemas, error_ref)
+
+
+def _document(
+    paths: dict[str, Any], schemas: dict[str, Any], error_ref: dict[str, Any]
+) -> dict[str, Any]:
+    _document_outages(paths, error_ref)
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
@@ -755,6 +762,30 @@ def build_openapi(
         "paths": paths,
         "components": {"schemas": schemas},
     }
+
+
+# Routes that answer without PostgreSQL (or say what is down themselves).
+_NEEDS_NO_DATABASE = ("/healthz", "/readyz", "/openapi.json")
+
+
+def _document_outages(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
+    """Every route that reads or writes PostgreSQL answers 503 with Retry-After while it is
+    unreachable (services.gateway.outages): say so on each, beside a broker 503 if it has one."""
+    outage = (
+        "PostgreSQL (or the broker) cannot be reached right now; retry after the seconds "
+        "in Retry-After."
+    )
+    retry_after = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}}
+    for path, operations in paths.items():
+        if path in _NEEDS_NO_DATABASE:
+            continue
+        for operation in operations.values():
+            responses = operation["responses"]
+            if "503" in responses:
+                responses["503"]["description"] += f" Also: {outage}"
+            else:
+                responses["503"] = _json(error_ref, outage)
+            responses["503"]["headers"] = retry_after
 
 
 def _inputs_as_applied(schemas: dict[str, Any], input_refs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from tests.tools.cluster import SERVICES, Cluster
+from tests.support import wait_for
+from tests.tools.cluster import SERVICES, WORKFLOW_NAME, Cluster
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -116,3 +117,37 @@ async def test_slow_links(cluster: Cluster, client: httpx.AsyncClient, link: str
     ids = await cluster.submit_many(client, 10, f"slow-{link}")
     assert len(ids) == 10
     await cluster.assert_exactly_once(ids)
+
+
+async def test_the_gateway_answers_503_while_the_database_is_down(
+    cluster: Cluster, client: httpx.AsyncClient, private_postgres: PrivatePostgres
+) -> None:
+    """With PostgreSQL stopped, a request that needs it is a 503 with Retry-After (a client
+    retries), never a 500; once it is back, the same requests succeed."""
+    [workflow_id] = await cluster.submit_many(client, 1, "before-pg-stop")
+    await cluster.wait_terminal([workflow_id])
+    reads = [
+        f"{cluster.base_url}/workflows/{workflow_id}",
+        f"{cluster.base_url}/workflows?limit=5",
+    ]
+    await private_postgres.stop_server("fast")
+    try:
+        for url in reads:
+            response = await client.get(url)
+            assert response.status_code == 503, (url, response.status_code, response.text)
+            assert response.headers["retry-after"] == "1"
+            assert "retry shortly" in response.json()["error"]
+        started = await client.post(
+            f"{cluster.base_url}/workflows/{WORKFLOW_NAME}",
+            json={"tag": "during-pg-stop"},
+            headers={"Idempotency-Key": "during-pg-stop"},
+        )
+        assert started.status_code == 503, started.text
+    finally:
+        await private_postgres.start_server()
+
+    async def served_again() -> bool:
+        return all([(await client.get(url)).status_code == 200 for url in reads])
+
+    await wait_for(served_again, what="the gateway to read again once PostgreSQL is back")
+    await cluster.assert_exactly_once([workflow_id])
