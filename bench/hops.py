@@ -42,7 +42,8 @@ START = (
     "HTTP request → gateway handler",
     "gateway: checks → start published",
     "start: published → orchestrator has it",
-    "orchestrator: delivery → statements done",
+    "orchestrator: delivery → inbox claimed, workflow locked",
+    "orchestrator: locked → statements done",
     "orchestrator: commit",
 )
 STEP = (
@@ -55,7 +56,8 @@ STEP = (
     "step: commit",
     "step: commit → result published",
     "result: published → orchestrator has it",
-    "orchestrator: delivery → statements done",
+    "orchestrator: delivery → inbox claimed, workflow locked",
+    "orchestrator: locked → statements done",
     "orchestrator: commit",
 )
 END = (
@@ -80,8 +82,9 @@ _BY_COMMAND = (
     "step.recorded",
     "step.committed",
 )
-_BY_RESULT = ("step.publish", "orch.delivered", "orch.written", "orch.committed")
-_BY_START = ("gw.publish", "orch.delivered", "orch.written", "orch.committed")
+_BY_ORCHESTRATOR = ("orch.delivered", "orch.locked", "orch.written", "orch.committed")
+_BY_RESULT = ("step.publish", *_BY_ORCHESTRATOR)
+_BY_START = ("gw.publish", *_BY_ORCHESTRATOR)
 
 
 @dataclass(slots=True)

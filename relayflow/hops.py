@@ -17,8 +17,9 @@ The hops, in the order one step meets them (`bench/hops.py` joins them):
 
     gw.received gw.publish gw.confirmed      the gateway's start: handler entered, StartWorkflow
                                              sent, confirmed (the 202 follows)
-    orch.delivered orch.written              a batch handed to the orchestrator; its statements
-    orch.committed                           done (commit pending); committed
+    orch.delivered orch.locked               a batch handed to the orchestrator; its messages
+    orch.written orch.committed              claimed and workflows locked; its statements done
+                                             (commit pending); committed
     relay.publish relay.confirmed            the outbox relay sends the commit's rows; confirmed
     step.delivered step.claimed              a batch handed to the step worker; claimed
     step.body.start step.body.end            the body

@@ -165,6 +165,7 @@ class Orchestrator:
                 unseen, locked = await store.claim_and_lock(
                     conn, ids, about, self._processor.inputs
                 )
+                self._hops.record_each("orch.locked", ids)
                 fresh: list[bool] = []
                 for message_id in ids:
                     # The first of several copies in one batch is the fresh one.

@@ -98,7 +98,7 @@ def _one_workflow(wf: str, t0: int) -> tuple[list[hops.Record], tuple[int, int, 
     at("gw.received", "", wf)
     at("gw.publish", "start1", wf)
     records.append((t + 2_000_000, "gw.confirmed", "start1", "", ""))
-    for hop in ("orch.delivered", "orch.written", "orch.committed"):
+    for hop in ("orch.delivered", "orch.locked", "orch.written", "orch.committed"):
         at(hop, "start1")
     for i in range(1, 6):
         command, result = ids.command_id(wf, f"b{i}", "", 1), ids.result_id(wf, f"b{i}", "", 1)
@@ -111,7 +111,7 @@ def _one_workflow(wf: str, t0: int) -> tuple[list[hops.Record], tuple[int, int, 
             at(hop, command)
         at("step.publish", result, wf, f"b{i}")
         records.append((t + 2_000_000, "step.confirmed", result, "", ""))
-        for hop in ("orch.delivered", "orch.written", "orch.committed"):
+        for hop in ("orch.delivered", "orch.locked", "orch.written", "orch.committed"):
             at(hop, result)
     batch = ids.event_batch_id(ids.event_id(wf, 12))
     at("relay.publish", batch)
@@ -136,9 +136,9 @@ def test_breakdown_joins_each_workflow_into_one_chain() -> None:
     by_part: dict[str, list[float]] = {}
     for row in result["hops"]:
         by_part.setdefault(row["part"], []).append(row["p50_ms"])
-    assert by_part["start"] == [1.0] * 5
-    assert by_part["step"] == [1.0] * 11 + [11.0]
+    assert by_part["start"] == [1.0] * 6
+    assert by_part["step"] == [1.0] * 12 + [12.0]
     assert by_part["end"] == [1.0] * 4
     assert by_part["aside"] == [2.0] * 4
-    assert result["sum_of_medians_ms"] == result["e2e_p50_ms"] == 64.0
-    assert result["step_p50_ms_by_position"] == [11.0] * 5
+    assert result["sum_of_medians_ms"] == result["e2e_p50_ms"] == 70.0
+    assert result["step_p50_ms_by_position"] == [12.0] * 5
