@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from tests.support import wait_for
-from tests.tools.cluster import SERVICES, WORKFLOW_NAME, Cluster
+from tests.tools.cluster import SERVICES, Cluster
+from tests.tools.ledger import WORKFLOW_NAME
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
