@@ -20,7 +20,11 @@ else ran), and each service's peak RSS. Then after / before of the medians, the 
 of the rounds' paired ratios, and the noise: the larger of the two revisions' spread between
 rounds ((max - min) / median). A ratio that departs from 1 by less than the noise is within it.
 
-The load average (`uptime`) is printed at the start and the end; the last line is
+The machine is shared, so each run waits for a quiet machine (at most `--quiet` of all cores
+busy over 3 s, for up to `--max-wait` s) and is redone, up to `--retries` times, when the machine
+was busy just before or after it or other processes took more than `--max-other` ms of CPU per
+workflow in its loaded phase (the last try is kept anyway, marked). The load average (`uptime`) is
+printed at the start and the end; the last line is
 `AB_JSON {...}`, everything in one JSON object.
 """
 
@@ -47,6 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 IMPORTS_ENV = "RELAYFLOW_AB_IMPORTS"
 WATCHED = ("relayflow", "services", "bench", "apps", "workflows")
 SERVICES = ("services.gateway", "services.orchestrator", "services.steps")
+META = "ab-meta.json"
+BRIEF = ("throughput", "p50_1", "p95_1", "cpu_per_wf", "cpu_services_per_wf", "cpu_other_per_wf")
 
 # Put in every child process through PYTHONPATH: at exit, where our packages came from.
 SITECUSTOMIZE = f'''\
@@ -94,6 +100,7 @@ class Metric:
     label: str
     lower_is_better: bool
     read: Callable[[dict[str, Any]], float | None]
+    judged: bool = True  # False: shown, but not a figure of ours (the verdict leaves it out)
 
 
 def _system(result: dict[str, Any], key: str) -> float | None:
@@ -106,11 +113,20 @@ def _phase(result: dict[str, Any], phase: str, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def _own_cpu(result: dict[str, Any]) -> float | None:
-    split = result["runs"]["relayflow"][0]["load"].get("cpu_ms_per_wf_by_role")
-    if not split:
-        return None
-    return float(sum(ms for role, ms in split.items() if role != "other"))
+def _cpu(keep: Callable[[str], bool]) -> Callable[[dict[str, Any]], float | None]:
+    """CPU ms per workflow of the loaded phase, of the process roles `keep` accepts."""
+
+    def read(result: dict[str, Any]) -> float | None:
+        split = result["runs"]["relayflow"][0]["load"].get("cpu_ms_per_wf_by_role")
+        if not split:
+            return None
+        return float(sum(ms for role, ms in split.items() if keep(role)))
+
+    return read
+
+
+def _service(role: str) -> bool:
+    return role == "gateway" or role.startswith(("orchestrator", "steps"))
 
 
 def _rss(role: str) -> Callable[[dict[str, Any]], float | None]:
@@ -132,7 +148,11 @@ def _metrics(concurrency: int) -> tuple[Metric, ...]:
         Metric("p50_c", f"latency p50, {c} in flight (ms)", True, lambda r: _system(r, "p50_c")),
         Metric("cpu_per_wf", f"machine CPU per workflow, {c} in flight (ms)", True,
                lambda r: _system(r, "cpu_per_wf")),
-        Metric("cpu_own_per_wf", "  of it ours + broker + database + client (ms)", True, _own_cpu),
+        Metric("cpu_own_per_wf", "  ours + broker + database + client (ms)", True,
+               _cpu(lambda role: role != "other")),
+        Metric("cpu_services_per_wf", "  our three services alone (ms)", True, _cpu(_service)),
+        Metric("cpu_other_per_wf", "  other processes: interference (ms)", True,
+               _cpu(lambda role: role == "other"), judged=False),
         Metric("rss_gateway", "peak RSS gateway (MiB)", True, _rss("gateway")),
         Metric("rss_orchestrator", "peak RSS orchestrator (MiB)", True, _rss("orchestrator1")),
         Metric("rss_steps", "peak RSS step service (MiB)", True, _rss("steps1")),
@@ -163,6 +183,11 @@ class Options:
     work_dir: Path
     keep: bool
     json_out: Path | None
+    report: Path | None
+    quiet: float
+    max_wait: float
+    max_other: float
+    retries: int
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -185,6 +210,36 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--work-dir", type=Path, help="worktrees, logs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the worktrees afterwards")
     parser.add_argument("--json", type=Path, dest="json_out", help="also write AB_JSON here")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.10,
+        help="before and after each run, the machine must be busier than this fraction of all its "
+        "cores for no more than this over 3 s (default 0.10); before, wait for it",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=300,
+        help="seconds to wait for a quiet machine before running anyway (default 300)",
+    )
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=2.0,
+        help="CPU ms per workflow of other processes in the loaded phase above which a run is "
+        "interfered with (default 2.0)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="runs of one slot redone when interfered with; the last is kept anyway (default 2)",
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="WORK_DIR",
+        help="measure nothing: the figures of an earlier run from its work dir (whole rounds)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds: at least 2, or there is no spread to compare with")
@@ -206,6 +261,11 @@ def parse(argv: Sequence[str] | None) -> Options:
         work_dir=args.work_dir or Path(tempfile.mkdtemp(prefix="relayflow-ab-")),
         keep=args.keep,
         json_out=args.json_out,
+        report=args.report,
+        quiet=args.quiet,
+        max_wait=args.max_wait,
+        max_other=args.max_other,
+        retries=args.retries,
     )
 
 
@@ -223,6 +283,31 @@ def uptime() -> str:
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine_busy(seconds: float = 3.0) -> float:
+    """The fraction of all cores that were busy (not idle nor iowait) over `seconds`."""
+
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        total = sum(fields[:8])
+        return total - fields[3] - fields[4], total
+
+    busy0, total0 = ticks()
+    time.sleep(seconds)
+    busy1, total1 = ticks()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_quiet(threshold: float, max_wait: float) -> tuple[float, float]:
+    """Wait until the machine is quiet, at most `max_wait` s: its last busy fraction, the wait."""
+    started = time.monotonic()
+    busy = machine_busy()
+    while busy > threshold and time.monotonic() - started < max_wait:
+        time.sleep(5)
+        busy = machine_busy()
+    return busy, time.monotonic() - started
 
 
 def requirements(sha: str) -> tuple[list[str], list[str]]:
@@ -379,7 +464,9 @@ def compare(
         ratio = b.median / a.median
         noise = max(a.relative, b.relative)
         better = ratio < 1 if metric.lower_is_better else ratio > 1
-        if abs(ratio - 1) <= noise:
+        if not metric.judged:
+            verdict = "(not ours)"
+        elif abs(ratio - 1) <= noise:
             verdict = "within noise"
         else:
             verdict = f"{'better' if better else 'WORSE'} by {abs(ratio - 1) * 100:.1f}%"
@@ -443,9 +530,37 @@ def verdict(table: dict[str, dict[str, Any]]) -> str:
     return f"Verdict: worse beyond run-to-run noise: {named(worse)}{tail}."
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    options = parse(argv)
-    options.work_dir.mkdir(parents=True, exist_ok=True)
+def clean_run(
+    rev: Revision, options: Options, shim_dir: Path, tag: str, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """One run on a quiet machine: redone (up to `--retries` times) when the machine was busy
+    just before or after it, or other processes took CPU during its loaded phase."""
+    other = _cpu(lambda role: role == "other")
+    for attempt in range(options.retries + 1):
+        last = attempt == options.retries
+        busy_before, waited = wait_quiet(options.quiet, options.max_wait)
+        run = run_once(rev, options, shim_dir, tag if last else f"{tag}-try{attempt + 1}")
+        run["busy_before"], run["waited_s"] = round(busy_before, 3), round(waited, 1)
+        run["busy_after"] = round(machine_busy(), 3)
+        other_ms = other(run["result"]) or 0.0
+        why = [
+            f"busy {name} {busy:.2f}"
+            for name, busy in (("before", busy_before), ("after", run["busy_after"]))
+            if busy > options.quiet
+        ] + ([f"other {other_ms:.1f} ms/wf"] if other_ms > options.max_other else [])
+        run["clean"] = not why
+        if not why or last:
+            if not last:  # a clean run: its log dir takes the slot's name
+                (options.work_dir / "logs" / run["tag"]).rename(options.work_dir / "logs" / tag)
+                run["tag"] = tag
+            return run
+        meta["rejected"].append({"tag": run["tag"], "why": why})
+        print(f"    {tag}: interfered with ({', '.join(why)}), again", flush=True)
+    raise AssertionError("unreachable")
+
+
+def measure(options: Options) -> tuple[Revision, Revision, dict[str, Any]]:
+    """Make the worktrees, run the rounds, remove the worktrees; the revisions with their runs."""
     shas = {label: git("rev-parse", "--verify", f"{spec}^{{commit}}")
             for label, spec in (("before", options.before), ("after", options.after))}  # fmt: skip
     tmp = Path(tempfile.gettempdir())
@@ -456,26 +571,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"bench.ab: {before.name} ({options.before}) vs {after.name} ({options.after}), "
           f"{options.rounds} rounds A B A B ..., work dir {options.work_dir}",
           flush=True)  # fmt: skip
-    load_start = uptime()
-    print(f"load at start: {load_start}", flush=True)
+    meta: dict[str, Any] = {
+        "before": {"spec": before.spec, "sha": before.sha},
+        "after": {"spec": after.spec, "sha": after.sha},
+        "rounds": options.rounds,
+        "bench_args": list(options.bench_args),
+        "concurrency": options.concurrency,
+        "uptime": {"start": uptime()},
+        "quiet": options.quiet,
+        "max_other": options.max_other,
+        "rejected": [],
+    }
+    print(f"load at start: {meta['uptime']['start']}", flush=True)
     shim_dir = options.work_dir / "shim"
     shim_dir.mkdir(exist_ok=True)
     (shim_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
     started = time.time()
+    metrics = _metrics(options.concurrency)
     try:
-        venvs = prepare((before, after))
-        print(f"interpreter: {venvs}", flush=True)
+        meta["interpreter"] = prepare((before, after))
+        (options.work_dir / META).write_bytes(orjson.dumps(meta))
+        print(f"interpreter: {meta['interpreter']}", flush=True)
         print(f"bench arguments (both): {' '.join(options.bench_args)}", flush=True)
-        metrics = _metrics(options.concurrency)
         for i in range(options.rounds):
             for rev in (before, after):
-                run = run_once(rev, options, shim_dir, f"round{i + 1}-{rev.label}")
+                run = clean_run(rev, options, shim_dir, f"round{i + 1}-{rev.label}", meta)
                 rev.runs.append(run)
                 figures = ", ".join(
-                    f"{m.key} {v:.1f}" for m in metrics[:5] if (v := m.read(run["result"]))
+                    f"{m.key} {v:.1f}"
+                    for m in metrics
+                    if m.key in BRIEF and (v := m.read(run["result"])) is not None
                 )
                 print(f"  round {i + 1}/{options.rounds} {rev.name}: {figures} "
-                      f"[{run['seconds']:.0f} s, load {run['load_before']}; relayflow from "
+                      f"[{run['seconds']:.0f} s, load {run['load_before']}, busy before/after "
+                      f"{run['busy_before']:.2f}/{run['busy_after']:.2f}"
+                      f"{'' if run['clean'] else ', INTERFERED'}; relayflow from "
                       f"{run['imports']['relayflow']}]", flush=True)  # fmt: skip
     finally:
         if not options.keep:
@@ -485,37 +615,85 @@ def main(argv: Sequence[str] | None = None) -> None:
                     check=False,
                     capture_output=True,
                 )
-    load_end = uptime()
+        shutil.rmtree(shim_dir, ignore_errors=True)
+    meta["uptime"]["end"] = uptime()
+    meta["seconds"] = round(time.time() - started, 1)
+    (options.work_dir / META).write_bytes(orjson.dumps(meta))
+    return before, after, meta
+
+
+def reread(work_dir: Path) -> tuple[Revision, Revision, dict[str, Any]]:
+    """The revisions and runs of an earlier (or interrupted) run, from its work dir's logs."""
+    meta: dict[str, Any] = orjson.loads((work_dir / META).read_bytes())
+    revisions = []
+    for label in ("before", "after"):
+        rev = Revision(label, meta[label]["spec"], meta[label]["sha"], Path("/nonexistent"))
+        for log in sorted((work_dir / "logs").glob(f"round*-{label}"), key=_round_number):
+            text = (log / "bench.out").read_text(errors="replace")
+            lines = [ln for ln in text.splitlines() if ln.startswith("BENCH_JSON ")]
+            if not lines:
+                continue  # the run did not finish
+            rev.runs.append(
+                {
+                    "tag": log.name,
+                    "result": orjson.loads(lines[-1].removeprefix("BENCH_JSON ")),
+                }
+            )
+        revisions.append(rev)
+    rounds = min(len(rev.runs) for rev in revisions)
+    for rev in revisions:
+        del rev.runs[rounds:]  # only whole rounds, so that the runs pair up
+    meta["rounds"] = rounds
+    meta.setdefault("uptime", {}).setdefault("end", "not recorded")
+    return revisions[0], revisions[1], meta
+
+
+def _round_number(path: Path) -> int:
+    return int(path.name.removeprefix("round").split("-")[0])
+
+
+def summarize(
+    before: Revision, after: Revision, meta: dict[str, Any], json_out: Path | None
+) -> None:
+    metrics = _metrics(int(meta["concurrency"]))
     table = compare(metrics, before, after)
     print()
+    print(f"{meta['rounds']} rounds; bench arguments: {' '.join(meta['bench_args'])}")
+    rejected = meta.get("rejected", [])
+    kept = sum(not run.get("clean", True) for rev in (before, after) for run in rev.runs)
+    print(f"runs redone for interference: {len(rejected)}; interfered runs kept: {kept}")
     print(render(table, before, after))
     print()
     print(verdict(table))
-    print(f"load at start: {load_start}")
-    print(f"load at end:   {load_end}")
+    print(f"load at start: {meta['uptime']['start']}")
+    print(f"load at end:   {meta['uptime']['end']}")
     result = {
-        "before": {"spec": before.spec, "sha": before.sha},
-        "after": {"spec": after.spec, "sha": after.sha},
-        "rounds": options.rounds,
-        "bench_args": list(options.bench_args),
-        "interpreter": venvs,
-        "uptime": {"start": load_start, "end": load_end},
-        "seconds": round(time.time() - started, 1),
+        **meta,
         "table": table,
         "verdict": verdict(table),
         "runs": {
-            rev.label: [{k: v for k, v in run.items() if k != "result"} | {
-                "figures": {m.key: m.read(run["result"]) for m in metrics}}
-                for run in rev.runs]
+            rev.label: [
+                {k: v for k, v in run.items() if k != "result"}
+                | {"figures": {m.key: m.read(run["result"]) for m in metrics}}
+                for run in rev.runs
+            ]
             for rev in (before, after)
         },
-    }  # fmt: skip
+    }
     line = orjson.dumps(result).decode()
-    if options.json_out is not None:
-        options.json_out.write_text(line + "\n")
+    if json_out is not None:
+        json_out.write_text(line + "\n")
     print("AB_JSON " + line)
     sys.stdout.flush()
-    shutil.rmtree(shim_dir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse(argv)
+    if options.report is not None:
+        summarize(*reread(options.report), options.json_out)
+        return
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    summarize(*measure(options), options.json_out)
 
 
 if __name__ == "__main__":
