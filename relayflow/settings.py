@@ -18,6 +18,8 @@ from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _PROCESS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# A replica's announcement of what it loads lapses after this many missed refreshes.
+ANNOUNCE_STALE_INTERVALS = 3
 
 
 def split_csv(value: object) -> object:
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     # Debug: a directory where each process writes, when it stops, when each message reached
     # each hop (`relayflow.hops`, for the bench's per-hop breakdown); unset or `off`: nothing.
     hop_trace: Path | None = None
+    # How often each orchestrator replica refreshes its row of what it loads
+    # (`loaded_definitions`); a row not refreshed for ANNOUNCE_STALE_INTERVALS of these no longer
+    # counts. The gateway reads the same setting to tell which runs no live replica can apply.
+    announce_interval: float = Field(default=30.0, gt=0)
 
     @field_validator("workflows", mode="before")
     @classmethod
@@ -104,3 +110,8 @@ class Settings(BaseSettings):
         if value not in ("quorum", "classic"):
             raise ValueError(f"must be 'quorum' or 'classic', got {value!r}")
         return value
+
+    @property
+    def announce_stale_after(self) -> float:
+        """Seconds after which a replica's row of what it loads no longer counts (it died)."""
+        return self.announce_interval * ANNOUNCE_STALE_INTERVALS

@@ -16,6 +16,7 @@ from relayflow.runtime import prepare_database, run
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.orchestrator import store
+from services.orchestrator.announce import Announcer, replica_id
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
@@ -62,13 +63,26 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             max_batch=settings.orchestrator_batch_size,
             workers=settings.orchestrator_workers,
         )
+        announcer = Announcer(
+            pool,
+            registry.all_versions(),
+            replica=replica_id(),
+            interval=settings.announce_interval,
+            stale_after=settings.announce_stale_after,
+        )
         relay.start()
         await consumer.start()
         background = [
+            asyncio.create_task(announcer.run()),
             asyncio.create_task(_fire_timers(orchestrator, settings.timer_poll_interval)),
             asyncio.create_task(_purge_inbox(pool, settings.inbox_retention_seconds)),
         ]
-        log.info("consuming %s for workflows %s", topology.orchestrator_queue, registry.names())
+        log.info(
+            "consuming %s for workflows %s as replica %s",
+            topology.orchestrator_queue,
+            registry.names(),
+            announcer.replica,
+        )
         await stop.wait()
         log.info("stopping: no new deliveries; finishing the batches in hand")
         await consumer.stop()
@@ -78,6 +92,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
         for task in background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await announcer.withdraw()
         await relay.stop()
     finally:
         await quietly("closing the broker connection", connection.close)
