@@ -47,6 +47,7 @@ from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, ste
 from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
 from services.orchestrator import store
 from services.orchestrator.inputs import InputCache
+from services.orchestrator.log_limit import LogLimit
 from services.orchestrator.store import ItemKey, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Processor:
         topology: Topology,
         *,
         inputs: InputCache | None = None,
+        unloaded_warnings: LogLimit | None = None,
     ) -> None:
         for definition in registry.all_versions():
             machine.check_supported(definition)
@@ -97,6 +99,8 @@ class Processor:
         # Large inputs of the workflows this process has locked (the caller's lock reads
         # through it too).
         self.inputs = inputs or InputCache()
+        # One warning per (run, version) a minute: a stranded run refuses each of its inputs.
+        self._unloaded_warnings = unloaded_warnings or LogLimit(60.0)
 
     async def apply(
         self,
@@ -239,13 +243,17 @@ class Processor:
         loaded = self._registry.versions(state.name)
         if not loaded:
             return Rejected(f"workflow {state.id} is a {state.name!r}, which is not registered")
-        log.warning(
-            "workflow %s runs %s version %s, which is not loaded here (loaded: %s)",
-            state.id,
-            state.name,
-            state.version,
-            ", ".join(loaded),
-        )
+        held = self._unloaded_warnings.admit((state.id, state.version))
+        if held is not None:
+            log.warning(
+                "workflow %s runs %s version %s, which is not loaded here (loaded: %s); its "
+                "inputs are dead-lettered until that version is deployed beside the new one%s",
+                state.id,
+                state.name,
+                state.version,
+                ", ".join(loaded),
+                f" ({held} more refused since the last warning)" if held else "",
+            )
         return Rejected(
             f"workflow {state.id} runs version {state.version!r} of {state.name!r}, which this "
             f"orchestrator does not load (loaded: {', '.join(loaded)}); deploy that version "
