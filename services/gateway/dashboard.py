@@ -54,7 +54,9 @@ def _refused_fragment(exc: InputError) -> HTMLResponse:
 
 async def _list(state: GatewayState, params: dict[str, str]) -> WorkflowPage:
     where, limit = list_filter(params)  # QueryError if a parameter is unusable
-    return await list_page(state.store, where, limit)
+    return await list_page(
+        state.store, where, limit, stale_after=state.settings.announce_stale_after
+    )
 
 
 async def home(request: Request) -> Response:
@@ -105,7 +107,9 @@ async def workflow_page(request: Request) -> Response:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
         return _page(html.pending_workflow_page(workflow_id), 404)
     definition = definition_of(state.registry, row)
-    view = await load_view(state.store, row, definition)
+    view = await load_view(
+        state.store, row, definition, stale_after=state.settings.announce_stale_after
+    )
     signals = definition if takes_signals(row, definition) else None
     return _page(html.workflow_page(view, definition, datetime.now(UTC), row.last_seq, signals))
 
@@ -122,7 +126,9 @@ async def panel_fragment(request: Request) -> Response:
     definition = definition_of(state.registry, row)
     compact = request.query_params.get("compact") == "1"
     content = html.panel(
-        await load_view(state.store, row, definition),
+        await load_view(
+            state.store, row, definition, stale_after=state.settings.announce_stale_after
+        ),
         definition,
         datetime.now(UTC),
         last_seq=row.last_seq,

@@ -181,13 +181,46 @@ def filters(params: Mapping[str, str], names: Iterable[str]) -> str:
   </form>"""
 
 
-def version_badge(version: str | None) -> str:
-    """The definition version a run is pinned to; nothing for a run from before versions."""
-    if version is None:
+def version_badge(version: str | None, loaded: bool | None = None) -> str:
+    """The definition version a run is pinned to (nothing for a run from before versions) and,
+    when no live orchestrator loads it (`versionLoaded` false), a warning beside it."""
+    badge = ""
+    if version is not None:
+        badge = (
+            f' <span class="badge version" data-version="{esc(version)}" '
+            f'title="definition version {esc(version)}">{esc(version)}</span>'
+        )
+    if loaded is False:
+        badge += (
+            ' <span class="badge unloaded" data-version-loaded="false" '
+            f'title="{esc(UNLOADED_ADVICE)}">not loaded</span>'
+        )
+    return badge
+
+
+# What to do about a run whose version no live orchestrator loads.
+UNLOADED_ADVICE = (
+    "No running orchestrator loads this version, so the run cannot move on: its inputs are "
+    "dead-lettered. Deploy that version beside the new one (both in WORKFLOWS), then redrive "
+    "the dead-lettered inputs (relayflow-admin dead-letters redrive)."
+)
+
+
+def unloaded_note(view: View) -> str:
+    """The detail page's sentence for a run no live orchestrator can apply; else nothing."""
+    if view.version_loaded is not False:
         return ""
+    which = (
+        f"version <code>{esc(view.version)}</code> of {esc(view.name)}"
+        if view.version is not None
+        else f"any version of {esc(view.name)}"
+    )
     return (
-        f' <span class="badge version" data-version="{esc(version)}" '
-        f'title="definition version {esc(version)}">{esc(version)}</span>'
+        '<p class="notice unloaded" role="alert" data-version-loaded="false">'
+        f"No running orchestrator loads {which}, so this run cannot move on: its inputs are "
+        "dead-lettered. Deploy that version beside the new one (both in <code>WORKFLOWS</code>), "
+        "then redrive the dead-lettered inputs "
+        "(<code>relayflow-admin dead-letters redrive</code>).</p>"
     )
 
 
@@ -213,7 +246,8 @@ def list_rows(items: Sequence[WorkflowSummary], now: datetime) -> str:
         rows.append(
             f'<tr data-workflow-id="{esc(item.workflow_id)}" data-status="{esc(item.status)}">'
             f'<td><a class="mono" href="{esc(href)}">{esc(item.workflow_id)}</a>'
-            f'<div class="small muted">{esc(item.name)}{version_badge(item.version)}</div></td>'
+            f'<div class="small muted">{esc(item.name)}'
+            f"{version_badge(item.version, item.version_loaded)}</div></td>"
             f"<td>{pill(item.status)}</td>"
             f'<td class="progress">{progress_cell(item)}</td>'
             f'<td class="when">{when(item.created_at)}'
@@ -513,7 +547,8 @@ def panel(
 ) -> str:
     """A workflow's state: what the workflow page shows above its events, and (compact) what the
     home page shows under the form while a submission runs."""
-    facts = [f"<div><dt>Workflow</dt><dd>{esc(view.name)}{version_badge(view.version)}</dd></div>"]
+    badges = version_badge(view.version, view.version_loaded)
+    facts = [f"<div><dt>Workflow</dt><dd>{esc(view.name)}{badges}</dd></div>"]
     if view.parent_workflow_id:
         facts.append(f"<div><dt>Parent</dt><dd>{workflow_link(view.parent_workflow_id)}</dd></div>")
     facts.append(f"<div><dt>Created</dt><dd>{when(view.created_at)}</dd></div>")
@@ -526,7 +561,7 @@ def panel(
         f'<div class="wf-head"><div class="wf-title"><h1 class="mono">{esc(view.workflow_id)}</h1>'
         f"{pill(view.status, data_workflow_status='')}</div>"
         f'<div class="actions">{"" if compact else action_buttons(view)}</div></div>'
-        f'<dl class="facts">{"".join(facts)}</dl>{error}'
+        f'<dl class="facts">{"".join(facts)}</dl>{unloaded_note(view)}{error}'
     )
     steps = steps_lines(view, now) if compact else steps_graph(view, definition, now)
     io = ""

@@ -21,6 +21,14 @@ CompensationPhase = Literal[
 ]
 # Why the feed tells a client to fetch the list again.
 ResetReason = Literal["connected", "missed events"]
+# `versionLoaded` of a run, in the document too.
+VERSION_LOADED = (
+    "Whether a live orchestrator replica loads the version this run is pinned to. false: none "
+    "does, so the run cannot move on (its inputs are dead-lettered with the reason): deploy "
+    "that version beside the new one, then redrive the dead-lettered inputs. null: not known "
+    "(no orchestrator announces what it loads, as before the first one starts), or the run has "
+    "finished."
+)
 
 
 class _Model(BaseModel):
@@ -166,6 +174,7 @@ class WorkflowView(_Model):
     signals: list[str] = Field(default_factory=list)
     # Signals that arrived before a wait took them: how many of each name are kept.
     mailbox: dict[str, int] = Field(default_factory=dict)
+    version_loaded: bool | None = Field(default=None, description=VERSION_LOADED)
 
 
 class WorkflowSummary(_Model):
@@ -186,6 +195,7 @@ class WorkflowSummary(_Model):
     # Steps now running, waiting for a reply or waiting to retry.
     active_steps: list[str]
     error: ErrorView | None = None
+    version_loaded: bool | None = Field(default=None, description=VERSION_LOADED)
 
 
 class WorkflowPage(_Model):

@@ -86,3 +86,11 @@ WHERE workflow_id = $1 AND step_name = $2 AND item_index > $3
   AND ($4::text IS NULL OR status = $4)
 ORDER BY item_index
 LIMIT $5;
+
+-- name: loaded_versions
+-- The (workflow, version) pairs some live orchestrator replica loads (`loaded_definitions`,
+-- migration 0014): seen in the last $1 seconds. No row at all: no replica announces (none has
+-- started yet), so whether a run's version is loaded is not known.
+SELECT DISTINCT name, version
+FROM loaded_definitions
+WHERE seen_at > now() - make_interval(secs => $1);

@@ -74,6 +74,11 @@ class SummaryRow:
     version: str | None = None
 
 
+# What live orchestrator replicas load, as (workflow name, version); None: not known (no
+# replica announces).
+LoadedVersions = frozenset[tuple[str, str]] | None
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     seq: int
@@ -210,6 +215,12 @@ class GatewayStore:
             self._q.items_after, workflow_id, step_name, after, status, limit
         )
         return [_item(workflow_id, row) for row in rows]
+
+    async def loaded_versions(self, stale_after: float) -> LoadedVersions:
+        """The (name, version) pairs live orchestrator replicas load; None when no replica
+        announces what it loads (not known, rather than nothing loaded)."""
+        rows = await self._pool.fetch(self._q.loaded_versions, stale_after)
+        return frozenset((row["name"], row["version"]) for row in rows) or None
 
     async def ping(self) -> None:
         await self._pool.fetchval(self._q.ping)

@@ -17,7 +17,14 @@ from pydantic import MISSING, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relayflow.model import ACTIVE_STEPS, ItemState, StepState, StepStatus, WorkflowStatus
+from relayflow.model import (
+    ACTIVE_STEPS,
+    FINISHED,
+    ItemState,
+    StepState,
+    StepStatus,
+    WorkflowStatus,
+)
 from relayflow.workflow import MapSpec, TaskSpec, WorkflowDefinition, WorkflowRegistry
 from services.gateway import checks
 from services.gateway.checks import InputError
@@ -40,7 +47,13 @@ from services.gateway.models import (
 from services.gateway.responses import error_response, model_response
 from services.gateway.sse import EventStream
 from services.gateway.state import gateway_state
-from services.gateway.store import GatewayStore, ListFilter, SummaryRow, WorkflowRow
+from services.gateway.store import (
+    GatewayStore,
+    ListFilter,
+    LoadedVersions,
+    SummaryRow,
+    WorkflowRow,
+)
 from services.gateway.stream import follow
 
 # Browsers reconnect a broken event stream after this many milliseconds (sent as `retry:`).
@@ -139,18 +152,35 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created_at, workflow_id
 
 
-async def list_page(store: GatewayStore, where: ListFilter, limit: int) -> WorkflowPage:
-    """One page of the list; a row more than asked says whether an older page exists."""
+async def list_page(
+    store: GatewayStore, where: ListFilter, limit: int, *, stale_after: float
+) -> WorkflowPage:
+    """One page of the list; a row more than asked says whether an older page exists. What
+    live orchestrators load is one query for the page, not one per row."""
     rows = await store.list_workflows(where, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
+    loaded = await store.loaded_versions(stale_after) if rows else None
     return WorkflowPage(
-        items=[summary(row) for row in rows],
+        items=[summary(row, loaded) for row in rows],
         next=encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
     )
 
 
-def summary(row: SummaryRow) -> WorkflowSummary:
+def version_loaded(
+    name: str, version: str | None, status: WorkflowStatus, loaded: LoadedVersions
+) -> bool | None:
+    """Whether a live orchestrator replica can apply the run's inputs (`versionLoaded`): None
+    when that is not known (no replica announces) or does not matter (the run has finished).
+    A run from before versions takes the newest version loaded: any version of its name."""
+    if loaded is None or status in FINISHED:
+        return None
+    if version is None:
+        return any(loaded_name == name for loaded_name, _ in loaded)
+    return (name, version) in loaded
+
+
+def summary(row: SummaryRow, loaded: LoadedVersions = None) -> WorkflowSummary:
     statuses = row.step_statuses
     return WorkflowSummary(
         workflow_id=row.id,
@@ -165,6 +195,7 @@ def summary(row: SummaryRow) -> WorkflowSummary:
         steps_completed=sum(1 for status in statuses.values() if status == StepStatus.COMPLETED),
         active_steps=[name for name, status in statuses.items() if status in ACTIVE_STEPS],
         error=_error(row.error),
+        version_loaded=version_loaded(row.name, row.version, row.status, loaded),
     )
 
 
@@ -172,7 +203,9 @@ async def list_workflows(request: Request) -> Response:
     """Bad parameters raise `QueryError`, which the app answers."""
     state = gateway_state(request)
     where, limit = list_filter(request.query_params)
-    page = await list_page(state.store, where, limit)
+    page = await list_page(
+        state.store, where, limit, stale_after=state.settings.announce_stale_after
+    )
     return model_response(page)
 
 
@@ -206,7 +239,13 @@ async def get_workflow(request: Request, raw_id: str) -> Response:
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
-    return model_response(await load_view(state.store, row, definition_of(state.registry, row)))
+    view = await load_view(
+        state.store,
+        row,
+        definition_of(state.registry, row),
+        stale_after=state.settings.announce_stale_after,
+    )
+    return model_response(view)
 
 
 def definition_of(registry: WorkflowRegistry, row: WorkflowRow) -> WorkflowDefinition | None:
@@ -355,24 +394,32 @@ def _stored_kind(stored: Any) -> str:
 
 
 async def load_view(
-    store: GatewayStore, row: WorkflowRow, definition: WorkflowDefinition | None
+    store: GatewayStore,
+    row: WorkflowRow,
+    definition: WorkflowDefinition | None,
+    *,
+    stale_after: float,
 ) -> WorkflowView:
     """The workflow's view with the first items of its map steps: one query for the workflow,
-    one (whatever the number of map steps) for their items."""
+    one (whatever the number of map steps) for their items, and, while it has not finished,
+    one for what live orchestrators load."""
     maps = [name for name, kind in step_kinds(row, definition).items() if kind == MapSpec.kind]
     items = await store.first_items(row.id, maps, limit=FIRST_ITEMS + 1)
-    return workflow_view(row, definition, items)
+    loaded = None if row.status in FINISHED else await store.loaded_versions(stale_after)
+    return workflow_view(row, definition, items, loaded)
 
 
 def workflow_view(
     row: WorkflowRow,
     definition: WorkflowDefinition | None,
     items: Mapping[str, list[ItemState]] | None = None,
+    loaded: LoadedVersions = None,
 ) -> WorkflowView:
     """Steps in the definition's order; a step the orchestrator has not touched is pending.
     Steps the definition does not know (an older version's) follow in stored order. Map steps
     show the first of `items` (their first items, read by `load_view`). `signals` are the
-    names the definition declares, `mailbox` how many of each are kept for a later wait."""
+    names the definition declares, `mailbox` how many of each are kept for a later wait;
+    `loaded`, what live orchestrators load (`version_loaded`)."""
     items = items or {}
     return WorkflowView(
         workflow_id=row.id,
@@ -392,6 +439,7 @@ def workflow_view(
         ],
         signals=takes_signals(row, definition),
         mailbox={name: count for name, count in sorted(row.mailbox.items()) if count},
+        version_loaded=version_loaded(row.name, row.version, row.status, loaded),
     )
 
 
