@@ -458,8 +458,10 @@ def compare(
         a, b = spread(a_values), spread(b_values)
         if a is None or b is None or not a.median:
             continue
-        paired = spread(
-            [y / x for x, y in zip(a_values, b_values, strict=True) if x and y is not None]
+        paired = (
+            spread([y / x for x, y in zip(a_values, b_values, strict=True) if x and y is not None])
+            if len(a_values) == len(b_values)
+            else None  # runs left out (clean runs only): no longer in pairs
         )
         ratio = b.median / a.median
         noise = max(a.relative, b.relative)
@@ -549,6 +551,10 @@ def clean_run(
             if busy > options.quiet
         ] + ([f"other {other_ms:.1f} ms/wf"] if other_ms > options.max_other else [])
         run["clean"] = not why
+        flags = {k: run[k] for k in ("busy_before", "busy_after", "waited_s", "clean")}
+        (options.work_dir / "logs" / run["tag"] / "run.json").write_bytes(
+            orjson.dumps({**flags, "why": why})
+        )
         if not why or last:
             if not last:  # a clean run: its log dir takes the slot's name
                 (options.work_dir / "logs" / run["tag"]).rename(options.work_dir / "logs" / tag)
@@ -633,12 +639,11 @@ def reread(work_dir: Path) -> tuple[Revision, Revision, dict[str, Any]]:
             lines = [ln for ln in text.splitlines() if ln.startswith("BENCH_JSON ")]
             if not lines:
                 continue  # the run did not finish
-            rev.runs.append(
-                {
-                    "tag": log.name,
-                    "result": orjson.loads(lines[-1].removeprefix("BENCH_JSON ")),
-                }
+            flags = (
+                orjson.loads((log / "run.json").read_bytes()) if (log / "run.json").exists() else {}
             )
+            result = orjson.loads(lines[-1].removeprefix("BENCH_JSON "))
+            rev.runs.append({"tag": log.name, **flags, "result": result})
         revisions.append(rev)
     rounds = min(len(rev.runs) for rev in revisions)
     for rev in revisions:
@@ -665,12 +670,28 @@ def summarize(
     print(render(table, before, after))
     print()
     print(verdict(table))
+    clean = {
+        rev.label: [run for run in rev.runs if run.get("clean", True)] for rev in (before, after)
+    }
+    table_clean: dict[str, dict[str, Any]] | None = None
+    if kept and all(len(runs) >= 2 for runs in clean.values()):
+        a, b = (
+            Revision(rev.label, rev.spec, rev.sha, rev.worktree, runs=clean[rev.label])
+            for rev in (before, after)
+        )
+        table_clean = compare(metrics, a, b)
+        print()
+        print(f"Clean runs only ({len(a.runs)} before, {len(b.runs)} after; no longer paired):")
+        print(render(table_clean, a, b))
+        print()
+        print(verdict(table_clean))
     print(f"load at start: {meta['uptime']['start']}")
     print(f"load at end:   {meta['uptime']['end']}")
     result = {
         **meta,
         "table": table,
         "verdict": verdict(table),
+        "table_clean": table_clean,
         "runs": {
             rev.label: [
                 {k: v for k, v in run.items() if k != "result"}
