@@ -148,27 +148,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::jsonb[])
      AS w(workflow_id, step_name, key, item_index, item)
 ON CONFLICT DO NOTHING;
 
--- name: save_items
--- Each item's new state; an item that has ended drops its timers (a timeout set for an attempt
--- that has answered would only fire to be ignored).
-WITH saved AS (
-    UPDATE step_items AS i
-    SET status = u.status, attempts = u.attempts, output = u.output, error = u.error,
-        started_at = u.started_at, finished_at = u.finished_at
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::jsonb[],
-                $7::jsonb[], $8::timestamptz[], $9::timestamptz[])
-         AS u(workflow_id, step_name, key, status, attempts, output, error, started_at,
-              finished_at)
-    WHERE ARRAY[i.workflow_id, i.step_name, i.key] = ARRAY[u.workflow_id, u.step_name, u.key]
-    RETURNING i.workflow_id, i.step_name, i.key, i.status
-)
-DELETE FROM timers AS t
-USING saved AS s
-WHERE s.status IN ('completed', 'failed', 'cancelled')
-  AND t.workflow_id = s.workflow_id AND t.step_name = s.step_name AND t.step_key = s.key
-  -- The predicate of timers_item_idx, so that it serves the join.
-  AND t.step_key <> '';
-
 -- name: reset_items
 UPDATE step_items AS i
 SET status = 'pending', error = NULL, started_at = NULL, finished_at = NULL
@@ -212,10 +191,13 @@ RETURNING i.workflow_id, i.step_name, i.key, i.item_index, i.status, i.attempts,
           i.output, i.error, i.started_at, i.finished_at;
 
 -- name: save_and_claim_items
--- save_items and claim_items in one round trip, for the common batch of a map (items ended,
--- their places refilled). Used only when no save makes an item pending, so that the claim
--- cannot miss an item the same statement frees; and a row being saved is never also claimed
--- (two updates of one row in one statement would apply only one).
+-- Each saved item's new state, and the next `n` pending items of each map ($10-$12) moved to
+-- their next attempt, in one round trip: the common batch of a map (items ended, their places
+-- refilled); with no claims, saves alone. An item that has ended drops its timers (a timeout
+-- set for an attempt that has answered would only fire to be ignored). Claims ride along only
+-- when no save makes an item pending, so that the claim cannot miss an item the same statement
+-- frees; and a row being saved is never also claimed (two updates of one row in one statement
+-- would apply only one).
 WITH saved AS (
     UPDATE step_items AS i
     SET status = u.status, attempts = u.attempts, output = u.output, error = u.error,

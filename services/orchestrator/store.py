@@ -293,7 +293,7 @@ async def _write_run(conn: Connection, run: Sequence[ItemWrite], now: datetime) 
             [i.item for i in items],
         )
     elif isinstance(first, SaveItem):
-        await conn.execute(QUERIES.save_items, *_save_parameters(run))
+        await conn.execute(QUERIES.save_and_claim_items, *_save_parameters(run), *_claims({}, now))
     else:
         steps = [
             (op.workflow_id, op.step_name)
@@ -346,14 +346,8 @@ async def write_and_claim(
     if not one_statement:
         await write_items(conn, writes, now)
         return await claim_items(conn, requests, now)
-    wanted = sorted(requests)
     rows = await conn.fetch(
-        QUERIES.save_and_claim_items,
-        *_save_parameters(writes),
-        [w[0] for w in wanted],
-        [w[1] for w in wanted],
-        [requests[w] for w in wanted],
-        now,
+        QUERIES.save_and_claim_items, *_save_parameters(writes), *_claims(requests, now)
     )
     return _claimed(requests, rows)
 
@@ -365,15 +359,14 @@ async def claim_items(
     next attempt, and answer each request with its items in item order."""
     if not requests:
         return []
-    wanted = sorted(requests)
-    rows = await conn.fetch(
-        QUERIES.claim_items,
-        [w[0] for w in wanted],
-        [w[1] for w in wanted],
-        [requests[w] for w in wanted],
-        now,
-    )
+    rows = await conn.fetch(QUERIES.claim_items, *_claims(requests, now))
     return _claimed(requests, rows)
+
+
+def _claims(requests: dict[tuple[str, str], int], now: datetime) -> list[Any]:
+    """The parameters of a claim: workflows, steps and counts in (workflow, step) order."""
+    wanted = sorted(requests)
+    return [[w[0] for w in wanted], [w[1] for w in wanted], [requests[w] for w in wanted], now]
 
 
 def _claimed(requests: dict[tuple[str, str], int], rows: Sequence[Any]) -> list[ItemsClaimed]:

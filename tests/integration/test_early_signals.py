@@ -5,10 +5,8 @@ real orchestrator service, broker and database (the redelivery is what is tested
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aio_pika
@@ -26,41 +24,17 @@ from relayflow.contracts import (
 from relayflow.model import ids
 from relayflow.settings import Settings
 from relayflow.topology import SIGNAL_KEY, START_KEY, Topology
-from services.orchestrator.__main__ import serve
-from services.orchestrator.settings import OrchestratorSettings
+from tests.integration.orchestrators import running_orchestrator
 from tests.support import get_messages, wait_for
 
 REQUEST = {"requestId": "r-1", "amount": 10, "failAt": None}
 
 
-@contextlib.asynccontextmanager
-async def orchestrator(settings: Settings, *, limit: int) -> AsyncIterator[None]:
-    own = OrchestratorSettings(
-        **settings.model_dump(), orchestrator_defer_first=0.05, orchestrator_defer_limit=limit
+def orchestrator(settings: Settings, *, limit: int) -> AbstractAsyncContextManager[None]:
+    """Deferrals 50 ms apart (doubling), dead-lettered after `limit` returns."""
+    return running_orchestrator(
+        settings, orchestrator_defer_first=0.05, orchestrator_defer_limit=limit
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(own, stop))
-    try:
-
-        async def consuming() -> bool:
-            if task.done():
-                task.result()
-            connection = await aio_pika.connect(settings.amqp_url)
-            async with connection:
-                channel = await connection.channel()
-                try:
-                    queue = await channel.declare_queue(
-                        Topology(settings.namespace).orchestrator_queue, passive=True
-                    )
-                except aio_pika.exceptions.ChannelClosed:
-                    return False
-                return (queue.declaration_result.consumer_count or 0) > 0
-
-        await wait_for(consuming)
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def publish(settings: Settings, key: str, message: SignalWorkflow | StartWorkflow) -> None:

@@ -33,11 +33,10 @@ from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task, wait
 from services.orchestrator import store
-from services.orchestrator.__main__ import serve
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
-from services.orchestrator.settings import OrchestratorSettings
+from tests.integration.orchestrators import running_orchestrator as orchestrator_in_process
 from tests.support import get_messages, wait_for
 
 FORM = {"name": "Ada", "email": "ada@example.com", "message": "hello"}
@@ -48,30 +47,8 @@ STALE_AFTER = 0.5
 @contextlib.asynccontextmanager
 async def running_orchestrator(settings: Settings) -> AsyncIterator[None]:
     """The real orchestrator service, in this process, on the test's namespace."""
-    own = OrchestratorSettings(**settings.model_dump(), outbox_stale_after=STALE_AFTER)
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(own, stop))
-    try:
-        # Wait until it consumes: the queue then has a consumer.
-        async def consuming() -> bool:
-            if task.done():
-                task.result()
-            connection = await aio_pika.connect(settings.amqp_url)
-            async with connection:
-                channel = await connection.channel()
-                try:
-                    queue = await channel.declare_queue(
-                        Topology(settings.namespace).orchestrator_queue, passive=True
-                    )
-                except aio_pika.exceptions.ChannelClosed:
-                    return False
-                return (queue.declaration_result.consumer_count or 0) > 0
-
-        await wait_for(consuming)
+    async with orchestrator_in_process(settings, outbox_stale_after=STALE_AFTER):
         yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def publish(
