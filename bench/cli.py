@@ -19,6 +19,20 @@ The part `hops` (issue 12) runs `--hops-n` five-step workflows at 1 in flight on
 our processes with `RELAYFLOW_HOP_TRACE` on, and prints where the time of a step goes: each hop
 from the gateway's accept to the SSE event written, its median and p99 (`bench.hops`).
 
+The part `floor` (issue 12) measures the machine's floor of a step on the same broker and
+database, with a tiny aio-pika + asyncpg program (`bench.floor`): `--floor-n` round trips at 1
+in flight of a persistent, confirmed publish on a quorum queue to a consumer in another process
+and its confirmed reply, and `--floor-n` small INSERT + COMMITs; floor of a step = round trip
+p50 + 2 commits p50. Our marginal cost of a step and our p50 at 1 in flight are shown as
+multiples of it, and the target "marginal cost of a remote step <= 1.3x the floor" is checked.
+
+The part `open-loop` (issue 12) sends POST /workflows/bench5 at a fixed arrival rate (Poisson,
+or `--arrivals even`) for `--open-seconds` on its own set of our processes: by default half of
+our workflows/s of this run's loaded phase (without one, of a closed loop of `--n` on those
+processes first), or `--rate`. It reports the 202's latency p50 and p99, that every accepted
+workflow completed, and the client's own health: its CPU, how late requests left against the
+schedule, the rate achieved against the rate scheduled (`bench.openloop`).
+
 The last line of output is `BENCH_JSON {...}`, everything in one JSON object.
 """
 
@@ -28,6 +42,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import os
 import platform
 import sys
 import tempfile
@@ -41,10 +56,12 @@ import orjson
 
 from bench.driver import System
 from bench.fanout import fanout
+from bench.floor import Floor, run_floor
 from bench.hops import render_hops, run_hops
 from bench.infra import Infra
 from bench.kinds import APP, run_kinds
 from bench.measure import Phase, median
+from bench.openloop import Arrivals, OpenLoop, run_open_loop
 from bench.ours import Relayflow
 from bench.report import (
     OURS,
@@ -56,11 +73,12 @@ from bench.report import (
     ratios,
     render,
     targets,
+    with_floor,
 )
 
 ALL = (OURS, *PEERS)
-MAP, CHILD, HOPS = "map", "child", "hops"
-PARTS = (MAP, CHILD, HOPS)
+MAP, CHILD, HOPS, FLOOR, OPEN = "map", "child", "hops", "floor", "open-loop"
+PARTS = (MAP, CHILD, HOPS, FLOOR, OPEN)
 NEEDS = {
     "celery-pg": ("celery", "sqlalchemy", "psycopg2"),
     "celery-rpc": ("celery", "psycopg2"),
@@ -85,6 +103,10 @@ class Options:
     map_items: tuple[int, ...] = ()
     child_n: int = 0
     hops_n: int = 0
+    floor_n: int = 0
+    open_seconds: float = 0.0
+    rate: float | None = None
+    arrivals: Arrivals = "poisson"
 
     @property
     def systems(self) -> tuple[str, ...]:
@@ -119,6 +141,23 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--hops-n", type=int, help="workflows of the per-hop breakdown (default 200)"
     )
+    parser.add_argument(
+        "--floor-n", type=int, help="round trips and commits of the floor part (default 500)"
+    )
+    parser.add_argument(
+        "--open-seconds", type=float, help="duration of the open-loop part (default 30 s)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="arrivals/s of the open-loop part (default: half of the loaded phase's workflows/s)",
+    )
+    parser.add_argument(
+        "--arrivals",
+        choices=("poisson", "even"),
+        default="poisson",
+        help="open-loop arrivals: Poisson (default) or evenly spaced",
+    )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale-out run")
     parser.add_argument(
         "--fanout", type=int, help="SSE subscribers of the fan-out run, 0 to skip (default 1000)"
@@ -126,7 +165,7 @@ def parse(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--quick", action="store_true",
         help="a short run: n 200, serial 50, marginal 30, warm-up 20, 1 repetition, fan-out 200, "
-        "maps of 100 and 1000 items, child 30, hops 50",
+        "maps of 100 and 1000 items, child 30, hops 50, floor 100, open loop 10 s",
     )  # fmt: skip
     parser.add_argument("--log-dir", type=Path, help="service logs (default: a temp dir)")
     parser.add_argument(
@@ -169,6 +208,10 @@ def parse(argv: Sequence[str] | None) -> Options:
         map_items=map_items if MAP in only else (),
         child_n=pick(args.child_n, 100, 30) if CHILD in only else 0,
         hops_n=pick(args.hops_n, 200, 50) if HOPS in only else 0,
+        floor_n=pick(args.floor_n, 500, 100) if FLOOR in only else 0,
+        open_seconds=((args.open_seconds or (10.0 if quick else 30.0)) if OPEN in only else 0.0),
+        rate=args.rate,
+        arrivals=args.arrivals,
     )
 
 
@@ -278,7 +321,6 @@ async def amain(options: Options) -> dict[str, Any]:
     result: dict[str, Any] = {
         "systems": medians_by_system,
         "ratios": ratios(medians_by_system),
-        "targets": targets(medians_by_system),
         "memory_mib": memory_medians,
         "unavailable": unavailable,
         "runs": raw,
@@ -289,11 +331,21 @@ async def amain(options: Options) -> dict[str, Any]:
         if single and scaled:
             result["scale_throughput_ratio"] = scaled / single
     await _parts(infra, options, result)
+    floor: Floor | None = result.get("floor")
+    if floor is not None:
+        result["systems"] = with_floor(result["systems"], floor)
+    result["targets"] = targets(result["systems"], open_loop=result.get("open_loop"))
     return result
 
 
 async def _parts(infra: Infra, options: Options, result: dict[str, Any]) -> None:
     """The parts that run once, after the repetitions, each on its own set of processes."""
+    if options.floor_n:
+        print(f"machine floor: {options.floor_n} round trips and commits at 1 in flight",
+              flush=True)  # fmt: skip
+        result["floor"] = await run_floor(
+            infra, options.log_dir, n=options.floor_n, warmup=min(options.warmup, 50)
+        )
     if options.map_items or options.child_n:
         print(f"map and child steps: maps of {', '.join(map(str, options.map_items)) or 'none'} "
               f"items, {options.child_n} chains of each shape", flush=True)  # fmt: skip
@@ -308,6 +360,8 @@ async def _parts(infra: Infra, options: Options, result: dict[str, Any]) -> None
         )
     if options.hops_n:
         result["hops"] = await _hops(infra, options)
+    if options.open_seconds:
+        result["open_loop"] = await _open_loop(infra, options, result)
     if options.fanout:
         print(f"fan-out: {options.fanout} SSE subscribers of one workflow", flush=True)
         system = Relayflow(infra, options.log_dir / "fanout", name="relayflow-fanout")
@@ -326,6 +380,26 @@ async def _hops(infra: Infra, options: Options) -> dict[str, Any]:
         infra, where, name="relayflow-hops", extra_env={"RELAYFLOW_HOP_TRACE": str(trace_dir)}
     )
     return await run_hops(system, trace_dir, n=options.hops_n, warmup=options.warmup)
+
+
+async def _open_loop(infra: Infra, options: Options, result: dict[str, Any]) -> OpenLoop:
+    rate, source = options.rate, "--rate"
+    loaded = result["systems"].get(OURS, {}).get("throughput")
+    if rate is None and loaded:
+        rate, source = loaded / 2, f"half of {loaded:.1f}/s, this run's loaded phase"
+    print(f"open loop: {options.arrivals} arrivals for {options.open_seconds:g} s at "
+          f"{f'{rate:.1f}/s' if rate else 'half of a closed loop first'}", flush=True)  # fmt: skip
+    system = Relayflow(infra, options.log_dir / "open-loop", name="relayflow-open-loop")
+    return await run_open_loop(
+        system,
+        rate=rate,
+        rate_source=source,
+        seconds=options.open_seconds,
+        arrivals=options.arrivals,
+        warmup=options.warmup,
+        calibrate_n=options.n,
+        concurrency=options.concurrency,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -347,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra[f"{name} not measured"] = why
     print()
     print(render(result["systems"], result["memory_mib"], options.concurrency, options.repeat,
-                 extra, kinds=result.get("kinds")))  # fmt: skip
+                 extra, kinds=result.get("kinds"), floor=result.get("floor"),
+                 open_loop=result.get("open_loop")))  # fmt: skip
     if "hops" in result:
         print()
         print(render_hops(result["hops"]))
@@ -363,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "map_items": list(options.map_items),
         "child_n": options.child_n,
         "hops_n": options.hops_n,
+        "floor_n": options.floor_n,
+        "open_seconds": options.open_seconds,
+        "rate": options.rate,
+        "arrivals": options.arrivals,
+        "load_at_end": os.getloadavg(),
         "cpus": _cpus(),
         "python": platform.python_version(),
         "seconds": round(time.time() - started, 1),
@@ -372,6 +452,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from bench.measure import Phase, median
+
+if TYPE_CHECKING:
+    from bench.floor import Floor
+    from bench.openloop import OpenLoop
 
 OURS = "relayflow"
 SCALE = "relayflow-scale"
@@ -26,7 +30,16 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "marginal_step": ("marginal cost per step", "ms", True),
     "cpu_per_wf": ("machine CPU per workflow at {c} in flight", "ms", True),
     "errors": ("failed workflows (all phases)", "", True),
+    # Against the machine's floor of a step, measured once in the run (`bench.floor`).
+    "marginal_floor": ("marginal cost per step ÷ the machine's floor of a step", "x", True),
+    "p50_1_floor": ("latency p50, 1 in flight ÷ the floor of a step (5 steps)", "x", True),
 }
+# Multiples of the floor: a ratio of two systems' multiples is their ratio of the figure itself.
+FLOOR_METRICS = ("marginal_floor", "p50_1_floor")
+# Issue 12: a remote step's marginal cost at most this multiple of the machine's floor.
+FLOOR_BOUND = 1.3
+# Issue 12: HTTP accept p99 in the open loop at half the maximum throughput, ms.
+OPEN_ACCEPT_BOUND_MS = 10.0
 
 
 def figures(phases: Mapping[str, Phase]) -> dict[str, float | None]:
@@ -50,6 +63,21 @@ def figures(phases: Mapping[str, Phase]) -> dict[str, float | None]:
     return out
 
 
+def with_floor(
+    systems: Mapping[str, Mapping[str, float | None]], floor: Floor
+) -> dict[str, dict[str, float | None]]:
+    """Every system's figures, with the marginal cost of a step and the p50 at 1 in flight also
+    as multiples of the machine's floor of a step (the same floor for every system)."""
+    base = floor["step_floor_ms"]
+    out: dict[str, dict[str, float | None]] = {}
+    for name, figs in systems.items():
+        out[name] = dict(figs)
+        for key, metric in zip(FLOOR_METRICS, ("marginal_step", "p50_1"), strict=True):
+            value = figs.get(metric)
+            out[name][key] = value / base if value is not None and base > 0 else None
+    return out
+
+
 def medians(reps: list[dict[str, float | None]]) -> dict[str, float | None]:
     keys = {k for rep in reps for k in rep}
     return {k: median(rep.get(k) for rep in reps) for k in sorted(keys)}
@@ -64,6 +92,8 @@ def ratios(systems: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[
             continue
         out[peer] = {}
         for metric in METRICS:
+            if metric in FLOOR_METRICS:
+                continue
             a, b = ours.get(metric), theirs.get(metric)
             if metric != "errors" and a is not None and b:
                 out[peer][metric] = a / b
@@ -79,8 +109,11 @@ def _best(systems: Mapping[str, Mapping[str, float | None]], metric: str, low: b
     return (min if low else max)(candidates)[1]
 
 
-def targets(systems: Mapping[str, Mapping[str, float | None]]) -> list[dict[str, Any]]:
-    """The issue's targets, each checked on this run's medians (DBOS: its better variant)."""
+def targets(
+    systems: Mapping[str, Mapping[str, float | None]], *, open_loop: OpenLoop | None = None
+) -> list[dict[str, Any]]:
+    """The issues' targets, each checked on this run's medians (DBOS: its better variant), and
+    the open loop's when it ran."""
     ours = systems.get(OURS, {})
     checks: list[dict[str, Any]] = []
 
@@ -126,11 +159,43 @@ def targets(systems: Mapping[str, Mapping[str, float | None]]) -> list[dict[str,
     if accept is not None:
         checks.append(
             {
-                "target": "HTTP accept p99 (ms)",
+                "target": "HTTP accept p99, closed loop (ms)",
                 "vs": OURS,
                 "value": round(accept, 2),
                 "bound": "<= 10",
                 "met": accept <= 10,
+            }
+        )
+    multiple = ours.get("marginal_floor")
+    if multiple is not None:
+        checks.append(
+            {
+                "target": "marginal cost of a remote step ÷ machine floor",
+                "vs": "floor",
+                "value": round(multiple, 3),
+                "bound": f"<= {FLOOR_BOUND}",
+                "met": multiple <= FLOOR_BOUND,
+            }
+        )
+    if open_loop is not None and open_loop["accepted"]:
+        p99 = open_loop["accept_p99_ms"]
+        checks.append(
+            {
+                "target": f"HTTP accept p99, open loop at {open_loop['requested_rate']:.1f}/s (ms)",
+                "vs": OURS,
+                "value": p99,
+                "bound": f"<= {OPEN_ACCEPT_BOUND_MS:g}",
+                "met": p99 <= OPEN_ACCEPT_BOUND_MS,
+            }
+        )
+        share = open_loop["completed"] / open_loop["accepted"]
+        checks.append(
+            {
+                "target": "open loop: accepted workflows completed",
+                "vs": OURS,
+                "value": round(share, 4),
+                "bound": ">= 1",
+                "met": share >= 1,
             }
         )
     return checks
@@ -163,6 +228,8 @@ def render(
     extra: Mapping[str, Any],
     *,
     kinds: Kinds | None = None,
+    floor: Floor | None = None,
+    open_loop: OpenLoop | None = None,
 ) -> str:
     names = [n for n in (OURS, SCALE, *PEERS) if n in systems]
 
@@ -176,6 +243,7 @@ def render(
         rows = [
             [label(m), *(_fmt(systems[n].get(m), 0 if m == "errors" else 2) for n in names)]
             for m in METRICS
+            if m not in FLOOR_METRICS or floor is not None
         ]
         out.append(_table(["", *names], rows))
     peer_ratios = ratios(systems)
@@ -188,9 +256,13 @@ def render(
             if m != "errors" and any(m in peer_ratios[p] for p in peers)
         ]
         out.append(_table(["", *peers], rows))
-    checks = targets(systems)
+    if floor is not None:
+        out += ["", render_floor(floor, systems.get(OURS, {}))]
+    if open_loop is not None:
+        out += ["", render_open_loop(open_loop)]
+    checks = targets(systems, open_loop=open_loop)
     if checks:
-        out += ["", "Targets of issue 5 (DBOS: its better variant):"]
+        out += ["", "Targets of issues 5 and 12 (DBOS: its better variant):"]
         rows = [
             [c["target"], c["vs"], _fmt(c["value"], 2), c["bound"], "met" if c["met"] else "MISSED"]
             for c in checks
@@ -208,6 +280,63 @@ def render(
     for title, value in extra.items():
         out += ["", f"{title}:", f"  {value}"]
     return "\n".join(out)
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return "load average " + " / ".join(f"{v:.2f}" for v in load)
+
+
+def render_floor(floor: Floor, ours: Mapping[str, float | None]) -> str:
+    """The machine's floor of a step, and our figures as multiples of it."""
+    rows = [
+        ["round trip: confirmed publish -> other process -> confirmed reply, p50 (ms)",
+         _fmt(floor["round_trip_p50_ms"], 2)],
+        ["round trip p99 (ms)", _fmt(floor["round_trip_p99_ms"], 2)],
+        ["  of which the publish's own confirm, p50 (ms)", _fmt(floor["confirm_p50_ms"], 2)],
+        ["INSERT, autocommit, p50 / p99 (ms)",
+         f"{_fmt(floor['commit_p50_ms'], 2)} / {_fmt(floor['commit_p99_ms'], 2)}"],
+        ["BEGIN / INSERT / COMMIT, p50 (ms)", _fmt(floor["transaction_p50_ms"], 2)],
+        ["floor of a step: round trip + 2 commits (ms)", _fmt(floor["step_floor_ms"], 2)],
+    ]  # fmt: skip
+    marginal, p50 = ours.get("marginal_floor"), ours.get("p50_1_floor")
+    if marginal is not None:
+        rows.append(["relayflow: marginal cost of a step ÷ floor", f"{_fmt(marginal, 2)}x"])
+    if p50 is not None:
+        rows.append(["relayflow: p50 at 1 in flight (5 steps) ÷ floor", f"{_fmt(p50, 2)}x"])
+    return "\n".join([
+        f"The machine's floor ({floor['n']} of each at 1 in flight, {floor['queue_type']} "
+        f"queues, aio-pika + asyncpg; {_load(floor['load'])}):",
+        _table(["", "value"], rows),
+    ])  # fmt: skip
+
+
+def render_open_loop(run: OpenLoop) -> str:
+    """The open-loop phase: accept latency at a fixed arrival rate, and the client's health."""
+    rows = [
+        ["arrival rate requested / scheduled / achieved (/s)",
+         f"{_fmt(run['requested_rate'], 1)} / {_fmt(run['scheduled_rate'], 1)} / "
+         f"{_fmt(run['achieved_rate'], 1)}"],
+        ["requests sent / accepted (202) / refused",
+         f"{run['sent']} / {run['accepted']} / {run['refused']}"],
+        ["accepted workflows completed / not", f"{run['completed']} / {run['failed']}"],
+        ["HTTP accept p50 / p99 / max (ms)", f"{_fmt(run['accept_p50_ms'], 2)} / "
+         f"{_fmt(run['accept_p99_ms'], 2)} / {_fmt(run['accept_max_ms'], 2)}"],
+        ["workflow end to end p50 / p99 (ms)",
+         f"{_fmt(run['e2e_p50_ms'], 1)} / {_fmt(run['e2e_p99_ms'], 1)}"],
+        ["client: late against schedule p50 / p99 (ms)",
+         f"{_fmt(run['lag_p50_ms'], 2)} / {_fmt(run['lag_p99_ms'], 2)}"],
+        ["client: CPU (share of one core), connections",
+         f"{run['client_cpu_share']:.1%}, {run['connections']}"],
+    ]  # fmt: skip
+    split = ", ".join(f"{role} {ms}" for role, ms in run["cpu_ms_per_wf_by_role"].items())
+    verdict = "the client kept up" if run["client_ok"] else "; ".join(run["client_notes"])
+    return "\n".join([
+        f"Open loop: {run['arrivals']} arrivals of bench5 for {run['seconds']:g} s at "
+        f"{run['requested_rate']:.1f}/s ({run['rate_source']}); {_load(run['load'])}:",
+        _table(["", "value"], rows),
+        f"  machine CPU ms per workflow by process: {split}",
+        f"  client: {verdict}",
+    ])  # fmt: skip
 
 
 # --- Map and child steps (issue 8) ---------------------------------------------------------

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import parse
+from bench.floor import run_floor
 from bench.hops import render_hops, run_hops
 from bench.infra import Infra
 from bench.kinds import APP, run_kinds
+from bench.openloop import run_open_loop
 from bench.ours import Relayflow
-from bench.report import figures, render_kinds
+from bench.report import figures, render_floor, render_kinds, render_open_loop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,3 +77,41 @@ async def test_bench_hops_part(service_endpoints: tuple[str, str], tmp_path: Pat
     assert (result["errors"], result["workflows"], result["joined"]) == (0, 3, 3)
     assert result["sum_of_means_ms"] == pytest.approx(result["e2e_mean_ms"], rel=0.05)
     assert "step: body" in render_hops(result)
+
+
+async def test_bench_floor_part(service_endpoints: tuple[str, str], tmp_path: Path) -> None:
+    """`--only floor` keeps working: the consumer process answers every confirmed publish on
+    its quorum queue, the commits run, and the floor of a step is the round trip plus two."""
+    amqp_url, server_url = service_endpoints
+    floor = await run_floor(Infra(amqp_url, server_url), tmp_path, n=5, warmup=1)
+    assert floor["n"] == 5
+    assert floor["round_trip_p50_ms"] > 0
+    assert floor["commit_p50_ms"] > 0
+    assert floor["step_floor_ms"] == pytest.approx(
+        floor["round_trip_p50_ms"] + 2 * floor["commit_p50_ms"], abs=0.01
+    )
+    assert "floor of a step" in render_floor(floor, {"marginal_floor": 2.0})
+
+
+async def test_bench_open_loop_part(service_endpoints: tuple[str, str], tmp_path: Path) -> None:
+    """`--only open-loop` keeps working: without a rate it measures a short closed loop first,
+    then sends on its schedule, and every accepted workflow is followed to its completion."""
+    amqp_url, server_url = service_endpoints
+    system = Relayflow(Infra(amqp_url, server_url), tmp_path, name="open-loop")
+    run = await run_open_loop(
+        system, rate=None, rate_source="", seconds=1.0, arrivals="even", warmup=0,
+        calibrate_n=4, concurrency=2,
+    )  # fmt: skip
+    assert run["requested_rate"] > 0
+    assert "closed loop of 4" in run["rate_source"]
+    assert run["sent"] == run["scheduled"]
+    assert run["refused"] == run["failed"] == 0
+    assert run["accepted"] == run["completed"] == run["sent"]
+    assert "Open loop" in render_open_loop(run)
+
+
+def test_bench_cli_selects_the_floor_and_open_loop_parts() -> None:
+    """`--only floor,open-loop --quick` runs just those two parts, in their short versions."""
+    options = parse(["--quick", "--only", "floor,open-loop", "--arrivals", "even"])
+    assert (options.systems, options.floor_n, options.open_seconds) == ((), 100, 10.0)
+    assert (options.hops_n, options.child_n, options.fanout, options.arrivals) == (0, 0, 0, "even")

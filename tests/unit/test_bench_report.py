@@ -6,7 +6,9 @@ import math
 import subprocess
 import sys
 
+from bench.floor import Floor
 from bench.measure import cpu_split, median, percentile, process_cpu_ms
+from bench.openloop import OpenLoop, schedule
 from bench.profile import summarise
 from bench.report import (
     Baseline,
@@ -18,7 +20,9 @@ from bench.report import (
     ratios,
     render,
     render_kinds,
+    render_open_loop,
     targets,
+    with_floor,
 )
 
 
@@ -142,3 +146,57 @@ def test_map_section_without_baseline_or_second_size() -> None:
     text = render_kinds(kinds)
     assert "items/s ÷ steps/s" not in text
     assert "100 items" in text
+
+
+def _floor(step_floor_ms: float) -> Floor:
+    return Floor(
+        n=10,
+        queue_type="quorum",
+        round_trip_p50_ms=step_floor_ms - 1.0,
+        round_trip_p99_ms=step_floor_ms,
+        confirm_p50_ms=1.0,
+        commit_p50_ms=0.5,
+        commit_p99_ms=1.0,
+        transaction_p50_ms=1.2,
+        step_floor_ms=step_floor_ms,
+        load=(1.0, 1.0, 1.0),
+    )
+
+
+def test_floor_multiples_and_target() -> None:
+    """Every system's marginal step and p50 become multiples of the one floor; ours is checked
+    against 1.3x, and the multiples are not divided again into peer ratios."""
+    systems: dict[str, dict[str, float | None]] = {
+        "relayflow": {"marginal_step": 6.0, "p50_1": 40.0},
+        "dbos": {"marginal_step": 3.0, "p50_1": None},
+    }
+    floored = with_floor(systems, _floor(4.0))
+    assert floored["relayflow"]["marginal_floor"] == 1.5
+    assert floored["relayflow"]["p50_1_floor"] == 10.0
+    assert floored["dbos"]["p50_1_floor"] is None
+    assert "marginal_floor" not in ratios(floored)["dbos"]
+    (check,) = [c for c in targets(floored) if c["vs"] == "floor"]
+    assert (check["value"], check["met"]) == (1.5, False)
+    assert "floor of a step" in render(floored, {}, 50, 1, {}, floor=_floor(4.0))
+
+
+def test_open_loop_schedule_and_targets() -> None:
+    """Even arrivals are exactly 1/rate apart; Poisson ones are seeded and near the rate; the
+    open loop's accept p99 and its completions are targets."""
+    assert schedule(4.0, 1.0, "even") == [0.0, 0.25, 0.5, 0.75]
+    poisson = schedule(100.0, 10.0, "poisson")
+    assert poisson == schedule(100.0, 10.0, "poisson")
+    assert 900 < len(poisson) < 1100
+    assert all(0 < t < 10 for t in poisson)
+    run = OpenLoop(
+        arrivals="even", rate_source="--rate", requested_rate=20.0, scheduled_rate=20.0,
+        seconds=0.5, scheduled=10, sent=10, achieved_rate=20.0, accepted=10, refused=0,
+        completed=9, failed=1, accept_p50_ms=4.0, accept_p99_ms=8.0, accept_max_ms=8.0,
+        e2e_p50_ms=50.0, e2e_p99_ms=60.0, lag_p50_ms=0.1, lag_p99_ms=0.2, connections=1,
+        client_cpu_share=0.02, cpu_ms_per_wf_by_role={}, client_ok=True, client_notes=[],
+        load=(1.0, 1.0, 1.0),
+    )  # fmt: skip
+    checks = {c["target"]: c for c in targets({}, open_loop=run)}
+    assert checks["HTTP accept p99, open loop at 20.0/s (ms)"]["met"]
+    assert not checks["open loop: accepted workflows completed"]["met"]
+    assert "the client kept up" in render_open_loop(run)
