@@ -23,8 +23,10 @@ The part `floor` (issue 12) measures the machine's floor of a step on the same b
 database, with a tiny aio-pika + asyncpg program (`bench.floor`): `--floor-n` round trips at 1
 in flight of a persistent, confirmed publish on a quorum queue to a consumer in another process
 and its confirmed reply, and `--floor-n` small INSERT + COMMITs; floor of a step = round trip
-p50 + 2 commits p50. Our marginal cost of a step and our p50 at 1 in flight are shown as
-multiples of it, and the target "marginal cost of a remote step <= 1.3x the floor" is checked.
+p50 + 2 commits p50. It runs right after relayflow's phases in each repetition (the median of
+those is the floor), or once when relayflow does not run. Our marginal cost of a step and our
+p50 at 1 in flight are shown as multiples of it, and the target "marginal cost of a remote step
+<= 1.3x the floor" is checked.
 
 The part `open-loop` (issue 12) sends POST /workflows/bench5 at a fixed arrival rate (Poisson,
 or `--arrivals even`) for `--open-seconds` on its own set of our processes: by default half of
@@ -56,7 +58,7 @@ import orjson
 
 from bench.driver import System
 from bench.fanout import fanout
-from bench.floor import Floor, run_floor
+from bench.floor import Floor, median_floor, run_floor
 from bench.hops import render_hops, run_hops
 from bench.infra import Infra
 from bench.kinds import APP, run_kinds
@@ -290,6 +292,9 @@ async def amain(options: Options) -> dict[str, Any]:
     per_rep: dict[str, list[dict[str, float | None]]] = {name: [] for name in systems}
     memory: dict[str, list[dict[str, float | None]]] = {name: [] for name in systems}
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+    # The floor, measured right after our phases in each repetition: the machine's load moves
+    # from minute to minute, and the multiples compare figures of the same minutes.
+    floors: list[Floor] = []
     for rep in range(options.repeat if systems else 0):
         order = [s for s in systems if s not in unavailable]
         shift = rep % max(1, len(order))
@@ -312,6 +317,27 @@ async def amain(options: Options) -> dict[str, Any]:
             memory[name].append(mem)
             raw[name].append({key: phase.summary() for key, phase in phases.items()})
             print(_brief(name, phases), flush=True)
+            if name == OURS and options.floor_n:
+                floors.append(await _floor(infra, options, "right after our phases"))
+    if options.floor_n and not floors:
+        floors.append(await _floor(infra, options, "on its own"))
+    result = _collect(per_rep, memory, raw, unavailable, floors)
+    await _parts(infra, options, result)
+    floor: Floor | None = result.get("floor")
+    if floor is not None:
+        result["systems"] = with_floor(result["systems"], floor)
+    result["targets"] = targets(result["systems"], open_loop=result.get("open_loop"))
+    return result
+
+
+def _collect(
+    per_rep: dict[str, list[dict[str, float | None]]],
+    memory: dict[str, list[dict[str, float | None]]],
+    raw: dict[str, list[dict[str, Any]]],
+    unavailable: dict[str, str],
+    floors: list[Floor],
+) -> dict[str, Any]:
+    """The repetitions' medians, ratios and memory, and the floor's median."""
     medians_by_system = {name: medians(reps) for name, reps in per_rep.items() if reps}
     memory_medians = {
         name: {role: median(m.get(role) for m in mems) for role in mems[0]}
@@ -325,27 +351,19 @@ async def amain(options: Options) -> dict[str, Any]:
         "unavailable": unavailable,
         "runs": raw,
     }
+    if floors:
+        result["floor"] = median_floor(floors)
+        result["floor_runs"] = floors
     if SCALE in medians_by_system and OURS in medians_by_system:
         one, two = medians_by_system[OURS], medians_by_system[SCALE]
         single, scaled = one.get("throughput"), two.get("throughput")
         if single and scaled:
             result["scale_throughput_ratio"] = scaled / single
-    await _parts(infra, options, result)
-    floor: Floor | None = result.get("floor")
-    if floor is not None:
-        result["systems"] = with_floor(result["systems"], floor)
-    result["targets"] = targets(result["systems"], open_loop=result.get("open_loop"))
     return result
 
 
 async def _parts(infra: Infra, options: Options, result: dict[str, Any]) -> None:
     """The parts that run once, after the repetitions, each on its own set of processes."""
-    if options.floor_n:
-        print(f"machine floor: {options.floor_n} round trips and commits at 1 in flight",
-              flush=True)  # fmt: skip
-        result["floor"] = await run_floor(
-            infra, options.log_dir, n=options.floor_n, warmup=min(options.warmup, 50)
-        )
     if options.map_items or options.child_n:
         print(f"map and child steps: maps of {', '.join(map(str, options.map_items)) or 'none'} "
               f"items, {options.child_n} chains of each shape", flush=True)  # fmt: skip
@@ -370,6 +388,17 @@ async def _parts(infra: Infra, options: Options, result: dict[str, Any]) -> None
             result["fanout"] = await fanout(system, options.fanout)
         finally:
             await system.stop()
+
+
+async def _floor(infra: Infra, options: Options, when: str) -> Floor:
+    floor = await run_floor(
+        infra, options.log_dir, n=options.floor_n, warmup=min(options.warmup, 50), when=when
+    )
+    print(f"  machine floor ({options.floor_n} of each at 1 in flight): round trip p50 "
+          f"{floor['round_trip_p50_ms']:.2f} ms p99 {floor['round_trip_p99_ms']:.2f} ms, commit "
+          f"p50 {floor['commit_p50_ms']:.2f} ms; a step {floor['step_floor_ms']:.2f} ms",
+          flush=True)  # fmt: skip
+    return floor
 
 
 async def _hops(infra: Infra, options: Options) -> dict[str, Any]:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypedDict
 
@@ -45,6 +47,8 @@ class Floor(TypedDict):
     """What one floor run measured, ms; `load` is the 1-, 5- and 15-minute load average then."""
 
     n: int
+    runs: int  # repetitions this is the median of
+    when: str  # when in the run it was measured
     queue_type: str
     round_trip_p50_ms: float
     round_trip_p99_ms: float
@@ -128,7 +132,9 @@ async def commits(database_url: str, n: int) -> tuple[list[float], list[float]]:
         await conn.close()
 
 
-async def run_floor(infra: Infra, log_dir: Path, *, n: int, warmup: int = 20) -> Floor:
+async def run_floor(
+    infra: Infra, log_dir: Path, *, n: int, warmup: int = 20, when: str = "on its own"
+) -> Floor:
     """Start the consumer process, measure `n` round trips and `n` commits of each kind (after
     `warmup` of each, not counted), stop it and remove its queues and database."""
     request, reply = unique("benchfloor.req."), unique("benchfloor.reply.")
@@ -161,6 +167,8 @@ async def run_floor(infra: Infra, log_dir: Path, *, n: int, warmup: int = 20) ->
     rtt, commit = _ms(trips, 50), _ms(single, 50)
     return Floor(
         n=n,
+        runs=1,
+        when=when,
         queue_type="quorum",
         round_trip_p50_ms=rtt,
         round_trip_p99_ms=_ms(trips, 99),
@@ -170,6 +178,31 @@ async def run_floor(infra: Infra, log_dir: Path, *, n: int, warmup: int = 20) ->
         transaction_p50_ms=_ms(transaction, 50),
         step_floor_ms=round(rtt + 2 * commit, 3),
         load=os.getloadavg(),
+    )
+
+
+def median_floor(floors: list[Floor]) -> Floor:
+    """The median of each figure over repetitions (the floor of a step recomputed from the
+    medians, so that it stays the round trip plus two commits)."""
+
+    def mid(values: Iterable[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    rtt = mid(f["round_trip_p50_ms"] for f in floors)
+    commit = mid(f["commit_p50_ms"] for f in floors)
+    return Floor(
+        n=floors[0]["n"],
+        runs=len(floors),
+        when=floors[0]["when"],
+        queue_type=floors[0]["queue_type"],
+        round_trip_p50_ms=rtt,
+        round_trip_p99_ms=mid(f["round_trip_p99_ms"] for f in floors),
+        confirm_p50_ms=mid(f["confirm_p50_ms"] for f in floors),
+        commit_p50_ms=commit,
+        commit_p99_ms=mid(f["commit_p99_ms"] for f in floors),
+        transaction_p50_ms=mid(f["transaction_p50_ms"] for f in floors),
+        step_floor_ms=round(rtt + 2 * commit, 3),
+        load=floors[-1]["load"],
     )
 
 

@@ -305,7 +305,8 @@ def render_floor(floor: Floor, ours: Mapping[str, float | None]) -> str:
         rows.append(["relayflow: p50 at 1 in flight (5 steps) ÷ floor", f"{_fmt(p50, 2)}x"])
     return "\n".join([
         f"The machine's floor ({floor['n']} of each at 1 in flight, {floor['queue_type']} "
-        f"queues, aio-pika + asyncpg; {_load(floor['load'])}):",
+        f"queues, aio-pika + asyncpg; median of {floor['runs']} run(s), {floor['when']}; "
+        f"{_load(floor['load'])}):",
         _table(["", "value"], rows),
     ])  # fmt: skip
 

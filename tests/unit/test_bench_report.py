@@ -151,6 +151,8 @@ def test_map_section_without_baseline_or_second_size() -> None:
 def _floor(step_floor_ms: float) -> Floor:
     return Floor(
         n=10,
+        runs=1,
+        when="on its own",
         queue_type="quorum",
         round_trip_p50_ms=step_floor_ms - 1.0,
         round_trip_p99_ms=step_floor_ms,
