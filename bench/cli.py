@@ -211,10 +211,15 @@ def parse(argv: Sequence[str] | None) -> Options:
         child_n=pick(args.child_n, 100, 30) if CHILD in only else 0,
         hops_n=pick(args.hops_n, 200, 50) if HOPS in only else 0,
         floor_n=pick(args.floor_n, 500, 100) if FLOOR in only else 0,
-        open_seconds=((args.open_seconds or (10.0 if quick else 30.0)) if OPEN in only else 0.0),
+        open_seconds=_seconds(args.open_seconds, quick) if OPEN in only else 0.0,
         rate=args.rate,
         arrivals=args.arrivals,
     )
+
+
+def _seconds(value: float | None, quick: bool) -> float:
+    """The open loop's duration: as given (0 skips it), else 30 s, 10 s under --quick."""
+    return value if value is not None else (10.0 if quick else 30.0)
 
 
 def missing_packages(name: str) -> list[str]:
