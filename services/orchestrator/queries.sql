@@ -5,7 +5,7 @@
 -- The inbox claim and the lock of the workflows a batch is about, in one round trip: the message
 -- ids not seen before (`fresh`, on every row; the rest are duplicates to acknowledge and skip)
 -- and the workflows, locked in id order. The outer join to one row answers `fresh` even when no
--- workflow is locked.
+-- workflow is locked. With no message ids it is the lock alone (`lock_workflows`).
 WITH fresh AS (
     INSERT INTO inbox (message_id)
     SELECT unnest($1::text[])
@@ -29,20 +29,6 @@ LEFT JOIN LATERAL (
     ORDER BY id
     FOR UPDATE
 ) AS w ON true;
-
--- name: lock_workflows
--- As in claim_and_lock: ids and input hashes of the inputs held in memory are $2 and $3.
-SELECT id, name, status,
-       CASE WHEN input_hash = ($3::text[])[array_position($2::text[], id)] THEN NULL
-            ELSE input END AS input,
-       (input_hash = ($3::text[])[array_position($2::text[], id)]) IS TRUE AS input_cached,
-       pg_column_size(input) AS input_size,
-       input_hash, idempotency_key, steps, signals, output, error,
-       last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version
-FROM workflows
-WHERE id = ANY($1::text[])
-ORDER BY id
-FOR UPDATE;
 
 -- name: insert_workflows
 INSERT INTO workflows (id, name, status, input, input_hash, idempotency_key, steps, signals,

@@ -80,12 +80,11 @@ async def lock_workflows(
     conn: Connection, ids: Iterable[str], inputs: InputCache | None = None
 ) -> dict[str, WorkflowState]:
     """Lock the rows (in id order, so concurrent batches cannot deadlock) and load them."""
-    wanted = sorted(set(ids))
+    wanted = set(ids)
     if not wanted:
         return {}
-    pinned = inputs.pin(wanted) if inputs is not None else {}
-    rows = await conn.fetch(QUERIES.lock_workflows, wanted, *InputCache.hashes(pinned))
-    return _states(rows, pinned, inputs)
+    _, states = await claim_and_lock(conn, (), wanted, inputs)
+    return states
 
 
 def _states(
@@ -96,11 +95,9 @@ def _states(
         if row["id"] is None:
             continue
         state = _state_from_row(row, pinned)
-        if inputs is None:
-            pass
-        elif row["input_cached"]:
+        if inputs is not None and row["input_cached"]:
             inputs.hits += 1
-        else:
+        elif inputs is not None:
             inputs.offer(state.id, state.input_hash, state.input, row["input_size"])
         states[state.id] = state
     return states
