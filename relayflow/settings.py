@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         "apps.batch_import.workflows",
         "apps.approval.workflows",
     ]
+    # Modules whose `steps` registries hold step bodies: what a step service serves, and where
+    # the orchestrator finds the bodies of local tasks (it imports them only if it has some).
+    step_modules: Annotated[list[str], NoDecode] = [
+        "apps.form_submission.steps",
+        "apps.batch_import.steps",
+        "apps.approval.steps",
+    ]
     # The applications' own processes that the run command (`relayflow-run`) starts beside the
     # core services, as name=module (run with `python -m`), comma-separated:
     # RELAYFLOW_APP_PROCESSES=external=apps.form_submission.external; empty: none.
@@ -67,7 +74,7 @@ class Settings(BaseSettings):
     # counts. The gateway reads the same setting to tell which runs no live replica can apply.
     announce_interval: float = Field(default=30.0, gt=0)
 
-    @field_validator("workflows", mode="before")
+    @field_validator("workflows", "step_modules", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)

@@ -51,6 +51,7 @@ from relayflow.machine import (
     Ignored,
     NotifyParent,
     Rejected,
+    RunLocal,
     StartChild,
     Timer,
     TimerFired,
@@ -301,6 +302,10 @@ class WorkflowTestEnv:
                     self._queue.append(cancel)
                 case NotifyParent(result=result):
                     self._queue.append(result)
+                case RunLocal(command=command):
+                    # The orchestrator runs it in the transition's own transaction; here,
+                    # next in line, through the same call as any body.
+                    self._queue.append(command)
 
     async def _run_body(self, command: StepCommand) -> StepResult:
         body = command.body or command.step_name

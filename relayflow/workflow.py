@@ -176,6 +176,32 @@ class TaskSpec(StepSpec):
         return (self.body, self.compensate) if self.compensate else (self.body,)
 
 
+# A local task's attempt is cut off after this long when it declares no timeout: it holds the
+# orchestrator's batch (and the locks of its workflows) while it runs.
+LOCAL_TIMEOUT = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTaskSpec(TaskSpec):
+    """A task whose body runs inside the orchestrator, in the transaction that records its
+    result (Temporal's local activities are the anchor): no broker hop and no second commit.
+    Its database writes (a `transactional=True` body) commit with the workflow's state or not
+    at all; an attempt that fails rolls them back, and its publishes, which go out through the
+    orchestrator's outbox, are dropped with it. For light work — validation, mapping, a lookup:
+    while it runs, the orchestrator's batch waits. Its undo (`compensate`) runs in a step
+    service like any other."""
+
+    kind: ClassVar[str] = "local"
+
+    @property
+    def limit(self) -> timedelta:
+        """How long one attempt may run."""
+        return self.timeout or LOCAL_TIMEOUT
+
+    def queues(self) -> tuple[str, ...]:
+        return (self.compensate,) if self.compensate else ()
+
+
 @dataclass(frozen=True, slots=True)
 class WaitSpec(StepSpec):
     """Held by the orchestrator until a reply with the right correlation id arrives, or its
@@ -302,14 +328,16 @@ def task(
     timeout: timedelta | None = None,
     when: Condition | None = None,
     compensate: str | None = None,
+    local: bool = False,
 ) -> TaskSpec:
-    """A step that runs body `step` (by default the body named `name`) in a step service;
-    `compensate` names the body that undoes it (see `TaskSpec`)."""
+    """A step that runs body `step` (by default the body named `name`) in a step service, or
+    with `local=True` inside the orchestrator (see `LocalTaskSpec`); `compensate` names the
+    body that undoes it (see `TaskSpec`)."""
     if timeout is not None and timeout <= timedelta(0):
         raise DefinitionError(f"step {name!r}: timeout must be positive")
     if compensate is not None and not _BODY_NAME.match(compensate):
         raise DefinitionError(f"step {name!r}: {compensate!r} is not a valid step body name")
-    return TaskSpec(
+    return (LocalTaskSpec if local else TaskSpec)(
         name=name,
         after=tuple(after),
         retry=retry,
@@ -472,6 +500,11 @@ class WorkflowDefinition:
     def task_names(self) -> list[str]:
         """The step bodies this workflow sends commands to: the step queues it needs."""
         return list(dict.fromkeys(q for name in self.order for q in self.steps[name].queues()))
+
+    def local_bodies(self) -> list[str]:
+        """The step bodies its local tasks run inside the orchestrator."""
+        steps = (self.steps[name] for name in self.order)
+        return list(dict.fromkeys(s.body for s in steps if isinstance(s, LocalTaskSpec)))
 
 
 def define_workflow(
@@ -713,6 +746,10 @@ class WorkflowRegistry:
         """Every task step of every version of every workflow: the step queues the topology
         needs (a run of an older version still sends to its own)."""
         return sorted({step for wf in self.all_versions() for step in wf.task_names()})
+
+    def local_bodies(self) -> list[str]:
+        """Every body a local task of any loaded version runs: what the orchestrator loads."""
+        return sorted({body for wf in self.all_versions() for body in wf.local_bodies()})
 
     def check(self) -> None:
         """Refuse what only the whole set shows: a child step naming a workflow that is not

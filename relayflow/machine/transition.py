@@ -84,8 +84,18 @@ class NotifyParent:
     result: StepResult
 
 
+@dataclass(frozen=True, slots=True)
+class RunLocal:
+    """Run one attempt of a local task's body in the orchestrator, inside the transaction that
+    records this transition; its outcome comes back to the machine as a StepResult in that same
+    transaction. `limit`: seconds the attempt may take."""
+
+    command: StepCommand
+    limit: float
+
+
 # Every intent the machine may produce; the processor's router handles each type.
-Intent = DispatchStep | StartChild | CancelChild | NotifyParent
+Intent = DispatchStep | StartChild | CancelChild | NotifyParent | RunLocal
 
 
 # --- map items: rows of `step_items`, written by the processor in the batch's transaction ---

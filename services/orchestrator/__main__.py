@@ -17,6 +17,7 @@ from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.orchestrator import store
 from services.orchestrator.announce import Announcer, replica_id
+from services.orchestrator.local import LocalSteps
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
@@ -28,7 +29,8 @@ log = logging.getLogger("services.orchestrator")
 async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
     registry = WorkflowRegistry.from_modules(settings.workflows)
     topology = Topology.from_settings(settings)
-    pool = await prepare_database(settings)
+    local = LocalSteps.load(registry, settings.step_modules, exchange=topology.exchange)
+    pool = await prepare_database(settings, local.migrations if local else ())
     connection = await connect(settings.amqp_url, name="relayflow-orchestrator")
     hops = HopTrace.open(settings.hop_trace, "orchestrator")
     try:
@@ -45,7 +47,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
         )
         orchestrator = Orchestrator(
             pool,
-            Processor(registry, topology),
+            Processor(registry, topology, local=local),
             relay,
             publisher,
             topology,

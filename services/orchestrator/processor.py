@@ -26,6 +26,7 @@ from relayflow.contracts import (
     WorkflowEventBatch,
 )
 from relayflow.db import Connection
+from relayflow.errors import DefinitionError
 from relayflow.machine import (
     CancelChild,
     ClaimItems,
@@ -37,16 +38,18 @@ from relayflow.machine import (
     NotifyParent,
     Outcome,
     Rejected,
+    RunLocal,
     SaveItem,
     StartChild,
     TimerFired,
     Transition,
 )
-from relayflow.model import ItemState, WorkflowState, ids
+from relayflow.model import ItemState, StepStatus, WorkflowState, ids
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, step_key
 from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
 from services.orchestrator import store
 from services.orchestrator.inputs import InputCache
+from services.orchestrator.local import LocalSteps
 from services.orchestrator.log_limit import LogLimit
 from services.orchestrator.store import ItemKey, OutboxRow
 
@@ -91,9 +94,17 @@ class Processor:
         *,
         inputs: InputCache | None = None,
         unloaded_warnings: LogLimit | None = None,
+        local: LocalSteps | None = None,
     ) -> None:
         for definition in registry.all_versions():
             machine.check_supported(definition)
+        if local is None and registry.local_bodies():
+            raise DefinitionError(
+                f"the workflows have local tasks (bodies {', '.join(registry.local_bodies())}): "
+                "the processor needs their bodies (LocalSteps)"
+            )
+        # The bodies of local tasks, run in the batch's transaction.
+        self._local = local
         self._registry = registry
         self._topology = topology
         # Large inputs of the workflows this process has locked (the caller's lock reads
@@ -144,16 +155,14 @@ class Processor:
             if isinstance(outcome, Transition):
                 batch.record(item.workflow_id, outcome)
 
-        ops = [op for transition in transitions for op in transition.item_ops]
-        while ops:
-            ops = await self._answer_item_ops(conn, ops, batch, now)
+        published = await self._follow_up(conn, batch, now)
 
         outbox = await store.write_batch(
             conn,
             [current[wid] for wid in sorted(batch.changed)],
             [event for t in transitions for event in t.events],
             [timer for t in transitions for timer in t.timers],
-            self._outgoing(transitions),
+            [*self._outgoing(transitions), *published],
             sent=sent,
         )
         final = [outcome if outcome is not None else Ignored("not applied") for outcome in outcomes]
@@ -275,16 +284,61 @@ class Processor:
                     keys.append((item.workflow_id, item.step_name, item.step_key))
         return keys
 
+    async def _follow_up(
+        self, conn: Connection, batch: _Batch, now: datetime
+    ) -> list[OutgoingMessage]:
+        """Do, in this transaction, what the batch's transitions ask of it — item writes and
+        requests, local task attempts — and apply what comes back; what that produces in turn
+        (a completed map or local task may start the next step) is done the same way, until
+        nothing is left. Returns what the local bodies published."""
+        published: list[OutgoingMessage] = []
+        done = 0
+        while done < len(batch.transitions):
+            fresh = batch.transitions[done:]
+            done = len(batch.transitions)
+            ops = [op for transition in fresh for op in transition.item_ops]
+            runs = [i for t in fresh for i in t.intents if isinstance(i, RunLocal)]
+            if ops:
+                await self._answer_item_ops(conn, ops, batch, now)
+            for run in runs:
+                published.extend(await self._run_local(conn, run, batch, now))
+        return published
+
+    async def _run_local(
+        self, conn: Connection, run: RunLocal, batch: _Batch, now: datetime
+    ) -> list[OutgoingMessage]:
+        command = run.command
+        state = batch.current[command.workflow_id]
+        step = state.steps.get(command.step_name)
+        if (
+            step is None
+            or step.status is not StepStatus.RUNNING
+            or step.attempts != command.attempt
+        ):
+            # A later input of the batch (a cancel, say) ended the attempt before it ran.
+            return []
+        if self._local is None:
+            raise DefinitionError("a local task was started, but no local bodies are loaded")
+        result, published = await self._local.run(conn, run)
+        definition = self._registry.get(state.name, state.version)
+        assert definition is not None, "a local task of a workflow this processor applies"
+        outcome = machine.on_step_result(definition, state, result, now)
+        if isinstance(outcome, Transition):
+            batch.record(command.workflow_id, outcome)
+        elif isinstance(outcome, Rejected):
+            log.error("local result for %s refused: %s", command.workflow_id, outcome.reason)
+        return published
+
     async def _answer_item_ops(
         self,
         conn: Connection,
         ops: Sequence[ItemOp],
         batch: _Batch,
         now: datetime,
-    ) -> list[ItemOp]:
+    ) -> None:
         """Write the items the machine changed, answer what it asked for (the next pending
-        items, a finished map's outputs) and apply the answers: returns the item ops those
-        produce in turn (a completed map may start another)."""
+        items, a finished map's outputs) and apply the answers (the transitions they make are
+        followed up by the caller: a completed map may start another)."""
         writes = [op for op in ops if not isinstance(op, (ClaimItems, CollectItems))]
         claims: dict[tuple[str, str], int] = {}
         for op in ops:
@@ -296,7 +350,6 @@ class Processor:
             *await store.write_and_claim(conn, writes, claims, now),
             *await store.collect_items(conn, collects),
         ]
-        follow_ups: list[ItemOp] = []
         for answer in answers:
             state = batch.current[answer.workflow_id]
             definition = self._registry.get(state.name, state.version)
@@ -304,10 +357,8 @@ class Processor:
             outcome = machine.on_items(definition, state, answer, now)
             if isinstance(outcome, Transition):
                 batch.record(answer.workflow_id, outcome)
-                follow_ups.extend(outcome.item_ops)
             elif isinstance(outcome, Rejected):
                 log.error("item answer for %s refused: %s", answer.workflow_id, outcome.reason)
-        return follow_ups
 
     def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
         """The one router from intents to messages: each intent type has its exchange and key."""
@@ -324,6 +375,8 @@ class Processor:
                         message, key = cancel, CONTROL_KEY
                     case NotifyParent(result=result):
                         message, key = result, RESULT_KEY
+                    case RunLocal():
+                        continue  # run in the transaction (`_follow_up`), not sent
                 messages.append(
                     OutgoingMessage.of(message, exchange=self._topology.exchange, routing_key=key)
                 )

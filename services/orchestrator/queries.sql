@@ -73,9 +73,9 @@ WITH sent AS (
                          $20::timestamptz[], $28::text[])
     RETURNING 1
 )
-INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory)
+INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory, correlation_id)
 SELECT * FROM unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::bytea[],
-                     $26::boolean[])
+                     $26::boolean[], $30::text[])
 RETURNING id, message_id;
 
 -- name: claim_due_timers
@@ -99,7 +99,7 @@ DELETE FROM outbox WHERE id = ANY($1::bigint[]);
 -- name: claim_stale_outbox
 -- Rows a crash (or a failed publish) left behind; SKIP LOCKED keeps replicas from sending the
 -- same row at once.
-SELECT id, exchange, routing_key, message_id, type, body, mandatory
+SELECT id, exchange, routing_key, message_id, type, body, mandatory, correlation_id
 FROM outbox
 WHERE created_at < now() - make_interval(secs => $1)
 ORDER BY id

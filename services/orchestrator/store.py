@@ -175,6 +175,7 @@ async def write_batch(
         list(sent),
         [t.step_key for t in timers],
         [s.mailbox for s in states],
+        [m.correlation_id for m in messages],
     )
     by_message_id = {m.message_id: m for m in messages}
     return [OutboxRow(row["id"], by_message_id[row["message_id"]]) for row in rows]
@@ -218,6 +219,7 @@ async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) ->
                 type=row["type"],
                 headers={"x-schema-version": 1},
                 mandatory=row["mandatory"],
+                correlation_id=row["correlation_id"],
             ),
         )
         for row in rows

@@ -11,14 +11,6 @@ from relayflow.settings import Settings, split_csv
 
 
 class StepServiceSettings(Settings):
-    # Modules whose `steps` registries this service loads.
-    step_modules: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [
-            "apps.form_submission.steps",
-            "apps.batch_import.steps",
-            "apps.approval.steps",
-        ]
-    )
     # The steps this process serves (RELAYFLOW_STEPS=validate,persist); empty: all it loads.
     steps: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Unacknowledged commands per step queue, i.e. invocations running at once per step.
@@ -34,9 +26,9 @@ class StepServiceSettings(Settings):
     # How long in-flight steps may take to finish on stop before they are handed back.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
-    # Not named `_csv`: that would replace the base class's validator of `workflows`, and
-    # RELAYFLOW_WORKFLOWS=a,b would then be refused.
-    @field_validator("step_modules", "steps", mode="before")
+    # Not named `_csv`: that would replace the base class's validator of `workflows` and
+    # `step_modules`, and RELAYFLOW_WORKFLOWS=a,b would then be refused.
+    @field_validator("steps", mode="before")
     @classmethod
     def _csv_steps(cls, value: object) -> object:
         return split_csv(value)

@@ -9,6 +9,7 @@ from typing import Final
 from relayflow.errors import DefinitionError
 from relayflow.machine.kinds.base import StepKind
 from relayflow.machine.kinds.child import Child
+from relayflow.machine.kinds.local import LocalTask
 from relayflow.machine.kinds.map import Map
 from relayflow.machine.kinds.signal_wait import SignalWait
 from relayflow.machine.kinds.sleep import Sleep
@@ -17,7 +18,7 @@ from relayflow.machine.kinds.wait import Wait
 from relayflow.workflow import StepSpec, WorkflowDefinition
 
 KINDS: Final[Mapping[str, StepKind]] = {
-    kind.name: kind for kind in (Task(), Wait(), Child(), Map(), Sleep(), SignalWait())
+    kind.name: kind for kind in (Task(), LocalTask(), Wait(), Child(), Map(), Sleep(), SignalWait())
 }
 
 

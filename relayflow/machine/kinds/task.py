@@ -7,6 +7,7 @@ from __future__ import annotations
 from relayflow.contracts import (
     ErrorInfo,
     EventType,
+    StepCommand,
     StepResult,
     StepResultStatus,
 )
@@ -35,19 +36,23 @@ class Task(StepKind):
         step.emit(EventType.STEP_STARTED, attempt=attempt)
         spec = step.spec
         assert isinstance(spec, TaskSpec)
-        step.add(
-            DispatchStep(
-                step.command(
-                    SINGLE_KEY,
-                    attempt,
-                    body=spec.body,
-                    input=step.workflow.input,
-                    dependencies=step.ancestor_outputs(),
-                )
-            )
+        self.run(
+            step,
+            spec,
+            step.command(
+                SINGLE_KEY,
+                attempt,
+                body=spec.body,
+                input=step.workflow.input,
+                dependencies=step.ancestor_outputs(),
+            ),
         )
-        if step.spec.timeout is not None:
-            step.set_timer(TimerKind.STEP_TIMEOUT, attempt, step.now + step.spec.timeout)
+
+    def run(self, step: StepHandle, spec: TaskSpec, command: StepCommand) -> None:
+        """Have the attempt's command run: by a step service, bounded by a durable timer."""
+        step.add(DispatchStep(command))
+        if spec.timeout is not None:
+            step.set_timer(TimerKind.STEP_TIMEOUT, command.attempt, step.now + spec.timeout)
 
     def on_result(self, step: StepHandle, message: StepResult) -> Ignored | Rejected | None:
         stale = stale_result(step, message)
