@@ -6,6 +6,8 @@ order rotates from one repetition to the next, and the figures are medians over 
 Phases per system: warm-up; `--serial-n` five-step workflows at 1 in flight; `--n` at
 `--concurrency` in flight (throughput, latency, HTTP accept, machine CPU per workflow); 1- and
 10-step workflows at 1 in flight (`--marginal-n` each) for the marginal cost of a step.
+`relayflow-local` is relayflow again, the same phases on chains whose every step is a local task
+(run inside the orchestrator's transaction: issue 12's "light steps local").
 Then the scale-out run (2 orchestrators, 2 step services) and the SSE fan-out run.
 
 The parts `map` and `child` (issue 8) run once, after the repetitions, on their own set of our
@@ -66,6 +68,7 @@ from bench.measure import Phase, median
 from bench.openloop import Arrivals, OpenLoop, run_open_loop
 from bench.ours import Relayflow
 from bench.report import (
+    LOCAL,
     OURS,
     PEERS,
     SCALE,
@@ -78,7 +81,7 @@ from bench.report import (
     with_floor,
 )
 
-ALL = (OURS, *PEERS)
+ALL = (OURS, LOCAL, *PEERS)
 MAP, CHILD, HOPS, FLOOR, OPEN = "map", "child", "hops", "floor", "open-loop"
 PARTS = (MAP, CHILD, HOPS, FLOOR, OPEN)
 NEEDS = {
@@ -229,6 +232,8 @@ def missing_packages(name: str) -> list[str]:
 def make_system(name: str, infra: Infra, log_dir: Path) -> System:
     if name == OURS:
         return Relayflow(infra, log_dir)
+    if name == LOCAL:
+        return Relayflow(infra, log_dir, name=LOCAL, local=True)
     if name == SCALE:
         return Relayflow(infra, log_dir, orchestrators=2, step_services=2, name=SCALE)
     if name.startswith("celery-"):
@@ -313,7 +318,7 @@ async def amain(options: Options) -> dict[str, Any]:
                     system, options, load_only=name == SCALE, profile=profile
                 )
             except Exception as exc:  # a peer that cannot run here is reported, not fatal
-                if name == OURS:
+                if name in (OURS, LOCAL):
                     raise
                 unavailable[name] = f"failed: {exc!r}"[:500]
                 print(f"  {name}: could not run ({exc!r}); skipping it from now on", flush=True)

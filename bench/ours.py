@@ -13,7 +13,7 @@ from bench.driver import closed_loop
 from bench.http import Connection, EventStream, HttpError
 from bench.infra import Infra, Processes, free_port, unique, wait_until
 from bench.measure import Phase, Sample, peak_mib
-from bench.workflows import BY_LENGTH
+from bench.workflows import BY_LENGTH, LOCAL_BY_LENGTH
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 
@@ -24,7 +24,8 @@ HOST = "127.0.0.1"
 class Relayflow:
     """`orchestrators` replicas and `step_services` step-service processes behind one gateway,
     serving the bench's workflows and steps, and those of the application packages in `apps`
-    (each with a `workflows` and a `steps` module, e.g. `apps.batch_import`)."""
+    (each with a `workflows` and a `steps` module, e.g. `apps.batch_import`). With `local`, its
+    phases run the chains whose steps are local tasks."""
 
     def __init__(
         self,
@@ -36,8 +37,11 @@ class Relayflow:
         name: str = "relayflow",
         extra_env: dict[str, str] | None = None,
         apps: Sequence[str] = (),
+        local: bool = False,
     ) -> None:
         self.name = name
+        # The phases' chains: plain tasks, or (`local`) every step a local task.
+        self.by_length = LOCAL_BY_LENGTH if local else BY_LENGTH
         self.infra = infra
         self.orchestrators = orchestrators
         self.step_services = step_services
@@ -113,7 +117,7 @@ class Relayflow:
         return self.processes.pids() if self.processes is not None else {}
 
     async def run(self, steps: int, n: int, concurrency: int) -> Phase:
-        return await self.run_workflow(BY_LENGTH[steps], steps, n, concurrency)
+        return await self.run_workflow(self.by_length[steps], steps, n, concurrency)
 
     async def run_workflow(self, workflow: str, steps: int, n: int, concurrency: int) -> Phase:
         """`n` runs of `workflow` (input `{"n": i}`; `steps` is what the phase is per run)."""

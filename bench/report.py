@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 OURS = "relayflow"
 SCALE = "relayflow-scale"
+# Ours again, with every step of the chains a local task (run inside the orchestrator).
+LOCAL = "relayflow-local"
 PEERS = ("celery-pg", "celery-rpc", "dbos", "dbos-queue")
 DBOS_VARIANTS = ("dbos", "dbos-queue")
 
@@ -88,7 +90,7 @@ def ratios(systems: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[
     ours = systems.get(OURS, {})
     out: dict[str, dict[str, float]] = {}
     for peer, theirs in systems.items():
-        if peer in (OURS, SCALE):
+        if peer in (OURS, SCALE, LOCAL):
             continue
         out[peer] = {}
         for metric in METRICS:
@@ -144,6 +146,27 @@ def targets(
     ratio_check("p50 at 1 in flight / DBOS", "p50_1", dbos_lat, 0.75, le=True)
     ratio_check("marginal step cost / DBOS", "marginal_step", dbos_step, 0.8, le=True)
     ratio_check("CPU per workflow / Celery-pg", "cpu_per_wf", "celery-pg", 0.5, le=True)
+    # Issue 12, with the remote steps of today's design.
+    ratio_check("issue 12: p50 at 1 in flight / DBOS", "p50_1", dbos_lat, 1.25, le=True)
+    ratio_check("issue 12: throughput / DBOS", "throughput", dbos_tp, 1.5, le=False)
+    # Issue 12, with the light steps local.
+    local = systems.get(LOCAL, {})
+
+    def local_check(name: str, metric: str, peer: str | None, bound: float) -> None:
+        a, b = local.get(metric), systems.get(peer, {}).get(metric) if peer else None
+        if a is not None and b:
+            checks.append(
+                {
+                    "target": name,
+                    "vs": peer,
+                    "value": round(a / b, 3),
+                    "bound": f"<= {bound}",
+                    "met": a / b <= bound,
+                }
+            )
+
+    local_check("local steps: p50 at 1 in flight / DBOS", "p50_1", dbos_lat, 0.6)
+    local_check("local steps: marginal step cost / DBOS", "marginal_step", dbos_step, 0.5)
     p50, p99 = ours.get("p50_c"), ours.get("p99_c")
     if p50 and p99 is not None:
         checks.append(
@@ -231,7 +254,7 @@ def render(
     floor: Floor | None = None,
     open_loop: OpenLoop | None = None,
 ) -> str:
-    names = [n for n in (OURS, SCALE, *PEERS) if n in systems]
+    names = [n for n in (OURS, LOCAL, SCALE, *PEERS) if n in systems]
 
     def label(metric: str) -> str:
         text, unit, _ = METRICS[metric]

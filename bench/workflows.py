@@ -4,6 +4,7 @@
 `benchfan` holds a workflow open (its `gate` step sleeps) while many SSE subscribers attach.
 `benchnest3` starts `benchnest2` as its one (child) step, which starts `bench1` as its own: a
 three-level chain of one step each, timed against `bench3`, three plain task steps.
+`bench1local`, `bench5local` and `bench10local` are the chains with every step a local task.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def step_name(index: int) -> str:
     return f"b{index}"
 
 
-def chain(name: str, length: int) -> WorkflowDefinition:
+def chain(name: str, length: int, *, local: bool = False) -> WorkflowDefinition:
     specs: list[StepSpec] = [
-        task(step_name(i), after=[step_name(i - 1)] if i > 1 else []) for i in range(1, length + 1)
+        task(step_name(i), after=[step_name(i - 1)] if i > 1 else [], local=local)
+        for i in range(1, length + 1)
     ]
     return define_workflow(name, input_model=BenchInput, steps=specs, output_from=step_name(length))
 
@@ -60,6 +62,11 @@ WORKFLOWS = [
     FANOUT,
     nested("benchnest2", "bench1"),
     nested(NESTED, "benchnest2"),
+    # The same chains with every step a local task (run inside the orchestrator).
+    chain("bench1local", 1, local=True),
+    chain("bench5local", 5, local=True),
+    chain("bench10local", MAX_STEPS, local=True),
 ]
 # Workflow name by number of steps, for the phases of a run.
 BY_LENGTH = {1: "bench1", 3: "bench3", 5: "bench5", 10: "bench10"}
+LOCAL_BY_LENGTH = {1: "bench1local", 5: "bench5local", 10: "bench10local"}
