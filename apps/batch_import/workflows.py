@@ -97,7 +97,8 @@ BATCH_IMPORT: WorkflowDefinition = define_workflow(
             key=lambda line: str(line["sku"]),
             timeout=STEP_TIMEOUT,
         ),
-        task("summarize", after=["importItem"], timeout=STEP_TIMEOUT),
+        # Light mapping of the map's output: run inside the orchestrator (a local task).
+        task("summarize", local=True, after=["importItem"]),
         child(
             "notifyOwner",
             workflow=NOTIFICATION,
