@@ -12,6 +12,13 @@ A message the hub cannot read is dead-lettered with the reason, as every consume
 it can be inspected (`relayflow-admin dead-letters list`); streams lose nothing by it, since
 every event is stored in PostgreSQL before it is published.
 
+A stream that is caught up and waiting lets the hub write its workflow's events itself
+(`Subscription.write_now`): each broadcast's events are encoded once per workflow, and the same
+bytes go to every such stream from the dispatch loop, in one send each, without waking its task
+— with thousands of streams on one workflow, waking each in turn to encode and send was most of
+the time from the first stream to the last. A stream that is not caught up (a gap, items waiting)
+gets its events in its inbox, as before; its task wakes only to end after a terminal event.
+
 Every event the hub receives gets a `position` (1, 2, 3, … in arrival order) within this hub's
 `epoch` (random per process): the feed's SSE ids. The last `recent` events are kept so that a
 feed client that reconnects to the same process resumes without a gap.
@@ -25,7 +32,7 @@ import functools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
@@ -42,6 +49,7 @@ from relayflow.amqp import Publisher, Settler, quietly
 from relayflow.contracts import WorkflowEvent, WorkflowEventBatch
 from relayflow.hops import HopTrace
 from relayflow.topology import Topology
+from services.gateway.sse import DirectWrite, workflow_frame
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,18 @@ class Subscription:
     streams sit idle with nothing buffered. Here the buffer exists only while items wait, and a
     waiting stream holds one future and at most one timer."""
 
-    __slots__ = ("_hub", "_items", "_limit", "_waiter", "accepts", "workflow_id")
+    __slots__ = (
+        "_direct",
+        "_hub",
+        "_items",
+        "_limit",
+        "_waiter",
+        "accepts",
+        "finished",
+        "following",
+        "last",
+        "workflow_id",
+    )
 
     def __init__(
         self,
@@ -90,6 +109,12 @@ class Subscription:
         self._limit = buffer
         self._items: deque[Item] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._direct: DirectWrite | None = None
+        # Kept by a workflow's stream: the seq it sent last and whether that one was terminal,
+        # and `following` while it waits caught up (no gap), when the hub may write for it.
+        self.last = 0
+        self.finished = False
+        self.following = False
 
     def offer(self, item: Item) -> None:
         items = self._items
@@ -108,6 +133,32 @@ class Subscription:
             item = marker
         items.append(item)
         _wake(self._waiter)
+
+    def attach(self, direct: DirectWrite | None) -> None:
+        """How to write to this stream's client directly (None: no longer)."""
+        self._direct = direct
+
+    def write_now(self, events: Sequence[LiveEvent], frames: Frames) -> bool:
+        """Send `events` (one workflow's, in seq order) to the client now, if the stream is caught
+        up and they continue it without a gap; False: offer them to the inbox instead."""
+        direct = self._direct
+        if direct is None or not self.following or self._items:
+            return False
+        fresh = [event for event in events if event.seq > self.last]
+        if not fresh:
+            return True  # duplicates: the stream would skip them
+        expected = self.last + 1
+        for event in fresh:
+            if event.seq != expected:
+                return False  # a gap: the stream reads it from PostgreSQL
+            expected += 1
+        if not direct(frames.after(self.last)):
+            return False
+        self.last = fresh[-1].seq
+        self.finished = fresh[-1].terminal
+        if self.finished:
+            _wake(self._waiter)  # the stream ends (or waits on for a retry's events)
+        return True
 
     async def get(self, within: float | None = None) -> Item | None:
         """The next item, or None after `within` seconds without one (None: wait for one)."""
@@ -143,6 +194,27 @@ class Subscription:
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+class Frames:
+    """One workflow's events of one broadcast as its streams send them, encoded once for all of
+    them (by the seq after which a stream is; nearly always the same one)."""
+
+    __slots__ = ("_by_last", "_events")
+
+    def __init__(self, events: Sequence[LiveEvent]) -> None:
+        self._events = events
+        self._by_last: dict[int, bytes] = {}
+
+    def after(self, last: int) -> bytes:
+        frames = self._by_last.get(last)
+        if frames is None:
+            frames = self._by_last[last] = b"".join(
+                workflow_frame(event.seq, event.event, event.body)
+                for event in self._events
+                if event.seq > last
+            )
+        return frames
 
 
 class EventHub:
@@ -234,18 +306,37 @@ class EventHub:
     def dispatch(self, event: LiveEvent) -> int:
         """Number `event`, keep it in the recent ring and hand it to its workflow's streams and
         to the feeds that accept it; returns how many streams got it."""
-        self._hops.record("gw.event", event.event, event.workflow_id, event.seq)
-        self.position += 1
-        event = replace(event, position=self.position)
-        self._recent.append(event)
-        subs = self._subscribers.get(event.workflow_id, ())
-        for subscription in tuple(subs):
-            subscription.offer(event)
-        handed = len(subs)
-        for feed in tuple(self._feeds):
-            if feed.accepts is None or feed.accepts(event):
-                feed.offer(event)
-                handed += 1
+        return self.dispatch_all([event])
+
+    def dispatch_all(self, events: Sequence[LiveEvent]) -> int:
+        """`dispatch` for the events of one broadcast: each workflow's streams get its events of
+        the batch together (one send each, when written directly)."""
+        numbered: dict[str, list[LiveEvent]] = {}
+        handed = 0
+        for arrived in events:
+            self._hops.record("gw.event", arrived.event, arrived.workflow_id, arrived.seq)
+            self.position += 1
+            event = replace(arrived, position=self.position)
+            self._recent.append(event)
+            numbered.setdefault(event.workflow_id, []).append(event)
+            for feed in tuple(self._feeds):
+                if feed.accepts is None or feed.accepts(event):
+                    feed.offer(event)
+                    handed += 1
+        for workflow_id, batch in numbered.items():
+            subs = self._subscribers.get(workflow_id)
+            if not subs:
+                continue
+            batch.sort(key=lambda event: event.seq)
+            frames = Frames(batch)
+            for subscription in tuple(subs):
+                if subscription.write_now(batch, frames):
+                    for event in batch:
+                        self._hops.record("gw.sse", event.event, workflow_id, event.seq)
+                else:
+                    for event in batch:
+                        subscription.offer(event)
+            handed += len(subs) * len(batch)
         return handed
 
     def resync_all(self) -> None:
@@ -266,8 +357,7 @@ class EventHub:
             except ValueError as exc:
                 await settler.dead_letter(message, f"invalid workflow event: {exc}")
                 return
-            for event in events:
-                self.dispatch(event)
+            self.dispatch_all(events)
 
     def close(self) -> None:
         """Tell every open stream that the gateway is stopping."""

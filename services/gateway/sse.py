@@ -19,34 +19,57 @@ without a body, `send_timeout` (`SendTimeoutError` ends the stream). Not here: s
 watch for server shutdown. The gateway ends its streams itself — on stop the event hub closes
 every subscription, and each body returns — which is also how the existing streams stopped, as
 the process's signal handling bypasses what sse-starlette watches.
+
+Fan-out to thousands of streams of one workflow adds a third way to send: `direct` hands the
+event hub a writer with which it sends an event batch to a caught-up stream straight from its
+dispatch loop, without waking the stream's task (`services.gateway.events.Subscription`). An
+ASGI send that need not wait (the transport is not paused) completes on its first step, so the
+writer runs it there; one that must wait for the client to drain is finished in a task, which the
+stream's next send awaits first, so the order of chunks holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+import types
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
+import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.event import ensure_bytes
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
+# Sends `bytes` (SSE messages) now, from the caller's stack; False: not sent, send them as usual.
+DirectWrite = Callable[[bytes], bool]
+
+
+def workflow_frame(seq: int, event: str, body: object) -> bytes:
+    """The SSE message of one workflow event as its stream sends it: `id` the seq, `data` the
+    event's JSON with sorted keys."""
+    return ServerSentEvent(
+        data=orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(), id=str(seq), event=event
+    ).encode()
+
 
 class EventStream(EventSourceResponse):
     """An SSE response whose body is `events`. `retry_ms`, when given, is sent first (the
     browser's reconnect delay); `on_close` runs once the response is over, however it ended —
-    also if the body never started (the client left at once, or the request was a HEAD)."""
+    also if the body never started (the client left at once, or the request was a HEAD).
+    `direct` is given a `DirectWrite` once the stream is open, and None before it closes."""
 
     def __init__(
         self,
-        events: AsyncGenerator[ServerSentEvent, None],
+        events: AsyncGenerator[ServerSentEvent | bytes, None],
         *,
         ping: float,
         retry_ms: int | None = None,
         on_close: Callable[[], None] | None = None,
         send_timeout: float | None = None,
+        direct: Callable[[DirectWrite | None], None] | None = None,
     ) -> None:
         super().__init__(events, ping=ping, send_timeout=send_timeout)
         # sse-starlette's lock orders the sends of its tasks; these sends need none (see the
@@ -57,6 +80,10 @@ class EventStream(EventSourceResponse):
         self._on_close = on_close
         self._client_left = False
         self._failure: Exception | None = None
+        self._direct = direct
+        self._asgi_send: Send | None = None
+        self._pending: asyncio.Future[None] | None = None  # a direct write waiting for the client
+        self._owner: asyncio.Task[None] | None = None
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
         # Every stream sends the same few headers: share the (immutable) pairs, not copies.
@@ -74,7 +101,7 @@ class EventStream(EventSourceResponse):
                 self._on_close()
 
     async def _serve(self, receive: Receive, send: Send) -> None:
-        owner = asyncio.current_task()
+        owner = self._owner = asyncio.current_task()
         assert owner is not None
         await self._send(
             send,
@@ -90,6 +117,9 @@ class EventStream(EventSourceResponse):
         try:
             if self._retry_ms is not None:
                 await self._send_chunk(send, ServerSentEvent(retry=self._retry_ms).encode())
+            if self._direct is not None:
+                self._asgi_send = send
+                self._direct(self._write_now)
             async for event in self._events:
                 await self._send_chunk(send, ensure_bytes(event, self.sep))
         except asyncio.CancelledError:
@@ -98,10 +128,14 @@ class EventStream(EventSourceResponse):
             # The watcher's cancel has done its work; it must not reach uvicorn or Starlette.
             owner.uncancel()
         finally:
+            if self._direct is not None:
+                self._direct(None)
             watcher.cancel()
             self.active = False
             # A body interrupted at a `yield` (a failed send) still holds its subscription.
             await self._events.aclose()
+        if self._pending is not None and (self._client_left or self._failure is not None):
+            self._pending.cancel()
         if self._failure is not None:
             raise self._failure
         if not self._client_left:
@@ -142,13 +176,52 @@ class EventStream(EventSourceResponse):
         """`send`, within `send_timeout` (a client that stops reading must not hold its stream
         forever); asyncio's timeout, as anyio's cancel scope per event costs more."""
         if self.send_timeout is None:
+            await self._after_pending()
             await send(message)
             return
         try:
             async with asyncio.timeout(self.send_timeout):
+                await self._after_pending()
                 await send(message)
         except TimeoutError:
             raise SendTimeoutError from None
+
+    async def _after_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    def _write_now(self, chunk: bytes) -> bool:
+        send = self._asgi_send
+        if send is None or not self.active or self._pending is not None:
+            return False
+        sending = send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not isinstance(sending, Coroutine):  # not steppable by hand: a task sends it
+            self._pending = asyncio.ensure_future(sending)
+            return True
+        try:
+            waiting_on = sending.send(None)
+        except StopIteration:
+            return True
+        except Exception as exc:  # as a failed ping does, a failed send ends the stream
+            self._failure = exc
+            self._stop_serving()
+            return True
+        # The client is slow: the send waits for the transport to drain, in a task now.
+        self._pending = asyncio.get_running_loop().create_task(_resume(sending, waiting_on))
+        return True
+
+    def _stop_serving(self) -> None:
+        if self._owner is not None:
+            self._owner.cancel()
+
+
+@types.coroutine
+def _resume(sending: Coroutine[Any, Any, None], waiting_on: object) -> Generator[Any, None, None]:
+    """The rest of a coroutine that was stepped by hand and yielded `waiting_on` (a future): a
+    task awaits that, then runs the coroutine on as if it had always been its own."""
+    yield waiting_on
+    yield from sending.__await__()
 
 
 @cache

@@ -9,8 +9,11 @@ there before it is published — and live events ahead of the gap wait in a smal
 published while the hub's broker connection was down. After the terminal event
 (`workflow.completed`, `workflow.failed` or `workflow.cancelled`) the stream ends — unless later
 events follow it (a failed or cancelled workflow can be retried: `workflow.retried`, then more),
-in which case the stream goes on. A client that reconnects having seen the current terminal event
-of a finished workflow is answered 204 (by the handler), which makes browsers stop retrying.
+in which case the stream goes on. While the stream waits caught up, the hub may write live
+events for it without waking it (`services.gateway.events.Subscription.write_now`); the stream
+then takes the seq they reached from its subscription. A client that reconnects having seen the
+current terminal event of a finished workflow is answered 204 (by the handler), which makes
+browsers stop retrying.
 
 A workflow nobody has heard of (no row, no events) may still be starting: the stream waits up to
 `unknown_wait` seconds for it, then sends one `workflow.unknown` event and ends.
@@ -30,6 +33,7 @@ from relayflow.contracts import TERMINAL_EVENTS as _TERMINAL
 from relayflow.hops import HopTrace
 from services.gateway.events import LiveEvent, Signal, Subscription
 from services.gateway.models import UnknownWorkflow
+from services.gateway.sse import workflow_frame
 from services.gateway.store import GatewayStore, StoredEvent
 
 TERMINAL_EVENTS = frozenset(str(event) for event in _TERMINAL)
@@ -50,12 +54,8 @@ class Outgoing:
     def terminal(self) -> bool:
         return self.event in TERMINAL_EVENTS
 
-    def to_sse(self) -> ServerSentEvent:
-        return ServerSentEvent(
-            data=orjson.dumps(self.body, option=orjson.OPT_SORT_KEYS).decode(),
-            id=str(self.seq),
-            event=self.event,
-        )
+    def to_sse(self) -> bytes:
+        return workflow_frame(self.seq, self.event, self.body)
 
 
 @dataclass(slots=True)
@@ -111,7 +111,7 @@ async def follow(
     unknown_wait: float,
     catch_up_interval: float,
     hops: HopTrace | None = None,
-) -> AsyncGenerator[ServerSentEvent, None]:
+) -> AsyncGenerator[ServerSentEvent | bytes, None]:
     """The SSE body for one client; `subscription` must be taken before this starts. `hops`
     records each event once it is written (the body resumes after the write)."""
     hops = hops or HopTrace()
@@ -134,14 +134,20 @@ async def follow(
                 timeout = min(_UNKNOWN_POLL, max(0.0, give_up_at - loop.time()))
             else:
                 timeout = catch_up_interval
+            subscription.last = sequencer.last
+            subscription.following = not sequencer.has_gap
             item = await subscription.get(timeout)
+            subscription.following = False
+            written = _adopt(subscription, sequencer)
+            known = known or written
             if item is Signal.CLOSED:
                 return  # the gateway is stopping; the client resumes with Last-Event-ID
             ready: list[Outgoing] = []
             if isinstance(item, LiveEvent):
                 ready = sequencer.accept([_from_live(item)])
-            if not isinstance(item, LiveEvent) or sequencer.has_gap:
-                # A timeout, a resync after overflow, or a gap: PostgreSQL has it all.
+            if isinstance(item, Signal) or sequencer.has_gap or (item is None and not written):
+                # A timeout without live traffic, a resync after overflow, or a gap: PostgreSQL
+                # has it all.
                 ready.extend(await _replay(store, workflow_id, sequencer))
             for event in ready:
                 yield event.to_sse()
@@ -151,6 +157,14 @@ async def follow(
                 if not known and loop.time() >= give_up_at:
                     yield _unknown(workflow_id, unknown_wait)
                     return
+
+
+def _adopt(subscription: Subscription, sequencer: Sequencer) -> bool:
+    """Take the seq the hub's direct writes reached while the stream waited; whether any did."""
+    if subscription.last <= sequencer.last:
+        return False
+    sequencer.last, sequencer.finished = subscription.last, subscription.finished
+    return True
 
 
 def _unknown(workflow_id: str, waited: float) -> ServerSentEvent:

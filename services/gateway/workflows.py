@@ -374,6 +374,7 @@ async def workflow_events(request: Request) -> Response:
         retry_ms=RECONNECT_MS,
         # Also if the stream never starts iterating (the client left at once).
         on_close=subscription.close,
+        direct=subscription.attach,
     )
 
 
