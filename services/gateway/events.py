@@ -329,9 +329,10 @@ class EventHub:
                 continue
             batch.sort(key=lambda event: event.seq)
             frames = Frames(batch)
+            trace = self._hops.on  # a call per stream and event adds up at 10,000 streams
             for subscription in tuple(subs):
                 if subscription.write_now(batch, frames):
-                    for event in batch:
+                    for event in batch if trace else ():
                         self._hops.record("gw.sse", event.event, workflow_id, event.seq)
                 else:
                     for event in batch:

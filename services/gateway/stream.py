@@ -39,9 +39,11 @@ from services.gateway.store import GatewayStore, StoredEvent
 TERMINAL_EVENTS = frozenset(str(event) for event in _TERMINAL)
 UNKNOWN_EVENT = "workflow.unknown"
 REPLAY_PAGE = 500
-# While a gap is open or the workflow is not known yet, PostgreSQL is polled this often.
+# While a gap is open, PostgreSQL is polled this often. A workflow not known yet is polled at the
+# catch-up interval, as an idle one: its events come live (the hub resyncs its streams when its
+# channel reopens), and a poll a second from each of thousands of streams waiting for one workflow
+# kept the gateway too busy to fan the first events out.
 _GAP_POLL = 0.25
-_UNKNOWN_POLL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,7 @@ async def follow(
             if sequencer.has_gap:
                 timeout = _GAP_POLL
             elif not known:
-                timeout = min(_UNKNOWN_POLL, max(0.0, give_up_at - loop.time()))
+                timeout = min(catch_up_interval, max(0.0, give_up_at - loop.time()))
             else:
                 timeout = catch_up_interval
             subscription.last = sequencer.last
