@@ -8,6 +8,8 @@ Phases per system: warm-up; `--serial-n` five-step workflows at 1 in flight; `--
 10-step workflows at 1 in flight (`--marginal-n` each) for the marginal cost of a step.
 `relayflow-local` is relayflow again, the same phases on chains whose every step is a local task
 (run inside the orchestrator's transaction: issue 12's "light steps local").
+`relayflow-classic` is relayflow on classic queues (`RELAYFLOW_QUEUE_TYPE=classic`): no
+replication and no delivery limit, against the quorum queues of the default.
 Then the scale-out run (2 orchestrators, 2 step services) and the SSE fan-out run.
 
 The parts `map` and `child` (issue 8) run once, after the repetitions, on their own set of our
@@ -68,6 +70,7 @@ from bench.measure import Phase, median
 from bench.openloop import Arrivals, OpenLoop, run_open_loop
 from bench.ours import Relayflow
 from bench.report import (
+    CLASSIC,
     LOCAL,
     OURS,
     PEERS,
@@ -81,7 +84,7 @@ from bench.report import (
     with_floor,
 )
 
-ALL = (OURS, LOCAL, *PEERS)
+ALL = (OURS, LOCAL, CLASSIC, *PEERS)
 MAP, CHILD, HOPS, FLOOR, OPEN = "map", "child", "hops", "floor", "open-loop"
 PARTS = (MAP, CHILD, HOPS, FLOOR, OPEN)
 NEEDS = {
@@ -234,6 +237,10 @@ def make_system(name: str, infra: Infra, log_dir: Path) -> System:
         return Relayflow(infra, log_dir)
     if name == LOCAL:
         return Relayflow(infra, log_dir, name=LOCAL, local=True)
+    if name == CLASSIC:
+        return Relayflow(
+            infra, log_dir, name=CLASSIC, extra_env={"RELAYFLOW_QUEUE_TYPE": "classic"}
+        )
     if name == SCALE:
         return Relayflow(infra, log_dir, orchestrators=2, step_services=2, name=SCALE)
     if name.startswith("celery-"):
@@ -318,7 +325,7 @@ async def amain(options: Options) -> dict[str, Any]:
                     system, options, load_only=name == SCALE, profile=profile
                 )
             except Exception as exc:  # a peer that cannot run here is reported, not fatal
-                if name in (OURS, LOCAL):
+                if name in (OURS, LOCAL, CLASSIC):
                     raise
                 unavailable[name] = f"failed: {exc!r}"[:500]
                 print(f"  {name}: could not run ({exc!r}); skipping it from now on", flush=True)

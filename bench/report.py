@@ -17,6 +17,8 @@ OURS = "relayflow"
 SCALE = "relayflow-scale"
 # Ours again, with every step of the chains a local task (run inside the orchestrator).
 LOCAL = "relayflow-local"
+# Ours again, on classic queues instead of quorum queues (RELAYFLOW_QUEUE_TYPE=classic).
+CLASSIC = "relayflow-classic"
 PEERS = ("celery-pg", "celery-rpc", "dbos", "dbos-queue")
 DBOS_VARIANTS = ("dbos", "dbos-queue")
 
@@ -90,7 +92,7 @@ def ratios(systems: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[
     ours = systems.get(OURS, {})
     out: dict[str, dict[str, float]] = {}
     for peer, theirs in systems.items():
-        if peer in (OURS, SCALE, LOCAL):
+        if peer in (OURS, SCALE, LOCAL, CLASSIC):
             continue
         out[peer] = {}
         for metric in METRICS:
@@ -254,7 +256,7 @@ def render(
     floor: Floor | None = None,
     open_loop: OpenLoop | None = None,
 ) -> str:
-    names = [n for n in (OURS, LOCAL, SCALE, *PEERS) if n in systems]
+    names = [n for n in (OURS, LOCAL, CLASSIC, SCALE, *PEERS) if n in systems]
 
     def label(metric: str) -> str:
         text, unit, _ = METRICS[metric]
