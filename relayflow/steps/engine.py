@@ -212,7 +212,8 @@ class InvocationEngine:
         results: list[_Attempt] = [_NOT_CLAIMED] * len(items)
         bodies: dict[int, asyncio.Future[Outcome]] = {}
         commands = [command for command, _ in items]
-        async with self._storage.batch() as batch:
+        transactional = any(definition.transactional for _, definition in items)
+        async with self._storage.batch(transactional=transactional) as batch:
             try:
                 claimed = await batch.claim_many(commands)
                 self._hops.record_each("step.claimed", commands)

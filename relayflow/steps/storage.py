@@ -53,8 +53,9 @@ class InvocationStorage(Protocol):
         """How long a claim holds without renewal before another worker may take it over."""
         ...
 
-    def batch(self) -> AbstractAsyncContextManager[InvocationBatch]:
-        """A transaction; rolled back on leaving unless committed."""
+    def batch(self, *, transactional: bool = False) -> AbstractAsyncContextManager[InvocationBatch]:
+        """A transaction; rolled back on leaving unless committed. `transactional`: a body will
+        run in it (`InvocationBatch.run_transactional`)."""
         ...
 
     async def get(self, command: StepCommand) -> Invocation | None: ...

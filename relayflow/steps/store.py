@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 from relayflow.contracts import ErrorInfo, StepCommand
@@ -30,24 +31,88 @@ Executor: TypeAlias = "DbConnection | asyncpg.Pool[Any]"
 
 
 class InvocationStore:
-    """`step_invocations` for one worker (`owner`) and lease length, over `pool`."""
+    """`step_invocations` for one worker (`owner`) and lease length, over `pool`.
 
-    def __init__(self, pool: asyncpg.Pool[Any], *, owner: str, lease_seconds: float) -> None:
+    A batch of plain steps runs in a transaction opened ahead: its commit is sent as
+    `COMMIT; BEGIN`, one round trip that also opens the next batch's transaction, and the
+    connection is kept for that batch (up to `open_ahead` of them, the rest go back to the
+    pool). So a batch costs three round trips — claim, record, commit — instead of four. An
+    opened transaction that nothing has used yet holds no snapshot and no lock. A transaction
+    a body runs in (`transactional=True`) is begun when it starts, since the body sees its
+    `now()`. `close` hands the kept connections back."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        owner: str,
+        lease_seconds: float,
+        open_ahead: int = 2,
+    ) -> None:
         self._pool = pool
         self.owner = owner
         self.lease_seconds = lease_seconds
+        self._open_ahead = open_ahead
+        # Connections in a transaction opened ahead, waiting for a batch.
+        self._opened: list[PoolConnectionProxy[Any]] = []
+        self._closed = False
 
     @contextlib.asynccontextmanager
-    async def batch(self) -> AsyncIterator[_Batch]:
-        async with self._pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                yield _Batch(self, conn, transaction)
-            finally:
-                if conn.is_in_transaction():
-                    with contextlib.suppress(Exception):
-                        await transaction.rollback()
+    async def batch(self, *, transactional: bool = False) -> AsyncIterator[_Batch]:
+        if transactional:
+            async with self._pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    yield _Batch(self, conn, transaction)
+                finally:
+                    if conn.is_in_transaction():
+                        with contextlib.suppress(Exception):
+                            await transaction.rollback()
+            return
+        conn = await self._opened_connection()
+        batch = _Batch(self, conn, None)
+        try:
+            yield batch
+        finally:
+            await self._put_back(conn, keep=batch.reopened)
+
+    async def close(self) -> None:
+        """End the transactions opened ahead and hand their connections back to the pool."""
+        self._closed = True
+        opened, self._opened = self._opened, []
+        for conn in opened:
+            await self._put_back(conn, keep=False)
+
+    def may_open_ahead(self) -> bool:
+        """Whether a batch ending now should open the next one's transaction."""
+        return not self._closed and len(self._opened) < self._open_ahead
+
+    async def _opened_connection(self) -> PoolConnectionProxy[Any]:
+        while self._opened:
+            conn = self._opened.pop()
+            # One the server ended while it waited (a restart, an idle timeout) is replaced.
+            if not conn.is_closed() and conn.is_in_transaction():
+                return conn
+            await self._put_back(conn, keep=False)
+        conn = await self._pool.acquire()
+        try:
+            await conn.execute(QUERIES.begin)
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        return conn
+
+    async def _put_back(self, conn: PoolConnectionProxy[Any], *, keep: bool) -> None:
+        if keep and self.may_open_ahead() and not conn.is_closed() and conn.is_in_transaction():
+            self._opened.append(conn)
+            return
+        with contextlib.suppress(Exception):
+            # Ended here: asyncpg warns of a transaction it did not begin left open on release.
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute(QUERIES.rollback)
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
 
     async def get(self, command: StepCommand) -> Invocation | None:
         row = await self._pool.fetchrow(QUERIES.get, *invocation_key(command))
@@ -71,17 +136,24 @@ class InvocationStore:
 
 
 class _Batch:
-    """An `InvocationBatch` on one pooled connection's open transaction."""
+    """An `InvocationBatch` on one pooled connection's open transaction: begun by asyncpg's
+    `transaction` (one a body runs in), or opened ahead by the store (`transaction` None)."""
 
-    def __init__(self, store: InvocationStore, conn: DbConnection, transaction: Transaction):
+    def __init__(
+        self, store: InvocationStore, conn: DbConnection, transaction: Transaction | None
+    ) -> None:
         self._store = store
         self._conn = conn
         self._transaction = transaction
+        # The commit or rollback opened the next batch's transaction on this connection.
+        self.reopened = False
 
     async def claim_many(self, commands: Sequence[StepCommand]) -> dict[InvocationKey, Invocation]:
         return await _claim_many(self._conn, commands, self._store.owner, self._store.lease_seconds)
 
     async def run_transactional(self, body: TransactionalBody) -> Outcome:
+        if self._transaction is None:
+            raise RuntimeError("a body runs only in a batch begun with transactional=True")
         savepoint = self._conn.transaction()
         await savepoint.start()
         try:
@@ -102,10 +174,22 @@ class _Batch:
         return await _settle_many(self._conn, outcomes, self._store.owner)
 
     async def commit(self) -> None:
-        await self._transaction.commit()
+        if self._transaction is not None:
+            await self._transaction.commit()
+        elif self._store.may_open_ahead():
+            await self._conn.execute(QUERIES.commit_and_begin)
+            self.reopened = True
+        else:
+            await self._conn.execute(QUERIES.commit)
 
     async def rollback(self) -> None:
-        await self._transaction.rollback()
+        if self._transaction is not None:
+            await self._transaction.rollback()
+        elif self._store.may_open_ahead():
+            await self._conn.execute(QUERIES.rollback_and_begin)
+            self.reopened = True
+        else:
+            await self._conn.execute(QUERIES.rollback)
 
 
 async def _claim_many(

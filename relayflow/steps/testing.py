@@ -133,7 +133,7 @@ class InMemoryStore:
         self.lease_seconds = lease_seconds
 
     @contextlib.asynccontextmanager
-    async def batch(self) -> AsyncIterator[_MemoryBatch]:
+    async def batch(self, *, transactional: bool = False) -> AsyncIterator[_MemoryBatch]:
         async with self._table._lock:
             yield _MemoryBatch(self, self._table._rows)
 

@@ -58,6 +58,10 @@ class WorkerConfig:
     # batched.
     batch_size: int = 32
     batch_workers: int = 1
+    # Connections kept in a transaction opened ahead for the next batches (`InvocationStore`):
+    # about as many as batches run at once. At most half the pool, so that leases and
+    # transactional steps always find one.
+    open_ahead: int = 4
 
     @property
     def engine(self) -> EngineConfig:
@@ -106,9 +110,15 @@ class StepWorker:
         self._topology = topology
         self._config = config or WorkerConfig()
         self.worker_id = worker_id or new_worker_id()
+        self._store = InvocationStore(
+            pool,
+            owner=self.worker_id,
+            lease_seconds=self._config.lease_seconds,
+            open_ahead=min(self._config.open_ahead, pool.get_max_size() // 2),
+        )
         self._engine = InvocationEngine(
             steps,
-            InvocationStore(pool, owner=self.worker_id, lease_seconds=self._config.lease_seconds),
+            self._store,
             publish=self._publish_from_step,
             config=self._config.engine,
             hops=self._hops,
@@ -156,6 +166,7 @@ class StepWorker:
             if pending:
                 log.warning("handing %d unfinished command(s) back", len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
+        await self._store.close()
         if self._channel is not None and not self._channel.is_closed:
             await quietly("closing the consumer channel", self._channel.close)
         if self._publisher is not None:
