@@ -33,6 +33,7 @@ from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task, wait
 from services.orchestrator import store
+from services.orchestrator.local import LocalSteps
 from services.orchestrator.processor import Processor
 from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
@@ -84,6 +85,12 @@ async def unsent(pool: asyncpg.Pool[Any]) -> AsyncIterator[list[str]]:
     yield workflow_ids
     for workflow_id in workflow_ids:
         await pool.execute("DELETE FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%")
+
+
+def processor_for(registry: WorkflowRegistry, topology: Topology) -> Processor:
+    """The processor of the run command's workflows, with the bodies of their local tasks."""
+    local = LocalSteps.load(registry, Settings().step_modules, exchange=topology.exchange)
+    return Processor(registry, topology, local=local)
 
 
 def start_message(workflow_id: str) -> StartWorkflow:
@@ -197,7 +204,7 @@ async def test_outbox_rows_left_by_a_crash_are_sent_by_the_sweep(
     channel = await amqp_connection.channel()
     await topology.declare(channel, registry.task_names())
     workflow_id = new_workflow_id()
-    processor = Processor(registry, topology)
+    processor = processor_for(registry, topology)
     async with pool.acquire() as conn, conn.transaction():
         result = await processor.apply(conn, [start_message(workflow_id)])
     # ... and the process died here, before the relay published anything. (Two rows: the
@@ -241,7 +248,7 @@ async def test_claim_and_lock_answers_fresh_ids_with_or_without_workflows(
         fresh, locked = await store.claim_and_lock(conn, [first], [f"{workflow_id}-unknown"])
     assert (fresh, locked) == ({first}, {})
     async with pool.acquire() as conn, conn.transaction():
-        await Processor(registry, topology).apply(conn, [start_message(workflow_id)])
+        await processor_for(registry, topology).apply(conn, [start_message(workflow_id)])
     async with pool.acquire() as conn, conn.transaction():
         fresh, locked = await store.claim_and_lock(conn, [first, again], [workflow_id])
         assert fresh == {again}
@@ -308,7 +315,7 @@ async def test_wait_timeout_fires_from_a_durable_timer(
     registry = WorkflowRegistry([definition])
     channel = await amqp_connection.channel()
     await topology.declare(channel, registry.task_names())
-    processor = Processor(registry, topology)
+    processor = processor_for(registry, topology)
     workflow_id = new_workflow_id()
     start = StartWorkflow(
         message_id=new_message_id(), workflow_id=workflow_id, workflow_name="quickWait", input={}
@@ -366,7 +373,7 @@ async def test_concurrent_replicas_do_not_double_advance(
     workflow once: row locks plus the state machine's attempt check."""
     channel = await amqp_connection.channel()
     await topology.declare(channel, registry.task_names())
-    processor = Processor(registry, topology)
+    processor = processor_for(registry, topology)
     workflow_id = new_workflow_id()
     async with pool.acquire() as conn, conn.transaction():
         await processor.apply(conn, [start_message(workflow_id)])
@@ -423,7 +430,7 @@ async def test_retry_timer_dispatches_the_next_attempt(
     registry = WorkflowRegistry([definition])
     channel = await amqp_connection.channel()
     await topology.declare(channel, registry.task_names())
-    processor = Processor(registry, topology)
+    processor = processor_for(registry, topology)
     workflow_id = new_workflow_id()
     start = StartWorkflow(
         message_id=new_message_id(), workflow_id=workflow_id, workflow_name="flakyCall", input={}
@@ -520,7 +527,7 @@ async def test_a_batch_judges_each_repeated_start_against_the_stored_workflow(
     is rejected (once, the batch compared the second against the first and rejected both)."""
     workflow_id = new_workflow_id()
     unsent.append(workflow_id)
-    processor = Processor(registry, topology)
+    processor = processor_for(registry, topology)
     async with pool.acquire() as conn, conn.transaction():
         await processor.apply(conn, [start_message(workflow_id)])
     same = start_message(workflow_id)
@@ -547,7 +554,7 @@ async def test_a_new_id_started_twice_in_one_batch_runs_once(
     first, same = start_message(workflow_id), start_message(workflow_id)
     differing = start_message(workflow_id).model_copy(update={"input": {**FORM, "name": "Bob"}})
     async with pool.acquire() as conn, conn.transaction():
-        result = await Processor(registry, topology).apply(conn, [first, same, differing])
+        result = await processor_for(registry, topology).apply(conn, [first, same, differing])
     assert isinstance(result.outcomes[0], Transition)
     assert isinstance(result.outcomes[1], Ignored)
     assert isinstance(result.outcomes[2], Rejected)
