@@ -49,14 +49,23 @@ class OutboxRelay:
         self._sweep_batch = sweep_batch
         # Well inside `stale_after`, whatever was asked (see the module's docstring).
         self._flush_interval = min(flush_interval, stale_after / 4)
-        self._pending: asyncio.Queue[Sequence[OutboxRow]] = asyncio.Queue()
+        # Rows handed over, each batch with the future `submit` returned for it.
+        self._pending: asyncio.Queue[tuple[Sequence[OutboxRow], asyncio.Future[None]]] = (
+            asyncio.Queue()
+        )
         # Ids of rows the broker has confirmed and that are still to be deleted.
         self._sent: list[int] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    def submit(self, rows: Sequence[OutboxRow]) -> None:
+    def submit(self, rows: Sequence[OutboxRow]) -> asyncio.Future[None]:
+        """Publish `rows` on the fast path. The future is done once the broker has answered
+        for them (confirmed, or refused: the sweep then sends them again)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if rows:
-            self._pending.put_nowait(rows)
+            self._pending.put_nowait((rows, done))
+        else:
+            done.set_result(None)
+        return done
 
     @contextlib.contextmanager
     def take_sent(self) -> Iterator[list[int]]:
@@ -93,11 +102,10 @@ class OutboxRelay:
 
     async def _publish_loop(self) -> None:
         while True:
-            rows = list(await self._pending.get())
-            taken = 1
+            batches = [await self._pending.get()]
             while not self._pending.empty():
-                rows.extend(self._pending.get_nowait())
-                taken += 1
+                batches.append(self._pending.get_nowait())
+            rows = [row for batch, _ in batches for row in batch]
             try:
                 await self.publish(rows)
             except asyncio.CancelledError:
@@ -105,7 +113,9 @@ class OutboxRelay:
             except Exception:
                 log.exception("outbox fast path failed; the sweep will send these rows")
             finally:
-                for _ in range(taken):
+                for _, done in batches:
+                    if not done.done():
+                        done.set_result(None)
                     self._pending.task_done()
 
     async def publish(self, rows: Sequence[OutboxRow]) -> None:

@@ -76,6 +76,8 @@ class Orchestrator:
         self._defer_backoff = Backoff(first=defer_first, longest=max(defer_first, DEFER_LONGEST))
         self._defer_limit = defer_limit
         self._deferred: set[asyncio.Task[None]] = set()
+        # Acks waiting for the relay to publish what their batch sent.
+        self._acking: set[asyncio.Task[None]] = set()
         self._pool = pool
         self._processor = processor
         self._relay = relay
@@ -138,8 +140,9 @@ class Orchestrator:
         else:
             raise RuntimeError("transaction kept conflicting; handing the batch back")
         self._hops.record_each("orch.committed", deliveries)
-        self._relay.submit(result.outbox)
+        published = self._relay.submit(result.outbox)
         outcomes = iter(result.outcomes)
+        applied: list[AbstractIncomingMessage] = []
         for delivery, is_fresh in zip(deliveries, fresh, strict=True):
             outcome = next(outcomes) if is_fresh else Ignored("duplicate message")
             if isinstance(outcome, Rejected):
@@ -149,7 +152,24 @@ class Orchestrator:
             else:
                 if isinstance(outcome, Ignored):
                     log.debug("ignored %s: %s", delivery.message.message_id, outcome.reason)
-                await delivery.message.ack()
+                applied.append(delivery.message)
+        self._ack_once_published(published, applied)
+
+    def _ack_once_published(
+        self, published: asyncio.Future[None], messages: list[AbstractIncomingMessage]
+    ) -> None:
+        """Ack the batch's inputs once the broker has answered for what the batch sent (the
+        commit already made the acks safe). An ack on a quorum queue is a write to the broker's
+        log, as is the next step's command: sent together, the command waited for the ack's
+        fsync (bench hops: a command took 3.0 ms to reach its step service, a result 1.7 ms)."""
+        if not messages:
+            return
+        if published.done():
+            task = asyncio.create_task(_ack_all(messages))
+        else:
+            task = asyncio.create_task(_ack_after(published, messages))
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
 
     async def _transaction(self, deliveries: Sequence[_Delivery]) -> tuple[list[bool], BatchResult]:
         # Outbox rows the relay has had confirmed go out with this transaction's writes (one
@@ -219,14 +239,33 @@ class Orchestrator:
             await hand_back(message)
 
     async def stop(self) -> None:
-        """Hand deferred deliveries back at once (another replica, or this one restarted,
-        takes them)."""
+        """Send the acks still waiting on the relay, and hand deferred deliveries back at once
+        (another replica, or this one restarted, takes them)."""
+        if self._acking:
+            await asyncio.wait(list(self._acking), timeout=5.0)
         for task in list(self._deferred):
             task.cancel()
         await asyncio.gather(*self._deferred, return_exceptions=True)
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         await dead_letter(self._publisher, self._topology.dead_letter_exchange, message, reason)
+
+
+async def _ack_after(
+    published: asyncio.Future[None], messages: list[AbstractIncomingMessage]
+) -> None:
+    await published
+    await _ack_all(messages)
+
+
+async def _ack_all(messages: list[AbstractIncomingMessage]) -> None:
+    for message in messages:
+        try:
+            await message.ack()
+        except (
+            Exception
+        ) as exc:  # a channel closed meanwhile: the broker redelivers, the inbox dedups
+            log.info("could not ack %s: %r", message.message_id, exc)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -69,3 +69,34 @@ async def test_ids_taken_by_a_failed_transaction_go_back_to_the_relay() -> None:
     with pytest.raises(RuntimeError):
         roll_back()
     assert taken(relay) == [4, 5]
+
+
+class FailingPublisher:
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[BaseException | None]:
+        raise ConnectionError("broker gone")
+
+
+async def test_what_submit_returns_is_done_once_the_broker_answered_for_the_rows() -> None:
+    """The orchestrator acks a batch's inputs when it is done: not before the batch's own
+    messages are confirmed, and never not at all (a refused publish is the sweep's)."""
+    publisher = SlowPublisher()
+    relay = OutboxRelay(cast(Any, None), cast(Publisher, publisher), sweep_interval=3600)
+    relay.start()
+    try:
+        assert relay.submit([]).done()
+        published = relay.submit([row(6)])
+        await publisher.publishing.wait()
+        assert not published.done()
+        publisher.release.set()
+        await asyncio.wait_for(published, 5)
+        assert taken(relay) == [6]
+    finally:
+        await relay.stop(grace=0)
+
+    failing = OutboxRelay(cast(Any, None), cast(Publisher, FailingPublisher()), sweep_interval=3600)
+    failing.start()
+    try:
+        await asyncio.wait_for(failing.submit([row(7)]), 5)
+        assert taken(failing) == []
+    finally:
+        await failing.stop(grace=0)
