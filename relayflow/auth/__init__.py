@@ -1,0 +1,48 @@
+"""Credentials: API keys (their format, hashing and store) and the roles that say what a key
+may do. The gateway checks them; `relayflow-admin keys` manages them."""
+
+from relayflow.auth.errors import (
+    AuthConfigurationError,
+    AuthError,
+    KeyFormatError,
+    KeyRefused,
+    UnknownKey,
+)
+from relayflow.auth.keys import KeyHasher, PresentedKey, parse_key
+from relayflow.auth.roles import PERMISSIONS, Action, Role, allows
+from relayflow.auth.settings import AuthSettings
+from relayflow.auth.store import (
+    LAST_USED_RESOLUTION,
+    ApiKey,
+    CreatedKey,
+    create_key,
+    list_keys,
+    revoke_key,
+    verify_key,
+)
+from relayflow.auth.tenants import InvalidKeyDetails, check_tenant
+
+__all__ = [
+    "LAST_USED_RESOLUTION",
+    "PERMISSIONS",
+    "Action",
+    "ApiKey",
+    "AuthConfigurationError",
+    "AuthError",
+    "AuthSettings",
+    "CreatedKey",
+    "InvalidKeyDetails",
+    "KeyFormatError",
+    "KeyHasher",
+    "KeyRefused",
+    "PresentedKey",
+    "Role",
+    "UnknownKey",
+    "allows",
+    "check_tenant",
+    "create_key",
+    "list_keys",
+    "parse_key",
+    "revoke_key",
+    "verify_key",
+]
