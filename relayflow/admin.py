@@ -5,6 +5,9 @@
     relayflow-admin workflows cancel ID [--reason TEXT]
     relayflow-admin workflows retry ID [--reason TEXT]
     relayflow-admin workflows signal ID NAME --data JSON [--by WHO] [--idempotency-key K]
+    relayflow-admin keys create --tenant T --role submit|read|operator|admin [--name N]
+    relayflow-admin keys list [--tenant T] [--json]
+    relayflow-admin keys revoke ID
 
 `AMQP_URL` and `RELAYFLOW_NAMESPACE` say which broker and which set of queues (as for the
 services); `--amqp-url` and `--namespace` override them. `signal` also reads the workflow from
@@ -25,6 +28,12 @@ dead-letters what it cannot take). `--by` is recorded as `sentBy`. `--idempotenc
 signal id and is recorded with the request as the gateway records it (`relayflow.signal_keys`),
 so a resend counts once and the same key with another payload or sender is refused (the key
 needs the database: without it nothing is sent).
+
+`keys` manages API keys (`relayflow.auth`) in `DATABASE_URL` (`--database-url`), without the
+broker. `create` prints the key alone on stdout, once (it is stored hashed, under
+`RELAYFLOW_AUTH_SECRET`, which it needs: the gateway's); what was made goes to stderr. `list`
+shows every key but never a secret; `revoke` ends a key at once, and revoking it again changes
+nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +53,16 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import ValidationError
 
 from relayflow.amqp.consumer import QUEUE_HEADER, REASON_HEADER
+from relayflow.auth import (
+    ApiKey,
+    AuthError,
+    AuthSettings,
+    KeyHasher,
+    Role,
+    create_key,
+    list_keys,
+    revoke_key,
+)
 from relayflow.contracts import (
     CancelWorkflow,
     RetryWorkflow,
@@ -374,6 +393,89 @@ def _signal(args: argparse.Namespace, message_id: str, payload: dict[str, Any]) 
         raise AdminError(f"cannot send this signal: {problems}") from exc
 
 
+def _when(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None
+
+
+def key_json(key: ApiKey) -> dict[str, str | bool | None]:
+    """A key as `keys list --json` prints it: what it is, never its secret."""
+    return {
+        "id": key.id,
+        "tenant": key.tenant,
+        "role": key.role.value,
+        "name": key.name,
+        "created_at": _when(key.created_at),
+        "last_used_at": _when(key.last_used_at),
+        "revoked_at": _when(key.revoked_at),
+        "revoked": key.revoked_at is not None,
+    }
+
+
+async def keys_command(args: argparse.Namespace, database_url: str) -> int:
+    """`relayflow-admin keys …`: the database only, no broker."""
+    hasher = None
+    if args.command == "create":
+        # Checked before anything is written: a key hashed under no secret could never verify.
+        try:
+            hasher = KeyHasher.from_secret(AuthSettings().secret)
+        except AuthError as exc:
+            raise AdminError(str(exc)) from None
+    try:
+        conn = await asyncpg.connect(database_url, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise AdminError(f"cannot reach PostgreSQL ({exc})") from exc
+    try:
+        if hasher is not None:
+            await _create_key(conn, hasher, args)
+        elif args.command == "list":
+            _write_keys(await list_keys(conn, args.tenant), as_json=args.json)
+        else:
+            key, now = await revoke_key(conn, args.key_id)
+            sys.stdout.write(
+                f"revoked API key {key.id} (tenant {key.tenant}, role {key.role})\n"
+                if now
+                else f"API key {key.id} was already revoked at {_when(key.revoked_at)}\n"
+            )
+    except AuthError as exc:
+        raise AdminError(str(exc)) from None
+    except asyncpg.UndefinedTableError:
+        raise AdminError(
+            "this database has no api_keys table: is DATABASE_URL the services' database? "
+            "They create the table when they start (migration 0016)"
+        ) from None
+    finally:
+        await conn.close()
+    return 0
+
+
+async def _create_key(
+    conn: asyncpg.Connection[Any], hasher: KeyHasher, args: argparse.Namespace
+) -> None:
+    created = await create_key(
+        conn, hasher, tenant=args.tenant, role=Role(args.role), name=args.name
+    )
+    # The key alone on stdout (`KEY=$(relayflow-admin keys create …)`), the rest on stderr.
+    sys.stdout.write(created.key + "\n")
+    key = created.record
+    sys.stderr.write(
+        f"relayflow-admin: created API key {key.id} (tenant {key.tenant}, role {key.role}); "
+        "it is shown this once: store it now\n"
+    )
+
+
+def _write_keys(keys: Sequence[ApiKey], *, as_json: bool) -> None:
+    out = sys.stdout
+    if as_json:
+        out.writelines(json.dumps(key_json(key)) + "\n" for key in keys)
+        return
+    out.write("id\ttenant\trole\tname\tcreated\tlast used\trevoked\n")
+    for key in keys:
+        columns = (key.name, _when(key.created_at), _when(key.last_used_at), _when(key.revoked_at))
+        out.write("\t".join([key.id, key.tenant, key.role.value, *(c or "-" for c in columns)]))
+        out.write("\n")
+    out.write(f"{len(keys)} key(s)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relayflow-admin",
@@ -382,7 +484,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--amqp-url", help="default: AMQP_URL")
     parser.add_argument("--namespace", help="default: RELAYFLOW_NAMESPACE")
-    parser.add_argument("--database-url", help="default: DATABASE_URL (for `workflows signal`)")
+    parser.add_argument(
+        "--database-url", help="default: DATABASE_URL (for `keys` and `workflows signal`)"
+    )
     areas = parser.add_subparsers(dest="area", required=True)
     dead = areas.add_parser("dead-letters").add_subparsers(dest="command", required=True)
     listing = dead.add_parser("list", help="show dead letters without consuming them")
@@ -403,6 +507,16 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("--data", required=True, help="the payload, a JSON object")
     signal.add_argument("--by", help="who sends it (recorded as sentBy)")
     signal.add_argument("--idempotency-key", help="the same key sends the same signal id")
+    keys = areas.add_parser("keys", help="API keys").add_subparsers(dest="command", required=True)
+    create = keys.add_parser("create", help="make a key and print it, once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--role", required=True, choices=[role.value for role in Role])
+    create.add_argument("--name", help="what the key is for, shown by `keys list`")
+    listing = keys.add_parser("list", help="every key, never its secret")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    revoke = keys.add_parser("revoke", help="refuse the key from now on")
+    revoke.add_argument("key_id", metavar="ID")
     return parser
 
 
@@ -467,7 +581,11 @@ async def _amain(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        code = asyncio.run(_amain(args))
+        if args.area == "keys":
+            database_url = args.database_url or Settings().database_url
+            code = asyncio.run(keys_command(args, database_url))
+        else:
+            code = asyncio.run(_amain(args))
     except (AdminError, aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
         sys.stderr.write(f"relayflow-admin: {exc}\n")
         code = 1
