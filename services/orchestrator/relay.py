@@ -126,6 +126,18 @@ class OutboxRelay:
         self._sent.extend(sent)
 
     async def _publish(self, rows: Sequence[OutboxRow]) -> list[int]:
+        """Publish the work messages (commands, starts, results) first and the broadcasts
+        (events) once the broker has confirmed those: sent together, a command took 2.2-2.5 ms
+        to reach its step service against 1.1 ms alone (bench hops, same run: a result, sent
+        alone, 1.3-1.5 ms). An event reaches the browser a confirm later, except the last of a
+        workflow, which has no command to wait for."""
+        work = [row for row in rows if row.message.mandatory]
+        broadcasts = [row for row in rows if not row.message.mandatory]
+        return [*await self._send(work), *await self._send(broadcasts)]
+
+    async def _send(self, rows: Sequence[OutboxRow]) -> list[int]:
+        if not rows:
+            return []
         messages = [row.message for row in rows]
         self._hops.record_each("relay.publish", messages)
         results = await self._publisher.publish_many(messages)
