@@ -107,12 +107,15 @@ class InvocationStore:
         if keep and self.may_open_ahead() and not conn.is_closed() and conn.is_in_transaction():
             self._opened.append(conn)
             return
-        with contextlib.suppress(Exception):
-            # Ended here: asyncpg warns of a transaction it did not begin left open on release.
-            if not conn.is_closed() and conn.is_in_transaction():
-                await conn.execute(QUERIES.rollback)
-        with contextlib.suppress(Exception):
-            await self._pool.release(conn)
+        try:
+            with contextlib.suppress(Exception):
+                # Ended here: asyncpg warns of a transaction it did not begin left open.
+                if not conn.is_closed() and conn.is_in_transaction():
+                    await conn.execute(QUERIES.rollback)
+        finally:
+            # Even when cancelled meanwhile: the pool would wait for it at close.
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
     async def get(self, command: StepCommand) -> Invocation | None:
         row = await self._pool.fetchrow(QUERIES.get, *invocation_key(command))
