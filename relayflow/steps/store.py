@@ -55,6 +55,9 @@ class InvocationStore:
         self._open_ahead = open_ahead
         # Connections in a transaction opened ahead, waiting for a batch.
         self._opened: list[PoolConnectionProxy[Any]] = []
+        # Of `open_ahead`, how many are taken: by those waiting, and by batches running on one
+        # or that have reserved one for the transaction their commit opens.
+        self._slots = 0
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -70,43 +73,54 @@ class InvocationStore:
                         with contextlib.suppress(Exception):
                             await transaction.rollback()
             return
-        conn = await self._opened_connection()
-        batch = _Batch(self, conn, None)
+        conn, slot = await self._opened_connection()
+        batch = _Batch(self, conn, None, slot=slot)
         try:
             yield batch
         finally:
-            await self._put_back(conn, keep=batch.reopened)
+            await self._put_back(conn, slot=batch.slot, keep=batch.reopened)
 
     async def close(self) -> None:
         """End the transactions opened ahead and hand their connections back to the pool."""
         self._closed = True
         opened, self._opened = self._opened, []
         for conn in opened:
-            await self._put_back(conn, keep=False)
+            await self._put_back(conn, slot=True, keep=False)
 
-    def may_open_ahead(self) -> bool:
-        """Whether a batch ending now should open the next one's transaction."""
-        return not self._closed and len(self._opened) < self._open_ahead
+    def reserve_slot(self) -> bool:
+        """Whether a batch that holds no slot may open the next one's transaction (it then
+        holds one)."""
+        if self._closed or self._slots >= self._open_ahead:
+            return False
+        self._slots += 1
+        return True
 
-    async def _opened_connection(self) -> PoolConnectionProxy[Any]:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _opened_connection(self) -> tuple[PoolConnectionProxy[Any], bool]:
+        """A connection in an open transaction, and whether it holds a slot."""
         while self._opened:
             conn = self._opened.pop()
             # One the server ended while it waited (a restart, an idle timeout) is replaced.
             if not conn.is_closed() and conn.is_in_transaction():
-                return conn
-            await self._put_back(conn, keep=False)
+                return conn, True
+            await self._put_back(conn, slot=True, keep=False)
         conn = await self._pool.acquire()
         try:
             await conn.execute(QUERIES.begin)
         except BaseException:
             await self._pool.release(conn)
             raise
-        return conn
+        return conn, False
 
-    async def _put_back(self, conn: PoolConnectionProxy[Any], *, keep: bool) -> None:
-        if keep and self.may_open_ahead() and not conn.is_closed() and conn.is_in_transaction():
+    async def _put_back(self, conn: PoolConnectionProxy[Any], *, slot: bool, keep: bool) -> None:
+        if slot and keep and not self._closed and not conn.is_closed() and conn.is_in_transaction():
             self._opened.append(conn)
             return
+        if slot:
+            self._slots -= 1
         try:
             with contextlib.suppress(Exception):
                 # Ended here: asyncpg warns of a transaction it did not begin left open.
@@ -143,13 +157,27 @@ class _Batch:
     `transaction` (one a body runs in), or opened ahead by the store (`transaction` None)."""
 
     def __init__(
-        self, store: InvocationStore, conn: DbConnection, transaction: Transaction | None
+        self,
+        store: InvocationStore,
+        conn: DbConnection,
+        transaction: Transaction | None,
+        *,
+        slot: bool = False,
     ) -> None:
         self._store = store
         self._conn = conn
         self._transaction = transaction
+        # Holds one of the store's `open_ahead` slots.
+        self.slot = slot
         # The commit or rollback opened the next batch's transaction on this connection.
         self.reopened = False
+
+    def _may_reopen(self) -> bool:
+        if self._store.closed:
+            return False
+        if not self.slot:
+            self.slot = self._store.reserve_slot()
+        return self.slot
 
     async def claim_many(self, commands: Sequence[StepCommand]) -> dict[InvocationKey, Invocation]:
         return await _claim_many(self._conn, commands, self._store.owner, self._store.lease_seconds)
@@ -179,7 +207,7 @@ class _Batch:
     async def commit(self) -> None:
         if self._transaction is not None:
             await self._transaction.commit()
-        elif self._store.may_open_ahead():
+        elif self._may_reopen():
             await self._conn.execute(QUERIES.commit_and_begin)
             self.reopened = True
         else:
@@ -188,7 +216,7 @@ class _Batch:
     async def rollback(self) -> None:
         if self._transaction is not None:
             await self._transaction.rollback()
-        elif self._store.may_open_ahead():
+        elif self._may_reopen():
             await self._conn.execute(QUERIES.rollback_and_begin)
             self.reopened = True
         else:

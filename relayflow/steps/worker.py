@@ -58,10 +58,10 @@ class WorkerConfig:
     # batched.
     batch_size: int = 32
     batch_workers: int = 1
-    # Connections kept in a transaction opened ahead for the next batches (`InvocationStore`):
-    # about as many as batches run at once. At most half the pool, so that leases and
-    # transactional steps always find one.
-    open_ahead: int = 4
+    # Connections kept in a transaction opened ahead for the next batches (`InvocationStore`);
+    # None: as many as batches can run at once (step queues x `batch_workers`). At most half
+    # the pool, so that leases and transactional steps always find one.
+    open_ahead: int | None = None
 
     @property
     def engine(self) -> EngineConfig:
@@ -110,11 +110,14 @@ class StepWorker:
         self._topology = topology
         self._config = config or WorkerConfig()
         self.worker_id = worker_id or new_worker_id()
+        open_ahead = self._config.open_ahead
+        if open_ahead is None:
+            open_ahead = len(steps) * self._config.batch_workers
         self._store = InvocationStore(
             pool,
             owner=self.worker_id,
             lease_seconds=self._config.lease_seconds,
-            open_ahead=min(self._config.open_ahead, pool.get_max_size() // 2),
+            open_ahead=min(open_ahead, pool.get_max_size() // 2),
         )
         self._engine = InvocationEngine(
             steps,

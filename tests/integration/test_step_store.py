@@ -5,6 +5,7 @@ connection the server ended meanwhile, a stop."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -130,6 +131,16 @@ async def test_a_transactional_body_sees_a_transaction_begun_for_it(
     result = await run(engine, command("clock"))
     assert isinstance(result.output, dict)
     assert datetime.fromisoformat(result.output["now"]) > between
+
+
+async def test_batches_side_by_side_keep_no_more_than_open_ahead(
+    engine: InvocationEngine, own_pool: asyncpg.Pool[Any], pool: asyncpg.Pool[Any]
+) -> None:
+    """The kept connections are taken from the pool: beyond `open_ahead`, they would leave
+    leases and transactional steps none to run on."""
+    await asyncio.gather(*(run(engine, command()) for _ in range(3)))
+    assert len(await opened_ahead(pool)) == 1
+    assert own_pool.get_size() - own_pool.get_idle_size() == 1
 
 
 async def test_a_kept_connection_the_server_ended_costs_no_command(
