@@ -26,20 +26,16 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
 from relayflow import machine
 from relayflow.contracts import (
     CancelWorkflow,
     Envelope,
-    ErrorInfo,
     ExternalReply,
     RetryWorkflow,
     SignalWorkflow,
     StartWorkflow,
     StepCommand,
     StepResult,
-    StepResultStatus,
     WorkflowEvent,
     new_message_id,
     new_workflow_id,
@@ -59,10 +55,9 @@ from relayflow.machine import (
     WorkflowState,
 )
 from relayflow.machine.memory import MemoryItems
-from relayflow.model import ids
 from relayflow.steps.body import call
 from relayflow.steps.context import DbConnection
-from relayflow.steps.invocation import Succeeded
+from relayflow.steps.invocation import result_of_run
 from relayflow.steps.registry import StepRegistry
 from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
 
@@ -324,18 +319,4 @@ class WorkflowTestEnv:
             connection=self._connection if definition.transactional else None,
             reads=self.steps.reads_of(command.workflow_name, command.step_name, body),
         )
-        succeeded = isinstance(outcome, Succeeded)
-        return StepResult(
-            message_id=ids.result_id(
-                command.workflow_id, command.step_name, command.step_key, command.attempt
-            ),
-            workflow_id=command.workflow_id,
-            step_name=command.step_name,
-            step_key=command.step_key,
-            attempt=command.attempt,
-            status=StepResultStatus.SUCCEEDED if succeeded else StepResultStatus.FAILED,
-            output=orjson.loads(outcome.output_json) if isinstance(outcome, Succeeded) else None,
-            error=outcome if isinstance(outcome, ErrorInfo) else None,
-            started_at=started,
-            finished_at=self.now,
-        )
+        return result_of_run(command, outcome, started, self.now)

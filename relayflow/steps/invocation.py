@@ -10,6 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeAlias
 
+import orjson
+
 from relayflow.contracts import ErrorInfo, StepCommand, StepResult, StepResultStatus
 from relayflow.model import ids
 
@@ -103,4 +105,28 @@ def result_for(command: StepCommand, invocation: Invocation) -> StepResult:
         started_at=invocation.started_at,
         finished_at=invocation.finished_at,
         created_at=invocation.finished_at or invocation.started_at,
+    )
+
+
+def result_of_run(
+    command: StepCommand, outcome: Outcome, started: datetime, finished: datetime
+) -> StepResult:
+    """The result of an attempt run where no record is kept between run and report (a local
+    task in the orchestrator, a body in the test environment): its outcome as it came."""
+    succeeded = isinstance(outcome, Succeeded)
+    return StepResult(
+        message_id=ids.result_id(
+            command.workflow_id, command.step_name, command.step_key, command.attempt
+        ),
+        workflow_id=command.workflow_id,
+        idempotency_key=command.idempotency_key,
+        step_name=command.step_name,
+        step_key=command.step_key,
+        attempt=command.attempt,
+        status=StepResultStatus.SUCCEEDED if succeeded else StepResultStatus.FAILED,
+        output=orjson.loads(outcome.output_json) if isinstance(outcome, Succeeded) else None,
+        error=outcome if isinstance(outcome, ErrorInfo) else None,
+        started_at=started,
+        finished_at=finished,
+        created_at=finished,
     )

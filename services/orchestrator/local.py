@@ -17,17 +17,15 @@ import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
-import orjson
 
 from relayflow.amqp import OutgoingMessage
-from relayflow.contracts import Envelope, ErrorInfo, StepResult, StepResultStatus
+from relayflow.contracts import Envelope, ErrorInfo, StepResult
 from relayflow.db import Connection
 from relayflow.errors import DefinitionError
 from relayflow.machine import RunLocal
-from relayflow.model import ids
 from relayflow.steps import StepRegistry
 from relayflow.steps.body import call
-from relayflow.steps.invocation import Succeeded
+from relayflow.steps.invocation import Succeeded, result_of_run
 from relayflow.workflow import WorkflowRegistry
 
 # One name is enough: a body's savepoint is released or rolled back before the next one starts.
@@ -108,25 +106,8 @@ class LocalSteps:
             )
         if definition.transactional:
             outcome = await _settle_savepoint(conn, outcome)
-        finished = datetime.now(UTC)
-        succeeded = isinstance(outcome, Succeeded)
-        result = StepResult(
-            message_id=ids.result_id(
-                command.workflow_id, command.step_name, command.step_key, command.attempt
-            ),
-            workflow_id=command.workflow_id,
-            idempotency_key=command.idempotency_key,
-            step_name=command.step_name,
-            step_key=command.step_key,
-            attempt=command.attempt,
-            status=StepResultStatus.SUCCEEDED if succeeded else StepResultStatus.FAILED,
-            output=orjson.loads(outcome.output_json) if isinstance(outcome, Succeeded) else None,
-            error=None if isinstance(outcome, Succeeded) else outcome,
-            started_at=started,
-            finished_at=finished,
-            created_at=finished,
-        )
-        return result, published if succeeded else []
+        result = result_of_run(command, outcome, started, datetime.now(UTC))
+        return result, published if isinstance(outcome, Succeeded) else []
 
 
 async def _settle_savepoint(
