@@ -38,3 +38,7 @@ RETURNING id, tenant, role, name, created_at, last_used_at, revoked_at;
 SELECT id, tenant, role, name, created_at, last_used_at, revoked_at
 FROM api_keys
 WHERE id = $1;
+
+-- name: any_active_key
+-- Whether any key could authenticate: the gateway's `auto` mode runs open only when none can.
+SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL);

@@ -109,6 +109,11 @@ async def verify_key(
     return _api_key(row)
 
 
+async def has_active_keys(conn: Connection) -> bool:
+    """Whether any key is not revoked (whether any key could authenticate)."""
+    return bool(await conn.fetchval(_queries().any_active_key))
+
+
 async def list_keys(conn: Connection, tenant: str | None = None) -> list[ApiKey]:
     """Every key (of `tenant`, if given), revoked ones too, by tenant and age."""
     rows = await conn.fetch(_queries().list_keys, tenant)
