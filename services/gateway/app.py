@@ -16,12 +16,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relayflow.amqp import Publisher, connect, quietly
+from relayflow.auth import AuthSettings
 from relayflow.db import close_pool
 from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.gateway import dashboard, outages
+from services.gateway import access, dashboard, outages
 from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
@@ -45,11 +46,17 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: GatewaySettings | None = None, *, stopping: asyncio.Event | None = None
+    settings: GatewaySettings | None = None,
+    *,
+    stopping: asyncio.Event | None = None,
+    auth: AuthSettings | None = None,
 ) -> Starlette:
     """`stopping`, once set, ends every open event stream so that the server can drain (the
-    process's stop event; uvicorn only closes the lifespan after connections are gone)."""
+    process's stop event; uvicorn only closes the lifespan after connections are gone). `auth`
+    holds the secret API keys are hashed under (default: from the environment)."""
     settings = settings or GatewaySettings()
+    # Before anything opens: a bind that needs keys and has no secret to check them with.
+    hasher = access.key_hasher(settings, auth or AuthSettings())
     # Definitions are checked here, so a broken workflow module fails before anything opens;
     # so is the workflow /submit starts (ConfigurationError: the setting names none served).
     registry = WorkflowRegistry.from_modules(settings.workflows)
@@ -63,6 +70,7 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             pool = await prepare_database(settings)
             stack.push_async_callback(close_pool, pool)
+            gate = await access.decide(settings, hasher, pool)
             connection = await connect(settings.amqp_url, name="relayflow-gateway")
             stack.push_async_callback(quietly, "closing the broker connection", connection.close)
             # The whole topology, so that workflow.start is routable before the orchestrator runs.
@@ -102,6 +110,7 @@ def create_app(
                     connection=connection,
                     publisher=publisher,
                     hub=hub,
+                    access=gate,
                     hops=hops,
                 )
             }
@@ -129,7 +138,7 @@ def create_app(
         Route("/events", all_events, methods=["GET"]),
     ]
     return Starlette(
-        routes=routes,
+        routes=access.guard(routes),
         lifespan=lifespan,
         exception_handlers={
             HTTPException: _http_error,

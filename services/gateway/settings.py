@@ -9,6 +9,7 @@ Every field here is read from `RELAYFLOW_<FIELD>`, e.g. `RELAYFLOW_GATEWAY_HOST`
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 from pydantic import Field
@@ -16,6 +17,18 @@ from pydantic import Field
 from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry
+
+
+class AuthMode(StrEnum):
+    """`RELAYFLOW_AUTH`: when the gateway asks for API keys (`services.gateway.access`)."""
+
+    # Open on a loopback bind while no key could authenticate (checked at start-up);
+    # otherwise required.
+    AUTO = "auto"
+    REQUIRED = "required"
+    # Open on a loopback bind even if keys exist (a development database holding keys, the
+    # tests); refused on any other bind.
+    OFF = "off"
 
 
 class GatewaySettings(Settings):
@@ -36,6 +49,8 @@ class GatewaySettings(Settings):
     # How often a live stream re-reads PostgreSQL in case a live event was lost (broker outage).
     gateway_catch_up_interval: float = Field(default=10.0, gt=0)
     gateway_access_log: bool = False
+    # RELAYFLOW_AUTH; the secret keys are hashed under is RELAYFLOW_AUTH_SECRET (AuthSettings).
+    auth: AuthMode = AuthMode.AUTO
     # The workflow `POST /submit` (and the dashboard's contact form, which posts there) starts:
     # an alias of `POST /workflows/{name}`. Empty turns the alias off: `/submit` answers 404 and
     # the dashboard shows no form. Unset, it is `formSubmission` when that workflow is served

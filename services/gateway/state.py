@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
@@ -16,6 +16,9 @@ from relayflow.workflow import WorkflowRegistry
 from services.gateway.events import EventHub
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import GatewayStore
+
+if TYPE_CHECKING:  # access.py reads the state of a request: imported for the type only
+    from services.gateway.access import Access
 
 STATE_KEY = "gateway"
 
@@ -32,6 +35,8 @@ class GatewayState:
     connection: AbstractRobustConnection
     publisher: Publisher
     hub: EventHub
+    # Whether requests need an API key, decided at start-up (services.gateway.access).
+    access: Access
     hops: HopTrace = field(default_factory=HopTrace)
 
 

@@ -19,12 +19,13 @@ import orjson
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
+from relayflow.auth import AuthSettings
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry, define_workflow, task, wait
 from services.gateway.app import create_app
 from services.gateway.openapi import build_openapi
 from services.gateway.server import build_server, serve_until
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import AuthMode, GatewaySettings
 from tests.support import wait_for
 
 
@@ -127,6 +128,8 @@ class RunningGateway:
 
 
 def gateway_settings(settings: Settings, **overrides: Any) -> GatewaySettings:
+    """Open unless `auth` says otherwise: the gateway tests are about the API, and a key another
+    test left in the run's database must not switch them to required (test_gateway_auth.py)."""
     return GatewaySettings(
         AMQP_URL=settings.amqp_url,
         DATABASE_URL=settings.database_url,
@@ -134,19 +137,23 @@ def gateway_settings(settings: Settings, **overrides: Any) -> GatewaySettings:
         queue_type=settings.queue_type,
         db_pool_min=1,
         db_pool_max=4,
-        **overrides,
+        **{"auth": AuthMode.OFF, **overrides},
     )
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: Settings, **overrides: Any) -> AsyncIterator[RunningGateway]:
+async def running_gateway(
+    settings: Settings, auth_settings: AuthSettings | None = None, **overrides: Any
+) -> AsyncIterator[RunningGateway]:
+    """`auth_settings`: the server secret (default none, whatever the environment holds)."""
     config = gateway_settings(settings, **overrides)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     stop = asyncio.Event()
-    server = build_server(create_app(config, stopping=stop), config)
+    app = create_app(config, stopping=stop, auth=auth_settings or AuthSettings(secret=None))
+    server = build_server(app, config)
     serving = asyncio.create_task(serve_until(server, stop, sockets=[sock]))
 
     async def started() -> bool:
@@ -162,8 +169,10 @@ async def running_gateway(settings: Settings, **overrides: Any) -> AsyncIterator
             yield RunningGateway(base_url, config, client, stop, serving)
     finally:
         stop.set()
-        await serving
-        sock.close()
+        try:
+            await serving
+        finally:
+            sock.close()  # also when the gateway failed to start
 
 
 @dataclass
