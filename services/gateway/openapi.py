@@ -20,7 +20,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from relayflow.contracts import WorkflowEvent
 from relayflow.errors import ConfigurationError
 from relayflow.workflow import VERSION_PATTERN, WorkflowRegistry
-from services.gateway import checks
+from services.gateway import access, checks
 from services.gateway.input_schema import NO_NUL, STORABLE_JSON, as_applied, storable_json
 from services.gateway.models import (
     WORKFLOW_STATUSES,
@@ -742,6 +742,7 @@ def _document(
     paths: dict[str, Any], schemas: dict[str, Any], error_ref: dict[str, Any]
 ) -> dict[str, Any]:
     _document_outages(paths, error_ref)
+    _document_security(paths, error_ref)
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
@@ -760,8 +761,48 @@ def _document(
             {"name": "operations", "description": "Health, readiness and this document"},
         ],
         "paths": paths,
-        "components": {"schemas": schemas},
+        "security": [{"bearerAuth": []}],
+        "components": {"schemas": schemas, "securitySchemes": {"bearerAuth": _BEARER}},
     }
+
+
+_BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": (
+        "An API key (`rf_<id>_<secret>`, made with `relayflow-admin keys create`) as "
+        "`Authorization: Bearer <key>`. Its role decides what it may do: `submit` starts "
+        "workflows and sends signals; `read` lists, reads and streams; `operator` also "
+        "cancels and retries; `admin` also manages keys. A gateway bound to a loopback "
+        "address while no key exists runs open and asks for none (services.gateway.access)."
+    ),
+}
+
+
+def _document_security(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
+    """Each operation's credentials, from the one table of what each route needs
+    (services.gateway.access.ACTIONS): none on the probes, 401 without a valid key elsewhere,
+    and 403 where the key's role matters."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if access.is_public(path):
+                operation["security"] = []
+                continue
+            action = access.action_for(path, method)
+            responses = operation["responses"]
+            responses["401"] = {
+                **_json(error_ref, "No credentials, or not a valid, unrevoked API key."),
+                "headers": {
+                    "WWW-Authenticate": {
+                        "description": "`Bearer`: how to authenticate.",
+                        "schema": {"type": "string"},
+                    }
+                },
+            }
+            if action is not None:
+                responses["403"] = _json(
+                    error_ref, f"The key's role does not allow this (it needs `{action}`)."
+                )
 
 
 # Routes that answer without PostgreSQL (or say what is down themselves).
