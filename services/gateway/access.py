@@ -120,7 +120,7 @@ def key_hasher(settings: GatewaySettings, auth: AuthSettings) -> KeyHasher | Non
             f"RELAYFLOW_AUTH=off runs the gateway without authentication, which it does only on "
             f"a loopback address, not on {host}: unset RELAYFLOW_AUTH or bind to 127.0.0.1"
         )
-    if auth.secret is None:
+    if auth.secret is None or not auth.secret.get_secret_value():  # unset, or set to empty
         if settings.auth is AuthMode.REQUIRED or not loopback:
             why = "RELAYFLOW_AUTH=required" if loopback else f"bound to {host}, not loopback"
             raise ConfigurationError(

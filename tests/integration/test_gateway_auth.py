@@ -125,14 +125,15 @@ async def test_keys_without_a_secret_refuse_to_start(
     assert "cannot check them without a server secret" in caplog.text
 
 
+@pytest.mark.parametrize("secret", [None, SecretStr("")])
 @pytest.mark.parametrize("mode", ["auto", "required", "off"])
 def test_a_non_loopback_bind_without_a_secret_refuses_to_start(
-    settings: Settings, mode: str
+    settings: Settings, mode: str, secret: SecretStr | None
 ) -> None:
     """Reachable from elsewhere means keys, and keys need the secret: say so before opening."""
     config = gateway_settings(settings, gateway_host="0.0.0.0", auth=mode)
     with pytest.raises(ConfigurationError, match="RELAYFLOW_AUTH"):
-        create_app(config, auth=AuthSettings(secret=None))
+        create_app(config, auth=AuthSettings(secret=secret))
 
 
 async def test_a_non_loopback_bind_requires_keys_even_when_none_exist(settings: Settings) -> None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from relayflow.auth import AuthSettings
 from relayflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,8 @@ SETTINGS_PACKAGES = {
     "steps": "services.steps",
     "external": "apps.form_submission.external",
 }
+# Settings a service reads beside its own module's: the gateway checks API keys.
+READS_ALSO: dict[str, list[type[BaseSettings]]] = {"gateway": [AuthSettings]}
 SERVICE_NAMES = tuple(SETTINGS_PACKAGES)
 INFRASTRUCTURE = ("rabbitmq", "postgres")
 
@@ -66,6 +69,7 @@ def settings_of(service: str) -> set[str]:
         if issubclass(cls, BaseSettings) and cls.__module__ == module.__name__
     ]
     assert classes, f"{module.__name__} defines no settings class"
+    classes += READS_ALSO.get(service, [])
     return set().union(env_names(Settings), *(env_names(cls) for cls in classes))
 
 
