@@ -130,6 +130,9 @@ async def running_system(
             "RELAYFLOW_NAMESPACE": namespace,
             "RELAYFLOW_GATEWAY_PORT": str(port),
             "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
+            # Open on loopback: a key another test left in the run's database must not switch
+            # these gateways to required (the modes are tested in test_gateway_auth.py).
+            "RELAYFLOW_AUTH": "off",
             "PYTHONUNBUFFERED": "1",
             **env,
         },
