@@ -86,14 +86,27 @@ def action_for(path: str, method: str) -> Action | None:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """The mode the gateway runs in: `hasher` None means open."""
+    """The mode the gateway runs in: `hasher` None means open; `to_require` says, when open, what
+    would make it require keys after a restart."""
 
     hasher: KeyHasher | None
     why: str
+    to_require: str = ""
 
     @property
     def required(self) -> bool:
         return self.hasher is not None
+
+    @property
+    def warning(self) -> str | None:
+        """What the log and every dashboard page say while the gateway runs open."""
+        if self.required:
+            return None
+        return (
+            f"Authentication is off ({self.why}): anyone who can reach this gateway may start, "
+            f"cancel, retry and read every workflow. To require API keys, {self.to_require} and "
+            "restart the gateway."
+        )
 
 
 def is_public(path: str) -> bool:
@@ -140,7 +153,7 @@ async def decide(
     """The mode, once at start-up (see the module's docstring), logged."""
     host = settings.gateway_host
     if settings.auth is AuthMode.OFF:
-        access = Access(None, "RELAYFLOW_AUTH=off")
+        access = Access(None, "RELAYFLOW_AUTH=off", "unset RELAYFLOW_AUTH")
     elif settings.auth is AuthMode.REQUIRED:
         access = Access(hasher, "RELAYFLOW_AUTH=required")
     elif not is_loopback(host):
@@ -149,7 +162,11 @@ async def decide(
         async with pool.acquire() as conn:
             keys = await has_active_keys(conn)
         if not keys:
-            access = Access(None, f"bound to loopback {host} and no API key exists")
+            access = Access(
+                None,
+                f"bound to loopback {host} and no API key exists",
+                "create one with `relayflow-admin keys create`",
+            )
         elif hasher is None:
             raise ConfigurationError(
                 "API keys exist, so the gateway requires them, and cannot check them without "
@@ -158,20 +175,13 @@ async def decide(
             )
         else:
             access = Access(hasher, "API keys exist")
-    if access.required:
+    if access.warning is None:
         log.info(
             "API keys required on every route but /healthz, /readyz and /static (%s)",
             access.why,
         )
     else:
-        log.warning(
-            "AUTHENTICATION IS OFF (%s): anyone who can reach %s:%s may start, cancel, retry and "
-            "read every workflow. Create a key with `relayflow-admin keys create` and restart "
-            "the gateway to require keys.",
-            access.why,
-            host,
-            settings.gateway_port,
-        )
+        log.warning("OPEN ON %s:%s. %s", host, settings.gateway_port, access.warning)
     return access
 
 

@@ -44,8 +44,8 @@ def _params(request: Request) -> dict[str, str]:
     return {key: value for key, value in given.items() if value}
 
 
-def _refused_page(exc: InputError) -> HTMLResponse:
-    return _page(html.bad_request_page(exc.message), exc.status)
+def _refused_page(exc: InputError, warning: str | None) -> HTMLResponse:
+    return _page(html.bad_request_page(exc.message, warning=warning), exc.status)
 
 
 def _refused_fragment(exc: InputError) -> HTMLResponse:
@@ -82,6 +82,7 @@ async def home(request: Request) -> Response:
         datetime.now(UTC),
         problem,
         submit_off=submit_off,
+        warning=state.access.warning,
     )
     return _page(content)
 
@@ -101,17 +102,20 @@ async def workflow_page(request: Request) -> Response:
     try:
         workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     except InputError as exc:
-        return _refused_page(exc)
+        return _refused_page(exc, state.access.warning)
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
-        return _page(html.pending_workflow_page(workflow_id), 404)
+        return _page(html.pending_workflow_page(workflow_id, warning=state.access.warning), 404)
     definition = definition_of(state.registry, row)
     view = await load_view(
         state.store, row, definition, stale_after=state.settings.announce_stale_after
     )
     signals = definition if takes_signals(row, definition) else None
-    return _page(html.workflow_page(view, definition, datetime.now(UTC), row.last_seq, signals))
+    page = html.workflow_page(
+        view, definition, datetime.now(UTC), row.last_seq, signals, warning=state.access.warning
+    )
+    return _page(page)
 
 
 async def panel_fragment(request: Request) -> Response:

@@ -79,8 +79,19 @@ def pill(status: str, **attrs: str) -> str:
 
 
 def page(
-    title: str, body: str, *, scripts: Sequence[str] = (), data: Mapping[str, str] = {}
+    title: str,
+    body: str,
+    *,
+    scripts: Sequence[str] = (),
+    data: Mapping[str, str] = {},
+    warning: str | None = None,
 ) -> str:
+    """`warning`: said at the top of the page (the gateway runs without authentication)."""
+    alert = (
+        f'\n  <p class="notice open-access" role="alert" data-auth="open">{esc(warning)}</p>'
+        if warning
+        else ""
+    )
     attrs = "".join(f' data-{esc(key)}="{esc(value)}"' for key, value in data.items())
     tags = "".join(f'\n  <script src="/static/{esc(src)}" defer></script>' for src in scripts)
     return f"""<!doctype html>
@@ -97,7 +108,7 @@ def page(
   <header class="topbar">
     <a class="brand" href="/"><span class="logo" aria-hidden="true"></span>relayflow</a>
     <nav><a href="/">Dashboard</a><a href="/openapi.json">API</a></nav>
-  </header>
+  </header>{alert}
   <main>
 {body}
   </main>
@@ -290,6 +301,7 @@ def home(  # noqa: PLR0917 - one page's data, each piece named at the one call s
     problem: str | None = None,
     *,
     submit_off: str | None = None,
+    warning: str | None = None,
 ) -> str:
     """`submit_off` says why `/submit` is off, in which case the page shows how to start a
     workflow instead of the contact form."""
@@ -309,7 +321,7 @@ def home(  # noqa: PLR0917 - one page's data, each piece named at the one call s
   <div id="list">{workflow_list(items, next_cursor, params, now)}</div>
 </section>
 </div>"""
-    return page("Dashboard", body, scripts=("live.js", "home.js"))
+    return page("Dashboard", body, scripts=("live.js", "home.js"), warning=warning)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,23 +595,28 @@ def workflow_page(
     now: datetime,
     last_seq: int,
     signals: WorkflowDefinition | None = None,
+    *,
+    warning: str | None = None,
 ) -> str:
     """`signals`: the definition whose signals the page offers to send (the run's own)."""
     return _live_workflow_page(
         view.workflow_id,
         panel(view, definition, now, last_seq=last_seq),
         signal_section(view.status, signals),
+        warning=warning,
     )
 
 
-def pending_workflow_page(workflow_id: str) -> str:
+def pending_workflow_page(workflow_id: str, *, warning: str | None = None) -> str:
     """The page of a workflow the orchestrator has not started yet — a link followed right after
     the submit. It follows the stream like any workflow page, which waits for the workflow to
     appear (and says so if it never does)."""
-    return _live_workflow_page(workflow_id, pending_panel(workflow_id))
+    return _live_workflow_page(workflow_id, pending_panel(workflow_id), warning=warning)
 
 
-def _live_workflow_page(workflow_id: str, state: str, signals: str = "") -> str:
+def _live_workflow_page(
+    workflow_id: str, state: str, signals: str = "", *, warning: str | None = None
+) -> str:
     body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
 <section class="card" id="panel" aria-live="polite">{state}</section>
 <p class="toast" id="toast" role="status" hidden></p>
@@ -619,14 +636,15 @@ def _live_workflow_page(workflow_id: str, state: str, signals: str = "") -> str:
         body,
         scripts=("live.js", "workflow.js"),
         data={"workflow-id": workflow_id},
+        warning=warning,
     )
 
 
-def bad_request_page(message: str) -> str:
+def bad_request_page(message: str, *, warning: str | None = None) -> str:
     """A page for a link that can never work (a workflow id no workflow can have)."""
     body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
 <section class="card"><h1>Not a workflow</h1><p class="form-error">{esc(message)}</p></section>"""
-    return page("Bad request", body)
+    return page("Bad request", body, warning=warning)
 
 
 def pending_panel(workflow_id: str) -> str:

@@ -98,8 +98,12 @@ async def test_auto_on_loopback_without_keys_runs_open_until_a_key_exists(
     caplog.set_level(logging.INFO)
     async with running_gateway(fresh_settings, auth="auto") as gateway:
         assert (await gateway.client.get("/workflows")).status_code == 200
-        assert (await gateway.client.get("/")).status_code == 200
-    assert any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
+        home = await gateway.client.get("/")
+    assert home.status_code == 200
+    assert 'data-auth="open"' in home.text
+    assert "Authentication is off" in home.text
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("Authentication is off" in r.getMessage() for r in warnings)
     conn = await asyncpg.connect(fresh_settings.database_url)
     try:
         created = await create_key(conn, HASHER, tenant="acme", role=Role.READ)
@@ -218,7 +222,9 @@ async def test_a_read_key_reads_and_streams_but_cannot_act(
     assert (
         await gateway.client.get(f"/workflows/{workflow_id}", headers=headers)
     ).status_code == 200
-    assert (await gateway.client.get("/", headers=headers)).status_code == 200
+    home = await gateway.client.get("/", headers=headers)
+    assert home.status_code == 200
+    assert 'data-auth="open"' not in home.text  # the open-mode banner
     async with gateway.client.stream("GET", "/events", headers=headers) as stream:
         assert stream.status_code == 200
     for path in (
