@@ -50,6 +50,8 @@ async def gateway_process(settings: Settings, tmp_path: Path) -> AsyncIterator[t
         "RELAYFLOW_NAMESPACE": settings.namespace,
         "RELAYFLOW_GATEWAY_PORT": str(port),
         "RELAYFLOW_LOG_LEVEL": "WARNING",
+        # Keys other tests made in the run's shared database would switch it to required.
+        "RELAYFLOW_AUTH": "off",
     }
     with (tmp_path / "gateway.log").open("wb") as out:
         process = await asyncio.create_subprocess_exec(
