@@ -317,17 +317,18 @@ class Processor:
         ):
             # A later input of the batch (a cancel, say) ended the attempt before it ran.
             return []
-        if self._local is None:
-            raise DefinitionError("a local task was started, but no local bodies are loaded")
+        # The constructor refused a registry with local tasks and no bodies to run them.
+        assert self._local is not None
         result, published = await self._local.run(conn, run)
-        definition = self._registry.get(state.name, state.version)
-        assert definition is not None, "a local task of a workflow this processor applies"
-        outcome = machine.on_step_result(definition, state, result, now)
-        if isinstance(outcome, Transition):
-            batch.record(command.workflow_id, outcome)
-        elif isinstance(outcome, Rejected):
-            log.error("local result for %s refused: %s", command.workflow_id, outcome.reason)
+        outcome = machine.on_step_result(self._applied(state), state, result, now)
+        _keep(batch, command.workflow_id, outcome, "local result")
         return published
+
+    def _applied(self, state: WorkflowState) -> WorkflowDefinition:
+        """The definition of a workflow this batch has already applied an input to."""
+        definition = self._registry.get(state.name, state.version)
+        assert definition is not None, "a follow-up of a workflow this batch applied"
+        return definition
 
     async def _answer_item_ops(
         self,
@@ -352,13 +353,8 @@ class Processor:
         ]
         for answer in answers:
             state = batch.current[answer.workflow_id]
-            definition = self._registry.get(state.name, state.version)
-            assert definition is not None, "the machine asked for items of a known workflow"
-            outcome = machine.on_items(definition, state, answer, now)
-            if isinstance(outcome, Transition):
-                batch.record(answer.workflow_id, outcome)
-            elif isinstance(outcome, Rejected):
-                log.error("item answer for %s refused: %s", answer.workflow_id, outcome.reason)
+            outcome = machine.on_items(self._applied(state), state, answer, now)
+            _keep(batch, answer.workflow_id, outcome, "item answer")
 
     def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
         """The one router from intents to messages: each intent type has its exchange and key."""
@@ -392,6 +388,15 @@ class Processor:
                 )
             )
         return messages
+
+
+def _keep(batch: _Batch, workflow_id: str, outcome: Outcome, what: str) -> None:
+    """Record a follow-up's transition; a refusal here is a bug in the machine (its own
+    request was answered), logged rather than failing the batch."""
+    if isinstance(outcome, Transition):
+        batch.record(workflow_id, outcome)
+    elif isinstance(outcome, Rejected):
+        log.error("%s for %s refused: %s", what, workflow_id, outcome.reason)
 
 
 @dataclass(slots=True)
