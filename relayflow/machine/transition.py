@@ -2,7 +2,7 @@
 
 A transition holds the new state, the events to record and broadcast, the timers to set and the
 outgoing intents — typed values saying what should happen outside the workflow. The processor
-routes each intent by its type to a message on its queue (`services/orchestrator/processor.py`,
+routes each intent by its type to a message on its queue (`relayflow/orchestration/processor.py`,
 `_outgoing`): the machine never names an exchange or a routing key.
 """
 

@@ -12,14 +12,14 @@ import asyncpg
 from relayflow.amqp import BatchConsumer, Publisher, connect, quietly
 from relayflow.db import close_pool
 from relayflow.hops import HopTrace
+from relayflow.orchestration import store
+from relayflow.orchestration.local import LocalSteps
+from relayflow.orchestration.processor import Processor
+from relayflow.orchestration.relay import OutboxRelay
 from relayflow.runtime import prepare_database, run
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.orchestrator import store
 from services.orchestrator.announce import Announcer, replica_id
-from services.orchestrator.local import LocalSteps
-from services.orchestrator.processor import Processor
-from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.settings import OrchestratorSettings
 

@@ -27,10 +27,10 @@ from relayflow.contracts import (
 )
 from relayflow.hops import HopTrace
 from relayflow.machine import Ignored, Rejected, TimerFired
+from relayflow.orchestration import store
+from relayflow.orchestration.processor import BatchResult, Deferred, Processor
+from relayflow.orchestration.relay import OutboxRelay
 from relayflow.topology import Topology
-from services.orchestrator import store
-from services.orchestrator.processor import BatchResult, Deferred, Processor
-from services.orchestrator.relay import OutboxRelay
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from relayflow.contracts import (
     new_workflow_id,
 )
 from relayflow.model import ids
+from relayflow.orchestration import store
+from relayflow.orchestration.processor import BatchResult, Input, Processor
 from relayflow.settings import Settings
 from relayflow.topology import SIGNAL_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
-from services.orchestrator import store
-from services.orchestrator.processor import BatchResult, Input, Processor
 from tests.integration.gateway_harness import WITH_TEST_WORKFLOWS, WORKFLOWS, running_gateway
 from tests.support import get_messages
 

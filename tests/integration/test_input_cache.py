@@ -13,11 +13,11 @@ import pytest
 from pydantic import BaseModel
 
 from relayflow.contracts import StartWorkflow, new_message_id, new_workflow_id
+from relayflow.orchestration import store
+from relayflow.orchestration.inputs import InputCache
+from relayflow.orchestration.processor import Processor
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry, define_workflow, task
-from services.orchestrator import store
-from services.orchestrator.inputs import InputCache
-from services.orchestrator.processor import Processor
 
 
 class Lines(BaseModel):

@@ -19,13 +19,13 @@ import pytest
 
 from relayflow.contracts import SignalWorkflow, StartWorkflow, new_message_id, new_workflow_id
 from relayflow.machine import Rejected
+from relayflow.orchestration.log_limit import LogLimit
+from relayflow.orchestration.processor import Processor
 from relayflow.settings import Settings
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.orchestrator.__main__ import serve
 from services.orchestrator.announce import Announcer, replica_id
-from services.orchestrator.log_limit import LogLimit
-from services.orchestrator.processor import Processor
 from services.orchestrator.settings import OrchestratorSettings
 from tests.integration.gateway_harness import RunningGateway, running_gateway
 from tests.integration.test_gateway_workflows import insert_workflow
@@ -134,7 +134,7 @@ async def test_a_stranded_run_is_warned_about_once_a_minute_not_per_input(
             message_id=new_message_id(), workflow_id=run, signal_name="go", payload={"go": True}
         )
 
-    caplog.set_level(logging.WARNING, logger="services.orchestrator.processor")
+    caplog.set_level(logging.WARNING, logger="relayflow.orchestration.processor")
     refused = await apply(pool, new, [signal(), signal(), signal()])
     assert all(isinstance(outcome, Rejected) for outcome in refused.outcomes)
     refused = await apply(pool, new, [signal()])

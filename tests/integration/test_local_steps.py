@@ -23,13 +23,13 @@ from relayflow.contracts import (
 from relayflow.errors import DefinitionError
 from relayflow.machine import TimerFired, TimerKind
 from relayflow.model import StepStatus, WorkflowStatus, ids
+from relayflow.orchestration import store
+from relayflow.orchestration.local import LocalSteps
+from relayflow.orchestration.processor import Processor
 from relayflow.settings import Settings
 from relayflow.steps import StepRegistry
 from relayflow.topology import START_KEY, Topology, step_key
 from relayflow.workflow import WorkflowRegistry
-from services.orchestrator import store
-from services.orchestrator.local import LocalSteps
-from services.orchestrator.processor import Processor
 from tests.integration import local_flows
 from tests.integration.local_flows import ALL_LOCAL, LOCAL_FLOW, ROWS, SLOW_FLOW, WORKFLOWS
 from tests.integration.orchestrators import running_orchestrator

@@ -26,9 +26,9 @@ from relayflow.contracts import (
 from relayflow.db import Queries
 from relayflow.machine import Ignored, TimerFired, TimerKind
 from relayflow.model import StepStatus, WorkflowStatus, ids
+from relayflow.orchestration.processor import BatchResult, Input, Processor
 from relayflow.topology import Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, map_step, task
-from services.orchestrator.processor import BatchResult, Input, Processor
 
 
 class Lines(BaseModel):

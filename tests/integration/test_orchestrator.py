@@ -29,13 +29,13 @@ from relayflow.contracts import (
     new_workflow_id,
 )
 from relayflow.machine import Ignored, Rejected, Transition
+from relayflow.orchestration import store
+from relayflow.orchestration.local import LocalSteps
+from relayflow.orchestration.processor import Processor
+from relayflow.orchestration.relay import OutboxRelay
 from relayflow.settings import Settings
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology
 from relayflow.workflow import RetryPolicy, WorkflowRegistry, define_workflow, task, wait
-from services.orchestrator import store
-from services.orchestrator.local import LocalSteps
-from services.orchestrator.processor import Processor
-from services.orchestrator.relay import OutboxRelay
 from services.orchestrator.service import Orchestrator
 from tests.integration.orchestrators import running_orchestrator as orchestrator_in_process
 from tests.support import get_messages, wait_for

@@ -15,10 +15,10 @@ from pydantic import BaseModel
 from relayflow.contracts import StartWorkflow, new_message_id, new_workflow_id
 from relayflow.machine import TimerFired
 from relayflow.model import StepStatus, WorkflowStatus
+from relayflow.orchestration import store
+from relayflow.orchestration.processor import Processor
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry, define_workflow, sleep
-from services.orchestrator import store
-from services.orchestrator.processor import Processor
 from tests.support import wait_for
 
 

@@ -24,9 +24,9 @@ from relayflow.contracts import (
 )
 from relayflow.machine import Rejected
 from relayflow.model import WorkflowStatus
+from relayflow.orchestration.processor import BatchResult, Input, Processor
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowDefinition, WorkflowRegistry, define_workflow, task, wait
-from services.orchestrator.processor import BatchResult, Input, Processor
 
 
 class Empty(BaseModel):

@@ -3,7 +3,7 @@ once per input: a run whose version is loaded nowhere refuses every input it get
 
 from __future__ import annotations
 
-from services.orchestrator.log_limit import LogLimit
+from relayflow.orchestration.log_limit import LogLimit
 
 
 class Clock:

@@ -9,8 +9,8 @@ from typing import Any, cast
 import pytest
 
 from relayflow.amqp import OutgoingMessage, Publisher
-from services.orchestrator.relay import OutboxRelay
-from services.orchestrator.store import OutboxRow
+from relayflow.orchestration.relay import OutboxRelay
+from relayflow.orchestration.store import OutboxRow
 
 
 class SlowPublisher:

@@ -23,8 +23,8 @@ import asyncpg
 
 from relayflow.amqp import Publisher
 from relayflow.hops import HopTrace
-from services.orchestrator import store
-from services.orchestrator.store import OutboxRow
+from relayflow.orchestration import store
+from relayflow.orchestration.store import OutboxRow
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from relayflow.machine import (
     TimerKind,
 )
 from relayflow.model import ItemState, StepState, StepStatus, WorkflowState, WorkflowStatus
-from services.orchestrator.inputs import CachedInput, InputCache
+from relayflow.orchestration.inputs import CachedInput, InputCache
 
-QUERIES = Queries.load("services.orchestrator")
+QUERIES = Queries.load("relayflow.orchestration")
 
 
 @dataclass(frozen=True, slots=True)

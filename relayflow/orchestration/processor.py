@@ -45,13 +45,13 @@ from relayflow.machine import (
     Transition,
 )
 from relayflow.model import ItemState, StepStatus, WorkflowState, ids
+from relayflow.orchestration import store
+from relayflow.orchestration.inputs import InputCache
+from relayflow.orchestration.local import LocalSteps
+from relayflow.orchestration.log_limit import LogLimit
+from relayflow.orchestration.store import ItemKey, OutboxRow
 from relayflow.topology import CONTROL_KEY, RESULT_KEY, START_KEY, Topology, step_key
 from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
-from services.orchestrator import store
-from services.orchestrator.inputs import InputCache
-from services.orchestrator.local import LocalSteps
-from services.orchestrator.log_limit import LogLimit
-from services.orchestrator.store import ItemKey, OutboxRow
 
 log = logging.getLogger(__name__)
 
