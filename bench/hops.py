@@ -60,8 +60,20 @@ STEP = (
     "orchestrator: locked → statements done",
     "orchestrator: commit",
 )
+# A step whose service advanced the workflow itself (`RELAYFLOW_STEP_ADVANCE`, the default): no
+# result travels, and the next command leaves from the step service's commit.
+STEP_ADVANCED = (
+    "last commit → relay publishes the command",
+    "command: published → step service has it",
+    "step: delivery → invocation claimed",
+    "step: claimed → body starts",
+    "step: body",
+    "step: body end → outcome written",
+    "step: outcome written → workflow advanced",
+    "step: commit",
+)
 END = (
-    "orchestrator commit → relay publishes the events",
+    "last commit → relay publishes the events",
     "events: published → gateway hub",
     "gateway: hub → SSE event written",
     "SSE written → client has read it",
@@ -82,6 +94,7 @@ _BY_COMMAND = (
     "step.recorded",
     "step.committed",
 )
+_BY_COMMAND_ADVANCED = (*_BY_COMMAND[:-1], "step.advanced", "step.committed")
 _BY_ORCHESTRATOR = ("orch.delivered", "orch.locked", "orch.written", "orch.committed")
 _BY_RESULT = ("step.publish", *_BY_ORCHESTRATOR)
 _BY_START = ("gw.publish", *_BY_ORCHESTRATOR)
@@ -107,6 +120,7 @@ class _Index:
         self.step_ids: dict[str, list[tuple[int, str, str]]] = {}  # wf -> (t, command, step)
         self.result_of: dict[tuple[str, str], str] = {}  # (wf, step) -> result id
         self.batches: set[str] = set()  # the event batches the relay published
+        self.advanced = False  # the step services advanced the workflows themselves
         for t, hop, key, workflow_id, step in records:
             self.at.setdefault((hop, key), t)  # the first: a redelivery comes later
             if workflow_id:
@@ -119,6 +133,8 @@ class _Index:
                 self.result_of.setdefault((workflow_id, str(step)), key)
             elif hop == "relay.publish" and key.startswith("evb:"):
                 self.batches.add(key)
+            elif hop == "step.advanced":
+                self.advanced = True
 
     def last_batch(self, workflow_id: str) -> str | None:
         """The last event batch the relay published for the workflow (its terminal event's)."""
@@ -145,13 +161,16 @@ def _chain(index: _Index, workflow_id: str, client: tuple[int, int, int]) -> _Ch
         aside: list[list[int]] = [[confirmed], [], [], []]
         previous = points[-1]
         for _, command, step in commands:
-            result = index.result_of[(workflow_id, step)]
             step_points = [previous]
-            step_points += [at[(hop, command)] for hop in _BY_COMMAND]
-            step_points += [at[(hop, result)] for hop in _BY_RESULT]
+            if index.advanced:
+                step_points += [at[(hop, command)] for hop in _BY_COMMAND_ADVANCED]
+            else:
+                result = index.result_of[(workflow_id, step)]
+                step_points += [at[(hop, command)] for hop in _BY_COMMAND]
+                step_points += [at[(hop, result)] for hop in _BY_RESULT]
+                aside[2].append(at[("step.confirmed", result)] - at[("step.publish", result)])
             steps.append(_diffs(step_points))
             aside[1].append(at[("relay.confirmed", command)] - at[("relay.publish", command)])
-            aside[2].append(at[("step.confirmed", result)] - at[("step.publish", result)])
             previous = step_points[-1]
         end_points = [
             previous,
@@ -189,9 +208,10 @@ def breakdown(
     sent, 202 read, terminal event read), and how its sums compare with the measured `e2e`."""
     index = _Index(records)
     chains = [c for wf, times in clients.items() if (c := _chain(index, wf, times)) is not None]
+    step_labels = STEP_ADVANCED if index.advanced else STEP
     parts: list[tuple[Part, tuple[str, ...], list[list[int]]]] = [
         ("start", START, [c.start for c in chains]),
-        ("step", STEP, [s for c in chains for s in c.steps]),
+        ("step", step_labels, [s for c in chains for s in c.steps]),
         ("end", END, [c.end for c in chains]),
     ]
     rows: list[dict[str, Any]] = []
@@ -207,13 +227,15 @@ def breakdown(
             rows.append({**step, "share": None})
     for i, label in enumerate(ASIDE):
         values = [v for c in chains for v in c.aside[i]]
+        if not values:
+            continue  # no result is published when the step services advance workflows
         rows.append({**_row("aside", label, values), "share": None})
 
     def whole(figure: str) -> float:
         of: dict[tuple[str, str], float] = {(r["part"], r["hop"]): r[figure] for r in rows}
         return round(
             sum(of[("start", label)] for label in START)
-            + WORKFLOW_STEPS * sum(of[("step", label)] for label in STEP)
+            + WORKFLOW_STEPS * sum(of[("step", label)] for label in step_labels)
             + sum(of[("end", label)] for label in END),
             3,
         )

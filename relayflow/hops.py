@@ -24,6 +24,8 @@ The hops, in the order one step meets them (`bench/hops.py` joins them):
     step.delivered step.claimed              a batch handed to the step worker; claimed
     step.body.start step.body.end            the body
     step.recorded step.committed             outcomes written (commit pending); committed
+    step.advanced                            (a step service that advances workflows) the
+                                             results applied to them, before the commit
     step.publish step.confirmed              the StepResult sent; confirmed (the ack follows)
     gw.event gw.sse                          an event reached the gateway's hub; written to an
                                              SSE stream

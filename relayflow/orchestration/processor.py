@@ -27,6 +27,7 @@ from relayflow.contracts import (
 )
 from relayflow.db import Connection
 from relayflow.errors import DefinitionError
+from relayflow.hops import HopTrace
 from relayflow.machine import (
     CancelChild,
     ClaimItems,
@@ -55,15 +56,11 @@ from relayflow.workflow import MapSpec, WorkflowDefinition, WorkflowRegistry
 
 log = logging.getLogger(__name__)
 
-Input = (
-    StartWorkflow
-    | StepResult
-    | ExternalReply
-    | CancelWorkflow
-    | RetryWorkflow
-    | SignalWorkflow
-    | TimerFired
+# What arrives from outside, with a message id for the inbox; and everything applied.
+Message = (
+    StartWorkflow | StepResult | ExternalReply | CancelWorkflow | RetryWorkflow | SignalWorkflow
 )
+Input = Message | TimerFired
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +81,23 @@ class BatchResult:
     # One outcome per input, in input order.
     outcomes: list[Applied] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Delivered:
+    """What `Processor.deliver` did with messages: per message, whether it was fresh (the
+    first copy of an id the inbox had not seen), and the result of applying the fresh ones
+    (their outcomes in order)."""
+
+    fresh: list[bool]
+    result: BatchResult
+
+    def outcomes(self) -> list[Applied]:
+        """One outcome per message, a repeated one `Ignored`."""
+        applied = iter(self.result.outcomes)
+        return [
+            next(applied) if is_fresh else Ignored("duplicate message") for is_fresh in self.fresh
+        ]
 
 
 class Processor:
@@ -112,6 +126,39 @@ class Processor:
         self.inputs = inputs or InputCache()
         # One warning per (run, version) a minute: a stranded run refuses each of its inputs.
         self._unloaded_warnings = unloaded_warnings or LogLimit(60.0)
+
+    async def deliver(
+        self,
+        conn: Connection,
+        messages: Sequence[Message],
+        *,
+        sent: Sequence[int] = (),
+        hops: HopTrace | None = None,
+    ) -> Delivered:
+        """Apply messages that arrived from outside, each at most once: their ids go in the
+        inbox (a copy seen before is not applied again) and the workflows they are about are
+        locked, in one round trip, then the fresh ones are applied. A deferred message's id is
+        taken out of the inbox again, since it comes back as the same message. `hops` records
+        when the locks were taken."""
+        ids = [message.message_id for message in messages]
+        about = [m.workflow_id for m in messages if not isinstance(m, StartWorkflow)]
+        unseen, locked = await store.claim_and_lock(conn, ids, about, self.inputs)
+        if hops is not None:
+            hops.record_each("orch.locked", ids)
+        fresh: list[bool] = []
+        for message_id in ids:
+            # The first of several copies in one batch is the fresh one.
+            fresh.append(message_id in unseen)
+            unseen.discard(message_id)
+        inputs = [m for m, is_fresh in zip(messages, fresh, strict=True) if is_fresh]
+        result = await self.apply(conn, inputs, locked=locked, sent=sent)
+        deferred = [
+            item.message_id
+            for item, outcome in zip(inputs, result.outcomes, strict=True)
+            if isinstance(outcome, Deferred)
+        ]
+        await store.forget_messages(conn, deferred)
+        return Delivered(fresh, result)
 
     async def apply(
         self,

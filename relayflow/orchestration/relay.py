@@ -78,12 +78,15 @@ class OutboxRelay:
             self._sent.extend(sent)
             raise
 
-    def start(self) -> None:
+    def start(self, *, sweep: bool = True) -> None:
+        """`sweep=False`: only the fast path and its deletes (a step service's relay; the
+        orchestrators sweep what any process left)."""
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="outbox:publish"),
-            asyncio.create_task(self._sweep_loop(), name="outbox:sweep"),
             asyncio.create_task(self._flush_loop(), name="outbox:flush"),
         ]
+        if sweep:
+            self._tasks.append(asyncio.create_task(self._sweep_loop(), name="outbox:sweep"))
 
     async def stop(self, grace: float = 5.0) -> None:
         """Publish what was handed over (within `grace`), then stop. What is left stays in the

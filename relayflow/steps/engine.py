@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from relayflow.contracts import StepCommand, StepResult
 from relayflow.hops import HopTrace
+from relayflow.steps.advance import Advanced, Advancer
 from relayflow.steps.body import call
 from relayflow.steps.context import DbConnection, PublishFn
 from relayflow.steps.invocation import (
@@ -69,11 +70,13 @@ _Attempt: TypeAlias = "Invocation | _NotClaimed | _Slow"
 @dataclass(frozen=True, slots=True)
 class Started:
     """A command the engine has taken, and what its claim-and-run in a batch gave, if it was in
-    one. `InvocationEngine.finish` takes it the rest of the way."""
+    one. `InvocationEngine.finish` takes it the rest of the way. `advanced`: its result was
+    applied to the workflow in that batch's transaction, so there is nothing to publish."""
 
     command: StepCommand
     definition: StepDefinition
     first: _Attempt | None
+    advanced: bool = False
 
 
 class InvocationEngine:
@@ -88,8 +91,12 @@ class InvocationEngine:
         publish: PublishFn,
         config: EngineConfig | None = None,
         hops: HopTrace | None = None,
+        advancer: Advancer | None = None,
     ) -> None:
         self._hops = hops or HopTrace()
+        # Applies a batch's results to their workflows before it commits (`relayflow.steps.
+        # advance`); the commands of a batch that failed run again without it.
+        self._advancer = advancer
         self._steps = steps
         self._storage = storage
         self._publish = publish
@@ -116,15 +123,25 @@ class InvocationEngine:
                 shared.append(i)
             keys.add(key)
         firsts: list[_Attempt | None] = [None] * len(commands)
+        advanced: frozenset[InvocationKey] = frozenset()
         try:
-            attempts = await self._run([(commands[i], definitions[i]) for i in shared])
+            attempts, advanced = await self._run(
+                [(commands[i], definitions[i]) for i in shared], advance=True
+            )
         except Exception:
-            log.warning("a batch of %d command(s) failed; going on one by one", len(shared))
+            log.warning(
+                "a batch of %d command(s) failed; going on one by one", len(shared), exc_info=True
+            )
         else:
             for i, attempt in zip(shared, attempts, strict=True):
                 firsts[i] = attempt
         return [
-            Started(command, definition, first)
+            Started(
+                command,
+                definition,
+                first,
+                advanced=invocation_key(command) in advanced,
+            )
             for command, definition, first in zip(commands, definitions, firsts, strict=True)
         ]
 
@@ -157,7 +174,7 @@ class InvocationEngine:
         attempt = first
         while True:
             if attempt is None:
-                (attempt,) = await self._run([(command, definition)])
+                (attempt,), _ = await self._run([(command, definition)], advance=False)
             settled: Invocation | _NotClaimed | None = (
                 await self._finish_under_lease(command, attempt.body)
                 if isinstance(attempt, _Slow)
@@ -200,13 +217,17 @@ class InvocationEngine:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self._config.poll_max)
 
-    async def _run(self, items: Sequence[tuple[StepCommand, StepDefinition]]) -> list[_Attempt]:
+    async def _run(
+        self, items: Sequence[tuple[StepCommand, StepDefinition]], *, advance: bool
+    ) -> tuple[list[_Attempt], frozenset[InvocationKey]]:
         """Claim the invocations of `items` (distinct ones) and run them, in one transaction;
         for each, the recorded outcome, `_NOT_CLAIMED` if its row would not be claimed, or
         `_Slow` for a body still running at `inline_budget`, whose claim then commits as its
-        lease so that no transaction stays open for long."""
+        lease so that no transaction stays open for long. With `advance` (and an advancer),
+        the recorded results are applied to their workflows in the same transaction: the keys
+        of those applied come second."""
         if not items:
-            return []
+            return [], frozenset()
         loop = asyncio.get_running_loop()
         budget_ends = loop.time() + self._config.inline_budget
         results: list[_Attempt] = [_NOT_CLAIMED] * len(items)
@@ -219,7 +240,7 @@ class InvocationEngine:
                 self._hops.record_each("step.claimed", commands)
                 if not claimed:
                     await batch.rollback()
-                    return results
+                    return results, frozenset()
                 mine = [i for i, (c, _) in enumerate(items) if invocation_key(c) in claimed]
                 outcomes = await self._run_bodies(batch, items, mine, bodies, budget_ends)
                 recorded = (
@@ -228,9 +249,16 @@ class InvocationEngine:
                     else {}
                 )
                 self._hops.record_each("step.recorded", commands)
+                advanced, applied = (
+                    await self._advance(batch, items, recorded)
+                    if advance and self._advancer is not None and recorded
+                    else (None, frozenset[InvocationKey]())
+                )
                 # Commits the outcomes, and the claims of slow bodies as their leases.
                 await batch.commit()
                 self._hops.record_each("step.committed", commands)
+                if advanced is not None:
+                    advanced.committed()
             except BaseException:
                 for running in bodies.values():
                     running.cancel()
@@ -243,7 +271,27 @@ class InvocationEngine:
                 results[i] = recorded.get(invocation_key(command), _NOT_CLAIMED)
             else:
                 results[i] = _Slow(bodies[i])
-        return results
+        return results, applied
+
+    async def _advance(
+        self,
+        batch: InvocationBatch,
+        items: Sequence[tuple[StepCommand, StepDefinition]],
+        recorded: Mapping[InvocationKey, Invocation],
+    ) -> tuple[Advanced, frozenset[InvocationKey]]:
+        """Apply the recorded results to their workflows: what the advancer did, and the keys
+        of the invocations whose results it applied."""
+        assert self._advancer is not None
+        pairs = [
+            (result_for(command, recorded[key]), key)
+            for command, _ in items
+            if (key := invocation_key(command)) in recorded
+        ]
+        advanced = await self._advancer.apply(batch.connection, [result for result, _ in pairs])
+        self._hops.record_each("step.advanced", [c for c, _ in items])
+        return advanced, frozenset(
+            key for result, key in pairs if result.message_id in advanced.applied
+        )
 
     async def _run_bodies(
         self,

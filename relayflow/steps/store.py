@@ -179,6 +179,10 @@ class _Batch:
             self.slot = self._store.reserve_slot()
         return self.slot
 
+    @property
+    def connection(self) -> DbConnection:
+        return self._conn
+
     async def claim_many(self, commands: Sequence[StepCommand]) -> dict[InvocationKey, Invocation]:
         return await _claim_many(self._conn, commands, self._store.owner, self._store.lease_seconds)
 

@@ -38,6 +38,7 @@ import orjson
 
 from relayflow.contracts import ErrorInfo, StepCommand, describe_path, unstorable
 from relayflow.errors import RelayflowError
+from relayflow.steps.context import DbConnection
 from relayflow.steps.invocation import (
     Invocation,
     InvocationKey,
@@ -211,6 +212,13 @@ class _MemoryBatch:
             self._staged[key] = new
             claimed[key] = new.seen(now)
         return claimed
+
+    @property
+    def connection(self) -> DbConnection:
+        raise NotInMemory(
+            "advancing workflows writes them in PostgreSQL's transaction; test it against "
+            "PostgreSQL (tests/integration), not in memory"
+        )
 
     async def run_transactional(self, body: TransactionalBody) -> Outcome:
         raise NotInMemory(

@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from relayflow.amqp import Backoff, BatchConsumer, OutgoingMessage, Publisher, Settler, quietly
 from relayflow.contracts import Envelope, StepCommand, StepResult, decode
 from relayflow.hops import HopTrace
+from relayflow.steps.advance import Advancer
 from relayflow.steps.engine import EngineConfig, InvocationEngine, Started
 from relayflow.steps.registry import StepRegistry
 from relayflow.steps.store import InvocationStore
@@ -103,6 +104,7 @@ class StepWorker:
         config: WorkerConfig | None = None,
         worker_id: str | None = None,
         hops: HopTrace | None = None,
+        advancer: Advancer | None = None,
     ) -> None:
         self._hops = hops or HopTrace()
         self._steps = steps
@@ -125,6 +127,7 @@ class StepWorker:
             publish=self._publish_from_step,
             config=self._config.engine,
             hops=self._hops,
+            advancer=advancer,
         )
         self._publisher: Publisher | None = None
         self._settler: Settler | None = None
@@ -223,10 +226,12 @@ class StepWorker:
 
     async def _answer(self, message: AbstractIncomingMessage, started: Started) -> None:
         """Publish the command's result, then ack; a failure hands the delivery back after the
-        backoff, and the redelivery finds the recorded outcome (commit, publish, then ack)."""
+        backoff, and the redelivery finds the recorded outcome (commit, publish, then ack). A
+        result the batch's transaction applied to its workflow is not published: the ack
+        follows at once (a redelivery would find the result in the orchestrator's inbox)."""
         async with _started(self._settler).settling(message):
             result = await self._engine.finish(started)
-            if result is not None:
+            if result is not None and not started.advanced:
                 await self._publish_result(result)
 
     # -- publishing ------------------------------------------------------------------------

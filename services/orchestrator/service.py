@@ -28,7 +28,7 @@ from relayflow.contracts import (
 from relayflow.hops import HopTrace
 from relayflow.machine import Ignored, Rejected, TimerFired
 from relayflow.orchestration import store
-from relayflow.orchestration.processor import BatchResult, Deferred, Processor
+from relayflow.orchestration.processor import Deferred, Delivered, Processor
 from relayflow.orchestration.relay import OutboxRelay
 from relayflow.topology import Topology
 
@@ -132,7 +132,7 @@ class Orchestrator:
     async def _apply(self, deliveries: Sequence[_Delivery]) -> None:
         for attempt in range(1, 6):
             try:
-                fresh, result = await self._transaction(deliveries)
+                delivered = await self._transaction(deliveries)
                 break
             except _TRANSIENT as exc:
                 log.info("transaction attempt %d hit %s; retrying", attempt, type(exc).__name__)
@@ -140,11 +140,9 @@ class Orchestrator:
         else:
             raise RuntimeError("transaction kept conflicting; handing the batch back")
         self._hops.record_each("orch.committed", deliveries)
-        published = self._relay.submit(result.outbox)
-        outcomes = iter(result.outcomes)
+        published = self._relay.submit(delivered.result.outbox)
         applied: list[AbstractIncomingMessage] = []
-        for delivery, is_fresh in zip(deliveries, fresh, strict=True):
-            outcome = next(outcomes) if is_fresh else Ignored("duplicate message")
+        for delivery, outcome in zip(deliveries, delivered.outcomes(), strict=True):
             if isinstance(outcome, Rejected):
                 await self._dead_letter(delivery.message, outcome.reason)
             elif isinstance(outcome, Deferred):
@@ -169,41 +167,16 @@ class Orchestrator:
         self._acking.add(task)
         task.add_done_callback(self._acking.discard)
 
-    async def _transaction(self, deliveries: Sequence[_Delivery]) -> tuple[list[bool], BatchResult]:
+    async def _transaction(self, deliveries: Sequence[_Delivery]) -> Delivered:
         # Outbox rows the relay has had confirmed go out with this transaction's writes (one
         # commit fewer than deleting them on their own); back to the relay if it fails.
         with self._relay.take_sent() as sent:
             async with self._pool.acquire() as conn, conn.transaction():
-                ids = [d.input.message_id for d in deliveries]
-                about = [
-                    d.input.workflow_id
-                    for d in deliveries
-                    if not isinstance(d.input, StartWorkflow)
-                ]
-                unseen, locked = await store.claim_and_lock(
-                    conn, ids, about, self._processor.inputs
+                delivered = await self._processor.deliver(
+                    conn, [d.input for d in deliveries], sent=sent, hops=self._hops
                 )
-                self._hops.record_each("orch.locked", ids)
-                fresh: list[bool] = []
-                for message_id in ids:
-                    # The first of several copies in one batch is the fresh one.
-                    fresh.append(message_id in unseen)
-                    unseen.discard(message_id)
-                inputs = [
-                    d.input for d, is_fresh in zip(deliveries, fresh, strict=True) if is_fresh
-                ]
-                result = await self._processor.apply(conn, inputs, locked=locked, sent=sent)
-                # A deferred input comes back as the same message: it must not be a duplicate.
-                await store.forget_messages(
-                    conn,
-                    [
-                        item.message_id
-                        for item, outcome in zip(inputs, result.outcomes, strict=True)
-                        if isinstance(outcome, Deferred)
-                    ],
-                )
-                self._hops.record_each("orch.written", ids)
-        return fresh, result
+                self._hops.record_each("orch.written", deliveries)
+        return delivered
 
     async def fire_due_timers(self, limit: int = 100) -> int:
         """Claim due timers and apply them; returns how many fired."""

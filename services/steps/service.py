@@ -6,10 +6,14 @@ import asyncio
 import contextlib
 import logging
 
-from relayflow.amqp import connect, quietly
+from relayflow.amqp import Publisher, connect, quietly
 from relayflow.db import close_pool
 from relayflow.errors import ConfigurationError, DefinitionError
 from relayflow.hops import HopTrace
+from relayflow.orchestration.advance import StepAdvancer
+from relayflow.orchestration.local import LocalSteps
+from relayflow.orchestration.processor import Processor
+from relayflow.orchestration.relay import OutboxRelay
 from relayflow.runtime import prepare_database
 from relayflow.steps import StepRegistry, StepWorker, WorkerConfig
 from relayflow.topology import Topology
@@ -40,8 +44,14 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
     except DefinitionError as exc:
         raise ConfigurationError(str(exc)) from exc
     topology = Topology.from_settings(settings)
+    local = (
+        LocalSteps.load(workflows, settings.step_modules, exchange=topology.exchange)
+        if settings.step_advance
+        else None
+    )
     async with contextlib.AsyncExitStack() as stack:
-        pool = await prepare_database(settings, steps.migrations)
+        migrations = dict.fromkeys([*steps.migrations, *(local.migrations if local else ())])
+        pool = await prepare_database(settings, list(migrations))
         stack.push_async_callback(close_pool, pool)
         connection = await connect(settings.amqp_url, name="relayflow-steps")
         stack.push_async_callback(quietly, "closing the broker connection", connection.close)
@@ -50,6 +60,16 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
         await channel.close()
         hops = HopTrace.open(settings.hop_trace, "steps")
         stack.callback(hops.close)
+        advancer = None
+        if settings.step_advance:
+            publisher = await Publisher.open(connection)
+            stack.push_async_callback(publisher.close)
+            relay = OutboxRelay(pool, publisher, hops=hops)
+            relay.start(sweep=False)
+            # Stopped after the worker (the exit stack unwinds in reverse): what the last
+            # batches committed is still published.
+            stack.push_async_callback(relay.stop)
+            advancer = StepAdvancer(Processor(workflows, topology, local=local), relay)
         worker = StepWorker(
             steps=steps,
             pool=pool,
@@ -63,6 +83,7 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
                 batch_workers=settings.step_batch_workers,
             ),
             hops=hops,
+            advancer=advancer,
         )
         await worker.start()
         try:

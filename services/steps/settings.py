@@ -23,6 +23,12 @@ class StepServiceSettings(Settings):
     # many such batches run at once per queue (see relayflow.steps.WorkerConfig).
     step_batch_size: int = Field(default=32, ge=1)
     step_batch_workers: int = Field(default=1, ge=1)
+    # Apply each step's result to its workflow in the transaction that records the step (one
+    # broker hop and one commit per step instead of two), rather than sending it to the
+    # orchestrator. Needs the orchestrator's database rights and the right to publish commands
+    # and events; off for a step service that must hold no more than a step's (it then only
+    # sends results). See ARCHITECTURE.md, "Step services that advance workflows".
+    step_advance: bool = True
     # How long in-flight steps may take to finish on stop before they are handed back.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 

@@ -201,7 +201,7 @@ async def test_item_lookups_use_the_key_index_with_or_without_statistics(
         """,
         workflow_id,
     )
-    queries = Queries.load("services.orchestrator")
+    queries = Queries.load("relayflow.orchestration")
     one = ([workflow_id], ["square"], ["5000"])
     saved = (*one, ["completed"], [1], [None], [None], [None], [None])
     claims = ([workflow_id], ["square"], [1], datetime.now(UTC))

@@ -1,0 +1,53 @@
+"""Step results applied to their workflows by the step service, in the transaction that records
+the step's outcome (`relayflow.steps.advance` says why). The same `Processor` as the
+orchestrator's does the work — inbox, locks, machine, outbox — so the two paths cannot drift."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from relayflow.contracts import StepResult
+from relayflow.db import Connection
+from relayflow.machine import Rejected
+from relayflow.orchestration import store
+from relayflow.orchestration.processor import Deferred, Processor
+from relayflow.orchestration.relay import OutboxRelay
+from relayflow.orchestration.store import OutboxRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Advanced:
+    applied: frozenset[str]
+    outbox: Sequence[OutboxRow]
+    relay: OutboxRelay
+
+    def committed(self) -> None:
+        self.relay.submit(self.outbox)
+
+
+class StepAdvancer:
+    """Applies results with `processor` and hands what that committed to send to `relay`."""
+
+    def __init__(self, processor: Processor, relay: OutboxRelay) -> None:
+        self._processor = processor
+        self._relay = relay
+
+    async def apply(self, conn: Connection, results: Sequence[StepResult]) -> _Advanced:
+        delivered = await self._processor.deliver(conn, results)
+        applied: set[str] = set()
+        refused: list[str] = []
+        for result, outcome in zip(results, delivered.outcomes(), strict=True):
+            if isinstance(outcome, (Rejected, Deferred)):
+                # Published instead, for the orchestrator to decide (and dead-letter with the
+                # reason): its copy must not look like one seen before.
+                log.debug("result %s not applied here: %s", result.message_id, outcome)
+                refused.append(result.message_id)
+            else:
+                applied.add(result.message_id)
+        if refused:
+            await store.forget_messages(conn, refused)
+        return _Advanced(frozenset(applied), delivered.result.outbox, self._relay)
