@@ -74,6 +74,9 @@ class Relayflow:
             "RELAYFLOW_WORKFLOWS": ",".join(self.workflow_modules),
             "RELAYFLOW_STEP_MODULES": ",".join(self.step_modules),
             "RELAYFLOW_LOG_LEVEL": "WARNING",
+            # One client opens 1000 streams and submits faster than a key's default rate limit.
+            "RELAYFLOW_RATE_LIMIT": "0",
+            "RELAYFLOW_MAX_STREAMS": "0",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

@@ -1,5 +1,6 @@
 """Who may use the gateway: whether it asks for API keys (its mode), which action each route
-needs, and the check in front of every route but `/healthz`, `/readyz` and static assets.
+needs, and the check in front of every route but `/healthz`, `/readyz` and static assets —
+followed there by the caller's rate limit and stream cap (`services.gateway.limits`).
 
 The mode is decided once, at start-up (`decide`): a loopback bind with no key that could
 authenticate runs open, and says so; anything else asks every request for
@@ -206,17 +207,20 @@ def guard(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
 def _checked(endpoint: Endpoint, actions: Mapping[str, Action | None]) -> Endpoint:
     @functools.wraps(endpoint)
     async def checked(request: Request) -> Response:
-        refused = await _refusal(
-            request, actions["GET" if request.method == "HEAD" else request.method]
-        )
-        return refused if refused is not None else await endpoint(request)
+        action = actions["GET" if request.method == "HEAD" else request.method]
+        caller = await _authenticate(request, action)
+        if isinstance(caller, Response):
+            return caller
+        limits = gateway_state(request).limits
+        return await limits.serve(request, caller, endpoint, stream=action is Action.STREAM)
 
     return checked
 
 
-async def _refusal(request: Request, action: Action | None) -> Response | None:
-    """None if the request may go on; the 401 or 403 otherwise. The log names the key's id and
-    why it was refused; neither the answer nor the log ever holds the key."""
+async def _authenticate(request: Request, action: Action | None) -> Response | str | None:
+    """The id of the request's key (None while the gateway runs open), or the 401 or 403 that
+    refuses it. The log names the key's id and why it was refused; neither the answer nor the
+    log ever holds the key."""
     state = gateway_state(request)
     hasher = state.access.hasher
     if hasher is None:
@@ -238,4 +242,4 @@ async def _refusal(request: Request, action: Action | None) -> Response | None:
     if action is not None and not allows(key.role, action):
         log.info("API key %s (role %s) may not %s: %s", key.id, key.role, action, where)
         return error_response(403, f"this key's role ({key.role}) may not {action}")
-    return None
+    return key.id

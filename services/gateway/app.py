@@ -26,6 +26,7 @@ from services.gateway import access, dashboard, outages
 from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
+from services.gateway.limits import Limits
 from services.gateway.openapi import build_openapi
 from services.gateway.pages import healthz, load_assets, openapi_endpoint, readyz
 from services.gateway.responses import error_response
@@ -111,6 +112,7 @@ def create_app(
                     publisher=publisher,
                     hub=hub,
                     access=gate,
+                    limits=Limits.from_settings(settings),
                     hops=hops,
                 )
             }

@@ -1,5 +1,6 @@
-"""What a request carries besides its input — path, query, headers, content type, body size —
-checked before anything reads PostgreSQL or talks to the broker.
+"""What a request carries besides its input — path, query, headers, content type — checked
+before anything reads PostgreSQL or talks to the broker (the body's size and shape are
+`services.gateway.limits`).
 
 A value that can never be valid is refused at once with a status and a message naming it:
 
@@ -60,7 +61,6 @@ _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 # ASCII digits only: str.isdigit() also takes "\u00b2" (which int() refuses) and "\u0661"
 # (which it reads as 1).
 _SEQ = re.compile(r"[0-9]{1,10}")
-_LENGTH = re.compile(r"[0-9]{1,18}")
 _SHOWN = 64
 
 
@@ -216,19 +216,3 @@ def require_json(request: Request) -> None:
         f"{shown(declared) if declared else 'without a Content-Type'} (other types are refused "
         "so that pages on other sites cannot post here)",
     )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it grows past `limit` bytes (it is never held)."""
-    declared = request.headers.get("content-length")
-    # Only a plausible length is trusted up front; the count below holds whatever was declared.
-    if declared is not None and _LENGTH.fullmatch(declared) and int(declared) > limit:
-        raise InputError(413, f"the request body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InputError(413, f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -27,6 +27,7 @@ from relayflow.topology import CONTROL_KEY
 from services.gateway import checks
 from services.gateway.checks import InputError
 from services.gateway.intake import field_errors, parse_body
+from services.gateway.limits import read_body
 from services.gateway.models import ActionAccepted, ActionOptions, FieldError
 from services.gateway.responses import error_response, model_response
 from services.gateway.state import gateway_state
@@ -95,7 +96,7 @@ async def _act(request: Request, action: Action) -> Response:
     workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     key = checks.idempotency_key(request)
     reason = checks.action_reason(request)
-    parse_options(await checks.read_body(request, MAX_OPTIONS_BYTES))
+    parse_options(await read_body(request, MAX_OPTIONS_BYTES, source="an action's body is {}"))
     progress = await state.store.workflow_progress(workflow_id)
     if progress is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")

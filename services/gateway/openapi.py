@@ -17,7 +17,8 @@ import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from relayflow.contracts import WorkflowEvent
+from relayflow.auth import Action
+from relayflow.contracts import DEFAULT_MAX_INPUT_BYTES, WorkflowEvent
 from relayflow.errors import ConfigurationError
 from relayflow.workflow import VERSION_PATTERN, WorkflowRegistry
 from services.gateway import access, checks
@@ -69,6 +70,19 @@ _IDEMPOTENCY_KEY = {
         "pattern": checks.IDEMPOTENCY_KEY_PATTERN,
     },
 }
+_LIMITS = GatewaySettings.model_fields
+_TOO_LARGE = (
+    f"The body is larger than {_LIMITS['max_body_bytes'].default} bytes (RELAYFLOW_MAX_BODY_BYTES, "
+    "the default), refused as it arrives; or the {input} as compact JSON is larger than "
+    f"{DEFAULT_MAX_INPUT_BYTES} bytes (RELAYFLOW_MAX_INPUT_BYTES, the default; a start from the "
+    "broker has the same limit)."
+)
+_JSON_LIMITS = (
+    f"the JSON nests deeper than {_LIMITS['max_json_depth'].default} objects and arrays "
+    f"(RELAYFLOW_MAX_JSON_DEPTH) or holds a string or key longer than "
+    f"{_LIMITS['max_string_length'].default} characters (RELAYFLOW_MAX_STRING_LENGTH) (the "
+    "defaults)"
+)
 _JSON_ONLY = (
     "The body must be sent as `Content-Type: application/json` (parameters such as charset are "
     "fine); anything else is refused with 415, so that pages on other sites cannot post here."
@@ -97,17 +111,12 @@ def _start_operation(
             "202": _json(accepted, "Accepted: the broker confirmed the StartWorkflow."),
             "400": _json(error_ref, "The body is not JSON, or the Idempotency-Key is invalid."),
             "409": _json(error_ref, "The Idempotency-Key was used with a different body."),
-            "413": _json(
-                error_ref,
-                "The body, or the input as compact JSON, is larger than the input limit "
-                "(RELAYFLOW_MAX_INPUT_BYTES, 64 KiB by default; a start from the broker has the "
-                "same limit).",
-            ),
+            "413": _json(error_ref, _TOO_LARGE.format(input="input")),
             "415": _json(error_ref, "The body was not sent as application/json."),
             "422": _json(
                 error_ref,
-                "The input does not validate, or holds text PostgreSQL cannot store (NUL in a "
-                "string or key); `fields` says where and why.",
+                "The input does not validate, holds text PostgreSQL cannot store (NUL in a "
+                f"string or key), or {_JSON_LIMITS}; `fields` says where and why.",
             ),
             "503": _json(
                 error_ref,
@@ -194,14 +203,12 @@ def _signal_operation(
                 "more signals), or the "
                 "Idempotency-Key was used with another payload or sender.",
             ),
-            "413": _json(
-                error_ref, "The body, or the payload as compact JSON, is over the input limit."
-            ),
+            "413": _json(error_ref, _TOO_LARGE.format(input="payload")),
             "415": _json(error_ref, "The body was not sent as application/json."),
             "422": _json(
                 error_ref,
-                "The payload does not validate against the signal's model, or holds text "
-                "PostgreSQL cannot store; `fields` says where and why.",
+                "The payload does not validate against the signal's model, holds text "
+                f"PostgreSQL cannot store, or {_JSON_LIMITS}; `fields` says where and why.",
             ),
             "503": _json(
                 error_ref,
@@ -743,6 +750,7 @@ def _document(
 ) -> dict[str, Any]:
     _document_outages(paths, error_ref)
     _document_security(paths, error_ref)
+    _document_limits(paths, error_ref)
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
@@ -752,7 +760,15 @@ def _document(
             "description": (
                 "Starts durable workflows and shows their progress. Starting answers 202 only "
                 "after RabbitMQ confirmed the StartWorkflow; errors are JSON "
-                "{error, fields?}. Every POST takes only application/json (415 otherwise)."
+                "{error, fields?}. Every POST takes only application/json (415 otherwise). "
+                "Limits (services.gateway.limits; the defaults, each a setting): a request body "
+                f"of at most {_LIMITS['max_body_bytes'].default} bytes (413), JSON nested at most "
+                f"{_LIMITS['max_json_depth'].default} deep with strings of at most "
+                f"{_LIMITS['max_string_length'].default} characters (422), "
+                f"{_LIMITS['rate_limit'].default:g} requests a second in bursts of "
+                f"{_LIMITS['rate_burst'].default} and {_LIMITS['max_streams'].default} open event "
+                "streams per API key, or per client address while the gateway runs open (429), "
+                "each counted by every gateway replica on its own."
             ),
         },
         "tags": [
@@ -803,6 +819,36 @@ def _document_security(paths: dict[str, Any], error_ref: dict[str, Any]) -> None
                 responses["403"] = _json(
                     error_ref, f"The key's role does not allow this (it needs `{action}`)."
                 )
+
+
+def _document_limits(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
+    """The 429 of every route behind credentials (services.gateway.limits: the rate limit and,
+    on event streams, the stream cap, which `access.guard` applies there and nowhere else)."""
+    rate = (
+        "Too many requests from this API key (from this client address while the gateway runs "
+        f"open): by default {_LIMITS['rate_limit'].default:g} a second in bursts of "
+        f"{_LIMITS['rate_burst'].default} (RELAYFLOW_RATE_LIMIT, RELAYFLOW_RATE_BURST), counted by "
+        "each gateway replica; retry after the seconds in Retry-After."
+    )
+    streams = (
+        f" Or the key (the address) already holds {_LIMITS['max_streams'].default} open event "
+        "streams, the default of RELAYFLOW_MAX_STREAMS (without Retry-After): one must end first."
+    )
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait, when the rate limit refused the request.",
+            "schema": {"type": "string"},
+        }
+    }
+    for path, operations in paths.items():
+        if access.is_public(path):
+            continue
+        for method, operation in operations.items():
+            stream = access.action_for(path, method) is Action.STREAM
+            operation["responses"]["429"] = {
+                **_json(error_ref, rate + (streams if stream else "")),
+                "headers": retry_after,
+            }
 
 
 # Routes that answer without PostgreSQL (or say what is down themselves).

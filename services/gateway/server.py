@@ -33,9 +33,10 @@ def build_server(app: Starlette, settings: GatewaySettings) -> GatewayServer:
         lifespan="on",
         log_config=None,
         access_log=settings.gateway_access_log,
-        # X-Forwarded-For/-Proto only change what the access log shows (nothing reads the
-        # client address or scheme); the middleware that applies them is a frame held by every
-        # open event stream, so it runs only when that log is on.
+        # X-Forwarded-For/-Proto change what the access log shows, and the client address that
+        # open mode's rate limit and stream cap count by (with keys they count by key); the
+        # middleware that applies them is a frame held by every open event stream, so it runs
+        # only when that log is on.
         proxy_headers=settings.gateway_access_log,
         server_header=False,
         ws="none",  # no websocket routes; also keeps deprecated websocket modules unloaded

@@ -1,7 +1,8 @@
-"""The gateway's settings: the shared ones plus where to listen and how long to wait.
+"""The gateway's settings: the shared ones plus where to listen, how long to wait, and its limits.
 
-The largest request body is the shared `max_input_bytes` (`RELAYFLOW_MAX_INPUT_BYTES`), the
-input limit of both the HTTP and the broker path.
+A workflow input's limit is the shared `max_input_bytes` (`RELAYFLOW_MAX_INPUT_BYTES`), the same
+on the HTTP and the broker path; the request body has its own (`max_body_bytes`), with the other
+limits of what one caller may send and ask (`services.gateway.limits`).
 
 Every field here is read from `RELAYFLOW_<FIELD>`, e.g. `RELAYFLOW_GATEWAY_HOST` and
 `RELAYFLOW_GATEWAY_PORT`; `AMQP_URL` and `DATABASE_URL` keep their names.
@@ -56,6 +57,19 @@ class GatewaySettings(Settings):
     # the dashboard shows no form. Unset, it is `formSubmission` when that workflow is served
     # (else off); set, it must name a served workflow (`submit_workflow`).
     gateway_submit_workflow: str | None = None
+    # Limits (services.gateway.limits), named without `gateway_` like `auth`: RELAYFLOW_RATE_LIMIT…
+    # The largest request body, checked as it arrives (the input's own limit is max_input_bytes).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # How deep JSON may nest (objects and arrays); orjson itself refuses more than 1024.
+    max_json_depth: int = Field(default=32, ge=1, le=1024)
+    # The longest string, value or key, in characters.
+    max_string_length: int = Field(default=64 * 1024, ge=1)
+    # Requests per second per API key (per client address when open), with bursts of
+    # rate_burst; 0: no rate limit.
+    rate_limit: float = Field(default=100.0, ge=0)
+    rate_burst: int = Field(default=200, ge=1)
+    # Event streams one API key (one client address when open) may hold open; 0: no cap.
+    max_streams: int = Field(default=100, ge=0)
 
     def submit_workflow(self, registry: WorkflowRegistry) -> str | None:
         """The workflow `/submit` starts, or None when it is off; `ConfigurationError` when the

@@ -36,7 +36,7 @@ from relayflow.signal_keys import SignalKeyConflict
 from relayflow.topology import SIGNAL_KEY
 from services.gateway import checks
 from services.gateway.checks import InputError
-from services.gateway.intake import parse_body, validate_payload
+from services.gateway.intake import validate_payload
 from services.gateway.models import FINISHED_STATUSES, SignalAccepted
 from services.gateway.responses import error_response, model_response
 from services.gateway.state import GatewayState, gateway_state
@@ -57,7 +57,7 @@ async def signal_workflow(request: Request) -> Response:
     key = checks.idempotency_key(request)
     sent_by = checks.sender(request)
     limit = state.settings.max_input_bytes
-    data = parse_body(await checks.read_body(request, limit), expected="the signal's payload")
+    data = await state.limits.read_json(request, expected="the signal's payload")
     target = await _target(state, workflow_id, signal_name)
     payload = validate_payload(target.name, signal_name, target.model, data, max_bytes=limit)
     if target.status in FINISHED_STATUSES:

@@ -14,6 +14,7 @@ from relayflow.hops import HopTrace
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.gateway.events import EventHub
+from services.gateway.limits import Limits
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import GatewayStore
 
@@ -37,6 +38,8 @@ class GatewayState:
     hub: EventHub
     # Whether requests need an API key, decided at start-up (services.gateway.access).
     access: Access
+    # What one caller may send and ask (services.gateway.limits).
+    limits: Limits
     hops: HopTrace = field(default_factory=HopTrace)
 
 

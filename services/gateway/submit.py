@@ -19,7 +19,7 @@ from starlette.responses import Response
 from relayflow.amqp import OutgoingMessage
 from relayflow.topology import START_KEY
 from services.gateway import checks
-from services.gateway.intake import StartRequest, parse_body, request_hash, validate_input
+from services.gateway.intake import StartRequest, request_hash, validate_input
 from services.gateway.models import Accepted
 from services.gateway.responses import error_response, model_response
 from services.gateway.settings import submit_off_reason
@@ -54,9 +54,8 @@ async def start_workflow(request: Request, workflow_name: str) -> Response:
             f"known: {', '.join(state.registry.names())}",
         )
     key = checks.idempotency_key(request)
-    limit = state.settings.max_input_bytes
-    body = await checks.read_body(request, limit)
-    validated = validate_input(definition, parse_body(body), max_bytes=limit)
+    data = await state.limits.read_json(request, expected="the workflow input")
+    validated = validate_input(definition, data, max_bytes=state.settings.max_input_bytes)
     start = StartRequest.create(workflow_name, validated, key)
     if key is not None:
         record = await state.store.claim_idempotency_key(

@@ -163,6 +163,26 @@ def test_every_post_takes_only_json_and_documents_415(document: dict[str, Any]) 
         assert "415" in operation["responses"], path
 
 
+def test_every_route_behind_credentials_documents_the_429_of_its_limits(
+    document: dict[str, Any],
+) -> None:
+    """The rate limit applies wherever a key is asked for, the stream cap on event streams
+    only, and neither on the probes (services.gateway.limits, applied by access.guard)."""
+    for path, _, operation in _operations(document):
+        responses = operation["responses"]
+        if path in ("/healthz", "/readyz"):
+            assert "429" not in responses, path
+            continue
+        assert "RELAYFLOW_RATE_LIMIT" in responses["429"]["description"], path
+        assert "Retry-After" in responses["429"]["headers"], path
+        is_stream = "text/event-stream" in responses.get("200", {}).get("content", {})
+        assert ("RELAYFLOW_MAX_STREAMS" in responses["429"]["description"]) is is_stream, path
+    for path, method, operation in _operations(document):
+        if method == "post" and "/cancel" not in path and "/retry" not in path:
+            assert "RELAYFLOW_MAX_BODY_BYTES" in operation["responses"]["413"]["description"]
+            assert "RELAYFLOW_MAX_JSON_DEPTH" in operation["responses"]["422"]["description"]
+
+
 def test_every_route_taking_a_workflow_id_documents_the_400_for_an_impossible_one(
     document: dict[str, Any],
 ) -> None:

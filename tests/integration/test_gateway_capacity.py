@@ -52,6 +52,9 @@ async def gateway_process(settings: Settings, tmp_path: Path) -> AsyncIterator[t
         "RELAYFLOW_LOG_LEVEL": "WARNING",
         # Keys other tests made in the run's shared database would switch it to required.
         "RELAYFLOW_AUTH": "off",
+        # Thousands of streams from one address, opened 200 at a time: over the default limits.
+        "RELAYFLOW_RATE_LIMIT": "0",
+        "RELAYFLOW_MAX_STREAMS": "0",
     }
     with (tmp_path / "gateway.log").open("wb") as out:
         process = await asyncio.create_subprocess_exec(

@@ -429,12 +429,12 @@ async def test_text_postgresql_cannot_store_is_422_naming_the_field(
     assert await queued(channel, topology) == 0
 
 
-async def test_body_and_input_over_the_shared_limit_are_413(
+async def test_input_over_the_shared_limit_is_413(
     settings: Settings, channel: aio_pika.abc.AbstractChannel, topology: Topology
 ) -> None:
-    """One limit, RELAYFLOW_MAX_INPUT_BYTES, for HTTP and the broker: a body over it is refused
-    before it is read in full, and so is an input its model made larger than that (the
-    orchestrator would dead-letter it: no false accept)."""
+    """One input limit, RELAYFLOW_MAX_INPUT_BYTES, for HTTP and the broker: an input over it is
+    refused, and so is an input its model made larger than that (the orchestrator would
+    dead-letter it: no false accept). The body's own limit is in test_gateway_limits.py."""
     async with running_gateway(
         settings, workflows=WITH_TEST_WORKFLOWS, max_input_bytes=1024
     ) as gateway:
@@ -442,7 +442,7 @@ async def test_body_and_input_over_the_shared_limit_are_413(
         assert fits.status_code == 202, fits.text
         large = await gateway.client.post("/submit", json={**FORM, "message": "m" * 1100})
         assert large.status_code == 413, large.text
-        assert "larger than 1024 bytes" in large.json()["error"]
+        assert "the limit is 1024 (RELAYFLOW_MAX_INPUT_BYTES)" in large.json()["error"]
         padded = await gateway.client.post("/workflows/padded", json={})
         assert padded.status_code == 413, padded.text
         assert "RELAYFLOW_MAX_INPUT_BYTES" in padded.json()["error"]

@@ -102,6 +102,9 @@ class Cluster:
             "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.2",
             "RELAYFLOW_GATEWAY_CATCH_UP_INTERVAL": "2",
             "RELAYFLOW_DB_POOL_MAX": "6",
+            # The chaos workload follows every workflow on its own stream, from one address.
+            "RELAYFLOW_RATE_LIMIT": "0",
+            "RELAYFLOW_MAX_STREAMS": "0",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
