@@ -44,11 +44,15 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
     except DefinitionError as exc:
         raise ConfigurationError(str(exc)) from exc
     topology = Topology.from_settings(settings)
-    local = (
-        LocalSteps.load(workflows, settings.step_modules, exchange=topology.exchange)
-        if settings.step_advance
-        else None
-    )
+    try:
+        # Advancing a workflow may run the local tasks that follow the step.
+        local = (
+            LocalSteps.load(workflows, settings.step_modules, exchange=topology.exchange)
+            if settings.step_advance
+            else None
+        )
+    except (DefinitionError, ImportError) as exc:
+        raise ConfigurationError(str(exc)) from exc
     async with contextlib.AsyncExitStack() as stack:
         migrations = dict.fromkeys([*steps.migrations, *(local.migrations if local else ())])
         pool = await prepare_database(settings, list(migrations))
