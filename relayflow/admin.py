@@ -53,6 +53,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import ValidationError
 
 from relayflow.amqp.consumer import QUEUE_HEADER, REASON_HEADER
+from relayflow.amqp.publisher import broker_user
 from relayflow.auth import (
     ApiKey,
     AuthError,
@@ -217,6 +218,8 @@ async def redrive(
                         correlation_id=message.correlation_id,
                         headers=headers,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        # Sent again by us: consumers that check senders see this user.
+                        user_id=broker_user(connection),
                     ),
                     routing_key=letter.routing_key,
                     mandatory=True,
@@ -268,6 +271,7 @@ async def _publish(
                 content_type="application/json",
                 headers={"x-schema-version": message.schema_version},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                user_id=broker_user(connection),
             ),
             routing_key=routing_key,
             mandatory=True,

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relayflow.amqp.senders import Senders
 from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
         "external": "apps.form_submission.external",
     }
     queue_type: str = "quorum"
+    # The roles of the broker users, checked on every message received
+    # (`relayflow.amqp.senders`): engine=u1,u2;step=u3;start=u4;external=u5. Empty: not checked.
+    broker_senders: str = ""
     # Backstop against poison messages that crash a consumer before it can dead-letter them.
     delivery_limit: int = Field(default=20, ge=1)
     log_level: str = "INFO"
@@ -73,6 +77,10 @@ class Settings(BaseSettings):
     # (`loaded_definitions`); a row not refreshed for ANNOUNCE_STALE_INTERVALS of these no longer
     # counts. The gateway reads the same setting to tell which runs no live replica can apply.
     announce_interval: float = Field(default=30.0, gt=0)
+
+    @property
+    def senders(self) -> Senders:
+        return Senders.parse(self.broker_senders)
 
     @field_validator("workflows", "step_modules", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 from pamqp.commands import Basic
 
 from relayflow.amqp.connection import quietly
@@ -56,6 +56,12 @@ class OutgoingMessage:
         )
 
 
+def broker_user(connection: AbstractConnection) -> str:
+    """The user `connection` authenticated as (aio-pika's default when the URL names none)."""
+    url = connection.url if isinstance(connection, aio_pika.Connection) else None
+    return (url.user if url is not None else None) or "guest"
+
+
 class Publisher:
     """Publishes on one confirm channel. aio-pika pipelines confirms, so publishing a batch
     concurrently costs one round trip, not one per message.
@@ -66,16 +72,21 @@ class Publisher:
     Reconnection is still aio-pika's: `get_underlay_channel` waits for a robust channel that is
     being restored."""
 
-    def __init__(self, channel: AbstractChannel, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, channel: AbstractChannel, *, timeout: float = 10.0, user_id: str | None = None
+    ) -> None:
         self._channel = channel
         self._timeout = timeout
+        # The broker user we connected as, on every message: RabbitMQ refuses any other value,
+        # so consumers can tell who sent what (`relayflow.amqp.senders`).
+        self._user_id = user_id
 
     @classmethod
     async def open(
         cls, connection: AbstractRobustConnection, *, confirm_timeout: float = 10.0
     ) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(channel, timeout=confirm_timeout)
+        return cls(channel, timeout=confirm_timeout, user_id=broker_user(connection))
 
     async def publish(self, message: OutgoingMessage) -> None:
         """Raises `aio_pika.exceptions.DeliveryError`/`PublishError` when the broker refuses or
@@ -94,6 +105,7 @@ class Publisher:
                 message_id=message.message_id,
                 message_type=message.type,
                 correlation_id=message.correlation_id,
+                user_id=self._user_id,
             ),
             mandatory=message.mandatory,
             timeout=self._timeout,

@@ -24,6 +24,7 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from relayflow.amqp import Backoff, BatchConsumer, OutgoingMessage, Publisher, Settler, quietly
+from relayflow.amqp.senders import Senders
 from relayflow.contracts import Envelope, StepCommand, StepResult, decode
 from relayflow.hops import HopTrace
 from relayflow.steps.advance import Advancer
@@ -105,8 +106,11 @@ class StepWorker:
         worker_id: str | None = None,
         hops: HopTrace | None = None,
         advancer: Advancer | None = None,
+        senders: Senders | None = None,
     ) -> None:
         self._hops = hops or HopTrace()
+        # Only an engine's commands are run (`relayflow.amqp.senders`).
+        self._senders = senders or Senders()
         self._steps = steps
         self._connection = connection
         self._topology = topology
@@ -191,6 +195,9 @@ class StepWorker:
             raise InvalidCommand(f"not a valid message: {exc}") from exc
         if not isinstance(decoded, StepCommand):
             raise InvalidCommand(f"expected a StepCommand, got a {decoded.type}")
+        refused = self._senders.refusal(decoded.type, message.user_id)
+        if refused is not None:
+            raise InvalidCommand(refused)
         body = decoded.body or decoded.step_name
         if self._steps.get(body) is None:
             raise InvalidCommand(

@@ -90,7 +90,7 @@ def create_app(
                 hops=hops,
             )
             stack.push_async_callback(hub.stop)
-            await hub.start(await connection.channel(), topology, publisher)
+            await hub.start(await connection.channel(), topology, publisher, settings.senders)
             if stopping is not None:
                 watcher = asyncio.create_task(_close_on(stopping, hub), name="gateway:stopping")
                 stack.callback(watcher.cancel)

@@ -46,6 +46,7 @@ from aio_pika.abc import (
 from pydantic import Field, TypeAdapter, ValidationError
 
 from relayflow.amqp import Publisher, Settler, quietly
+from relayflow.amqp.senders import Senders
 from relayflow.contracts import WorkflowEvent, WorkflowEventBatch
 from relayflow.hops import HopTrace
 from relayflow.topology import Topology
@@ -248,8 +249,14 @@ class EventHub:
         )
 
     async def start(
-        self, channel: AbstractChannel, topology: Topology, publisher: Publisher
+        self,
+        channel: AbstractChannel,
+        topology: Topology,
+        publisher: Publisher,
+        senders: Senders | None = None,
     ) -> None:
+        # Only an engine's events reach the streams (`relayflow.amqp.senders`).
+        self._senders = senders or Senders()
         await channel.set_qos(prefetch_count=self._buffer)
         self._settler = Settler(publisher, topology.dead_letter_exchange)
         self._channel = channel
@@ -353,6 +360,10 @@ class EventHub:
         settler = self._settler
         assert settler is not None  # set by `start`, which consumes
         async with settler.settling(message):
+            refused = self._senders.refusal("WorkflowEventBatch", message.user_id)
+            if refused is not None:
+                await settler.dead_letter(message, refused)
+                return
             try:
                 events = parse_events(message.body)
             except ValueError as exc:

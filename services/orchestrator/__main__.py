@@ -55,6 +55,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             defer_first=settings.orchestrator_defer_first,
             defer_limit=settings.orchestrator_defer_limit,
             hops=hops,
+            senders=settings.senders,
         )
         # ensure=True returns the queue the robust channel tracks, so that its consumer is
         # restored after a reconnect (an untracked queue object would silently stop consuming).

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter, ValidationError
 
 from relayflow.amqp import Backoff, Publisher, dead_letter
+from relayflow.amqp.senders import Senders
 from relayflow.amqp.settle import delivery_count, hand_back
 from relayflow.contracts import (
     DEFAULT_MAX_INPUT_BYTES,
@@ -70,8 +71,10 @@ class Orchestrator:
         defer_first: float = 1.0,
         defer_limit: int = 6,
         hops: HopTrace | None = None,
+        senders: Senders | None = None,
     ) -> None:
         self._hops = hops or HopTrace()
+        self._senders = senders or Senders()
         self._max_input_bytes = max_input_bytes
         self._defer_backoff = Backoff(first=defer_first, longest=max(defer_first, DEFER_LONGEST))
         self._defer_limit = defer_limit
@@ -93,7 +96,9 @@ class Orchestrator:
             except ValidationError as exc:
                 await self._dead_letter(message, f"invalid message: {_describe(exc)}")
                 continue
-            problem = self._unacceptable(message.body, item)
+            problem = self._senders.refusal(item.type, message.user_id) or self._unacceptable(
+                message.body, item
+            )
             if problem is not None:
                 await self._dead_letter(message, problem)
                 continue

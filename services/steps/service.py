@@ -88,6 +88,7 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
             ),
             hops=hops,
             advancer=advancer,
+            senders=settings.senders,
         )
         await worker.start()
         try:

@@ -130,7 +130,7 @@ async def test_garbage_and_unroutable_replies_are_dead_lettered(
     reasons = sorted(str((m.headers or {})[REASON_HEADER]) for m in dead)
     assert reasons[0].startswith("expected an ExternalRequest, got a StepCommand")
     assert reasons[1].startswith("not a valid message")
-    assert reasons[2].startswith("reply to 'no.such.key' could not be delivered")
+    assert reasons[2].startswith("replyTo must be 'workflow.signal'")
     await channel.close()
     await publisher.close()
 

@@ -26,7 +26,9 @@ async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
             connection=connection,
             topology=topology,
             config=ExternalConfig(
-                reply_delay=settings.external_reply_delay, prefetch=settings.external_prefetch
+                reply_delay=settings.external_reply_delay,
+                prefetch=settings.external_prefetch,
+                senders=settings.senders,
             ),
         )
         await system.start()

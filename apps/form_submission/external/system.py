@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aio_pika.abc import (
@@ -17,8 +17,9 @@ from aio_pika.abc import (
 from aio_pika.exceptions import PublishError
 
 from relayflow.amqp import Backoff, OutgoingMessage, Publisher, Settler, quietly
+from relayflow.amqp.senders import Senders
 from relayflow.contracts import ExternalReply, ExternalRequest, decode
-from relayflow.topology import Topology
+from relayflow.topology import SIGNAL_KEY, Topology
 
 
 def ticket_id_for(correlation_id: str) -> str:
@@ -46,6 +47,8 @@ class ExternalConfig:
     # Pause before handing a request back after an error, doubling per redelivery up to the max.
     retry_backoff: float = 1.0
     retry_backoff_max: float = 30.0
+    # Who may send requests (`relayflow.amqp.senders`); empty: anyone.
+    senders: Senders = field(default_factory=Senders)
 
 
 class ExternalSystem:
@@ -119,6 +122,12 @@ class ExternalSystem:
                     message, f"expected an ExternalRequest, got a {request.type}"
                 )
                 return
+            refused = self._config.senders.refusal(request.type, message.user_id) or (
+                _unanswerable(request)
+            )
+            if refused is not None:
+                await settler.dead_letter(message, refused)
+                return
             if self._config.reply_delay:
                 await asyncio.sleep(self._config.reply_delay)
             try:
@@ -136,3 +145,13 @@ class ExternalSystem:
                 await settler.dead_letter(
                     message, f"reply to {request.reply_to!r} could not be delivered: {exc!r}"
                 )
+
+
+def _unanswerable(request: ExternalRequest) -> str | None:
+    """A reply goes to the orchestrator, as a signal of the workflow that asked: any other
+    routing key would let a request make this system publish wherever it names."""
+    if request.reply_to != SIGNAL_KEY:
+        return (
+            f"replyTo must be {SIGNAL_KEY!r} (the orchestrator's signals), not {request.reply_to!r}"
+        )
+    return None
