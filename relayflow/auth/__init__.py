@@ -1,5 +1,6 @@
-"""Credentials: API keys (their format, hashing and store) and the roles that say what a key
-may do. The gateway checks them; `relayflow-admin keys` manages them."""
+"""Credentials: API keys (their format, hashing and store), the roles that say what a key
+may do, and the signed tokens that stand for a key (session cookies, stream tokens). The
+gateway checks them; `relayflow-admin keys` manages them."""
 
 from relayflow.auth.errors import (
     AuthConfigurationError,
@@ -11,10 +12,12 @@ from relayflow.auth.errors import (
 from relayflow.auth.keys import KeyHasher, PresentedKey, parse_key
 from relayflow.auth.roles import PERMISSIONS, Action, Role, allows
 from relayflow.auth.settings import AuthSettings
+from relayflow.auth.signed import Signer
 from relayflow.auth.store import (
     LAST_USED_RESOLUTION,
     ApiKey,
     CreatedKey,
+    active_key,
     create_key,
     has_active_keys,
     list_keys,
@@ -38,7 +41,9 @@ __all__ = [
     "KeyRefused",
     "PresentedKey",
     "Role",
+    "Signer",
     "UnknownKey",
+    "active_key",
     "allows",
     "check_tenant",
     "create_key",

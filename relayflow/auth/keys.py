@@ -13,8 +13,8 @@ can guess, however fast the hash; the gateway checks a key on every request, whe
 tens of milliseconds of CPU each would cap throughput and let anyone holding a key id (it is
 public) burn CPU with wrong secrets. Keyed, a copy of the table alone is useless: without the
 server secret no stored hash can be matched or forged. The server secret is derived per purpose
-(`derive`), so that the gateway's stream tokens can later be signed from the same setting
-without sharing a key with the hashes.
+(`derive`), so that the gateway's session cookies and stream tokens (`relayflow.auth.signed`)
+are signed from the same setting without sharing a key with the hashes.
 """
 
 from __future__ import annotations
@@ -102,6 +102,19 @@ def derive(server_secret: bytes, purpose: str) -> bytes:
     return hmac.new(server_secret, f"relayflow/{purpose}".encode(), hashlib.sha256).digest()
 
 
+def server_key(server_secret: SecretStr | None, purpose: str) -> bytes:
+    """`purpose`'s key from the server secret; `AuthConfigurationError` if it is unset or too
+    short to be one."""
+    value = server_secret.get_secret_value() if server_secret is not None else ""
+    if not value:
+        raise AuthConfigurationError(
+            f"no server secret to sign or hash with: {HOW_TO_MAKE_A_SECRET}"
+        )
+    if len(value) < MIN_SERVER_SECRET:
+        raise AuthConfigurationError(f"the server secret is too short: {HOW_TO_MAKE_A_SECRET}")
+    return derive(value.encode(), purpose)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyHasher:
     """Hashes keys for storage and checks a presented key against a stored hash."""
@@ -110,14 +123,7 @@ class KeyHasher:
 
     @classmethod
     def from_secret(cls, server_secret: SecretStr | None) -> KeyHasher:
-        value = server_secret.get_secret_value() if server_secret is not None else ""
-        if not value:
-            raise AuthConfigurationError(
-                f"no server secret to hash API keys with: {HOW_TO_MAKE_A_SECRET}"
-            )
-        if len(value) < MIN_SERVER_SECRET:
-            raise AuthConfigurationError(f"the server secret is too short: {HOW_TO_MAKE_A_SECRET}")
-        return cls(derive(value.encode(), "api-key-hash/v1"))
+        return cls(server_key(server_secret, "api-key-hash/v1"))
 
     def digest(self, key: PresentedKey) -> bytes:
         return hmac.new(self._key, key.text.encode("ascii"), hashlib.sha256).digest()

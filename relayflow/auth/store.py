@@ -109,6 +109,22 @@ async def verify_key(
     return _api_key(row)
 
 
+async def active_key(
+    conn: Connection, key_id: str, *, touch_after: float = LAST_USED_RESOLUTION
+) -> ApiKey:
+    """The key with `key_id` if it exists and is not revoked; `KeyRefused` otherwise. For
+    credentials that carry a key's id rather than the key (a session cookie, a stream token,
+    each signed by the gateway): checked on every use, so that neither outlives its key."""
+    row = await conn.fetchrow(_queries().key_to_verify, check_key_id(key_id), touch_after)
+    if row is None:
+        raise KeyRefused("unknown key", key_id)
+    if row["revoked_at"] is not None:
+        raise KeyRefused("revoked", key_id)
+    if row["stale"]:
+        await conn.execute(_queries().touch_key, key_id, touch_after)
+    return _api_key(row)
+
+
 async def has_active_keys(conn: Connection) -> bool:
     """Whether any key is not revoked (whether any key could authenticate)."""
     return bool(await conn.fetchval(_queries().any_active_key))

@@ -3,8 +3,11 @@ needs, and the check in front of every route but `/healthz`, `/readyz` and stati
 followed there by the caller's rate limit and stream cap (`services.gateway.limits`).
 
 The mode is decided once, at start-up (`decide`): a loopback bind with no key that could
-authenticate runs open, and says so; anything else asks every request for
-`Authorization: Bearer <key>`. Once at start-up, not per request, so that revoking the last
+authenticate runs open, and says so; anything else asks every request for credentials:
+`Authorization: Bearer <key>`, else on an event stream a stream token (`?token=`,
+`services.gateway.stream_tokens`), else the dashboard's session cookie
+(`services.gateway.sessions`: a dashboard page without one is sent to sign in, and a POST it
+authenticates needs the CSRF check). Once at start-up, not per request, so that revoking the last
 key never reopens a running gateway, and open mode costs no query; creating the first key
 therefore takes a restart to turn the checks on (README, Authentication).
 """
@@ -15,6 +18,7 @@ import functools
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,19 +30,25 @@ from starlette.routing import BaseRoute, Route
 
 from relayflow.auth import (
     Action,
+    ApiKey,
     AuthConfigurationError,
     AuthSettings,
     KeyHasher,
     KeyRefused,
+    active_key,
     allows,
     has_active_keys,
     verify_key,
 )
 from relayflow.auth.keys import HOW_TO_MAKE_A_SECRET
+from relayflow.auth.signed import Clock
 from relayflow.errors import ConfigurationError
+from services.gateway import sessions, stream_tokens
 from services.gateway.responses import error_response
+from services.gateway.sessions import Sessions
 from services.gateway.settings import AuthMode, GatewaySettings
-from services.gateway.state import gateway_state
+from services.gateway.state import GatewayState, gateway_state, set_caller
+from services.gateway.stream_tokens import StreamTokens
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,12 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # scripts hold nothing of anyone's.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 PUBLIC_PREFIX = "/static/"
+# Signing in and out take no credentials (they check their own), but are rate-limited by client
+# address like any request that costs a key check.
+SESSION_PATHS = frozenset({sessions.SIGN_IN_PATH, sessions.SIGN_OUT_PATH})
+# Pages a person opens: without credentials they redirect to sign-in (everything else, the
+# fragments the pages' scripts fetch included, answers 401 JSON).
+PAGES = frozenset({"/", "/ui/workflows/{workflow_id}"})
 # The one table of what each route and method needs. None: any valid key (the API document
 # describes the workflows served, which every role's client needs). A route missing from it
 # fails `guard`, so that no route is added unprotected.
@@ -67,6 +83,8 @@ ACTIONS: Mapping[tuple[str, str], Action | None] = {
     ("/workflows/{workflow_id}/retry", "POST"): Action.RETRY,
     ("/workflows/{workflow_id}/signals/{signal_name}", "POST"): Action.SIGNAL,
     ("/events", "GET"): Action.STREAM,
+    # Minting a stream token is part of streaming: who may stream may mint one.
+    ("/stream-tokens", "POST"): Action.STREAM,
 }
 
 MISSING = "missing credentials: send Authorization: Bearer <API key>"
@@ -86,17 +104,39 @@ def action_for(path: str, method: str) -> Action | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Access:
-    """The mode the gateway runs in: `hasher` None means open; `to_require` says, when open, what
-    would make it require keys after a restart."""
+class Credentials:
+    """What checks credentials, each under its own key derived from the server secret: API keys'
+    hashes, session cookies (and their CSRF tokens) and stream tokens."""
 
-    hasher: KeyHasher | None
+    hasher: KeyHasher
+    sessions: Sessions
+    streams: StreamTokens
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The mode the gateway runs in: `credentials` None means open; `to_require` says, when open,
+    what would make it require keys after a restart."""
+
+    credentials: Credentials | None
     why: str
     to_require: str = ""
 
     @property
     def required(self) -> bool:
-        return self.hasher is not None
+        return self.credentials is not None
+
+    @property
+    def hasher(self) -> KeyHasher | None:
+        return self.credentials.hasher if self.credentials else None
+
+    @property
+    def sessions(self) -> Sessions | None:
+        return self.credentials.sessions if self.credentials else None
+
+    @property
+    def streams(self) -> StreamTokens | None:
+        return self.credentials.streams if self.credentials else None
 
     @property
     def warning(self) -> str | None:
@@ -124,9 +164,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def key_hasher(settings: GatewaySettings, auth: AuthSettings) -> KeyHasher | None:
-    """The hasher keys are checked with, or None without a secret; `ConfigurationError` when the
-    settings cannot run safely. Checked before anything opens."""
+def server_credentials(
+    settings: GatewaySettings, auth: AuthSettings, clock: Clock = time.time
+) -> Credentials | None:
+    """What keys, cookies and stream tokens are checked with, or None without a secret;
+    `ConfigurationError` when the settings cannot run safely. Checked before anything opens.
+    `clock` (Unix seconds) decides when cookies and stream tokens expire."""
     host = settings.gateway_host
     loopback = is_loopback(host)
     if settings.auth is AuthMode.OFF and not loopback:
@@ -143,22 +186,26 @@ def key_hasher(settings: GatewaySettings, auth: AuthSettings) -> KeyHasher | Non
             )
         return None
     try:
-        return KeyHasher.from_secret(auth.secret)
+        return Credentials(
+            KeyHasher.from_secret(auth.secret),
+            Sessions.from_secret(auth.secret, settings.session_seconds, clock),
+            StreamTokens.from_secret(auth.secret, settings.stream_token_seconds, clock),
+        )
     except AuthConfigurationError as exc:
         raise ConfigurationError(str(exc)) from None
 
 
 async def decide(
-    settings: GatewaySettings, hasher: KeyHasher | None, pool: asyncpg.Pool[Any]
+    settings: GatewaySettings, credentials: Credentials | None, pool: asyncpg.Pool[Any]
 ) -> Access:
     """The mode, once at start-up (see the module's docstring), logged."""
     host = settings.gateway_host
     if settings.auth is AuthMode.OFF:
         access = Access(None, "RELAYFLOW_AUTH=off", "unset RELAYFLOW_AUTH")
     elif settings.auth is AuthMode.REQUIRED:
-        access = Access(hasher, "RELAYFLOW_AUTH=required")
+        access = Access(credentials, "RELAYFLOW_AUTH=required")
     elif not is_loopback(host):
-        access = Access(hasher, f"bound to {host}, not loopback")
+        access = Access(credentials, f"bound to {host}, not loopback")
     else:
         async with pool.acquire() as conn:
             keys = await has_active_keys(conn)
@@ -168,14 +215,14 @@ async def decide(
                 f"bound to loopback {host} and no API key exists",
                 "create one with `relayflow-admin keys create`",
             )
-        elif hasher is None:
+        elif credentials is None:
             raise ConfigurationError(
                 "API keys exist, so the gateway requires them, and cannot check them without "
                 f"a server secret: {HOW_TO_MAKE_A_SECRET} (or set RELAYFLOW_AUTH=off to run "
                 "open on loopback)"
             )
         else:
-            access = Access(hasher, "API keys exist")
+            access = Access(credentials, "API keys exist")
     if access.warning is None:
         log.info(
             "API keys required on every route but /healthz, /readyz and /static (%s)",
@@ -187,59 +234,135 @@ async def decide(
 
 
 def guard(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
-    """`routes`, each but the public ones behind the check of the action `ACTIONS` names."""
+    """`routes`, each but the public ones behind the check of the action `ACTIONS` names (the
+    sign-in routes behind the rate limit only)."""
     guarded: list[BaseRoute] = []
     for route in routes:
         if not isinstance(route, Route) or is_public(route.path):
             guarded.append(route)
             continue
         methods = (route.methods or set()) - {"HEAD"}
+        if route.path in SESSION_PATHS:
+            endpoint = _limited(route.endpoint)
+            guarded.append(Route(route.path, endpoint, methods=sorted(methods)))
+            continue
         missing = [method for method in methods if (route.path, method) not in ACTIONS]
         if missing:  # pragma: no cover - a wiring mistake, caught by any gateway test
             raise TypeError(f"no action in services.gateway.access.ACTIONS for {route.path}")
         actions = {method: ACTIONS[route.path, method] for method in methods}
-        guarded.append(
-            Route(route.path, _checked(route.endpoint, actions), methods=sorted(methods))
-        )
+        checked = _checked(route.endpoint, actions, page=route.path in PAGES)
+        guarded.append(Route(route.path, checked, methods=sorted(methods)))
     return guarded
 
 
-def _checked(endpoint: Endpoint, actions: Mapping[str, Action | None]) -> Endpoint:
+def _limited(endpoint: Endpoint) -> Endpoint:
+    @functools.wraps(endpoint)
+    async def limited(request: Request) -> Response:
+        limits = gateway_state(request).limits
+        return await limits.serve(request, None, endpoint, stream=False, by_address="signing in")
+
+    return limited
+
+
+def _checked(endpoint: Endpoint, actions: Mapping[str, Action | None], *, page: bool) -> Endpoint:
     @functools.wraps(endpoint)
     async def checked(request: Request) -> Response:
         action = actions["GET" if request.method == "HEAD" else request.method]
-        caller = await _authenticate(request, action)
+        caller = await _authenticate(request, action, page=page)
         if isinstance(caller, Response):
             return caller
+        set_caller(request, caller)
         limits = gateway_state(request).limits
-        return await limits.serve(request, caller, endpoint, stream=action is Action.STREAM)
+        # Event streams hold a slot; minting a stream token (a POST) is a plain request.
+        stream = action is Action.STREAM and request.method != "POST"
+        return await limits.serve(request, caller, endpoint, stream=stream)
 
     return checked
 
 
-async def _authenticate(request: Request, action: Action | None) -> Response | str | None:
-    """The id of the request's key (None while the gateway runs open), or the 401 or 403 that
-    refuses it. The log names the key's id and why it was refused; neither the answer nor the
-    log ever holds the key."""
+def _invalid() -> Response:
+    return error_response(401, INVALID, headers=_INVALID_CHALLENGE)
+
+
+async def _authenticate(
+    request: Request, action: Action | None, *, page: bool
+) -> Response | str | None:
+    """The id of the request's key (None while the gateway runs open), or the answer that
+    refuses it: 401, 403, or for a `page` without credentials a redirect to sign in. The log
+    names the key's id and why it was refused; neither the answer nor the log ever holds the
+    key, a token or a cookie."""
     state = gateway_state(request)
-    hasher = state.access.hasher
-    if hasher is None:
+    credentials = state.access.credentials
+    if credentials is None:
         return None
-    header = request.headers.get("authorization")
-    if header is None:
-        return error_response(401, MISSING, headers=_CHALLENGE)
-    scheme, _, token = header.partition(" ")
     where = f"{request.method} {request.url.path}"
-    if scheme.lower() != "bearer":
-        log.info("refused credentials on %s: not a Bearer token", where)
-        return error_response(401, INVALID, headers=_INVALID_CHALLENGE)
-    try:
-        async with state.pool.acquire() as conn:
-            key = await verify_key(conn, hasher, token)
-    except KeyRefused as exc:
-        log.info("refused an API key on %s: %s", where, exc)
-        return error_response(401, INVALID, headers=_INVALID_CHALLENGE)
+    header = request.headers.get("authorization")
+    token = request.query_params.get(stream_tokens.QUERY) if action is Action.STREAM else None
+    key: ApiKey | Response
+    if header is not None:
+        key = await _bearer(state, credentials, header, where)
+    elif token is not None:
+        key_id = credentials.streams.key_id(token, stream_tokens.scope_of(request))
+        if key_id is None:
+            # One answer for forged, expired and another stream's: nothing about this stream.
+            log.info("refused a stream token on %s: forged, expired or for another stream", where)
+            return _invalid()
+        key = await _active(state, key_id, where, "a stream token")
+    else:
+        key = await _session(state, credentials, request, where, page=page)
+    if isinstance(key, Response):
+        return key
     if action is not None and not allows(key.role, action):
         log.info("API key %s (role %s) may not %s: %s", key.id, key.role, action, where)
         return error_response(403, f"this key's role ({key.role}) may not {action}")
     return key.id
+
+
+async def _bearer(
+    state: GatewayState, credentials: Credentials, header: str, where: str
+) -> ApiKey | Response:
+    scheme, _, text = header.partition(" ")
+    if scheme.lower() != "bearer":
+        log.info("refused credentials on %s: not a Bearer token", where)
+        return _invalid()
+    try:
+        async with state.pool.acquire() as conn:
+            return await verify_key(conn, credentials.hasher, text)
+    except KeyRefused as exc:
+        log.info("refused an API key on %s: %s", where, exc)
+        return _invalid()
+
+
+async def _session(
+    state: GatewayState, credentials: Credentials, request: Request, where: str, *, page: bool
+) -> ApiKey | Response:
+    """The key of the request's session cookie, with the CSRF check of a POST; a page without a
+    valid session goes to sign in."""
+    cookie = request.cookies.get(sessions.COOKIE)
+    session = credentials.sessions.read(cookie)
+    if session is None:
+        if page:
+            return sessions.to_sign_in(request)
+        if cookie is None:
+            return error_response(401, MISSING, headers=_CHALLENGE)
+        log.info("refused a session cookie on %s: forged or expired", where)
+        return _invalid()
+    why = credentials.sessions.refusal(request, session)
+    if why is not None:
+        log.info("refused a POST of API key %s's session on %s: %s", session.key_id, where, why)
+        return error_response(403, f"refused: {why} (the dashboard's pages send both)")
+    key = await _active(state, session.key_id, where, "a session")
+    if isinstance(key, Response) and page:
+        return sessions.to_sign_in(request)
+    sessions.remember(request, session)
+    return key
+
+
+async def _active(state: GatewayState, key_id: str, where: str, what: str) -> ApiKey | Response:
+    """The key a cookie or token names, checked on every use: none outlives its key."""
+    try:
+        async with state.pool.acquire() as conn:
+            return await active_key(conn, key_id)
+    except KeyRefused as exc:
+        log.info("refused %s on %s: %s", what, where, exc)
+        return _invalid()

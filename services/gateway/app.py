@@ -22,7 +22,7 @@ from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.gateway import access, dashboard, outages
+from services.gateway import access, dashboard, outages, sessions
 from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
@@ -34,6 +34,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.signals import signal_workflow
 from services.gateway.state import STATE_KEY, GatewayState
 from services.gateway.store import GatewayStore
+from services.gateway.stream_tokens import mint_stream_token
 from services.gateway.submit import start_workflow, submit_form
 from services.gateway.workflows import (
     all_events,
@@ -54,10 +55,11 @@ def create_app(
 ) -> Starlette:
     """`stopping`, once set, ends every open event stream so that the server can drain (the
     process's stop event; uvicorn only closes the lifespan after connections are gone). `auth`
-    holds the secret API keys are hashed under (default: from the environment)."""
+    holds the secret API keys are hashed under and cookies and stream tokens signed with
+    (default: from the environment)."""
     settings = settings or GatewaySettings()
     # Before anything opens: a bind that needs keys and has no secret to check them with.
-    hasher = access.key_hasher(settings, auth or AuthSettings())
+    credentials = access.server_credentials(settings, auth or AuthSettings())
     # Definitions are checked here, so a broken workflow module fails before anything opens;
     # so is the workflow /submit starts (ConfigurationError: the setting names none served).
     registry = WorkflowRegistry.from_modules(settings.workflows)
@@ -71,7 +73,7 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             pool = await prepare_database(settings)
             stack.push_async_callback(close_pool, pool)
-            gate = await access.decide(settings, hasher, pool)
+            gate = await access.decide(settings, credentials, pool)
             connection = await connect(settings.amqp_url, name="relayflow-gateway")
             stack.push_async_callback(quietly, "closing the broker connection", connection.close)
             # The whole topology, so that workflow.start is routable before the orchestrator runs.
@@ -138,6 +140,9 @@ def create_app(
         Route("/workflows/{workflow_id}/retry", retry_workflow, methods=["POST"]),
         Route("/workflows/{workflow_id}/signals/{signal_name}", signal_workflow, methods=["POST"]),
         Route("/events", all_events, methods=["GET"]),
+        Route("/stream-tokens", mint_stream_token, methods=["POST"]),
+        Route(sessions.SIGN_IN_PATH, sessions.sign_in_path, methods=["GET", "POST"]),
+        Route(sessions.SIGN_OUT_PATH, sessions.sign_out, methods=["POST"]),
     ]
     return Starlette(
         routes=access.guard(routes),

@@ -18,6 +18,8 @@ from starlette.responses import HTMLResponse, Response
 from services.gateway import checks, html
 from services.gateway.checks import InputError
 from services.gateway.models import WorkflowPage
+from services.gateway.responses import html_response
+from services.gateway.sessions import page_chrome
 from services.gateway.settings import submit_off_reason
 from services.gateway.state import GatewayState, gateway_state
 from services.gateway.workflows import (
@@ -29,11 +31,9 @@ from services.gateway.workflows import (
     takes_signals,
 )
 
-_NO_STORE = {"Cache-Control": "no-store"}
-
 
 def _page(content: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(content, status_code=status_code, headers=_NO_STORE)
+    return html_response(content, status_code)
 
 
 def _params(request: Request) -> dict[str, str]:
@@ -44,8 +44,8 @@ def _params(request: Request) -> dict[str, str]:
     return {key: value for key, value in given.items() if value}
 
 
-def _refused_page(exc: InputError, warning: str | None) -> HTMLResponse:
-    return _page(html.bad_request_page(exc.message, warning=warning), exc.status)
+def _refused_page(exc: InputError, chrome: html.Chrome) -> HTMLResponse:
+    return _page(html.bad_request_page(exc.message, chrome=chrome), exc.status)
 
 
 def _refused_fragment(exc: InputError) -> HTMLResponse:
@@ -82,7 +82,7 @@ async def home(request: Request) -> Response:
         datetime.now(UTC),
         problem,
         submit_off=submit_off,
-        warning=state.access.warning,
+        chrome=page_chrome(request),
     )
     return _page(content)
 
@@ -99,21 +99,22 @@ async def list_fragment(request: Request) -> Response:
 
 async def workflow_page(request: Request) -> Response:
     state = gateway_state(request)
+    chrome = page_chrome(request)
     try:
         workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     except InputError as exc:
-        return _refused_page(exc, state.access.warning)
+        return _refused_page(exc, chrome)
     row = await state.store.get_workflow(workflow_id)
     if row is None:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
-        return _page(html.pending_workflow_page(workflow_id, warning=state.access.warning), 404)
+        return _page(html.pending_workflow_page(workflow_id, chrome=chrome), 404)
     definition = definition_of(state.registry, row)
     view = await load_view(
         state.store, row, definition, stale_after=state.settings.announce_stale_after
     )
     signals = definition if takes_signals(row, definition) else None
     page = html.workflow_page(
-        view, definition, datetime.now(UTC), row.last_seq, signals, warning=state.access.warning
+        view, definition, datetime.now(UTC), row.last_seq, signals, chrome=chrome
     )
     return _page(page)
 

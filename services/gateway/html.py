@@ -5,6 +5,7 @@ here and append event rows, so what a page shows is decided in one place."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -78,18 +79,37 @@ def pill(status: str, **attrs: str) -> str:
     return f'<span class="pill s-{esc(status)}"{extra}>{esc(status)}</span>'
 
 
+@dataclass(frozen=True, slots=True)
+class Chrome:
+    """What every page says around its content: `warning` at the top (the gateway runs without
+    authentication), or, signed in, the key's id, a sign-out button and the session's CSRF
+    token, which the pages' scripts send with every POST (services.gateway.sessions)."""
+
+    warning: str | None = None
+    key_id: str | None = None
+    csrf: str | None = None
+
+
 def page(
     title: str,
     body: str,
     *,
     scripts: Sequence[str] = (),
     data: Mapping[str, str] = {},
-    warning: str | None = None,
+    chrome: Chrome | None = None,
 ) -> str:
-    """`warning`: said at the top of the page (the gateway runs without authentication)."""
+    chrome = chrome or Chrome()
     alert = (
-        f'\n  <p class="notice open-access" role="alert" data-auth="open">{esc(warning)}</p>'
-        if warning
+        f'\n  <p class="notice open-access" role="alert" data-auth="open">{esc(chrome.warning)}</p>'
+        if chrome.warning
+        else ""
+    )
+    meta = f'\n  <meta name="relayflow-csrf" content="{esc(chrome.csrf)}">' if chrome.csrf else ""
+    account = (
+        f'<span class="small muted" data-signed-in="{esc(chrome.key_id)}">key '
+        f'{esc(chrome.key_id)}</span><button type="button" class="btn ghost" data-sign-out>'
+        "Sign out</button>"
+        if chrome.key_id
         else ""
     )
     attrs = "".join(f' data-{esc(key)}="{esc(value)}"' for key, value in data.items())
@@ -99,7 +119,7 @@ def page(
 <head>
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
-  <meta name="color-scheme" content="light">
+  <meta name="color-scheme" content="light">{meta}
   <title>{esc(title)} · relayflow</title>
   <link rel="icon" href="data:,">
   <link rel="stylesheet" href="/static/style.css">{tags}
@@ -107,7 +127,7 @@ def page(
 <body{attrs}>
   <header class="topbar">
     <a class="brand" href="/"><span class="logo" aria-hidden="true"></span>relayflow</a>
-    <nav><a href="/">Dashboard</a><a href="/openapi.json">API</a></nav>
+    <nav><a href="/">Dashboard</a><a href="/openapi.json">API</a>{account}</nav>
   </header>{alert}
   <main>
 {body}
@@ -301,7 +321,7 @@ def home(  # noqa: PLR0917 - one page's data, each piece named at the one call s
     problem: str | None = None,
     *,
     submit_off: str | None = None,
-    warning: str | None = None,
+    chrome: Chrome | None = None,
 ) -> str:
     """`submit_off` says why `/submit` is off, in which case the page shows how to start a
     workflow instead of the contact form."""
@@ -321,7 +341,7 @@ def home(  # noqa: PLR0917 - one page's data, each piece named at the one call s
   <div id="list">{workflow_list(items, next_cursor, params, now)}</div>
 </section>
 </div>"""
-    return page("Dashboard", body, scripts=("live.js", "home.js"), warning=warning)
+    return page("Dashboard", body, scripts=("live.js", "home.js"), chrome=chrome)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,26 +616,26 @@ def workflow_page(
     last_seq: int,
     signals: WorkflowDefinition | None = None,
     *,
-    warning: str | None = None,
+    chrome: Chrome | None = None,
 ) -> str:
     """`signals`: the definition whose signals the page offers to send (the run's own)."""
     return _live_workflow_page(
         view.workflow_id,
         panel(view, definition, now, last_seq=last_seq),
         signal_section(view.status, signals),
-        warning=warning,
+        chrome=chrome,
     )
 
 
-def pending_workflow_page(workflow_id: str, *, warning: str | None = None) -> str:
+def pending_workflow_page(workflow_id: str, *, chrome: Chrome | None = None) -> str:
     """The page of a workflow the orchestrator has not started yet — a link followed right after
     the submit. It follows the stream like any workflow page, which waits for the workflow to
     appear (and says so if it never does)."""
-    return _live_workflow_page(workflow_id, pending_panel(workflow_id), warning=warning)
+    return _live_workflow_page(workflow_id, pending_panel(workflow_id), chrome=chrome)
 
 
 def _live_workflow_page(
-    workflow_id: str, state: str, signals: str = "", *, warning: str | None = None
+    workflow_id: str, state: str, signals: str = "", *, chrome: Chrome | None = None
 ) -> str:
     body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
 <section class="card" id="panel" aria-live="polite">{state}</section>
@@ -636,15 +656,34 @@ def _live_workflow_page(
         body,
         scripts=("live.js", "workflow.js"),
         data={"workflow-id": workflow_id},
-        warning=warning,
+        chrome=chrome,
     )
 
 
-def bad_request_page(message: str, *, warning: str | None = None) -> str:
+def bad_request_page(message: str, *, chrome: Chrome | None = None) -> str:
     """A page for a link that can never work (a workflow id no workflow can have)."""
     body = f"""<nav class="crumbs"><a href="/">← All workflows</a></nav>
 <section class="card"><h1>Not a workflow</h1><p class="form-error">{esc(message)}</p></section>"""
-    return page("Bad request", body, warning=warning)
+    return page("Bad request", body, chrome=chrome)
+
+
+def sign_in_page(next_path: str) -> str:
+    """The sign-in form (services.gateway.sessions); its script posts the key as JSON and goes
+    on to `next_path`, a path on this site."""
+    body = """<section class="card signin" aria-labelledby="signin-title">
+  <h1 id="signin-title">Sign in</h1>
+  <p class="muted">Paste an API key whose role may read (<code>read</code>, <code>operator</code>
+    or <code>admin</code>; <code>relayflow-admin keys create</code> makes one). The gateway keeps
+    a signed cookie that names the key, never the key itself.</p>
+  <form id="signin" novalidate>
+    <label for="key">API key</label>
+    <input id="key" name="key" type="password" autocomplete="off" spellcheck="false" required
+           placeholder="rf_…">
+    <p class="form-error" id="signin-error" role="alert"></p>
+    <button type="submit" class="btn primary" id="signin-send">Sign in</button>
+  </form>
+</section>"""
+    return page("Sign in", body, scripts=("signin.js",), data={"next": next_path})
 
 
 def pending_panel(workflow_id: str) -> str:

@@ -227,15 +227,22 @@ class Limits:
         return data
 
     async def serve(
-        self, request: Request, key_id: str | None, endpoint: Endpoint, *, stream: bool
+        self,
+        request: Request,
+        key_id: str | None,
+        endpoint: Endpoint,
+        *,
+        stream: bool,
+        by_address: str = "the gateway runs open",
     ) -> Response:
-        """`endpoint`'s answer to a caller with credentials (`key_id`, None when the gateway runs
-        open), or the 429 of a limit it is over. `stream`: the answer is an event stream."""
+        """`endpoint`'s answer to a caller with credentials (`key_id`; None when the gateway runs
+        open, or on the sign-in routes, which `by_address` then names), or the 429 of a limit
+        it is over. `stream`: the answer is an event stream."""
         if key_id is not None:
             caller, who = f"key {key_id}", "this API key"
         else:
             address = request.client.host if request.client is not None else "unknown"
-            caller, who = f"address {address}", "this client address (the gateway runs open)"
+            caller, who = f"address {address}", f"this client address ({by_address})"
         if self.rate is not None and (wait := self.rate.take(caller)) > 0:
             return error_response(
                 429,

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import MISSING, BaseModel, ConfigDict, Field
+from pydantic import MISSING, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from relayflow.auth import Role
+from relayflow.contracts.messages import WorkflowId
 from relayflow.model import FINISHED, StepStatus, WorkflowStatus
 
 # The vocabulary is the workflow model's (relayflow/model/status.py); these are its views.
@@ -274,6 +276,53 @@ class FeedReset(_Model):
     model_config = ConfigDict(extra="forbid")
 
     reason: ResetReason
+
+
+class SignIn(_Model):
+    """The body of `POST /signin`: the API key a person pastes into the dashboard's sign-in
+    page (a key whose role may read)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(max_length=200)
+
+
+class SignedIn(_Model):
+    """The session cookie is set: it carries the key's id and expiry, never the key."""
+
+    key_id: str
+    role: Role
+    expires_at: datetime
+
+
+class SignOut(_Model):
+    """The body of `POST /signout`: `{}` (a body, so that the POST is JSON like every other)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamTokenRequest(_Model):
+    """What a stream token opens: one workflow's events (`workflowId`) or the list's feed
+    (`list: true`), exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow_id: WorkflowId | None = None
+    list: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> StreamTokenRequest:
+        if (self.workflow_id is None) == (self.list is None):
+            raise ValueError("give exactly one of workflowId and list (true)")
+        return self
+
+
+class StreamToken(_Model):
+    """A token for `?token=` on the events route it was made for, valid until `expiresAt` (the
+    key it was made with is checked again when it is used)."""
+
+    token: str
+    expires_at: datetime
 
 
 class Health(_Model):

@@ -21,7 +21,7 @@ from relayflow.auth import Action
 from relayflow.contracts import DEFAULT_MAX_INPUT_BYTES, WorkflowEvent
 from relayflow.errors import ConfigurationError
 from relayflow.workflow import VERSION_PATTERN, WorkflowRegistry
-from services.gateway import access, checks
+from services.gateway import access, checks, sessions, stream_tokens
 from services.gateway.input_schema import NO_NUL, STORABLE_JSON, as_applied, storable_json
 from services.gateway.models import (
     WORKFLOW_STATUSES,
@@ -35,7 +35,12 @@ from services.gateway.models import (
     Readiness,
     SignalAccepted,
     SignalReceived,
+    SignedIn,
+    SignIn,
+    SignOut,
     StepSleeping,
+    StreamToken,
+    StreamTokenRequest,
     UnknownWorkflow,
     WorkflowPage,
     WorkflowView,
@@ -244,6 +249,9 @@ def build_openapi(
                 *((definition.input_model, "validation") for definition in registry),
                 *((model, "validation") for model in signal_models),
                 (ActionOptions, "validation"),
+                (SignIn, "validation"),
+                (SignOut, "validation"),
+                (StreamTokenRequest, "validation"),
             ]
         )
     )
@@ -264,6 +272,8 @@ def build_openapi(
             SignalAccepted,
             SignalReceived,
             StepSleeping,
+            SignedIn,
+            StreamToken,
         )
     ]
     refs, defs = models_json_schema([*inputs, *answers], by_alias=True, ref_template=REF)
@@ -436,6 +446,7 @@ def build_openapi(
                     "description": "Resume after this seq (for clients that cannot set headers).",
                     "schema": seq,
                 },
+                _stream_token('this workflow (`{"workflowId": …}`)'),
             ],
             "responses": {
                 "200": {
@@ -662,6 +673,7 @@ def build_openapi(
                     "description": "As Last-Event-ID, for clients that cannot set headers.",
                     "schema": {"type": "string"},
                 },
+                _stream_token('the list (`{"list": true}`)'),
             ],
             "responses": {
                 "200": {
@@ -742,7 +754,156 @@ def build_openapi(
             },
         }
     }
-    return _document(paths, schemas, error_ref)
+    return _document({**paths, **_credential_paths(ref, error_ref)}, schemas, error_ref)
+
+
+def _stream_token(scope: str) -> dict[str, Any]:
+    return {
+        "name": stream_tokens.QUERY,
+        "in": "query",
+        "required": False,
+        "description": (
+            f"A stream token from POST /stream-tokens for {scope}, for clients that cannot send "
+            "Authorization (a browser's EventSource). Forged, expired, made for another stream, "
+            "or made with a key revoked since: 401. Used only when no Authorization is sent."
+        ),
+        "schema": {"type": "string", "maxLength": 1024},
+    }
+
+
+def _credential_paths(ref: Any, error_ref: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Signing in and out of the dashboard (services.gateway.sessions) and minting stream tokens
+    (services.gateway.stream_tokens)."""
+    html_answer = {"content": {"text/html": {"schema": {"type": "string"}}}}
+    json_refusals = {
+        "413": _json(error_ref, "The body is larger than RELAYFLOW_MAX_BODY_BYTES."),
+        "415": _json(error_ref, "The body was not sent as application/json."),
+    }
+    cookie = sessions.COOKIE
+    return {
+        sessions.SIGN_IN_PATH: {
+            "get": {
+                "operationId": "sign_in_page",
+                "summary": "The dashboard's sign-in page",
+                "tags": ["pages"],
+                "parameters": [
+                    {
+                        "name": "next",
+                        "in": "query",
+                        "required": False,
+                        "description": "Where to go once signed in: a path on this site.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "An HTML page.", **html_answer},
+                    "303": {
+                        "description": (
+                            "Already signed in, or the gateway runs open: on to `next`."
+                        ),
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                },
+            },
+            "post": {
+                "operationId": "sign_in",
+                "summary": "Sign in to the dashboard with an API key",
+                "description": (
+                    f"Verifies the key and sets the `{cookie}` cookie (HttpOnly, "
+                    "SameSite=Strict, Secure over HTTPS), signed by the gateway: it holds the "
+                    "key's id and an expiry (RELAYFLOW_SESSION_SECONDS), never the key. Only from "
+                    "this gateway's own pages (Origin). " + _JSON_ONLY
+                ),
+                "tags": ["pages"],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(SignIn, "validation")}},
+                },
+                "responses": {
+                    "200": {
+                        **_json(ref(SignedIn), "Signed in; the cookie is set."),
+                        "headers": {"Set-Cookie": {"schema": {"type": "string"}}},
+                    },
+                    "400": _json(error_ref, "The body is not JSON."),
+                    "401": _json(error_ref, "Not a valid, unrevoked API key."),
+                    "403": _json(
+                        error_ref, "Not from this gateway's own pages, or the key cannot read."
+                    ),
+                    "409": _json(error_ref, "The gateway runs open: nothing to sign in to."),
+                    **json_refusals,
+                    "422": _json(error_ref, f'The body is not {{"key": …}}, or {_JSON_LIMITS}.'),
+                },
+            },
+        },
+        sessions.SIGN_OUT_PATH: {
+            "post": {
+                "operationId": "sign_out",
+                "summary": "Sign out of the dashboard",
+                "description": (
+                    f"Clears the `{cookie}` cookie. With a valid session it needs the session's "
+                    f"`{sessions.CSRF_HEADER}` and a same-site Origin, like every POST the cookie "
+                    "authenticates. Revoking the key ends all of its sessions. " + _JSON_ONLY
+                ),
+                "tags": ["pages"],
+                "parameters": [_csrf_header()],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(SignOut, "validation")}},
+                },
+                "responses": {
+                    "204": {"description": "Signed out; the cookie is cleared."},
+                    "400": _json(error_ref, "The body is not JSON."),
+                    "403": _json(error_ref, "Not from this site, or no valid CSRF token."),
+                    **json_refusals,
+                    "422": _json(error_ref, f"The body is not {{}}, or {_JSON_LIMITS}."),
+                },
+            }
+        },
+        "/stream-tokens": {
+            "post": {
+                "operationId": "mint_stream_token",
+                "summary": "A short-lived token that opens one event stream (for EventSource)",
+                "description": (
+                    "For one workflow's events (`workflowId`; the workflow need not exist yet) "
+                    "or the list's (`list: true`), used as `?token=` on that route. Valid for "
+                    "RELAYFLOW_STREAM_TOKEN_SECONDS (300 by default) and only while the key it "
+                    "was made with is unrevoked; a stream it opened goes on. " + _JSON_ONLY
+                ),
+                "tags": ["workflows"],
+                "parameters": [_csrf_header()],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": ref(StreamTokenRequest, "validation")}
+                    },
+                },
+                "responses": {
+                    "200": _json(ref(StreamToken), "The token and when it expires."),
+                    "400": _json(error_ref, "The body is not JSON."),
+                    "409": _json(error_ref, "The gateway runs open: streams need no token."),
+                    **json_refusals,
+                    "422": _json(
+                        error_ref,
+                        "Not exactly one of workflowId (a workflow id) and list (true), or "
+                        f"{_JSON_LIMITS}.",
+                    ),
+                },
+            }
+        },
+    }
+
+
+def _csrf_header() -> dict[str, Any]:
+    return {
+        "name": sessions.CSRF_HEADER,
+        "in": "header",
+        "required": False,
+        "description": (
+            "With the session cookie only: the session's CSRF token (the dashboard's pages hold "
+            "it); a POST the cookie authenticates without it is 403. Bearer requests need none."
+        ),
+        "schema": {"type": "string"},
+    }
 
 
 def _document(
@@ -750,6 +911,11 @@ def _document(
 ) -> dict[str, Any]:
     _document_outages(paths, error_ref)
     _document_security(paths, error_ref)
+    for path in ("/", "/ui/workflows/{workflowId}"):  # access.PAGES
+        paths[path]["get"]["responses"]["303"] = {
+            "description": "Not signed in (keys are required): to `/signin?next=<this page>`.",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        }
     _document_limits(paths, error_ref)
     return {
         "openapi": "3.1.0",
@@ -777,8 +943,15 @@ def _document(
             {"name": "operations", "description": "Health, readiness and this document"},
         ],
         "paths": paths,
-        "security": [{"bearerAuth": []}],
-        "components": {"schemas": schemas, "securitySchemes": {"bearerAuth": _BEARER}},
+        "security": [{"bearerAuth": []}, {"sessionCookie": []}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": _BEARER,
+                "sessionCookie": _SESSION_COOKIE,
+                "streamToken": _STREAM_TOKEN,
+            },
+        },
     }
 
 
@@ -795,19 +968,47 @@ _BEARER = {
 }
 
 
+_SESSION_COOKIE = {
+    "type": "apiKey",
+    "in": "cookie",
+    "name": sessions.COOKIE,
+    "description": (
+        "The dashboard's session (POST /signin): the key's id and an expiry, signed by the "
+        "gateway; the key is checked again on every request. A POST it authenticates also needs "
+        f"`{sessions.CSRF_HEADER}` and a same-site Origin or Referer (403 otherwise)."
+    ),
+}
+_STREAM_TOKEN = {
+    "type": "apiKey",
+    "in": "query",
+    "name": stream_tokens.QUERY,
+    "description": "A stream token (POST /stream-tokens), on the event stream it was made for.",
+}
+
+
 def _document_security(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
     """Each operation's credentials, from the one table of what each route needs
-    (services.gateway.access.ACTIONS): none on the probes, 401 without a valid key elsewhere,
-    and 403 where the key's role matters."""
+    (services.gateway.access.ACTIONS): none on the probes and the sign-in routes, 401 without
+    valid credentials elsewhere, and 403 where the key's role matters."""
     for path, operations in paths.items():
         for method, operation in operations.items():
-            if access.is_public(path):
+            if access.is_public(path) or path in access.SESSION_PATHS:
                 operation["security"] = []
                 continue
             action = access.action_for(path, method)
+            if action is Action.STREAM and method == "get":
+                operation["security"] = [
+                    {"bearerAuth": []},
+                    {"streamToken": []},
+                    {"sessionCookie": []},
+                ]
             responses = operation["responses"]
             responses["401"] = {
-                **_json(error_ref, "No credentials, or not a valid, unrevoked API key."),
+                **_json(
+                    error_ref,
+                    "No credentials, or not a valid, unrevoked API key (nor a valid session "
+                    "cookie or stream token standing for one).",
+                ),
                 "headers": {
                     "WWW-Authenticate": {
                         "description": "`Bearer`: how to authenticate.",
@@ -816,9 +1017,13 @@ def _document_security(paths: dict[str, Any], error_ref: dict[str, Any]) -> None
                 },
             }
             if action is not None:
-                responses["403"] = _json(
-                    error_ref, f"The key's role does not allow this (it needs `{action}`)."
-                )
+                refusal = f"The key's role does not allow this (it needs `{action}`)."
+                if method == "post":
+                    refusal += (
+                        " Or, authenticated by the session cookie, the request is not from this "
+                        f"site (Origin or Referer) or has no valid {sessions.CSRF_HEADER}."
+                    )
+                responses["403"] = _json(error_ref, refusal)
 
 
 def _document_limits(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
@@ -844,7 +1049,11 @@ def _document_limits(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
         if access.is_public(path):
             continue
         for method, operation in operations.items():
-            stream = access.action_for(path, method) is Action.STREAM
+            stream = (
+                method == "get"
+                and path not in access.SESSION_PATHS
+                and access.action_for(path, method) is Action.STREAM
+            )
             operation["responses"]["429"] = {
                 **_json(error_ref, rate + (streams if stream else "")),
                 "headers": retry_after,
@@ -852,7 +1061,7 @@ def _document_limits(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
 
 
 # Routes that answer without PostgreSQL (or say what is down themselves).
-_NEEDS_NO_DATABASE = ("/healthz", "/readyz", "/openapi.json")
+_NEEDS_NO_DATABASE = ("/healthz", "/readyz", "/openapi.json", sessions.SIGN_OUT_PATH)
 
 
 def _document_outages(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Generator
 
@@ -12,6 +13,7 @@ from starlette.applications import Starlette
 
 from relayflow.errors import ServiceUnavailableError
 from services.gateway.settings import GatewaySettings
+from services.gateway.stream_tokens import RedactTokens
 
 GRACEFUL_SHUTDOWN = 10.0
 
@@ -26,6 +28,12 @@ class GatewayServer(uvicorn.Server):
 
 
 def build_server(app: Starlette, settings: GatewaySettings) -> GatewayServer:
+    access_log = logging.getLogger("uvicorn.access")
+    if settings.gateway_access_log and not any(
+        isinstance(item, RedactTokens) for item in access_log.filters
+    ):
+        # Request lines hold query strings, and a stream token is a credential.
+        access_log.addFilter(RedactTokens())
     config = uvicorn.Config(
         app,
         host=settings.gateway_host,

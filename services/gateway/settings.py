@@ -52,6 +52,12 @@ class GatewaySettings(Settings):
     gateway_access_log: bool = False
     # RELAYFLOW_AUTH; the secret keys are hashed under is RELAYFLOW_AUTH_SECRET (AuthSettings).
     auth: AuthMode = AuthMode.AUTO
+    # How long a dashboard sign-in lasts (services.gateway.sessions); the key is re-checked on
+    # every request regardless, so a revocation ends it at once.
+    session_seconds: int = Field(default=12 * 3600, ge=60, le=30 * 24 * 3600)
+    # How long a stream token (services.gateway.stream_tokens) may be used to open an event
+    # stream; one already open goes on until it ends.
+    stream_token_seconds: int = Field(default=300, ge=10, le=24 * 3600)
     # The workflow `POST /submit` (and the dashboard's contact form, which posts there) starts:
     # an alias of `POST /workflows/{name}`. Empty turns the alias off: `/submit` answers 404 and
     # the dashboard shows no form. Unset, it is `formSubmission` when that workflow is served

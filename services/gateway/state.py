@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # access.py reads the state of a request: imported for the ty
     from services.gateway.access import Access
 
 STATE_KEY = "gateway"
+# The id of the key that authenticated a request (services.gateway.access), for the handlers
+# that act on its behalf.
+_CALLER_KEY = "relayflow.caller"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +51,14 @@ def gateway_state(request: Request) -> GatewayState:
     if not isinstance(state, GatewayState):  # pragma: no cover - a wiring mistake
         raise TypeError("the gateway lifespan has not run")
     return state
+
+
+def set_caller(request: Request, key_id: str | None) -> None:
+    request.scope[_CALLER_KEY] = key_id
+
+
+def caller_of(request: Request) -> str | None:
+    """The id of the API key behind this request (Bearer, cookie or stream token); None while
+    the gateway runs open."""
+    key_id = request.scope.get(_CALLER_KEY)
+    return key_id if isinstance(key_id, str) else None

@@ -171,12 +171,11 @@ async def test_no_or_malformed_credentials_are_401_with_a_challenge(
 
 
 async def test_every_protected_route_refuses_without_a_key(gateway: RunningGateway) -> None:
-    """Dashboard pages, SSE and the API document too: a browser without the header gets 401."""
+    """Fragments, SSE and the API document too: a browser without credentials gets 401 (and
+    on the pages a redirect to sign in: test_gateway_sessions.py)."""
     workflow_id = new_workflow_id()
     for method, path in (
-        ("GET", "/"),
         ("GET", "/ui/list"),
-        ("GET", f"/ui/workflows/{workflow_id}"),
         ("GET", f"/ui/workflows/{workflow_id}/panel"),
         ("GET", "/openapi.json"),
         ("GET", "/events"),
@@ -188,6 +187,7 @@ async def test_every_protected_route_refuses_without_a_key(gateway: RunningGatew
         ("POST", f"/workflows/{workflow_id}/cancel"),
         ("POST", f"/workflows/{workflow_id}/retry"),
         ("POST", f"/workflows/{workflow_id}/signals/decision"),
+        ("POST", "/stream-tokens"),
     ):
         response = await gateway.client.request(method, path, json={})
         assert response.status_code == 401, (method, path)

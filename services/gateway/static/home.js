@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { followWorkflow, followFeed, refresher, ITEM_EVENTS } = window.relayflow;
+  const { followWorkflow, followFeed, refresher, jsonHeaders, ITEM_EVENTS } = window.relayflow;
 
   // ---- the list -------------------------------------------------------------------------
   const section = document.getElementById("workflows");
@@ -69,7 +69,7 @@
     try {
       const response = await fetch("/submit", {
         method: "POST",
-        headers: { "Content-Type": "application/json", "Idempotency-Key": idempotencyKey },
+        headers: jsonHeaders({ "Idempotency-Key": idempotencyKey }),
         body: JSON.stringify(input),
       });
       const body = await response.json();

@@ -53,6 +53,7 @@ window.relayflow = (() => {
       busy = true;
       try {
         const response = await fetch(url(), { headers: { Accept: "text/html" } });
+        if (response.status === 401) { toSignIn(); return; }
         if (response.ok || response.status === 404) {
           swap(target, await response.text());
           if (after) after();
@@ -69,6 +70,36 @@ window.relayflow = (() => {
       timer = setTimeout(run, delay);
     }
     return { schedule, now: run };
+  }
+
+  // Signed in (services/gateway/sessions.py), a page holds its session's CSRF token: every POST
+  // sends it, and event streams open with a stream token. Open, or with no keys, neither exists.
+  const CSRF = document.querySelector('meta[name="relayflow-csrf"]')?.content || "";
+
+  function jsonHeaders(extra = {}) {
+    return { "Content-Type": "application/json", ...(CSRF ? { "X-CSRF-Token": CSRF } : {}), ...extra };
+  }
+
+  function toSignIn() {
+    const here = window.location.pathname + window.location.search;
+    window.location.assign(`/signin?next=${encodeURIComponent(here)}`);
+  }
+
+  // The URL of an event stream: with a fresh stream token when signed in (EventSource cannot send
+  // headers; the cookie would do same-origin too, but a token is what any page can use, so the
+  // dashboard uses it like any other client). `scope`: {workflowId} or {list: true}.
+  async function streamUrl(path, query, scope) {
+    const params = new URLSearchParams(query);
+    if (CSRF) {
+      const response = await fetch("/stream-tokens", {
+        method: "POST", headers: jsonHeaders(), body: JSON.stringify(scope),
+      });
+      if (response.status === 401) { toSignIn(); throw new Error("signed out"); }
+      if (!response.ok) throw new Error(`no stream token: the gateway answered ${response.status}`);
+      params.set("token", (await response.json()).token);
+    }
+    const text = params.toString();
+    return text ? `${path}?${text}` : path;
   }
 
   function setLive(el, state, text) {
@@ -88,11 +119,30 @@ window.relayflow = (() => {
     let expectUntil = 0;
     let backoff = 250;
     let timer = null;
+    let connecting = false;
+    let closed = false;
 
-    function connect() {
+    function retry() {
+      setLive(live, "reconnecting", "reconnecting…");
+      timer = setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 4000);
+    }
+
+    async function connect() {
       timer = null;
-      const query = lastSeq ? `?lastEventId=${lastSeq}` : "";
-      source = new EventSource(`/workflows/${encodeURIComponent(workflowId)}/events${query}`);
+      connecting = true;
+      let url;
+      try {
+        const path = `/workflows/${encodeURIComponent(workflowId)}/events`;
+        url = await streamUrl(path, lastSeq ? `lastEventId=${lastSeq}` : "", { workflowId });
+      } catch (error) {
+        connecting = false;
+        if (!closed) retry();
+        return;
+      }
+      connecting = false;
+      if (closed) return;
+      source = new EventSource(url);
       const mine = source;
       source.onopen = () => { backoff = 250; if (!finished) setLive(live, "live"); };
       for (const type of [...EVENT_TYPES, ...ITEM_EVENT_TYPES]) {
@@ -125,9 +175,7 @@ window.relayflow = (() => {
           setLive(live, "finished");
           return;
         }
-        setLive(live, "reconnecting", "reconnecting…");
-        timer = setTimeout(connect, backoff);
-        backoff = Math.min(backoff * 2, 4000);
+        retry();
       };
     }
 
@@ -136,9 +184,10 @@ window.relayflow = (() => {
       expectMore(seconds = 30) {
         expectUntil = Date.now() + seconds * 1000;
         backoff = 250;
-        if (!source && !timer) connect();
+        if (!source && !timer && !connecting) connect();
       },
       close() {
+        closed = true;
         clearTimeout(timer);
         if (source) source.close();
         source = null;
@@ -148,15 +197,23 @@ window.relayflow = (() => {
 
   // The feed of every workflow's events (GET /events). Any event — or a `reset`, which also
   // opens every connection — means the list may have changed: `onChange` refetches it.
-  function followFeed(query, { onChange, live }) {
-    const source = new EventSource(`/events${query ? `?${query}` : ""}`);
+  async function followFeed(query, { onChange, live }) {
+    const again = () => setTimeout(() => followFeed(query, { onChange, live }), 2000);
+    let url;
+    try {
+      url = await streamUrl("/events", query, { list: true });
+    } catch (error) {
+      setLive(live, "reconnecting", "reconnecting…");
+      again();
+      return;
+    }
+    const source = new EventSource(url);
     source.onopen = () => setLive(live, "live");
     source.onerror = () => {
       setLive(live, "reconnecting", "reconnecting…");
-      if (source.readyState === EventSource.CLOSED) setTimeout(() => followFeed(query, { onChange, live }), 2000);
+      if (source.readyState === EventSource.CLOSED) again();
     };
     for (const type of ["reset", ...EVENT_TYPES]) source.addEventListener(type, () => onChange(type));
-    return source;
   }
 
   function summary(type, body) {
@@ -218,7 +275,7 @@ window.relayflow = (() => {
     const key = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
     const response = await fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", "Idempotency-Key": key, ...headers },
+      headers: jsonHeaders({ "Idempotency-Key": key, ...headers }),
       body: JSON.stringify(body),
     });
     let answer = {};
@@ -226,9 +283,21 @@ window.relayflow = (() => {
     return { ok: response.status === 202, status: response.status, body: answer };
   }
 
+  // Sign out (the button is on every page while signed in), then to the sign-in page.
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-sign-out]");
+    if (!button) return;
+    button.disabled = true;
+    try {
+      await fetch("/signout", { method: "POST", headers: jsonHeaders(), body: "{}" });
+    } finally {
+      window.location.assign("/signin");
+    }
+  });
+
   localTimes(document);
   return {
     followWorkflow, followFeed, refresher, eventRow, postAction, localTimes, swap, setLive, ITEM_EVENTS,
-    TERMINAL,
+    TERMINAL, jsonHeaders,
   };
 })();
