@@ -8,6 +8,7 @@
     relayflow-admin keys create --tenant T --role submit|read|operator|admin [--name N]
     relayflow-admin keys list [--tenant T] [--json]
     relayflow-admin keys revoke ID
+    relayflow-admin broker setup --out FILE [--vhost V] [--host H] [--port P] [--isolated-steps]
 
 `AMQP_URL` and `RELAYFLOW_NAMESPACE` say which broker and which set of queues (as for the
 services); `--amqp-url` and `--namespace` override them. `signal` also reads the workflow from
@@ -34,6 +35,11 @@ broker. `create` prints the key alone on stdout, once (it is stored hashed, unde
 `RELAYFLOW_AUTH_SECRET`, which it needs: the gateway's); what was made goes to stderr. `list`
 shows every key but never a secret; `revoke` ends a key at once, and revoking it again changes
 nothing.
+
+`broker setup` writes one user per service of the namespace, each with only the rights its
+service needs (`relayflow.amqp.definitions`), as a RabbitMQ definitions file to load with
+`rabbitmqctl import_definitions FILE`, and prints each service's `AMQP_URL` (the passwords, once)
+and the `RELAYFLOW_BROKER_SENDERS` every service is to run with. It needs no broker.
 """
 
 from __future__ import annotations
@@ -41,10 +47,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -53,6 +62,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import ValidationError
 
 from relayflow.amqp.consumer import QUEUE_HEADER, REASON_HEADER
+from relayflow.amqp.definitions import broker_users, definitions, senders_setting
 from relayflow.amqp.publisher import broker_user
 from relayflow.auth import (
     ApiKey,
@@ -76,6 +86,7 @@ from relayflow.contracts import (
 from relayflow.model import FINISHED
 from relayflow.settings import Settings
 from relayflow.signal_keys import SignalKeyConflict, signal_message_id, signal_target
+from relayflow.steps import StepRegistry
 from relayflow.topology import CONTROL_KEY, SIGNAL_KEY, Topology
 from relayflow.workflow import WorkflowDefinition, WorkflowRegistry
 
@@ -521,7 +532,51 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     revoke = keys.add_parser("revoke", help="refuse the key from now on")
     revoke.add_argument("key_id", metavar="ID")
+    broker = areas.add_parser("broker", help="broker users").add_subparsers(
+        dest="command", required=True
+    )
+    setup = broker.add_parser(
+        "setup",
+        help="write least-privilege users for the namespace as RabbitMQ definitions, and print "
+        "each service's AMQP_URL and the RELAYFLOW_BROKER_SENDERS they share",
+    )
+    setup.add_argument("--out", required=True, type=Path, help="the definitions file to write")
+    setup.add_argument("--vhost", default="relayflow", help="default: relayflow")
+    setup.add_argument("--host", default="127.0.0.1", help="broker host in the printed URLs")
+    setup.add_argument("--port", type=int, default=5672)
+    setup.add_argument(
+        "--isolated-steps",
+        action="store_true",
+        help="the step service only sends results (RELAYFLOW_STEP_ADVANCE=false)",
+    )
     return parser
+
+
+def broker_setup(args: argparse.Namespace, namespace: str) -> int:
+    """Write the definitions (passwords hashed, file readable by its owner only) and print what
+    each service needs; the passwords are shown once, here."""
+    settings = Settings()
+    users = broker_users(namespace, isolated_steps=args.isolated_steps)
+    # The topology of what the services load (RELAYFLOW_WORKFLOWS, RELAYFLOW_STEP_MODULES).
+    steps = {
+        *WorkflowRegistry.from_modules(settings.workflows).task_names(),
+        *StepRegistry.from_modules(settings.step_modules).names(),
+    }
+    topology = Topology(namespace, settings.queue_type, settings.delivery_limit)
+    document = definitions(users, args.vhost, topology, steps)
+    descriptor = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(document, out, indent=2)
+    vhost = urllib.parse.quote(args.vhost, safe="")
+    lines = [f"wrote {args.out}; load it with: rabbitmqctl import_definitions {args.out}", ""]
+    for user in users:
+        url = f"amqp://{user.name}:{user.password}@{args.host}:{args.port}/{vhost}"
+        lines.append(f"{user.service:13} AMQP_URL={url}")
+    lines += ["", f"every service: RELAYFLOW_BROKER_SENDERS='{senders_setting(users)}'"]
+    if args.isolated_steps:
+        lines.append("the step service: RELAYFLOW_STEP_ADVANCE=false")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
 
 
 def _warn(text: str) -> None:
@@ -588,6 +643,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.area == "keys":
             database_url = args.database_url or Settings().database_url
             code = asyncio.run(keys_command(args, database_url))
+        elif args.area == "broker":
+            code = broker_setup(args, args.namespace or Settings().namespace)
         else:
             code = asyncio.run(_amain(args))
     except (AdminError, aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:

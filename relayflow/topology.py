@@ -14,14 +14,19 @@ publisher never sees a mandatory message returned just because its consumer has 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 from pamqp.common import FieldTable
 
+from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
+
+log = logging.getLogger(__name__)
 
 START_KEY = "workflow.start"
 SIGNAL_KEY = "workflow.signal"
@@ -117,16 +122,50 @@ class Topology:
                 await queue.bind(exchange, routing_key=key)
         return Exchanges(main=exchange, events=events, dead_letters=dlx)
 
+    async def ensure(self, connection: AbstractConnection, step_names: Iterable[str]) -> None:
+        """Declare the whole topology (`declare`), as every service does at start-up; or, when
+        the broker refuses because this user holds only least privileges (`relayflow-admin
+        broker setup`, whose definitions create the topology), check that all of it exists. A
+        part missing then is a configuration error naming it."""
+        names = list(step_names)
+        channel = await connection.channel()
+        try:
+            await self.declare(channel, names)
+        except aiormq.exceptions.ChannelAccessRefused as refused:
+            log.info("may not declare the topology (%s); checking that it exists", refused)
+        else:
+            await channel.close()
+            return
+        missing: list[str] = []
+        exchanges = [self.exchange, self.events_exchange, self.dead_letter_exchange]
+        queues = [self.dead_letter_queue, *self.queue_bindings(names)]
+        for kind, name in [*(("exchange", e) for e in exchanges), *(("queue", q) for q in queues)]:
+            # A passive declaration needs no permission; one that fails closes its channel.
+            probe = await connection.channel()
+            try:
+                if kind == "exchange":
+                    await probe.declare_exchange(name, passive=True)
+                else:
+                    await probe.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                missing.append(f"{kind} {name}")
+            else:
+                await probe.close()
+        if missing:
+            raise ConfigurationError(
+                f"the broker has no {', '.join(missing)}, and this broker user may not declare "
+                "them: load the definitions of `relayflow-admin broker setup` (made with the "
+                "same workflows) first"
+            )
+
     async def declare_event_listener(self, channel: AbstractChannel) -> AbstractQueue:
         """A server-named queue that lives as long as this connection: each gateway replica
-        receives every event for its own subscribers."""
-        events = await channel.declare_exchange(
-            self.events_exchange, aio_pika.ExchangeType.FANOUT, durable=True
-        )
+        receives every event for its own subscribers. The exchange is `ensure`d's (declaring
+        it again here would take a right a least-privilege gateway does not hold)."""
         queue = await channel.declare_queue(
             "", exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
         )
-        await queue.bind(events, routing_key="")
+        await queue.bind(self.events_exchange, routing_key="")
         return queue
 
 

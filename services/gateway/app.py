@@ -77,9 +77,7 @@ def create_app(
             connection = await connect(settings.amqp_url, name="relayflow-gateway")
             stack.push_async_callback(quietly, "closing the broker connection", connection.close)
             # The whole topology, so that workflow.start is routable before the orchestrator runs.
-            channel = await connection.channel()
-            await topology.declare(channel, registry.task_names())
-            await channel.close()
+            await topology.ensure(connection, registry.task_names())
             publisher = await Publisher.open(
                 connection, confirm_timeout=settings.gateway_publish_timeout
             )

@@ -34,9 +34,9 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
     connection = await connect(settings.amqp_url, name="relayflow-orchestrator")
     hops = HopTrace.open(settings.hop_trace, "orchestrator")
     try:
+        await topology.ensure(connection, registry.task_names())
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.orchestrator_prefetch)
-        await topology.declare(channel, registry.task_names())
         publisher = await Publisher.open(connection)
         relay = OutboxRelay(
             pool,

@@ -59,9 +59,7 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
         stack.push_async_callback(close_pool, pool)
         connection = await connect(settings.amqp_url, name="relayflow-steps")
         stack.push_async_callback(quietly, "closing the broker connection", connection.close)
-        channel = await connection.channel()
-        await topology.declare(channel, {*workflows.task_names(), *steps.names()})
-        await channel.close()
+        await topology.ensure(connection, {*workflows.task_names(), *steps.names()})
         hops = HopTrace.open(settings.hop_trace, "steps")
         stack.callback(hops.close)
         advancer = None

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,19 @@ from tests.tools.private_services import PrivatePostgres, PrivateRabbit, free_lo
 ROOT = Path(__file__).resolve().parents[2]
 # Each service and the module it runs as (`python -m`), as the run command starts them: the core's
 # and formSubmission's external system.
+# The workflows the services load here.
+WORKFLOW_MODULES = (
+    "apps.form_submission.workflows",
+    "tests.tools.ledger",
+    "tests.tools.ledger_map",
+    "apps.batch_import.workflows",
+)
+STEP_MODULES = (
+    "apps.form_submission.steps",
+    "tests.tools.ledger",
+    "tests.tools.ledger_map",
+    "apps.batch_import.steps",
+)
 MODULES = {**supervisor.SERVICES, "external": "apps.form_submission.external"}
 SERVICES = tuple(MODULES)
 TERMINAL = ("completed", "failed", "cancelled")
@@ -57,6 +71,9 @@ class Cluster:
     namespace: str = field(default_factory=lambda: f"f{uuid.uuid4().hex[:10]}")
     gateway_port: int = field(default_factory=free_low_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The broker vhost, and each service's user as "name:password" (default: guest).
+    vhost: str = "/"
+    credentials: dict[str, str] = field(default_factory=dict)
     links: dict[str, Links] = field(default_factory=dict)
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     pool: asyncpg.Pool[Any] | None = None
@@ -76,6 +93,15 @@ class Cluster:
     def topology(self) -> Topology:
         return Topology(self.namespace)
 
+    @property
+    def _vhost_path(self) -> str:
+        return "" if self.vhost == "/" else urllib.parse.quote(self.vhost, safe="")
+
+    @property
+    def amqp_url(self) -> str:
+        """Direct, as guest, for the harness."""
+        return self.rabbit.url + self._vhost_path
+
     def db(self) -> asyncpg.Pool[Any]:
         assert self.pool is not None, "Cluster.setup() has not run"
         return self.pool
@@ -84,19 +110,16 @@ class Cluster:
         links = self.links[service]
         return {
             **os.environ,
-            "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{links.amqp.port}/",
+            "AMQP_URL": (
+                f"amqp://{self.credentials.get(service, 'guest:guest')}@127.0.0.1:"
+                f"{links.amqp.port}/{self._vhost_path}"
+            ),
             "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{links.db.port}/{self.database}",
             "RELAYFLOW_NAMESPACE": self.namespace,
             "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
             "RELAYFLOW_GATEWAY_PORT": str(self.gateway_port),
-            "RELAYFLOW_WORKFLOWS": (
-                "apps.form_submission.workflows,tests.tools.ledger,tests.tools.ledger_map,"
-                "apps.batch_import.workflows"
-            ),
-            "RELAYFLOW_STEP_MODULES": (
-                "apps.form_submission.steps,tests.tools.ledger,tests.tools.ledger_map,"
-                "apps.batch_import.steps"
-            ),
+            "RELAYFLOW_WORKFLOWS": ",".join(WORKFLOW_MODULES),
+            "RELAYFLOW_STEP_MODULES": ",".join(STEP_MODULES),
             "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
             "RELAYFLOW_STEP_LEASE_SECONDS": "3",
             "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.2",
@@ -217,7 +240,7 @@ class Cluster:
             ),
         ]
         counts: dict[str, tuple[int, int]] = {}
-        connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+        connection = await aio_pika.connect(self.amqp_url, timeout=5)
         try:
             for name in names:
                 channel = await connection.channel()
@@ -360,6 +383,9 @@ async def running_cluster(
     *,
     extra_env: dict[str, str] | None = None,
     start: bool = True,
+    namespace: str | None = None,
+    vhost: str = "/",
+    credentials: dict[str, str] | None = None,
 ) -> AsyncIterator[Cluster]:
     """A fresh database and namespace on the private instances, with every service running."""
     cluster = Cluster(
@@ -368,7 +394,11 @@ async def running_cluster(
         database=f"faults_{uuid.uuid4().hex[:10]}",
         log_dir=log_dir,
         extra_env=dict(extra_env or {}),
+        vhost=vhost,
+        credentials=dict(credentials or {}),
     )
+    if namespace is not None:
+        cluster.namespace = namespace
     try:
         await cluster.setup()
         if start:

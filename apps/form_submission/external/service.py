@@ -19,9 +19,7 @@ async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         connection = await connect(settings.amqp_url, name="relayflow-external")
         stack.push_async_callback(quietly, "closing the broker connection", connection.close)
-        channel = await connection.channel()
-        await topology.declare(channel, workflows.task_names())
-        await channel.close()
+        await topology.ensure(connection, workflows.task_names())
         system = ExternalSystem(
             connection=connection,
             topology=topology,
