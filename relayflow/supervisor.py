@@ -2,8 +2,11 @@
 production, with each output line prefixed by the service's name.
 
 Checks first that RabbitMQ and PostgreSQL answer; forwards SIGINT/SIGTERM to every service and
-kills the ones that have not stopped after a grace period; if a service dies on its own, stops
-the others and exits non-zero.
+kills the ones that have not stopped after a grace period. A service that dies on its own is
+started again after a pause that doubles with each death in a row (0.5 s up to 30 s), saying
+why; only one that keeps dying (5 times within a minute) stops the run, which then shows its last
+lines and exits non-zero. The services' state is in RabbitMQ and PostgreSQL, so a restarted one
+takes up what was in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import logging
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -86,17 +91,6 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
-async def _pump(stream: asyncio.StreamReader, prefix: str, write: Write) -> None:
-    while True:
-        try:
-            line = await stream.readline()
-        except ValueError:  # a line longer than the buffer: show it in pieces
-            line = await stream.read(2**16)
-        if not line:
-            return
-        write(prefix + line.decode(errors="replace").rstrip("\r\n"))
-
-
 async def _announce_when_listening(url: str, host: str, port: int, say: Write) -> None:
     for _ in range(300):
         try:
@@ -109,6 +103,114 @@ async def _announce_when_listening(url: str, host: str, port: int, say: Write) -
         return
 
 
+@dataclass(frozen=True, slots=True)
+class Restarts:
+    """When a service that died on its own is started again: after `first` seconds, doubling
+    with each death in a row up to `longest`; a service that lives `steady` seconds starts the
+    count again. `limit` deaths within `window` seconds is a crash loop: the run stops."""
+
+    first: float = 0.5
+    longest: float = 30.0
+    steady: float = 60.0
+    limit: int = 5
+    window: float = 60.0
+
+    def delay(self, in_a_row: int) -> float:
+        return float(min(self.first * 2 ** min(in_a_row - 1, 16), self.longest))
+
+
+class _CrashLoop(Exception):
+    def __init__(self, name: str, code: int | None, deaths: int, last_lines: Sequence[str]):
+        super().__init__(name)
+        self.name, self.code, self.deaths, self.last_lines = name, code, deaths, last_lines
+
+
+class _Service:
+    """One service: started, restarted when it dies on its own, stopped on request."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        prefix: str,
+        write: Write,
+        say: Write,
+        restarts: Restarts,
+    ) -> None:
+        self.name = name
+        self._argv = list(argv)
+        self._prefix = prefix
+        self._write = write
+        self._say = say
+        self._restarts = restarts
+        self.process: asyncio.subprocess.Process | None = None
+        self.last_lines: deque[str] = deque(maxlen=20)
+        self._pumps: list[asyncio.Task[None]] = []
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Own session: the supervisor alone decides when (and how hard) to stop the services.
+        process = await asyncio.create_subprocess_exec(
+            *self._argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            limit=2**20,
+        )
+        assert process.stdout is not None
+        self.process = process
+        self._pumps.append(asyncio.create_task(self._pump(process.stdout)))
+        return process
+
+    async def _pump(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the buffer: show it in pieces
+                line = await stream.read(2**16)
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip("\r\n")
+            self.last_lines.append(text)
+            self._write(self._prefix + text)
+
+    async def keep_running(self) -> None:
+        """Run until cancelled (a stop); raises `_CrashLoop` when the service keeps dying."""
+        loop = asyncio.get_running_loop()
+        deaths: deque[float] = deque()
+        in_a_row = 0
+        started_once = False
+        while True:
+            process = await self._start()
+            began = loop.time()
+            verb = "restarted" if started_once else "started"
+            started_once = True
+            self._say(f"{verb} {self.name} (pid {process.pid}): {' '.join(self._argv)}")
+            code = await process.wait()
+            now = loop.time()
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+            self._pumps.clear()
+            in_a_row = 1 if now - began >= self._restarts.steady else in_a_row + 1
+            deaths.append(now)
+            while deaths and now - deaths[0] > self._restarts.window:
+                deaths.popleft()
+            why = " (broker, database or configuration unusable)" if code == 2 else ""
+            if len(deaths) >= self._restarts.limit:
+                raise _CrashLoop(self.name, code, len(deaths), list(self.last_lines))
+            delay = self._restarts.delay(in_a_row)
+            self._say(
+                f"{self.name} exited unexpectedly with code {code}{why}; restarting it in "
+                f"{delay:g}s ({len(deaths)} exit(s) in the last {self._restarts.window:g}s; "
+                f"{self._restarts.limit} stop the run)"
+            )
+            await asyncio.sleep(delay)
+
+    async def drained(self) -> None:
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+
 async def supervise(
     commands: Mapping[str, Sequence[str]],
     stop: asyncio.Event,
@@ -117,55 +219,60 @@ async def supervise(
     write: Write = _stdout,
     colour: bool = False,
     gateway: tuple[str, int] | None = None,
+    restarts: Restarts | None = None,
 ) -> int:
-    """Run `commands` (name -> argv) until `stop` is set or one exits; return the exit code."""
+    """Run `commands` (name -> argv) until `stop` is set, restarting a service that dies on its
+    own (`restarts`); a crash loop stops the run. Returns the exit code."""
     prefix = _prefixer(list(commands), colour=colour)
 
     def say(text: str) -> None:
         write(prefix(_SELF) + text)
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    children: dict[str, asyncio.subprocess.Process] = {}
-    pumps: list[asyncio.Task[None]] = []
-    for name, argv in commands.items():
-        # Own session: the supervisor alone decides when (and how hard) to stop the services.
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            limit=2**20,
+    services = [
+        _Service(
+            name, argv, prefix=prefix(name), write=write, say=say, restarts=restarts or Restarts()
         )
-        assert process.stdout is not None
-        children[name] = process
-        pumps.append(asyncio.create_task(_pump(process.stdout, prefix(name), write)))
-        say(f"started {name} (pid {process.pid}): {' '.join(argv)}")
+        for name, argv in commands.items()
+    ]
+    runners = {asyncio.create_task(service.keep_running()): service for service in services}
     helpers = []
-    if gateway is not None and "gateway" in children:
+    if gateway is not None and "gateway" in commands:
         url = f"http://{gateway[0]}:{gateway[1]}"
         helpers.append(asyncio.create_task(_announce_when_listening(url, *gateway, say)))
-
-    waits = {asyncio.create_task(process.wait()): name for name, process in children.items()}
     stopped = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([*waits, stopped], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([*runners, stopped], return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
-    for task in done - {stopped}:
+    for task, service in runners.items():
+        if task not in done:
+            continue
         exit_code = 1
-        code = task.result()
-        why = " (broker, database or configuration unusable)" if code == 2 else ""
-        say(f"{waits[task]} exited unexpectedly with code {code}{why}; stopping the others")
+        failure = task.exception()
+        if isinstance(failure, _CrashLoop):
+            say(
+                f"{failure.name} exited {failure.deaths} times within "
+                f"{(restarts or Restarts()).window:g}s (last code {failure.code}); stopping the "
+                f"run. Its last lines:"
+            )
+            for line in failure.last_lines:
+                say(f"  {line}")
+        elif failure is not None:
+            say(f"supervising {service.name} failed: {failure!r}; stopping the run")
     if stopped in done:
         say("stopping (press Ctrl-C again to kill)")
     for helper in helpers:
         helper.cancel()
+    # No more restarts; then stop what runs.
+    for task in runners:
+        task.cancel()
+    await asyncio.gather(*runners, return_exceptions=True)
     stop.clear()
+    children = {s.name: s.process for s in services if s.process is not None}
     await _stop_all(children, grace, stop, say)
-    await asyncio.gather(*pumps, *helpers, return_exceptions=True)
+    await asyncio.gather(*(s.drained() for s in services), *helpers, return_exceptions=True)
     stopped.cancel()
     for name, process in children.items():
-        if process.returncode not in (0, -signal.SIGTERM):
-            exit_code = exit_code or 1
+        if process.returncode not in (0, -signal.SIGTERM) and exit_code == 0:
+            exit_code = 1
         say(f"{name} exited with code {process.returncode}")
     return exit_code
 

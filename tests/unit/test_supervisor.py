@@ -8,6 +8,7 @@ import gc
 import re
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -71,15 +72,66 @@ async def test_prefixes_output_and_stops_all_on_request() -> None:
     assert "run          | gateway exited with code 0" in lines
 
 
-async def test_one_service_dying_stops_the_others_and_fails() -> None:
-    """A half-running system hides failures; the supervisor must stop everything and say why."""
+# Restarts quickly, for the tests: the same rules on a shorter clock.
+QUICK = supervisor.Restarts(first=0.05, longest=0.2, steady=5.0, limit=3, window=60.0)
+
+# Dies once (the marker file says it has), then runs politely.
+DIES_ONCE = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "marker = sys.argv[1]\n"
+    "if not os.path.exists(marker):\n"
+    "    open(marker, 'w').close()\n"
+    "    print('dying', flush=True)\n"
+    "    raise SystemExit(3)\n"
+    "print('back', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+async def test_a_service_that_dies_is_restarted_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A killed service must come back by itself: its work waits in the broker meanwhile."""
+    output = Output()
+    stop = asyncio.Event()
+    commands = {
+        "steps": program(POLITE, "steps"),
+        "orchestrator": [*program(DIES_ONCE), str(tmp_path / "died")],
+    }
+    run = asyncio.create_task(
+        supervisor.supervise(commands, stop, grace=5, write=output.write, restarts=QUICK)
+    )
+    await output.wait_for("orchestrator | back")
+    assert any(
+        "orchestrator exited unexpectedly with code 3; restarting it in 0.05s" in line
+        for line in output.lines
+    )
+    assert any("restarted orchestrator (pid" in line for line in output.lines)
+    assert output.lines.count("steps        | hello from steps") == 1  # the others ran on
+    stop.set()
+    assert await run == 0
+
+
+async def test_a_service_that_keeps_dying_stops_the_run_and_shows_its_last_lines() -> None:
+    """A crash loop (a bad setting, say) must end the run with the reason, not spin forever."""
     lines: list[str] = []
-    commands = {"steps": program(POLITE, "steps"), "external": program("raise SystemExit(3)")}
-    code = await supervisor.supervise(commands, asyncio.Event(), grace=5, write=lines.append)
+    commands = {
+        "steps": program(POLITE, "steps"),
+        "external": program("print('no such setting: FOO', flush=True); raise SystemExit(2)"),
+    }
+    code = await supervisor.supervise(
+        commands, asyncio.Event(), grace=5, write=lines.append, restarts=QUICK
+    )
     assert code == 1
-    assert any("external exited unexpectedly with code 3" in line for line in lines)
+    assert sum("external exited unexpectedly with code 2" in line for line in lines) == 2
+    assert any("external exited 3 times within 60s (last code 2); stopping" in x for x in lines)
+    assert any(line.endswith("  no such setting: FOO") and "run" in line for line in lines)
     # 0 when its SIGTERM handler was installed in time, -15 when the signal beat Python's start-up.
     assert any(re.search(r"steps exited with code (0|-15)$", line) for line in lines)
+
+
+def test_restart_delays_double_up_to_the_longest() -> None:
+    restarts = supervisor.Restarts(first=0.5, longest=30.0)
+    assert [restarts.delay(n) for n in (1, 2, 3, 7, 50)] == [0.5, 1.0, 2.0, 30.0, 30.0]
 
 
 async def test_a_service_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
