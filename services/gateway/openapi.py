@@ -453,7 +453,7 @@ def build_openapi(
                     "description": "An event stream.",
                     "content": {
                         "text/event-stream": {
-                            "schema": {"type": "string"},
+                            "schema": SSE_EVENT,
                             "x-event-schema": {"oneOf": [ref(WorkflowEvent), ref(UnknownWorkflow)]},
                             "x-event-data": event_data,
                         }
@@ -680,7 +680,7 @@ def build_openapi(
                     "description": "An event stream.",
                     "content": {
                         "text/event-stream": {
-                            "schema": {"type": "string"},
+                            "schema": SSE_EVENT,
                             "x-event-schema": {"oneOf": [ref(WorkflowEvent), ref(FeedReset)]},
                             "x-event-data": event_data,
                         }
@@ -755,6 +755,19 @@ def build_openapi(
         }
     }
     return _document({**paths, **_credential_paths(ref, error_ref)}, schemas, error_ref)
+
+
+# One event of a stream, as OpenAPI 3.1 reads `schema` under text/event-stream; what `data`
+# holds, by event type, is `x-event-schema` and `x-event-data`.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "description": "JSON: see x-event-schema"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 
 def _stream_token(scope: str) -> dict[str, Any]:
