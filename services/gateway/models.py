@@ -301,14 +301,49 @@ class SignOut(_Model):
     model_config = ConfigDict(extra="forbid")
 
 
+def _one_scope_schema(schema: dict[str, Any]) -> None:
+    """Document the model as what it takes: exactly one of the two members (pydantic would
+    describe two optional, nullable fields)."""
+    members = schema.pop("properties")
+    schema.pop("required", None)
+    # Each branch closes itself: beside `oneOf`, a closed object with no properties would
+    # allow none at all.
+    schema.pop("additionalProperties", None)
+    workflow_id = next(
+        branch for branch in members["workflowId"]["anyOf"] if branch.get("type") != "null"
+    )
+    schema["oneOf"] = [
+        {
+            "type": "object",
+            "properties": {"workflowId": workflow_id},
+            "required": ["workflowId"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"list": {"const": True}},
+            "required": ["list"],
+            "additionalProperties": False,
+        },
+    ]
+
+
 class StreamTokenRequest(_Model):
     """What a stream token opens: one workflow's events (`workflowId`) or the list's feed
     (`list: true`), exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_scope_schema)
 
     workflow_id: WorkflowId | None = None
     list: Literal[True] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        # A member sent as null is not "absent": the document allows neither.
+        if isinstance(data, dict) and any(value is None for value in data.values()):
+            raise ValueError("workflowId and list cannot be null; leave the other one out")
+        return data
 
     @model_validator(mode="after")
     def _one_scope(self) -> StreamTokenRequest:
