@@ -16,6 +16,7 @@ import asyncpg
 from relayflow.db import create_pool, ensure_database, migrate
 from relayflow.db.migrate import CORE
 from relayflow.errors import ConfigurationError, ServiceUnavailableError
+from relayflow.metrics import serve_metrics
 from relayflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,26 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-def run(service: str, main: ServiceMain, *, log_level: str = "INFO") -> None:
+def run(
+    service: str,
+    main: ServiceMain,
+    *,
+    log_level: str = "INFO",
+    metrics: tuple[str, int] | None = None,
+) -> None:
     """Run `main(stop)` until it returns; SIGTERM and SIGINT set `stop`, and `main` is expected to
     stop consuming, finish or hand back in-flight work, and return. Exit code 0 on a clean stop,
-    2 when the broker or database cannot be reached or the configuration is wrong."""
+    2 when the broker or database cannot be reached or the configuration is wrong. `metrics`:
+    (host, port) to serve Prometheus metrics on first (port 0: not served)."""
     configure_logging(service, log_level)
+    if metrics is not None:
+        try:
+            serve_metrics(metrics[1], metrics[0])
+        except OSError as exc:
+            logging.getLogger(service).error(  # noqa: TRY400 - the reason is the message
+                "cannot serve metrics on %s:%d (RELAYFLOW_METRICS_PORT): %s", *metrics, exc
+            )
+            sys.exit(2)
 
     async def _amain() -> None:
         stop = asyncio.Event()

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # Backstop against poison messages that crash a consumer before it can dead-letter them.
     delivery_limit: int = Field(default=20, ge=1)
     log_level: str = "INFO"
+    # Where the orchestrator, step service and external system serve Prometheus metrics
+    # (http://host:port/metrics); 0: not served. The gateway serves /metrics on its own port.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
     # The largest workflow input (compact JSON), on the HTTP path and the broker path alike.

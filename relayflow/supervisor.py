@@ -7,6 +7,9 @@ started again after a pause that doubles with each death in a row (0.5 s up to 3
 why; only one that keeps dying (5 times within a minute) stops the run, which then shows its last
 lines and exits non-zero. The services' state is in RabbitMQ and PostgreSQL, so a restarted one
 takes up what was in flight.
+
+Says where each service's Prometheus metrics are: the orchestrator on 127.0.0.1:9101, the step
+service on 9102, the external system on 9103 (`RELAYFLOW_METRICS_PORT` moves the first; 0: none).
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ SERVICES: dict[str, str] = {
     "orchestrator": "services.orchestrator",
     "steps": "services.steps",
 }
+# Where the run command's services serve Prometheus metrics: RELAYFLOW_METRICS_PORT in its own
+# environment is the first port (0: none), given to the orchestrator, and each process after it
+# (the step service, then the applications') takes the next one; the gateway serves /metrics on
+# its HTTP port instead.
+METRICS_FIRST_PORT = 9101
 _COLOURS = ("36", "35", "33", "32", "34", "31")
 _SELF = "run"
 
@@ -137,8 +145,10 @@ class _Service:
         write: Write,
         say: Write,
         restarts: Restarts,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
+        self._env = dict(env or {})
         self._argv = list(argv)
         self._prefix = prefix
         self._write = write
@@ -149,7 +159,7 @@ class _Service:
         self._pumps: list[asyncio.Task[None]] = []
 
     async def _start(self) -> asyncio.subprocess.Process:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1"}
         # Own session: the supervisor alone decides when (and how hard) to stop the services.
         process = await asyncio.create_subprocess_exec(
             *self._argv,
@@ -220,20 +230,31 @@ async def supervise(
     colour: bool = False,
     gateway: tuple[str, int] | None = None,
     restarts: Restarts | None = None,
+    metrics: Mapping[str, tuple[str, int]] | None = None,
 ) -> int:
     """Run `commands` (name -> argv) until `stop` is set, restarting a service that dies on its
-    own (`restarts`); a crash loop stops the run. Returns the exit code."""
+    own (`restarts`); a crash loop stops the run. `metrics`: the (host, port) each service
+    serves its metrics on, handed to it as RELAYFLOW_METRICS_HOST and _PORT. Returns the exit
+    code."""
     prefix = _prefixer(list(commands), colour=colour)
+    metrics = metrics or {}
 
     def say(text: str) -> None:
         write(prefix(_SELF) + text)
 
     services = [
         _Service(
-            name, argv, prefix=prefix(name), write=write, say=say, restarts=restarts or Restarts()
+            name,
+            argv,
+            prefix=prefix(name),
+            write=write,
+            say=say,
+            restarts=restarts or Restarts(),
+            env=_metrics_env(*metrics[name]) if name in metrics else None,
         )
         for name, argv in commands.items()
     ]
+    _announce_metrics(metrics, commands, say)
     runners = {asyncio.create_task(service.keep_running()): service for service in services}
     helpers = []
     if gateway is not None and "gateway" in commands:
@@ -303,6 +324,27 @@ async def _stop_all(
     await tasks[0]
 
 
+def _announce_metrics(
+    metrics: Mapping[str, tuple[str, int]], commands: Mapping[str, Sequence[str]], say: Write
+) -> None:
+    for name, (host, port) in metrics.items():
+        if name in commands:
+            say(f"{name} metrics at http://{host}:{port}/metrics")
+
+
+def _metrics_env(host: str, port: int) -> dict[str, str]:
+    return {"RELAYFLOW_METRICS_HOST": host, "RELAYFLOW_METRICS_PORT": str(port)}
+
+
+def metrics_ports(names: Sequence[str], first: int) -> dict[str, int]:
+    """The metrics port of each of `names` but the gateway's, in order from `first` (0: none).
+    Numbered over every program the run command knows, so that `--only` moves no port."""
+    if not first:
+        return {}
+    served = [name for name in names if name != "gateway"]
+    return {name: first + offset for offset, name in enumerate(served)}
+
+
 def programs(settings: Settings) -> dict[str, str]:
     """What the run command starts: the core services, then the applications' processes."""
     clashes = sorted(set(SERVICES) & set(settings.app_processes))
@@ -343,6 +385,11 @@ def main(argv: list[str] | None = None) -> None:
         if name in args.only
     }
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    first_port = int(os.environ.get("RELAYFLOW_METRICS_PORT", str(METRICS_FIRST_PORT)))
+    metrics = {
+        name: (settings.metrics_host, port)
+        for name, port in metrics_ports(list(available), first_port).items()
+    }
 
     async def run() -> int:
         problems = await check_services(settings.amqp_url, settings.database_url)
@@ -356,7 +403,9 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        return await supervise(commands, stop, grace=args.grace, colour=colour, gateway=gateway)
+        return await supervise(
+            commands, stop, grace=args.grace, colour=colour, gateway=gateway, metrics=metrics
+        )
 
     try:
         sys.exit(asyncio.run(run()))

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from relayflow import metrics
 from relayflow.amqp.publisher import OutgoingMessage, Publisher
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ async def dead_letter(
     log.warning(
         "dead-lettering message %s from %r: %s", message.message_id, message.routing_key, reason
     )
+    metrics.count_dead_letter(message.routing_key or "", reason)
     try:
         await publisher.publish(
             OutgoingMessage(

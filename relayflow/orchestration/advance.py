@@ -8,11 +8,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relayflow import metrics
 from relayflow.contracts import StepResult
 from relayflow.db import Connection
 from relayflow.machine import Rejected
 from relayflow.orchestration import store
-from relayflow.orchestration.processor import Deferred, Processor
+from relayflow.orchestration.processor import Deferred, Delivered, Processor
 from relayflow.orchestration.relay import OutboxRelay
 from relayflow.orchestration.store import OutboxRow
 
@@ -22,10 +23,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class _Advanced:
     applied: frozenset[str]
-    outbox: Sequence[OutboxRow]
+    delivered: Delivered
     relay: OutboxRelay
 
+    @property
+    def outbox(self) -> Sequence[OutboxRow]:
+        return self.delivered.result.outbox
+
     def committed(self) -> None:
+        """Once the step's transaction has committed: count what it did, send what it wrote."""
+        metrics.count_duplicates(self.delivered.fresh)
+        metrics.count_events(self.delivered.result.events, self.delivered.result.states)
         self.relay.submit(self.outbox)
 
 
@@ -50,4 +58,4 @@ class StepAdvancer:
                 applied.add(result.message_id)
         if refused:
             await store.forget_messages(conn, refused)
-        return _Advanced(frozenset(applied), delivered.result.outbox, self._relay)
+        return _Advanced(frozenset(applied), delivered, self._relay)

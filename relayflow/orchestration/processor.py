@@ -23,6 +23,7 @@ from relayflow.contracts import (
     SignalWorkflow,
     StartWorkflow,
     StepResult,
+    WorkflowEvent,
     WorkflowEventBatch,
 )
 from relayflow.db import Connection
@@ -81,6 +82,10 @@ class BatchResult:
     # One outcome per input, in input order.
     outcomes: list[Applied] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
+    # The events written, and the batch's workflows after it: what the metrics count once the
+    # caller has committed (`relayflow.metrics.count_events`).
+    events: list[WorkflowEvent] = field(default_factory=list)
+    states: Mapping[str, WorkflowState] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -204,16 +209,17 @@ class Processor:
 
         published = await self._follow_up(conn, batch, now)
 
+        events = [event for t in transitions for event in t.events]
         outbox = await store.write_batch(
             conn,
             [current[wid] for wid in sorted(batch.changed)],
-            [event for t in transitions for event in t.events],
+            events,
             [timer for t in transitions for timer in t.timers],
             [*self._outgoing(transitions), *published],
             sent=sent,
         )
         final = [outcome if outcome is not None else Ignored("not applied") for outcome in outcomes]
-        return BatchResult(outcomes=final, outbox=outbox)
+        return BatchResult(outcomes=final, outbox=outbox, events=events, states=current)
 
     async def _start_new(
         self,

@@ -234,3 +234,9 @@ SELECT i.workflow_id, i.step_name,
 FROM unnest($1::text[], $2::text[]) AS w(workflow_id, step_name)
 JOIN step_items AS i USING (workflow_id, step_name)
 GROUP BY i.workflow_id, i.step_name;
+
+-- name: outbox_lag
+-- How much the relay has yet to have confirmed, for the metrics: rows and the oldest one's age.
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
+FROM outbox;

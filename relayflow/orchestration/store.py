@@ -231,6 +231,13 @@ async def purge_inbox(conn: Connection, older_than: float, limit: int) -> int:
     return int(status.split()[-1])
 
 
+async def outbox_lag(conn: Connection) -> tuple[int, float]:
+    """Outbox rows waiting for the broker's confirm, and the oldest one's age in seconds."""
+    row = await conn.fetchrow(QUERIES.outbox_lag)
+    assert row is not None
+    return int(row["pending"]), max(float(row["oldest"]), 0.0)
+
+
 # --- map items ---
 
 ItemKey = tuple[str, str, str]

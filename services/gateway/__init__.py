@@ -15,5 +15,6 @@ then followed live from the events fanout).
     dashboard.py the pages at / and /ui/… (html.py renders them, dag.py lays out steps; the
                  scripts and styles are in static/)
     pages.py     static assets, /healthz, /readyz, /openapi.json   (openapi.py builds it)
+    metrics.py   GET /metrics and the request-duration middleware (relayflow.metrics names all)
     server.py    uvicorn under relayflow.runtime; __main__.py is `relayflow-gateway`
 """

@@ -1,5 +1,6 @@
 """Who may use the gateway: whether it asks for API keys (its mode), which action each route
-needs, and the check in front of every route but `/healthz`, `/readyz` and static assets —
+needs, and the check in front of every route but `/healthz`, `/readyz`, `/metrics` and static
+assets —
 followed there by the caller's rate limit and stream cap (`services.gateway.limits`).
 
 The mode is decided once, at start-up (`decide`): a loopback bind with no key that could
@@ -54,9 +55,10 @@ log = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-# Routes that answer without a key: probes must work without one, and the stylesheet and
-# scripts hold nothing of anyone's.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Routes that answer without a key: probes must work without one, so must Prometheus's scrape of
+# /metrics (counts and durations by workflow and route, no one's data; services.gateway.metrics
+# says why), and the stylesheet and scripts hold nothing of anyone's.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PUBLIC_PREFIX = "/static/"
 # Signing in and out take no credentials (they check their own), but are rate-limited by client
 # address like any request that costs a key check.
@@ -225,7 +227,7 @@ async def decide(
             access = Access(credentials, "API keys exist")
     if access.warning is None:
         log.info(
-            "API keys required on every route but /healthz, /readyz and /static (%s)",
+            "API keys required on every route but /healthz, /readyz, /metrics and /static (%s)",
             access.why,
         )
     else:

@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,6 +28,7 @@ from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
 from services.gateway.limits import Limits
+from services.gateway.metrics import RequestDuration, metrics_endpoint
 from services.gateway.openapi import build_openapi
 from services.gateway.pages import healthz, load_assets, openapi_endpoint, readyz
 from services.gateway.responses import error_response
@@ -128,6 +130,7 @@ def create_app(
         ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint(document).respond, methods=["GET"]),
         Route("/submit", submit_form, methods=["POST"]),
         Route("/workflows", list_workflows, methods=["GET"]),
@@ -145,6 +148,7 @@ def create_app(
     return Starlette(
         routes=access.guard(routes),
         lifespan=lifespan,
+        middleware=[Middleware(RequestDuration)],
         exception_handlers={
             HTTPException: _http_error,
             InputError: _input_error,

@@ -741,19 +741,7 @@ def build_openapi(
             },
         }
     }
-    paths["/openapi.json"] = {
-        "get": {
-            "operationId": "openapi",
-            "summary": "This document",
-            "tags": ["operations"],
-            "responses": {
-                "200": {
-                    "description": "OpenAPI 3.1.",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
-            },
-        }
-    }
+    paths.update(_plain_paths())
     return _document({**paths, **_credential_paths(ref, error_ref)}, schemas, error_ref)
 
 
@@ -768,6 +756,38 @@ SSE_EVENT: dict[str, Any] = {
         "retry": {"type": "integer"},
     },
 }
+
+
+def _plain_paths() -> dict[str, Any]:
+    """The routes that are not JSON: Prometheus's scrape and this document."""
+    return {
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of this gateway process (no key, like the probes)",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": 'The Prometheus text format (README, "Metrics").',
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "tags": ["operations"],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
 
 
 def _stream_token(scope: str) -> dict[str, Any]:
@@ -1074,7 +1094,13 @@ def _document_limits(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
 
 
 # Routes that answer without PostgreSQL (or say what is down themselves).
-_NEEDS_NO_DATABASE = ("/healthz", "/readyz", "/openapi.json", sessions.SIGN_OUT_PATH)
+_NEEDS_NO_DATABASE = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    sessions.SIGN_OUT_PATH,
+)
 
 
 def _document_outages(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:

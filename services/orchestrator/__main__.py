@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from relayflow import metrics
 from relayflow.amqp import BatchConsumer, Publisher, connect, quietly
 from relayflow.db import close_pool
 from relayflow.hops import HopTrace
@@ -80,6 +81,14 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
             asyncio.create_task(_fire_timers(orchestrator, settings.timer_poll_interval)),
             asyncio.create_task(_purge_inbox(pool, settings.inbox_retention_seconds)),
         ]
+        if settings.metrics_port:
+            background.append(
+                asyncio.create_task(
+                    metrics.refresh_outbox(
+                        lambda: _outbox_lag(pool), settings.outbox_gauge_interval
+                    )
+                )
+            )
         log.info(
             "consuming %s for workflows %s as replica %s",
             topology.orchestrator_queue,
@@ -126,9 +135,19 @@ async def _purge_inbox(pool: asyncpg.Pool[Any], retention: float) -> None:
         await asyncio.sleep(600)
 
 
+async def _outbox_lag(pool: asyncpg.Pool[Any]) -> tuple[int, float]:
+    async with pool.acquire() as conn:
+        return await store.outbox_lag(conn)
+
+
 def main() -> None:
     settings = OrchestratorSettings()
-    run("orchestrator", lambda stop: serve(settings, stop), log_level=settings.log_level)
+    run(
+        "orchestrator",
+        lambda stop: serve(settings, stop),
+        log_level=settings.log_level,
+        metrics=(settings.metrics_host, settings.metrics_port),
+    )
 
 
 if __name__ == "__main__":

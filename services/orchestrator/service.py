@@ -14,6 +14,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter, ValidationError
 
+from relayflow import metrics
 from relayflow.amqp import Backoff, Publisher, dead_letter
 from relayflow.amqp.senders import Senders
 from relayflow.amqp.settle import delivery_count, hand_back
@@ -145,6 +146,8 @@ class Orchestrator:
         else:
             raise RuntimeError("transaction kept conflicting; handing the batch back")
         self._hops.record_each("orch.committed", deliveries)
+        metrics.count_duplicates(delivered.fresh)
+        metrics.count_events(delivered.result.events, delivered.result.states)
         published = self._relay.submit(delivered.result.outbox)
         applied: list[AbstractIncomingMessage] = []
         for delivery, outcome in zip(deliveries, delivered.outcomes(), strict=True):
@@ -190,6 +193,7 @@ class Orchestrator:
             if not timers:
                 return 0
             result = await self._processor.apply(conn, timers)
+        metrics.count_events(result.events, result.states)
         self._relay.submit(result.outbox)
         return len(timers)
 

@@ -24,7 +24,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     async def amain(stop: asyncio.Event) -> None:
         await serve(settings, stop)
 
-    run("steps", amain, log_level=settings.log_level)
+    run(
+        "steps",
+        amain,
+        log_level=settings.log_level,
+        metrics=(settings.metrics_host, settings.metrics_port),
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry
+from services.gateway import access
 from services.gateway.openapi import build_openapi, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +171,7 @@ def test_every_route_behind_credentials_documents_the_429_of_its_limits(
     only, and neither on the probes (services.gateway.limits, applied by access.guard)."""
     for path, _, operation in _operations(document):
         responses = operation["responses"]
-        if path in ("/healthz", "/readyz"):
+        if path in access.PUBLIC_PATHS:
             assert "429" not in responses, path
             continue
         assert "RELAYFLOW_RATE_LIMIT" in responses["429"]["description"], path

@@ -45,6 +45,8 @@ class System:
     namespace: str
     log_dir: Path
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    # What one service's environment adds to `env` (its own metrics port, say).
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     async def start(self, service: str) -> None:
         log = (self.log_dir / f"{service}.log").open("ab")
@@ -53,7 +55,7 @@ class System:
             "-m",
             MODULES[service],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **self.service_env.get(service, {})},
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -117,9 +119,10 @@ async def running_system(
     registry: WorkflowRegistry,
     log_dir: Path,
     env: dict[str, str],
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> AsyncIterator[System]:
     """Every service as its own process on a fresh namespace, ready and consuming; stopped and
-    its queues removed afterwards."""
+    its queues removed afterwards. `service_env`: what each service's environment adds."""
     namespace = unique_name(prefix)
     port = free_port()
     system = System(
@@ -139,6 +142,7 @@ async def running_system(
         base_url=f"http://127.0.0.1:{port}",
         namespace=namespace,
         log_dir=log_dir,
+        service_env=service_env or {},
     )
     for service in SERVICES:
         await system.start(service)

@@ -71,6 +71,8 @@ async def test_killed_services_come_back_and_every_accepted_workflow_completes(
         "RELAYFLOW_AUTH": "off",
         "RELAYFLOW_EXTERNAL_REPLY_DELAY": "0.3",
         "RELAYFLOW_OUTBOX_STALE_AFTER": "1",
+        # The default metrics ports (9101…) may be taken by another run on this machine.
+        "RELAYFLOW_METRICS_PORT": "0",
         "NO_COLOR": "1",
     }
     process = await asyncio.create_subprocess_exec(

@@ -201,3 +201,49 @@ def test_application_processes_are_a_setting(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(SystemExit) as exit_info:
         supervisor.main(["--check"])
     assert exit_info.value.code == 2
+
+
+# Prints the metrics address its environment gives it, then runs politely.
+SAYS_METRICS = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "print('port', os.environ.get('RELAYFLOW_METRICS_HOST'),"
+    " os.environ.get('RELAYFLOW_METRICS_PORT', 'none'), flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+async def test_each_service_gets_its_own_metrics_port_and_the_run_says_where() -> None:
+    """One RELAYFLOW_METRICS_PORT for all would make the second service's server fail: each
+    child is given its own through its environment, and the operator is told where to look."""
+    output = Output()
+    stop = asyncio.Event()
+    commands = {
+        "gateway": program(SAYS_METRICS),
+        "orchestrator": program(SAYS_METRICS),
+        "steps": program(SAYS_METRICS),
+    }
+    metrics = {"orchestrator": ("127.0.0.1", 9101), "steps": ("127.0.0.1", 9102)}
+    run = asyncio.create_task(
+        supervisor.supervise(commands, stop, grace=5, write=output.write, metrics=metrics)
+    )
+    await output.wait_for("orchestrator | port 127.0.0.1 9101")
+    await output.wait_for("steps        | port 127.0.0.1 9102")
+    await output.wait_for("gateway      | port None none")
+    assert "run          | orchestrator metrics at http://127.0.0.1:9101/metrics" in output.lines
+    assert "run          | steps metrics at http://127.0.0.1:9102/metrics" in output.lines
+    stop.set()
+    assert await run == 0
+
+
+def test_metrics_ports_follow_the_programs_from_the_first() -> None:
+    """9101 orchestrator, 9102 steps, 9103 external by default; the gateway serves /metrics on
+    its own port; 0 turns them all off."""
+    names = list(supervisor.programs(Settings()))
+    assert supervisor.metrics_ports(names, supervisor.METRICS_FIRST_PORT) == {
+        "orchestrator": 9101,
+        "steps": 9102,
+        "external": 9103,
+    }
+    assert supervisor.metrics_ports(names, 9200)["external"] == 9202
+    assert supervisor.metrics_ports(names, 0) == {}

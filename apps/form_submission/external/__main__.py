@@ -16,7 +16,12 @@ def main() -> None:
     async def amain(stop: asyncio.Event) -> None:
         await serve(settings, stop)
 
-    run("external", amain, log_level=settings.log_level)
+    run(
+        "external",
+        amain,
+        log_level=settings.log_level,
+        metrics=(settings.metrics_host, settings.metrics_port),
+    )
 
 
 if __name__ == "__main__":
