@@ -146,9 +146,10 @@ class Orchestrator:
         else:
             raise RuntimeError("transaction kept conflicting; handing the batch back")
         self._hops.record_each("orch.committed", deliveries)
+        published = self._relay.submit(delivered.result.outbox)
+        # Counted after the hand-over: the next step's command does not wait for the metrics.
         metrics.count_duplicates(delivered.fresh)
         metrics.count_events(delivered.result.events, delivered.result.states)
-        published = self._relay.submit(delivered.result.outbox)
         applied: list[AbstractIncomingMessage] = []
         for delivery, outcome in zip(deliveries, delivered.outcomes(), strict=True):
             if isinstance(outcome, Rejected):
@@ -193,8 +194,8 @@ class Orchestrator:
             if not timers:
                 return 0
             result = await self._processor.apply(conn, timers)
-        metrics.count_events(result.events, result.states)
         self._relay.submit(result.outbox)
+        metrics.count_events(result.events, result.states)
         return len(timers)
 
     async def _defer(self, message: AbstractIncomingMessage, reason: str) -> None:
