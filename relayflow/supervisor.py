@@ -238,6 +238,7 @@ async def supervise(
     code."""
     prefix = _prefixer(list(commands), colour=colour)
     metrics = metrics or {}
+    restarts = restarts or Restarts()
 
     def say(text: str) -> None:
         write(prefix(_SELF) + text)
@@ -249,7 +250,7 @@ async def supervise(
             prefix=prefix(name),
             write=write,
             say=say,
-            restarts=restarts or Restarts(),
+            restarts=restarts,
             env=_metrics_env(*metrics[name]) if name in metrics else None,
         )
         for name, argv in commands.items()
@@ -271,7 +272,7 @@ async def supervise(
         if isinstance(failure, _CrashLoop):
             say(
                 f"{failure.name} exited {failure.deaths} times within "
-                f"{(restarts or Restarts()).window:g}s (last code {failure.code}); stopping the "
+                f"{restarts.window:g}s (last code {failure.code}); stopping the "
                 f"run. Its last lines:"
             )
             for line in failure.last_lines:

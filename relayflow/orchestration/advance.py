@@ -52,9 +52,11 @@ class StepAdvancer:
         for result, outcome in zip(results, delivered.outcomes(), strict=True):
             if isinstance(outcome, (Rejected, Deferred)):
                 # Published instead, for the orchestrator to decide (and dead-letter with the
-                # reason): its copy must not look like one seen before.
+                # reason): its copy must not look like one seen before (`deliver` has already
+                # taken a deferred one's id back out of the inbox).
                 log.debug("result %s not applied here: %s", result.message_id, outcome)
-                refused.append(result.message_id)
+                if isinstance(outcome, Rejected):
+                    refused.append(result.message_id)
             else:
                 applied.add(result.message_id)
         if refused:

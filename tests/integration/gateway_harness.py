@@ -9,24 +9,27 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
-from relayflow.auth import AuthSettings
+from relayflow.auth import AuthSettings, CreatedKey, KeyHasher, Role, create_key, revoke_key
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry, define_workflow, task, wait
 from services.gateway.app import create_app
 from services.gateway.openapi import build_openapi
 from services.gateway.server import build_server, serve_until
 from services.gateway.settings import AuthMode, GatewaySettings
-from tests.support import wait_for
+from tests.support import unique_name, wait_for
+
+MakeKey = Callable[[Role], Awaitable[CreatedKey]]
 
 
 class Freeform(BaseModel):
@@ -236,3 +239,24 @@ class SseStream:
 
     def start(self) -> asyncio.Task[list[SseEvent]]:
         return asyncio.create_task(self.run())
+
+
+@contextlib.asynccontextmanager
+async def made_keys(pool: asyncpg.Pool[Any], hasher: KeyHasher) -> AsyncIterator[MakeKey]:
+    """Makes keys of one tenant, revoked afterwards so that no other test's `auto` gateway
+    finds them."""
+    made: list[CreatedKey] = []
+    tenant = unique_name("t-")
+
+    async def make(role: Role) -> CreatedKey:
+        async with pool.acquire() as conn:
+            created = await create_key(conn, hasher, tenant=tenant, role=role)
+        made.append(created)
+        return created
+
+    try:
+        yield make
+    finally:
+        async with pool.acquire() as conn:
+            for created in made:
+                await revoke_key(conn, created.record.id)

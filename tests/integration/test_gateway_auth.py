@@ -20,7 +20,12 @@ from relayflow.db.migrate import CORE
 from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
 from services.gateway.app import create_app
-from tests.integration.gateway_harness import RunningGateway, gateway_settings, running_gateway
+from tests.integration.gateway_harness import (
+    RunningGateway,
+    gateway_settings,
+    made_keys,
+    running_gateway,
+)
 from tests.support import create_database, drop_database, unique_name
 
 SECRET = SecretStr("gateway-auth-integration-test-secret-0123456789")
@@ -43,21 +48,8 @@ async def gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
 
 @pytest.fixture
 async def make_key(pool: asyncpg.Pool[Any]) -> AsyncIterator[MakeKey]:
-    """Makes keys of one tenant, revoked afterwards so that no other test's `auto` gateway
-    finds them."""
-    made: list[CreatedKey] = []
-    tenant = unique_name("t-")
-
-    async def make(role: Role) -> CreatedKey:
-        async with pool.acquire() as conn:
-            created = await create_key(conn, HASHER, tenant=tenant, role=role)
-        made.append(created)
-        return created
-
-    yield make
-    async with pool.acquire() as conn:
-        for created in made:
-            await revoke_key(conn, created.record.id)
+    async with made_keys(pool, HASHER) as make:
+        yield make
 
 
 async def running_workflow(pool: asyncpg.Pool[Any]) -> str:

@@ -15,15 +15,16 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from relayflow.auth import AuthSettings, CreatedKey, KeyHasher, Role, create_key, revoke_key
+from relayflow.auth import AuthSettings, CreatedKey, KeyHasher, Role
 from relayflow.settings import Settings
 from tests.integration.gateway_harness import (
     WITH_TEST_WORKFLOWS,
     RunningGateway,
     SseStream,
+    made_keys,
     running_gateway,
 )
-from tests.support import unique_name, wait_for
+from tests.support import wait_for
 
 SECRET = SecretStr("gateway-limits-integration-test-secret-0123456789")
 AUTH = AuthSettings(secret=SECRET)
@@ -39,20 +40,8 @@ def bearer(created: CreatedKey) -> dict[str, str]:
 
 @pytest.fixture
 async def make_key(pool: asyncpg.Pool[Any]) -> AsyncIterator[MakeKey]:
-    """Keys of one tenant, revoked afterwards so that no other test's `auto` gateway finds them."""
-    made: list[CreatedKey] = []
-    tenant = unique_name("t-")
-
-    async def make(role: Role) -> CreatedKey:
-        async with pool.acquire() as conn:
-            created = await create_key(conn, HASHER, tenant=tenant, role=role)
-        made.append(created)
-        return created
-
-    yield make
-    async with pool.acquire() as conn:
-        for created in made:
-            await revoke_key(conn, created.record.id)
+    async with made_keys(pool, HASHER) as make:
+        yield make
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ import asyncpg
 import httpx
 import pytest
 
-from relayflow.auth import CreatedKey, Role, create_key, revoke_key
+from relayflow.auth import CreatedKey, Role, revoke_key
 from relayflow.contracts import new_workflow_id
 from relayflow.settings import Settings
 from services.gateway.sessions import COOKIE, CSRF_HEADER, Sessions
 from services.gateway.stream_tokens import LIST_SCOPE, StreamTokens, workflow_scope
-from tests.integration.gateway_harness import RunningGateway, running_gateway
+from tests.integration.gateway_harness import RunningGateway, made_keys, running_gateway
 from tests.integration.test_gateway_auth import (
     AUTH,
     FORM,
@@ -29,7 +29,6 @@ from tests.integration.test_gateway_auth import (
     bearer,
     running_workflow,
 )
-from tests.support import unique_name
 
 _META = re.compile(r'<meta name="relayflow-csrf" content="([^"]+)">')
 
@@ -42,20 +41,8 @@ async def gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
 
 @pytest.fixture
 async def keys(pool: asyncpg.Pool[Any]) -> AsyncIterator[MakeKey]:
-    """Keys of one tenant, revoked afterwards so that no other test's `auto` gateway finds them."""
-    made: list[CreatedKey] = []
-    tenant = unique_name("t-")
-
-    async def make(role: Role) -> CreatedKey:
-        async with pool.acquire() as conn:
-            created = await create_key(conn, HASHER, tenant=tenant, role=role)
-        made.append(created)
-        return created
-
-    yield make
-    async with pool.acquire() as conn:
-        for created in made:
-            await revoke_key(conn, created.record.id)
+    async with made_keys(pool, HASHER) as make:
+        yield make
 
 
 def same_site(gateway: RunningGateway, cookie: str | None = None, **extra: str) -> dict[str, str]:
