@@ -48,7 +48,7 @@ from services.gateway import sessions, stream_tokens
 from services.gateway.responses import error_response
 from services.gateway.sessions import Sessions
 from services.gateway.settings import AuthMode, GatewaySettings
-from services.gateway.state import GatewayState, gateway_state, set_caller
+from services.gateway.state import Caller, GatewayState, gateway_state, set_caller
 from services.gateway.stream_tokens import StreamTokens
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def _checked(endpoint: Endpoint, actions: Mapping[str, Action | None], *, page: 
         limits = gateway_state(request).limits
         # Event streams hold a slot; minting a stream token (a POST) is a plain request.
         stream = action is Action.STREAM and request.method != "POST"
-        return await limits.serve(request, caller, endpoint, stream=stream)
+        return await limits.serve(request, None if caller is None else caller.id, endpoint, stream=stream)
 
     return checked
 
@@ -288,8 +288,8 @@ def _invalid() -> Response:
 
 async def _authenticate(
     request: Request, action: Action | None, *, page: bool
-) -> Response | str | None:
-    """The id of the request's key (None while the gateway runs open), or the answer that
+) -> Response | Caller | None:
+    """Who the request comes from (None while the gateway runs open), or the answer that
     refuses it: 401, 403, or for a `page` without credentials a redirect to sign in. The log
     names the key's id and why it was refused; neither the answer nor the log ever holds the
     key, a token or a cookie."""
@@ -317,7 +317,7 @@ async def _authenticate(
     if action is not None and not allows(key.role, action):
         log.info("API key %s (role %s) may not %s: %s", key.id, key.role, action, where)
         return error_response(403, f"this key's role ({key.role}) may not {action}")
-    return key.id
+    return Caller(key.id, key.tenant, key.role)
 
 
 async def _bearer(

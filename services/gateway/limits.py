@@ -229,17 +229,17 @@ class Limits:
     async def serve(
         self,
         request: Request,
-        key_id: str | None,
+        caller_id: str | None,
         endpoint: Endpoint,
         *,
         stream: bool,
         by_address: str = "the gateway runs open",
     ) -> Response:
-        """`endpoint`'s answer to a caller with credentials (`key_id`; None when the gateway runs
+        """`endpoint`'s answer to a caller with credentials (`caller_id`; None when the gateway runs
         open, or on the sign-in routes, which `by_address` then names), or the 429 of a limit
         it is over. `stream`: the answer is an event stream."""
-        if key_id is not None:
-            caller, who = f"key {key_id}", "this API key"
+        if caller_id is not None:
+            caller, who = f"key {caller_id}", "this API key"
         else:
             address = request.client.host if request.client is not None else "unknown"
             caller, who = f"address {address}", f"this client address ({by_address})"

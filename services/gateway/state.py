@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractRobustConnection
 from starlette.requests import Request
 
 from relayflow.amqp import Publisher
+from relayflow.auth import Role
 from relayflow.hops import HopTrace
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
@@ -22,9 +23,18 @@ if TYPE_CHECKING:  # access.py reads the state of a request: imported for the ty
     from services.gateway.access import Access
 
 STATE_KEY = "gateway"
-# The id of the key that authenticated a request (services.gateway.access), for the handlers
-# that act on its behalf.
+# Who a request comes from (services.gateway.access), for the handlers that act on its behalf.
 _CALLER_KEY = "relayflow.caller"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The credential behind a request: `id` names it in logs, limits and tokens (an API key's
+    id), `tenant` is whose workflows it sees and starts, `role` what it may do."""
+
+    id: str
+    tenant: str
+    role: Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +63,12 @@ def gateway_state(request: Request) -> GatewayState:
     return state
 
 
-def set_caller(request: Request, key_id: str | None) -> None:
-    request.scope[_CALLER_KEY] = key_id
+def set_caller(request: Request, caller: Caller | None) -> None:
+    request.scope[_CALLER_KEY] = caller
 
 
-def caller_of(request: Request) -> str | None:
-    """The id of the API key behind this request (Bearer, cookie or stream token); None while
-    the gateway runs open."""
-    key_id = request.scope.get(_CALLER_KEY)
-    return key_id if isinstance(key_id, str) else None
+def caller_of(request: Request) -> Caller | None:
+    """Who is behind this request (Bearer, cookie or stream token); None while the gateway runs
+    open."""
+    caller = request.scope.get(_CALLER_KEY)
+    return caller if isinstance(caller, Caller) else None

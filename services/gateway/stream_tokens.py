@@ -89,8 +89,8 @@ async def mint_stream_token(request: Request) -> Response:
             422, 'send {"workflowId": "<id>"} or {"list": true}', field_errors(exc)
         ) from None
     scope = LIST_SCOPE if wanted.workflow_id is None else workflow_scope(wanted.workflow_id)
-    token, expires = tokens.mint(caller, scope)
-    log.debug("made a stream token for %s with API key %s", scope, caller)
+    token, expires = tokens.mint(caller.id, scope)
+    log.debug("made a stream token for %s with API key %s", scope, caller.id)
     answer = StreamToken(token=token, expires_at=datetime.fromtimestamp(expires, UTC))
     return model_response(answer, headers={"Cache-Control": "no-store"})
 
