@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # The roles of the broker users, checked on every message received
     # (`relayflow.amqp.senders`): engine=u1,u2;step=u3;start=u4;external=u5. Empty: not checked.
     broker_senders: str = ""
+    # Broker users restricted to some tenants (`relayflow.amqp.senders`): user=t1,t2;user2=t3.
+    broker_tenants: str = ""
     # Backstop against poison messages that crash a consumer before it can dead-letter them.
     delivery_limit: int = Field(default=20, ge=1)
     log_level: str = "INFO"
@@ -84,7 +86,7 @@ class Settings(BaseSettings):
 
     @property
     def senders(self) -> Senders:
-        return Senders.parse(self.broker_senders)
+        return Senders.parse(self.broker_senders, self.broker_tenants)
 
     @field_validator("workflows", "step_modules", mode="before")
     @classmethod

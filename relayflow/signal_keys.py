@@ -51,9 +51,12 @@ class SignalTarget:
     status: WorkflowStatus
 
 
-async def signal_target(conn: Connection, workflow_id: str) -> SignalTarget | None:
-    """The workflow's definition name, version and status; None if there is no such workflow."""
-    row = await conn.fetchrow(_queries().signal_target, workflow_id)
+async def signal_target(
+    conn: Connection, workflow_id: str, tenant: str | None = None
+) -> SignalTarget | None:
+    """The workflow's definition name, version and status; None if there is no such workflow
+    (of `tenant`, if given)."""
+    row = await conn.fetchrow(_queries().signal_target, workflow_id, tenant)
     if row is None:
         return None
     return SignalTarget(row["name"], row["version"], WorkflowStatus(row["status"]))

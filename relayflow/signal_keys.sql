@@ -5,7 +5,8 @@
 -- name: signal_target
 -- What a signal needs to know of its workflow: which definition (and version: a run is pinned
 -- to the one it started on), and whether it still runs.
-SELECT name, version, status FROM workflows WHERE id = $1;
+-- Scoped to tenant $2 (null: any).
+SELECT name, version, status FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
 
 -- name: claim_signal_key
 -- First use of a key for one signal of one workflow records the request it stands for and the

@@ -9,14 +9,23 @@ users come from `RELAYFLOW_BROKER_SENDERS` (`engine=rf-orchestrator,rf-steps;ste
 external=…`, written by `relayflow-admin broker definitions`); unset, anyone may send anything,
 as on a development broker where every service is `guest`. A refused message is dead-lettered
 with the reason, never applied.
+
+Tenants: `RELAYFLOW_BROKER_TENANTS` (`rf-acme=acme;rf-partner=beta,gamma`) restricts a broker user
+to the tenants it names — it may start runs only of those (a start without a tenant is the default
+tenant's), and its cancels, retries and signals must name one of them (the orchestrator then
+refuses them for any other tenant's workflow). A user it does not list acts for every tenant, as
+the gateway does (it names its caller's tenant itself). It needs the senders checked: only then
+is the `user_id` of every message known.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from relayflow.contracts import DEFAULT_TENANT, TENANT_PATTERN
 from relayflow.errors import ConfigurationError
 
 
@@ -50,33 +59,42 @@ MAY_SEND: Mapping[str, frozenset[Role]] = {
 
 @dataclass(frozen=True, slots=True)
 class Senders:
-    """The roles of each broker user; empty: every sender is trusted (development)."""
+    """The roles of each broker user; empty: every sender is trusted (development). `tenants`:
+    the users restricted to some tenants, and to which."""
 
     roles: Mapping[str, frozenset[Role]] = field(default_factory=dict)
+    tenants: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> Senders:
-        """`engine=a,b;step=c` (whitespace ignored); a user may have several roles."""
+    def parse(cls, text: str, tenants: str = "") -> Senders:
+        """`engine=a,b;step=c` (whitespace ignored); a user may have several roles. `tenants`:
+        `user=tenant1,tenant2;user2=tenant3`."""
         roles: dict[str, set[Role]] = {}
-        for part in (p.strip() for p in text.split(";")):
-            if not part:
-                continue
-            name, sep, users = part.partition("=")
+        for name, listed in _pairs("RELAYFLOW_BROKER_SENDERS", text, "users"):
             try:
-                role = Role(name.strip())
+                role = Role(name)
             except ValueError:
                 raise ConfigurationError(
-                    f"RELAYFLOW_BROKER_SENDERS: unknown role {name.strip()!r} in {part!r} "
+                    f"RELAYFLOW_BROKER_SENDERS: unknown role {name!r} "
                     f"(roles: {', '.join(r.value for r in Role)})"
                 ) from None
-            listed = [u.strip() for u in users.split(",") if u.strip()]
-            if not sep or not listed:
-                raise ConfigurationError(
-                    f"RELAYFLOW_BROKER_SENDERS: {part!r} names no users (write {role}=user,...)"
-                )
             for user in listed:
                 roles.setdefault(user, set()).add(role)
-        return cls({user: frozenset(r) for user, r in roles.items()})
+        restricted: dict[str, frozenset[str]] = {}
+        for user, listed in _pairs("RELAYFLOW_BROKER_TENANTS", tenants, "tenants"):
+            wrong = [t for t in listed if not re.fullmatch(TENANT_PATTERN, t)]
+            if wrong:
+                raise ConfigurationError(
+                    f"RELAYFLOW_BROKER_TENANTS: {wrong[0]!r} (for {user}) is not a tenant name: "
+                    "1 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+                )
+            restricted[user] = restricted.get(user, frozenset()) | frozenset(listed)
+        if restricted and not roles:
+            raise ConfigurationError(
+                "RELAYFLOW_BROKER_TENANTS needs RELAYFLOW_BROKER_SENDERS: without it no message "
+                "says for sure which broker user sent it"
+            )
+        return cls({user: frozenset(r) for user, r in roles.items()}, restricted)
 
     @property
     def checked(self) -> bool:
@@ -99,3 +117,39 @@ class Senders:
         roles = ", ".join(sorted(held)) or "none"
         may = ", ".join(sorted(allowed)) or "no role"
         return f"broker user {user_id!r} (roles: {roles}) may not send a {message_type} ({may} may)"
+
+    def tenant_refusal(
+        self, message_type: str, tenant: str | None, user_id: str | None
+    ) -> str | None:
+        """Why a start, cancel, retry or signal naming `tenant` (its field; None: absent) must
+        not be applied for `user_id`, or None if it may; other messages name no tenant."""
+        permitted = self.tenants.get(user_id or "")
+        if permitted is None:
+            return None
+        if message_type == "StartWorkflow":
+            tenant = tenant or DEFAULT_TENANT
+        elif tenant is None:
+            return (
+                f"broker user {user_id!r} acts only for tenants {', '.join(sorted(permitted))} "
+                f"(RELAYFLOW_BROKER_TENANTS): its {message_type} must name one in `tenant`"
+            )
+        if tenant in permitted:
+            return None
+        return (
+            f"broker user {user_id!r} may not act for tenant {tenant!r} (its tenants: "
+            f"{', '.join(sorted(permitted))}; RELAYFLOW_BROKER_TENANTS)"
+        )
+
+
+def _pairs(setting: str, text: str, what: str) -> list[tuple[str, list[str]]]:
+    """`name=a,b;name2=c` as (name, [a, b]), …; whitespace ignored."""
+    pairs = []
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        name, sep, values = part.partition("=")
+        listed = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not listed or not name.strip():
+            raise ConfigurationError(f"{setting}: {part!r} names no {what} (write name=a,b;…)")
+        pairs.append((name.strip(), listed))
+    return pairs

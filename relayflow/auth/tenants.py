@@ -7,8 +7,9 @@ import re
 import unicodedata
 
 from relayflow.auth.errors import AuthError
+from relayflow.contracts import TENANT_PATTERN
 
-TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+TENANT = re.compile(TENANT_PATTERN)
 MAX_KEY_NAME = 200
 
 

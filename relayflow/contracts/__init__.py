@@ -5,8 +5,10 @@ The committed JSON Schemas under `schemas/` are generated from these models
 """
 
 from relayflow.contracts.messages import (
+    DEFAULT_TENANT,
     MESSAGE_TYPES,
     SCHEMA_VERSION,
+    TENANT_PATTERN,
     TERMINAL_EVENTS,
     BaseMessage,
     CancelWorkflow,
@@ -31,6 +33,7 @@ from relayflow.contracts.messages import (
     encode,
     new_message_id,
     new_workflow_id,
+    wire_tenant,
     workflow_id_for_key,
 )
 from relayflow.contracts.storable import (
@@ -43,8 +46,10 @@ from relayflow.contracts.storable import (
 
 __all__ = [
     "DEFAULT_MAX_INPUT_BYTES",
+    "DEFAULT_TENANT",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
+    "TENANT_PATTERN",
     "TERMINAL_EVENTS",
     "BaseMessage",
     "CancelWorkflow",
@@ -73,5 +78,6 @@ __all__ = [
     "new_message_id",
     "new_workflow_id",
     "unstorable",
+    "wire_tenant",
     "workflow_id_for_key",
 ]

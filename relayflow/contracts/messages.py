@@ -43,11 +43,32 @@ def new_message_id() -> str:
     return _time_ordered("msg")
 
 
-def workflow_id_for_key(workflow_name: str, idempotency_key: str) -> str:
+# Tenants: whose a workflow is. A name is short and plain (it travels in keys, tokens and log
+# lines and needs no quoting anywhere); a run started without one is the default tenant's.
+DEFAULT_TENANT: Final = "default"
+TENANT_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def workflow_id_for_key(
+    workflow_name: str, idempotency_key: str, tenant: str = DEFAULT_TENANT
+) -> str:
     """The workflow id an idempotency key stands for: the same key always names the same run,
-    whichever gateway replica or direct publisher sees it."""
-    digest = hashlib.sha256(f"{workflow_name}\x00{idempotency_key}".encode()).digest()
+    whichever gateway replica or direct publisher sees it. The SHA-256 of
+    `<workflowName> NUL <key>` (UTF-8), for another tenant than the default of
+    `tenant:<tenant> NUL <workflowName> NUL <key>` (a workflow name holds no `:`, so the two
+    never meet); its first 16 bytes as a 128-bit number, written as 26 Crockford-base32 digits
+    (`0-9a-hjkmnp-tv-z`, most significant first, the top two bits always 0) after `wf_`."""
+    text = f"{workflow_name}\x00{idempotency_key}"
+    if tenant != DEFAULT_TENANT:
+        text = f"tenant:{tenant}\x00{text}"
+    digest = hashlib.sha256(text.encode()).digest()
     return f"wf_{b32(digest[:16])}"
+
+
+def wire_tenant(tenant: str) -> str | None:
+    """How a message names `tenant`: the default tenant's messages leave the field out, so that
+    they read as they did before tenants."""
+    return None if tenant == DEFAULT_TENANT else tenant
 
 
 def utcnow() -> datetime:
@@ -66,6 +87,7 @@ class _Model(BaseModel):
 
 WorkflowId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 StepName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+TenantName = Annotated[str, Field(pattern=TENANT_PATTERN)]
 
 
 class BaseMessage(_Model):
@@ -96,11 +118,15 @@ class ParentRef(_Model):
 class StartWorkflow(Envelope):
     """Asks the orchestrator to start a workflow. Starting the same `workflowId` twice runs it
     once; a direct publisher that only has an idempotency key derives the id with
-    `workflow_id_for_key`."""
+    `workflow_id_for_key` (with its tenant)."""
 
     type: Literal["StartWorkflow"] = "StartWorkflow"
     workflow_name: StepName
     input: dict[str, Any]
+    # Whose run it is; absent: the default tenant's. A child is its parent's tenant's. Where the
+    # orchestrator checks senders, a broker user may start runs only of its own tenants
+    # (RELAYFLOW_BROKER_TENANTS).
+    tenant: TenantName | None = None
     # Set when a workflow's `child` step starts this one; absent for a top-level start.
     parent: ParentRef | None = None
 
@@ -177,6 +203,9 @@ class CancelWorkflow(Envelope):
     results still in flight are ignored. Cancelling a finished workflow changes nothing."""
 
     type: Literal["CancelWorkflow"] = "CancelWorkflow"
+    # The tenant the sender acts for: the workflow must be that tenant's, else the message is
+    # refused. Absent: any tenant's (a sender the orchestrator does not restrict to tenants).
+    tenant: TenantName | None = None
     reason: Annotated[str, Field(max_length=1000)] = ""
 
 
@@ -187,6 +216,9 @@ class SignalWorkflow(Envelope):
     reach successive waits in the order they were applied. The same message id counts once."""
 
     type: Literal["SignalWorkflow"] = "SignalWorkflow"
+    # The tenant the sender acts for: the workflow must be that tenant's, else the message is
+    # refused. Absent: any tenant's (a sender the orchestrator does not restrict to tenants).
+    tenant: TenantName | None = None
     signal_name: StepName
     payload: dict[str, Any] = Field(default_factory=dict)
     # Who sent it, as the sender says (shown in the history).
@@ -198,6 +230,9 @@ class RetryWorkflow(Envelope):
     did not complete; completed steps keep their outputs and do not run again."""
 
     type: Literal["RetryWorkflow"] = "RetryWorkflow"
+    # The tenant the sender acts for: the workflow must be that tenant's, else the message is
+    # refused. Absent: any tenant's (a sender the orchestrator does not restrict to tenants).
+    tenant: TenantName | None = None
     reason: Annotated[str, Field(max_length=1000)] = ""
 
 
@@ -258,6 +293,8 @@ class WorkflowEvent(Envelope):
     seq: Annotated[int, Field(ge=1)]
     event: EventType
     workflow_name: StepName
+    # The workflow's tenant; absent: the default tenant's. Streams show a tenant only its own.
+    tenant: TenantName | None = None
     step_name: StepName | None = None
     # The invocation an item event is about (map steps); absent on step-level events.
     step_key: Annotated[str, Field(max_length=200)] | None = None

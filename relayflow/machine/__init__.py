@@ -11,6 +11,7 @@ from relayflow.machine.core import (
     on_step_result,
     on_timer,
     start,
+    tenant_refusal,
 )
 from relayflow.machine.kinds import KINDS, StepKind, check_supported
 from relayflow.machine.transition import (
@@ -81,4 +82,5 @@ __all__ = [
     "on_step_result",
     "on_timer",
     "start",
+    "tenant_refusal",
 ]

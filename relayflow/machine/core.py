@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from relayflow.contracts import (
+    DEFAULT_TENANT,
     CancelWorkflow,
     ErrorInfo,
     EventType,
@@ -80,6 +81,7 @@ def start(
         updated_at=now,
         parent=message.parent,
         version=definition.version,
+        tenant=message.tenant or DEFAULT_TENANT,
     )
     problem = _input_problem(definition, message.input)
     if problem is not None and message.parent is None:
@@ -113,6 +115,11 @@ def _problems(exc: ValidationError) -> str:
 def duplicate_start(state: WorkflowState, message: StartWorkflow) -> Ignored | Rejected:
     """A start for a workflow that exists: the same request again is a no-op; another request
     under the same id is a conflict that must not pass silently."""
+    if (message.tenant or DEFAULT_TENANT) != state.tenant:
+        return Rejected(
+            f"workflow {state.id} exists and is not tenant {message.tenant or DEFAULT_TENANT!r}'s; "
+            "a workflow id cannot be reused for another request"
+        )
     if state.name != message.workflow_name or state.input_hash != input_hash(message.input):
         return Rejected(
             f"workflow {state.id} was already started as {state.name!r} with a different "
@@ -320,6 +327,18 @@ def on_items(
         return transition if transition.item_ops else outcome
     _advance(definition, transition, now)
     return transition
+
+
+def tenant_refusal(state: WorkflowState, message: object) -> Rejected | None:
+    """A cancel, retry or signal that names a tenant acts only on that tenant's workflows (the
+    gateway names its caller's; a broker user restricted to tenants must name one of them)."""
+    if not isinstance(message, CancelWorkflow | RetryWorkflow | SignalWorkflow):
+        return None
+    if message.tenant is None or message.tenant == state.tenant:
+        return None
+    return Rejected(
+        f"a {message.type} for tenant {message.tenant!r}: workflow {state.id} is not that tenant's"
+    )
 
 
 def on_cancel(

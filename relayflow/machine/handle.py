@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from relayflow.contracts import ErrorInfo, EventType, StepCommand, WorkflowEvent
+from relayflow.contracts import ErrorInfo, EventType, StepCommand, WorkflowEvent, wire_tenant
 from relayflow.machine.transition import (
     Intent,
     ItemOp,
@@ -46,6 +46,7 @@ def emit(
             seq=seq,
             event=event,
             workflow_name=state.name,
+            tenant=wire_tenant(state.tenant),
             step_name=step_name,
             step_key=step_key,
             data=data or {},

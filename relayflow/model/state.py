@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from relayflow.contracts import ParentRef
+from relayflow.contracts import DEFAULT_TENANT, ParentRef
 from relayflow.model.status import StepStatus, WorkflowStatus
 
 
@@ -181,6 +181,8 @@ class WorkflowState:
     mailbox: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # The version of its definition the run is pinned to (None: recorded before versions were).
     version: str | None = None
+    # Whose run it is (`relayflow.contracts.DEFAULT_TENANT` unless its start named another).
+    tenant: str = DEFAULT_TENANT
 
     @property
     def finished(self) -> bool:

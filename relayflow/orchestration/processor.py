@@ -293,6 +293,9 @@ class Processor:
         definition = self._definition_of(state)
         if isinstance(definition, Rejected):
             return definition
+        refusal = machine.tenant_refusal(state, item)
+        if refusal is not None:
+            return refusal
         return _route(definition, state, item, now, items)
 
     def _definition_of(self, state: WorkflowState) -> WorkflowDefinition | Rejected:

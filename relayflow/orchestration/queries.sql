@@ -23,7 +23,7 @@ LEFT JOIN LATERAL (
            (input_hash = ($4::text[])[array_position($3::text[], id)]) IS TRUE AS input_cached,
            pg_column_size(input) AS input_size,
            input_hash, idempotency_key, steps, signals, output, error,
-           last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version
+           last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version, tenant
     FROM workflows
     WHERE id = ANY($2::text[])
     ORDER BY id
@@ -33,11 +33,11 @@ LEFT JOIN LATERAL (
 -- name: insert_workflows
 INSERT INTO workflows (id, name, status, input, input_hash, idempotency_key, steps, signals,
                        output, error, last_seq, run, created_at, updated_at, finished_at, parent,
-                       mailbox, version)
+                       mailbox, version, tenant)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
                      $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::integer[],
                      $12::integer[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-                     $16::jsonb[], $17::jsonb[], $18::text[])
+                     $16::jsonb[], $17::jsonb[], $18::text[], $19::text[])
 ORDER BY 1
 ON CONFLICT (id) DO NOTHING
 RETURNING id;

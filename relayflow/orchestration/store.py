@@ -55,6 +55,7 @@ def _state_from_row(row: Any, pinned: Mapping[str, CachedInput]) -> WorkflowStat
         parent=ParentRef.model_validate(row["parent"]) if row["parent"] else None,
         mailbox=row["mailbox"],
         version=row["version"],
+        tenant=row["tenant"],
     )
 
 
@@ -127,6 +128,7 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.parent.model_dump(mode="json", by_alias=True) if s.parent else None for s in states],
         [s.mailbox for s in states],
         [s.version for s in states],
+        [s.tenant for s in states],
     )
     return {row["id"] for row in rows}
 

@@ -30,7 +30,7 @@ from services.gateway.intake import field_errors, parse_body
 from services.gateway.limits import read_body
 from services.gateway.models import ActionAccepted, ActionOptions, FieldError
 from services.gateway.responses import error_response, model_response
-from services.gateway.state import gateway_state
+from services.gateway.state import gateway_state, tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ async def _act(request: Request, action: Action) -> Response:
     key = checks.idempotency_key(request)
     reason = checks.action_reason(request)
     parse_options(await read_body(request, MAX_OPTIONS_BYTES, source="an action's body is {}"))
-    progress = await state.store.workflow_progress(workflow_id)
+    tenant = tenant_of(request)
+    progress = await state.store.workflow_progress(workflow_id, tenant)
     if progress is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
     why_not = refusal(action, progress.status)
@@ -106,11 +107,19 @@ async def _act(request: Request, action: Action) -> Response:
     message_id = action_message_id(action, workflow_id, key)
     message: CancelWorkflow | RetryWorkflow = (
         CancelWorkflow(
-            message_id=message_id, workflow_id=workflow_id, idempotency_key=key, reason=reason
+            message_id=message_id,
+            workflow_id=workflow_id,
+            idempotency_key=key,
+            reason=reason,
+            tenant=tenant,
         )
         if action == "cancel"
         else RetryWorkflow(
-            message_id=message_id, workflow_id=workflow_id, idempotency_key=key, reason=reason
+            message_id=message_id,
+            workflow_id=workflow_id,
+            idempotency_key=key,
+            reason=reason,
+            tenant=tenant,
         )
     )
     outgoing = OutgoingMessage.of(

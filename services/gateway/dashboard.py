@@ -10,6 +10,7 @@ GET /ui/workflows/{id}/panel       its state and steps, for live refresh (?compa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -21,7 +22,7 @@ from services.gateway.models import WorkflowPage
 from services.gateway.responses import html_response
 from services.gateway.sessions import page_chrome
 from services.gateway.settings import submit_off_reason
-from services.gateway.state import GatewayState, gateway_state
+from services.gateway.state import gateway_state, tenant_of
 from services.gateway.workflows import (
     QueryError,
     definition_of,
@@ -52,8 +53,10 @@ def _refused_fragment(exc: InputError) -> HTMLResponse:
     return _page(f'<p class="form-error">{html.esc(exc.message)}</p>', exc.status)
 
 
-async def _list(state: GatewayState, params: dict[str, str]) -> WorkflowPage:
+async def _list(request: Request, params: dict[str, str]) -> WorkflowPage:
+    state = gateway_state(request)
     where, limit = list_filter(params)  # QueryError if a parameter is unusable
+    where = replace(where, tenant=tenant_of(request))
     return await list_page(
         state.store, where, limit, stale_after=state.settings.announce_stale_after
     )
@@ -64,11 +67,11 @@ async def home(request: Request) -> Response:
     params = _params(request)
     problem = None
     try:
-        listed = await _list(state, params)
+        listed = await _list(request, params)
     except QueryError as exc:
         # A hand-edited URL: show the problem and the unfiltered list rather than an error page.
         problem, params = str(exc), {}
-        listed = await _list(state, params)
+        listed = await _list(request, params)
     submit_off = (
         submit_off_reason(state.settings.gateway_submit_workflow)
         if state.submit_workflow is None
@@ -88,10 +91,9 @@ async def home(request: Request) -> Response:
 
 
 async def list_fragment(request: Request) -> Response:
-    state = gateway_state(request)
     params = _params(request)
     try:
-        listed = await _list(state, params)
+        listed = await _list(request, params)
     except QueryError as exc:
         return _refused_fragment(exc)
     return _page(html.workflow_list(listed.items, listed.next, params, datetime.now(UTC)))
@@ -104,7 +106,7 @@ async def workflow_page(request: Request) -> Response:
         workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     except InputError as exc:
         return _refused_page(exc, chrome)
-    row = await state.store.get_workflow(workflow_id)
+    row = await state.store.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
         return _page(html.pending_workflow_page(workflow_id, chrome=chrome), 404)
@@ -125,7 +127,7 @@ async def panel_fragment(request: Request) -> Response:
         workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     except InputError as exc:
         return _refused_fragment(exc)
-    row = await state.store.get_workflow(workflow_id)
+    row = await state.store.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         return _page(html.pending_panel(workflow_id), 404)
     definition = definition_of(state.registry, row)

@@ -47,7 +47,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from relayflow.amqp import Publisher, Settler, quietly
 from relayflow.amqp.senders import Senders
-from relayflow.contracts import WorkflowEvent, WorkflowEventBatch
+from relayflow.contracts import DEFAULT_TENANT, WorkflowEvent, WorkflowEventBatch
 from relayflow.hops import HopTrace
 from relayflow.topology import Topology
 from services.gateway.sse import DirectWrite, workflow_frame
@@ -69,6 +69,7 @@ class LiveEvent:
     body: dict[str, Any]  # the WorkflowEvent wire JSON as published
     terminal: bool
     workflow_name: str = ""
+    tenant: str = DEFAULT_TENANT
     position: int = 0  # set by the hub on arrival
 
 
@@ -94,6 +95,7 @@ class Subscription:
         "finished",
         "following",
         "last",
+        "tenant",
         "workflow_id",
     )
 
@@ -103,9 +105,13 @@ class Subscription:
         workflow_id: str | None,
         buffer: int,
         accepts: EventFilter | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.accepts = accepts
+        # A workflow's stream for a tenant gets only that tenant's events (None: any tenant's):
+        # its id may name another tenant's workflow, or one another tenant starts later.
+        self.tenant = tenant
         self._hub = hub
         self._limit = buffer
         self._items: deque[Item] | None = None
@@ -271,8 +277,9 @@ class EventHub:
         log.info("the events channel was reopened; streams resync")
         self.resync_all()
 
-    def subscribe(self, workflow_id: str) -> Subscription:
-        subscription = Subscription(self, workflow_id, self._buffer)
+    def subscribe(self, workflow_id: str, tenant: str | None = None) -> Subscription:
+        """The events of workflow `workflow_id`, if it is `tenant`'s (None: any tenant's)."""
+        subscription = Subscription(self, workflow_id, self._buffer, tenant=tenant)
         if self._closed:
             subscription.offer(Signal.CLOSED)
         else:
@@ -337,7 +344,10 @@ class EventHub:
             batch.sort(key=lambda event: event.seq)
             frames = Frames(batch)
             trace = self._hops.on  # a call per stream and event adds up at 10,000 streams
+            tenant = batch[0].tenant  # a workflow's events are all its tenant's
             for subscription in tuple(subs):
+                if subscription.tenant is not None and subscription.tenant != tenant:
+                    continue
                 if subscription.write_now(batch, frames):
                     for event in batch if trace else ():
                         self._hops.record("gw.sse", event.event, workflow_id, event.seq)
@@ -420,4 +430,5 @@ def _live(event: WorkflowEvent, body: dict[str, Any]) -> LiveEvent:
         body=body,
         terminal=event.terminal,
         workflow_name=event.workflow_name,
+        tenant=event.tenant or DEFAULT_TENANT,
     )

@@ -65,13 +65,19 @@ def touches(event: str) -> tuple[str, ...]:
     return _AFTER.get(event, (WorkflowStatus.RUNNING,))
 
 
-def event_filter(workflow: str | None, status: str | None) -> EventFilter | None:
-    if workflow is None and status is None:
+def event_filter(
+    workflow: str | None, status: str | None, tenant: str | None = None
+) -> EventFilter | None:
+    """What a feed lets through: events of workflow name `workflow`, that touch `status`, of
+    `tenant`'s workflows (None: each, any)."""
+    if workflow is None and status is None and tenant is None:
         return None
 
     def accepts(event: LiveEvent) -> bool:
-        return (workflow is None or event.workflow_name == workflow) and (
-            status is None or status in touches(event.event)
+        return (
+            (workflow is None or event.workflow_name == workflow)
+            and (status is None or status in touches(event.event))
+            and (tenant is None or event.tenant == tenant)
         )
 
     return accepts

@@ -11,12 +11,14 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from relayflow.contracts import (
+    DEFAULT_TENANT,
     StartWorkflow,
     describe_path,
     encoded_size,
     new_message_id,
     new_workflow_id,
     unstorable,
+    wire_tenant,
     workflow_id_for_key,
 )
 from relayflow.workflow import WorkflowDefinition
@@ -133,19 +135,24 @@ class StartRequest:
     input: dict[str, Any]
     idempotency_key: str | None
     workflow_id: str
+    tenant: str = DEFAULT_TENANT
 
     @classmethod
     def create(
-        cls, workflow_name: str, validated: dict[str, Any], idempotency_key: str | None
+        cls,
+        workflow_name: str,
+        validated: dict[str, Any],
+        idempotency_key: str | None,
+        tenant: str = DEFAULT_TENANT,
     ) -> StartRequest:
-        """With a key the id is derived from it, so every replica (and a direct publisher)
-        agrees; without one it is new."""
+        """With a key the id is derived from it (and the tenant), so every replica (and a
+        direct publisher) agrees; without one it is new."""
         workflow_id = (
             new_workflow_id()
             if idempotency_key is None
-            else workflow_id_for_key(workflow_name, idempotency_key)
+            else workflow_id_for_key(workflow_name, idempotency_key, tenant)
         )
-        return cls(workflow_name, validated, idempotency_key, workflow_id)
+        return cls(workflow_name, validated, idempotency_key, workflow_id, tenant)
 
     def message(self) -> StartWorkflow:
         return StartWorkflow(
@@ -154,4 +161,5 @@ class StartRequest:
             idempotency_key=self.idempotency_key,
             workflow_name=self.workflow_name,
             input=self.input,
+            tenant=wire_tenant(self.tenant),
         )

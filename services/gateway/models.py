@@ -10,7 +10,7 @@ from pydantic import MISSING, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from relayflow.auth import Role
-from relayflow.contracts.messages import WorkflowId
+from relayflow.contracts.messages import DEFAULT_TENANT, WorkflowId
 from relayflow.model import FINISHED, StepStatus, WorkflowStatus
 
 # The vocabulary is the workflow model's (relayflow/model/status.py); these are its views.
@@ -161,6 +161,8 @@ class WorkflowView(_Model):
     # The version of its definition the run is pinned to (null: started before versions were
     # recorded).
     version: str | None = None
+    # Whose run it is: the tenant of the credential that started it.
+    tenant: str = DEFAULT_TENANT
     status: WorkflowStatus
     input: dict[str, Any]
     output: Any = None
@@ -186,6 +188,7 @@ class WorkflowSummary(_Model):
     name: str
     # The version of its definition the run is pinned to (null: from before versions).
     version: str | None = None
+    tenant: str = DEFAULT_TENANT
     status: WorkflowStatus
     created_at: datetime
     updated_at: datetime

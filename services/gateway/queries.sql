@@ -2,37 +2,41 @@
 -- relayflow-admin records too, are relayflow/signal_keys.sql's).
 
 -- name: claim_idempotency_key
--- First use of a key records the request it stands for; a later use returns nothing here and
--- is compared with `get_idempotency_key`.
-INSERT INTO idempotency_keys (workflow_name, key, workflow_id, request_hash)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (workflow_name, key) DO NOTHING
+-- First use of a key (per tenant $5) records the request it stands for; a later use returns
+-- nothing here and is compared with `get_idempotency_key`.
+INSERT INTO idempotency_keys (workflow_name, key, workflow_id, request_hash, tenant)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant, workflow_name, key) DO NOTHING
 RETURNING workflow_id, request_hash;
 
 -- name: get_idempotency_key
 SELECT workflow_id, request_hash
 FROM idempotency_keys
-WHERE workflow_name = $1 AND key = $2;
+WHERE tenant = $3 AND workflow_name = $1 AND key = $2;
 
 -- name: get_workflow
 -- The mailbox is read as counts per signal name: the payloads it keeps are not shown.
 SELECT id, name, status, input, output, error, steps, created_at, updated_at, finished_at,
-       last_seq, parent ->> 'workflowId' AS parent_workflow_id, version,
+       last_seq, parent ->> 'workflowId' AS parent_workflow_id, version, tenant,
        (SELECT coalesce(jsonb_object_agg(m.key, jsonb_array_length(m.value)), '{}'::jsonb)
         FROM jsonb_each(mailbox) AS m
         WHERE jsonb_typeof(m.value) = 'array') AS mailbox_counts
 FROM workflows
-WHERE id = $1;
+WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
 
 -- name: workflow_exists
-SELECT EXISTS (SELECT 1 FROM workflows WHERE id = $1)
-    OR EXISTS (SELECT 1 FROM workflow_events WHERE workflow_id = $1);
+-- (Events are written in the transaction that inserts their workflow; a workflow's events
+-- without its row are those of a run deleted since, whose tenant is not known: unscoped only.)
+SELECT EXISTS (SELECT 1 FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2))
+    OR ($2::text IS NULL AND EXISTS (SELECT 1 FROM workflow_events WHERE workflow_id = $1));
 
 -- name: events_after
 -- The replay source of event streams, in order, from just after the last event a client saw.
+-- Scoped to tenant $4 (null: any), checked on the workflow's row.
 SELECT seq, event, body
 FROM workflow_events
 WHERE workflow_id = $1 AND seq > $2
+  AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM workflows WHERE id = $1 AND tenant = $4))
 ORDER BY seq
 LIMIT $3;
 
@@ -41,15 +45,16 @@ SELECT 1;
 
 -- name: workflow_progress
 -- What decides whether a resuming event stream has anything left to send.
-SELECT status, last_seq FROM workflows WHERE id = $1;
+SELECT status, last_seq FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);
 
 -- name: list_workflows
 -- The dashboard's list, newest first. Each filter applies only when its parameter is not null
--- (status $1, name $2, version $3, id LIKE pattern $4, keyset cursor $5/$6); parameters are
--- planned per call (custom plans), so each combination uses its index:
+-- (status $1, name $2, version $3, id LIKE pattern $4, keyset cursor $5/$6, tenant $8);
+-- parameters are planned per call (custom plans), so each combination uses its index:
 -- workflows_status_created_id_idx, workflows_name_created_idx, workflows_name_version_idx,
--- workflows_version_created_id_idx, workflows_id_pattern_idx or workflows_created_at_idx.
-SELECT id, name, status, created_at, updated_at, finished_at, last_seq, error, version,
+-- workflows_version_created_id_idx, workflows_id_pattern_idx, workflows_tenant_created_id_idx
+-- or workflows_created_at_idx.
+SELECT id, name, status, created_at, updated_at, finished_at, last_seq, error, version, tenant,
        (SELECT coalesce(jsonb_object_agg(s.key, s.value -> 'status'), '{}'::jsonb)
         FROM jsonb_each(steps) AS s) AS step_statuses
 FROM workflows
@@ -58,6 +63,7 @@ WHERE ($1::text IS NULL OR status = $1)
   AND ($3::text IS NULL OR version = $3)
   AND ($4::text IS NULL OR id LIKE $4)
   AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::text))
+  AND ($8::text IS NULL OR tenant = $8)
 ORDER BY created_at DESC, id DESC
 LIMIT $7;
 

@@ -39,7 +39,7 @@ from services.gateway.checks import InputError
 from services.gateway.intake import validate_payload
 from services.gateway.models import FINISHED_STATUSES, SignalAccepted
 from services.gateway.responses import error_response, model_response
-from services.gateway.state import GatewayState, gateway_state
+from services.gateway.state import GatewayState, gateway_state, tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ async def signal_workflow(request: Request) -> Response:
     sent_by = checks.sender(request)
     limit = state.settings.max_input_bytes
     data = await state.limits.read_json(request, expected="the signal's payload")
-    target = await _target(state, workflow_id, signal_name)
+    target = await _target(state, workflow_id, tenant_of(request), signal_name)
     payload = validate_payload(target.name, signal_name, target.model, data, max_bytes=limit)
     if target.status in FINISHED_STATUSES:
         raise InputError(
@@ -77,6 +77,7 @@ async def signal_workflow(request: Request) -> Response:
         signal_name=signal_name,
         payload=payload,
         sent_by=sent_by,
+        tenant=tenant_of(request),
     )
     try:
         await _publish(state, message)
@@ -106,9 +107,12 @@ class _Target:
     model: type[BaseModel]
 
 
-async def _target(state: GatewayState, workflow_id: str, signal_name: str) -> _Target:
-    """The workflow's definition name, status and the model of this signal, or a 404."""
-    found = await state.store.signal_target(workflow_id)
+async def _target(
+    state: GatewayState, workflow_id: str, tenant: str | None, signal_name: str
+) -> _Target:
+    """The workflow's definition name, status and the model of this signal, or a 404 (also
+    for another tenant's)."""
+    found = await state.store.signal_target(workflow_id, tenant)
     if found is None:
         raise InputError(404, f"no workflow with id {workflow_id!r}")
     # The version the run is pinned to: the orchestrator applies the signal with that one.

@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from relayflow.amqp import Publisher
 from relayflow.auth import Role
+from relayflow.contracts import DEFAULT_TENANT
 from relayflow.hops import HopTrace
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
@@ -72,3 +73,16 @@ def caller_of(request: Request) -> Caller | None:
     open."""
     caller = request.scope.get(_CALLER_KEY)
     return caller if isinstance(caller, Caller) else None
+
+
+def tenant_of(request: Request) -> str | None:
+    """Whose workflows this request sees and acts on: its caller's tenant; None (every
+    tenant's) while the gateway runs open. Another tenant's workflow is not found (404)."""
+    caller = caller_of(request)
+    return None if caller is None else caller.tenant
+
+
+def starting_tenant(request: Request) -> str:
+    """Whose the workflows this request starts are: its caller's tenant, else the default."""
+    caller = caller_of(request)
+    return DEFAULT_TENANT if caller is None else caller.tenant

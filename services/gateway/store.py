@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from relayflow import signal_keys
+from relayflow.contracts import DEFAULT_TENANT
 from relayflow.db import Queries
 from relayflow.model import ItemState, StepStatus, WorkflowStatus
 from relayflow.signal_keys import SignalTarget
@@ -39,6 +40,7 @@ class WorkflowRow:
     mailbox: dict[str, int] = field(default_factory=dict)
     # The definition's version the run is pinned to; None for a run from before versions.
     version: str | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class ListFilter:
     before: tuple[datetime, str] | None = None
     # The definition's version the runs are pinned to.
     version: str | None = None
+    # Whose runs (the caller's tenant; None: every tenant's, while the gateway runs open).
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class SummaryRow:
     error: Any
     step_statuses: dict[str, str]
     version: str | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 # What live orchestrator replicas load, as (workflow name, version); None: not known (no
@@ -92,16 +97,16 @@ class GatewayStore:
         self._q = queries or Queries.load("services.gateway")
 
     async def claim_idempotency_key(
-        self, workflow_name: str, key: str, workflow_id: str, request_hash: str
+        self, tenant: str, workflow_name: str, key: str, workflow_id: str, request_hash: str
     ) -> KeyRecord:
-        """Record the key, or return what it was first used for."""
+        """Record the key (in `tenant`'s namespace), or return what it was first used for."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                self._q.claim_idempotency_key, workflow_name, key, workflow_id, request_hash
+                self._q.claim_idempotency_key, workflow_name, key, workflow_id, request_hash, tenant
             )
             if row is not None:
                 return KeyRecord(row["workflow_id"], row["request_hash"], created=True)
-            row = await conn.fetchrow(self._q.get_idempotency_key, workflow_name, key)
+            row = await conn.fetchrow(self._q.get_idempotency_key, workflow_name, key, tenant)
         if row is None:  # pragma: no cover - keys are never deleted while the gateway runs
             raise RuntimeError(f"idempotency key {key!r} conflicted but cannot be read")
         return KeyRecord(row["workflow_id"], row["request_hash"], created=False)
@@ -121,12 +126,15 @@ class GatewayStore:
                 conn, workflow_id, signal_name, key, payload=payload, sent_by=sent_by
             )
 
-    async def signal_target(self, workflow_id: str) -> SignalTarget | None:
-        async with self._pool.acquire() as conn:
-            return await signal_keys.signal_target(conn, workflow_id)
+    # Every read of a workflow takes `tenant`: the caller's, whose workflows alone it finds;
+    # None (the gateway runs open) finds any tenant's.
 
-    async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
-        row = await self._pool.fetchrow(self._q.get_workflow, workflow_id)
+    async def signal_target(self, workflow_id: str, tenant: str | None) -> SignalTarget | None:
+        async with self._pool.acquire() as conn:
+            return await signal_keys.signal_target(conn, workflow_id, tenant)
+
+    async def get_workflow(self, workflow_id: str, tenant: str | None) -> WorkflowRow | None:
+        row = await self._pool.fetchrow(self._q.get_workflow, workflow_id, tenant)
         if row is None:
             return None
         return WorkflowRow(
@@ -144,19 +152,20 @@ class GatewayStore:
             parent_workflow_id=row["parent_workflow_id"],
             mailbox=row["mailbox_counts"] or {},
             version=row["version"],
+            tenant=row["tenant"],
         )
 
-    async def workflow_exists(self, workflow_id: str) -> bool:
-        return bool(await self._pool.fetchval(self._q.workflow_exists, workflow_id))
+    async def workflow_exists(self, workflow_id: str, tenant: str | None) -> bool:
+        return bool(await self._pool.fetchval(self._q.workflow_exists, workflow_id, tenant))
 
     async def events_after(
-        self, workflow_id: str, after_seq: int, *, limit: int = 1000
+        self, workflow_id: str, after_seq: int, tenant: str | None, *, limit: int = 1000
     ) -> list[StoredEvent]:
-        rows = await self._pool.fetch(self._q.events_after, workflow_id, after_seq, limit)
+        rows = await self._pool.fetch(self._q.events_after, workflow_id, after_seq, limit, tenant)
         return [StoredEvent(row["seq"], row["event"], row["body"]) for row in rows]
 
-    async def workflow_progress(self, workflow_id: str) -> Progress | None:
-        row = await self._pool.fetchrow(self._q.workflow_progress, workflow_id)
+    async def workflow_progress(self, workflow_id: str, tenant: str | None) -> Progress | None:
+        row = await self._pool.fetchrow(self._q.workflow_progress, workflow_id, tenant)
         return None if row is None else Progress(row["status"], row["last_seq"])
 
     async def list_workflows(self, where: ListFilter, *, limit: int) -> list[SummaryRow]:
@@ -171,6 +180,7 @@ class GatewayStore:
             before_at,
             before_id,
             limit,
+            where.tenant,
         )
         return [
             SummaryRow(
@@ -184,6 +194,7 @@ class GatewayStore:
                 error=row["error"],
                 step_statuses=row["step_statuses"] or {},
                 version=row["version"],
+                tenant=row["tenant"],
             )
             for row in rows
         ]

@@ -95,10 +95,12 @@ def _from_live(event: LiveEvent) -> Outgoing:
     return Outgoing(event.seq, event.event, event.body)
 
 
-async def _replay(store: GatewayStore, workflow_id: str, sequencer: Sequencer) -> list[Outgoing]:
+async def _replay(
+    store: GatewayStore, workflow_id: str, tenant: str | None, sequencer: Sequencer
+) -> list[Outgoing]:
     ready: list[Outgoing] = []
     while True:
-        rows = await store.events_after(workflow_id, sequencer.last, limit=REPLAY_PAGE)
+        rows = await store.events_after(workflow_id, sequencer.last, tenant, limit=REPLAY_PAGE)
         ready.extend(sequencer.accept(map(_from_store, rows)))
         if len(rows) < REPLAY_PAGE:
             break
@@ -115,19 +117,20 @@ async def follow(
     hops: HopTrace | None = None,
 ) -> AsyncGenerator[ServerSentEvent | bytes, None]:
     """The SSE body for one client; `subscription` must be taken before this starts. `hops`
-    records each event once it is written (the body resumes after the write)."""
+    records each event once it is written (the body resumes after the write). Another tenant's
+    workflow than the subscription's is, here too, one that does not exist."""
     hops = hops or HopTrace()
-    workflow_id = subscription.workflow_id
+    workflow_id, tenant = subscription.workflow_id, subscription.tenant
     assert workflow_id is not None
     sequencer = Sequencer(last=last_event_id)
     loop = asyncio.get_running_loop()
     with subscription:
-        for event in await _replay(store, workflow_id, sequencer):
+        for event in await _replay(store, workflow_id, tenant, sequencer):
             yield event.to_sse()
             hops.record("gw.sse", event.event, workflow_id, event.seq)
         if sequencer.finished:
             return
-        known = sequencer.last > last_event_id or await store.workflow_exists(workflow_id)
+        known = sequencer.last > last_event_id or await store.workflow_exists(workflow_id, tenant)
         give_up_at = loop.time() + unknown_wait
         while not sequencer.finished:
             if sequencer.has_gap:
@@ -150,12 +153,12 @@ async def follow(
             if isinstance(item, Signal) or sequencer.has_gap or (item is None and not written):
                 # A timeout without live traffic, a resync after overflow, or a gap: PostgreSQL
                 # has it all.
-                ready.extend(await _replay(store, workflow_id, sequencer))
+                ready.extend(await _replay(store, workflow_id, tenant, sequencer))
             for event in ready:
                 yield event.to_sse()
                 hops.record("gw.sse", event.event, workflow_id, event.seq)
             if not known:
-                known = bool(ready) or await store.workflow_exists(workflow_id)
+                known = bool(ready) or await store.workflow_exists(workflow_id, tenant)
                 if not known and loop.time() >= give_up_at:
                     yield _unknown(workflow_id, unknown_wait)
                     return

@@ -23,7 +23,7 @@ from services.gateway.intake import StartRequest, request_hash, validate_input
 from services.gateway.models import Accepted
 from services.gateway.responses import error_response, model_response
 from services.gateway.settings import submit_off_reason
-from services.gateway.state import GatewayState, gateway_state
+from services.gateway.state import GatewayState, gateway_state, starting_tenant
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,10 @@ async def start_workflow(request: Request, workflow_name: str) -> Response:
     key = checks.idempotency_key(request)
     data = await state.limits.read_json(request, expected="the workflow input")
     validated = validate_input(definition, data, max_bytes=state.settings.max_input_bytes)
-    start = StartRequest.create(workflow_name, validated, key)
+    start = StartRequest.create(workflow_name, validated, key, starting_tenant(request))
     if key is not None:
         record = await state.store.claim_idempotency_key(
-            workflow_name, key, start.workflow_id, request_hash(validated)
+            start.tenant, workflow_name, key, start.workflow_id, request_hash(validated)
         )
         if record.request_hash != request_hash(validated):
             return error_response(

@@ -9,6 +9,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -46,7 +47,7 @@ from services.gateway.models import (
 )
 from services.gateway.responses import error_response, model_response
 from services.gateway.sse import EventStream
-from services.gateway.state import gateway_state
+from services.gateway.state import gateway_state, tenant_of
 from services.gateway.store import (
     GatewayStore,
     ListFilter,
@@ -186,6 +187,7 @@ def summary(row: SummaryRow, loaded: LoadedVersions = None) -> WorkflowSummary:
         workflow_id=row.id,
         name=row.name,
         version=row.version,
+        tenant=row.tenant,
         status=row.status,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -203,6 +205,7 @@ async def list_workflows(request: Request) -> Response:
     """Bad parameters raise `QueryError`, which the app answers."""
     state = gateway_state(request)
     where, limit = list_filter(request.query_params)
+    where = replace(where, tenant=tenant_of(request))
     page = await list_page(
         state.store, where, limit, stale_after=state.settings.announce_stale_after
     )
@@ -221,7 +224,7 @@ async def all_events(request: Request) -> Response:
         request.headers.get(checks.LAST_EVENT_ID_HEADER) or params.get(checks.LAST_EVENT_ID_QUERY)
     )
     # Subscribe and read the ring in one step (no await in between): nothing falls in a gap.
-    subscription = hub.subscribe_all(event_filter(name, status))
+    subscription = hub.subscribe_all(event_filter(name, status, tenant_of(request)))
     start = hub.position
     missed = hub.recent_after(last[1]) if last is not None and last[0] == hub.epoch else None
     settings = state.settings
@@ -236,7 +239,7 @@ async def all_events(request: Request) -> Response:
 async def get_workflow(request: Request, raw_id: str) -> Response:
     state = gateway_state(request)
     workflow_id = checks.workflow_id(raw_id)
-    row = await state.store.get_workflow(workflow_id)
+    row = await state.store.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
     view = await load_view(
@@ -316,7 +319,7 @@ async def step_items(request: Request) -> Response:
     workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     step_name = checks.step_name(request.path_params["step_name"])
     after, status, limit = item_query(request.query_params)
-    row = await state.store.get_workflow(workflow_id)
+    row = await state.store.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
     definition = definition_of(state.registry, row)
@@ -349,8 +352,9 @@ async def workflow_events(request: Request) -> Response:
     state = gateway_state(request)
     workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     last_event_id = checks.last_event_seq(request)
+    tenant = tenant_of(request)
     if last_event_id is not None:
-        progress = await state.store.workflow_progress(workflow_id)
+        progress = await state.store.workflow_progress(workflow_id, tenant)
         if (
             progress is not None
             and progress.status in FINISHED_STATUSES
@@ -359,7 +363,7 @@ async def workflow_events(request: Request) -> Response:
             # The client has seen the end: 204 is the one answer that makes EventSource stop.
             return Response(status_code=204)
     # Subscribe before reading PostgreSQL, so that an event published in between is not lost.
-    subscription = state.hub.subscribe(workflow_id)
+    subscription = state.hub.subscribe(workflow_id, tenant)
     settings = state.settings
     return EventStream(
         follow(
@@ -426,6 +430,7 @@ def workflow_view(
         workflow_id=row.id,
         name=row.name,
         version=row.version,
+        tenant=row.tenant,
         status=row.status,
         input=row.input,
         output=row.output,

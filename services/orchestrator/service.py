@@ -20,7 +20,10 @@ from relayflow.amqp.senders import Senders
 from relayflow.amqp.settle import delivery_count, hand_back
 from relayflow.contracts import (
     DEFAULT_MAX_INPUT_BYTES,
+    CancelWorkflow,
     OrchestratorInput,
+    RetryWorkflow,
+    SignalWorkflow,
     StartWorkflow,
     body_may_be_unstorable,
     describe_path,
@@ -97,8 +100,10 @@ class Orchestrator:
             except ValidationError as exc:
                 await self._dead_letter(message, f"invalid message: {_describe(exc)}")
                 continue
-            problem = self._senders.refusal(item.type, message.user_id) or self._unacceptable(
-                message.body, item
+            problem = (
+                self._senders.refusal(item.type, message.user_id)
+                or self._senders.tenant_refusal(item.type, _tenant_of(item), message.user_id)
+                or self._unacceptable(message.body, item)
             )
             if problem is not None:
                 await self._dead_letter(message, problem)
@@ -250,3 +255,10 @@ def _describe(exc: ValidationError) -> str:
         for error in exc.errors()[:10]
     ]
     return "; ".join(problems)
+
+
+def _tenant_of(item: OrchestratorInput) -> str | None:
+    """The tenant a start, cancel, retry or signal names (None: none named, or another kind)."""
+    if isinstance(item, StartWorkflow | CancelWorkflow | RetryWorkflow | SignalWorkflow):
+        return item.tenant
+    return None

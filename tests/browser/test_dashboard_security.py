@@ -115,7 +115,7 @@ async def test_sign_in_follow_act_and_sign_out(
     try:
         page = await context.new_page()
         watch = Watch(page)
-        workflow_id = await running_workflow(pool)
+        workflow_id = await running_workflow(pool, created.record.tenant)
         await page.goto(f"/ui/workflows/{workflow_id}")
         await expect(page).to_have_url(re.compile(r"/signin\?next="))
         await page.locator("#key").fill(created.key)

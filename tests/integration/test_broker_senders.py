@@ -16,6 +16,7 @@ from relayflow.amqp import OutgoingMessage, Publisher
 from relayflow.amqp.senders import Senders
 from relayflow.amqp.settle import REASON_HEADER
 from relayflow.contracts import (
+    CancelWorkflow,
     StartWorkflow,
     StepCommand,
     StepResult,
@@ -25,11 +26,11 @@ from relayflow.contracts import (
 )
 from relayflow.settings import Settings
 from relayflow.steps import StepWorker
-from relayflow.topology import START_KEY, Topology, step_key
+from relayflow.topology import CONTROL_KEY, START_KEY, Topology, step_key
 from relayflow.workflow import WorkflowRegistry
 from tests.integration import local_flows
 from tests.integration.orchestrators import running_orchestrator
-from tests.support import delete_topology, get_messages
+from tests.support import delete_topology, get_messages, wait_for
 
 REGISTRY = WorkflowRegistry(local_flows.WORKFLOWS)
 
@@ -153,3 +154,66 @@ async def test_a_start_from_a_user_without_a_starting_role_is_dead_lettered(
     reason = str((dead.headers or {})[REASON_HEADER])
     assert "broker user 'guest' (roles: step) may not send a StartWorkflow" in reason
     assert await pool.fetchval("SELECT count(*) FROM workflows WHERE id = $1", workflow_id) == 0
+
+
+async def test_a_user_restricted_to_tenants_starts_and_cancels_only_theirs(
+    settings: Settings,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: AbstractRobustConnection,
+    declared: Topology,
+    publisher: Publisher,
+) -> None:
+    form = {"name": "Ada", "email": "ada@example.com", "message": "hi"}
+    ours, theirs, untenanted = new_workflow_id(), new_workflow_id(), new_workflow_id()
+
+    def start(workflow_id: str, tenant: str | None) -> OutgoingMessage:
+        message = StartWorkflow(
+            message_id=new_message_id(),
+            workflow_id=workflow_id,
+            workflow_name="formSubmission",
+            input=form,
+            tenant=tenant,
+        )
+        return OutgoingMessage.of(message, exchange=declared.exchange, routing_key=START_KEY)
+
+    def cancel(tenant: str | None) -> OutgoingMessage:
+        message = CancelWorkflow(message_id=new_message_id(), workflow_id=ours, tenant=tenant)
+        return OutgoingMessage.of(message, exchange=declared.exchange, routing_key=CONTROL_KEY)
+
+    channel = await amqp_connection.channel()
+    async with running_orchestrator(
+        settings, broker_senders="engine=rf-orchestrator;start=guest", broker_tenants="guest=acme"
+    ):
+        for message in (start(theirs, "beta"), start(untenanted, None), start(ours, "acme")):
+            await publisher.publish(message)
+        dead = [m async for m in get_messages(channel, declared.dead_letter_queue, count=2)]
+
+        async def started() -> bool:
+            tenant = await pool.fetchval("SELECT tenant FROM workflows WHERE id = $1", ours)
+            return bool(tenant == "acme")
+
+        await wait_for(started)
+        # A cancel must name one of its tenants; naming it, it applies.
+        await publisher.publish(cancel(None))
+        dead += [m async for m in get_messages(channel, declared.dead_letter_queue, count=1)]
+        await publisher.publish(cancel("acme"))
+
+        async def cancelled() -> bool:
+            status = await pool.fetchval("SELECT status FROM workflows WHERE id = $1", ours)
+            return bool(status == "cancelled")
+
+        await wait_for(cancelled)
+    await channel.close()
+    reasons = sorted(str((m.headers or {})[REASON_HEADER]) for m in dead)
+    assert reasons == [
+        "broker user 'guest' acts only for tenants acme (RELAYFLOW_BROKER_TENANTS): its "
+        "CancelWorkflow must name one in `tenant`",
+        "broker user 'guest' may not act for tenant 'beta' (its tenants: acme; "
+        "RELAYFLOW_BROKER_TENANTS)",
+        "broker user 'guest' may not act for tenant 'default' (its tenants: acme; "
+        "RELAYFLOW_BROKER_TENANTS)",
+    ]
+    found = await pool.fetchval(
+        "SELECT count(*) FROM workflows WHERE id = ANY($1::text[])", [theirs, untenanted]
+    )
+    assert found == 0

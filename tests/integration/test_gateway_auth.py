@@ -52,15 +52,18 @@ async def make_key(pool: asyncpg.Pool[Any]) -> AsyncIterator[MakeKey]:
         yield make
 
 
-async def running_workflow(pool: asyncpg.Pool[Any]) -> str:
+async def running_workflow(pool: asyncpg.Pool[Any], tenant: str) -> str:
+    """A running workflow of `tenant` (a key sees only its own tenant's)."""
     workflow_id = new_workflow_id()
     await pool.execute(
         """
-        INSERT INTO workflows (id, name, status, input, input_hash, steps, created_at, updated_at)
-        VALUES ($1, 'formSubmission', 'running', $2, 'h', '{}'::jsonb, now(), now())
+        INSERT INTO workflows (id, name, status, input, input_hash, steps, created_at, updated_at,
+                               tenant)
+        VALUES ($1, 'formSubmission', 'running', $2, 'h', '{}'::jsonb, now(), now(), $3)
         """,
         workflow_id,
         FORM,
+        tenant,
     )
     return workflow_id
 
@@ -208,8 +211,9 @@ async def test_a_read_key_reads_and_streams_but_cannot_act(
     gateway: RunningGateway, make_key: MakeKey, pool: asyncpg.Pool[Any]
 ) -> None:
     """Least privilege: a dashboard's read-only key must not cancel, retry or start."""
-    headers = bearer(await make_key(Role.READ))
-    workflow_id = await running_workflow(pool)
+    reader = await make_key(Role.READ)
+    headers = bearer(reader)
+    workflow_id = await running_workflow(pool, reader.record.tenant)
     assert (await gateway.client.get("/workflows", headers=headers)).status_code == 200
     assert (
         await gateway.client.get(f"/workflows/{workflow_id}", headers=headers)
@@ -247,8 +251,9 @@ async def test_an_operator_key_cancels(
     gateway: RunningGateway, make_key: MakeKey, pool: asyncpg.Pool[Any]
 ) -> None:
     """Cancel is the operator's: the check lets the right role through to the action."""
-    headers = bearer(await make_key(Role.OPERATOR))
-    workflow_id = await running_workflow(pool)
+    operator = await make_key(Role.OPERATOR)
+    headers = bearer(operator)
+    workflow_id = await running_workflow(pool, operator.record.tenant)
     response = await gateway.client.post(
         f"/workflows/{workflow_id}/cancel", json={}, headers=headers
     )

@@ -213,7 +213,7 @@ async def test_cookie_posts_need_the_csrf_token_and_this_site(
     other, _ = await sign_in(gateway, created)
     other_token = await csrf_of(gateway, other)
     assert other_token != token
-    workflow_id = await running_workflow(pool)
+    workflow_id = await running_workflow(pool, created.record.tenant)
     url = f"/workflows/{workflow_id}/cancel"
     jar = {"Cookie": f"{COOKIE}={cookie}"}
     for headers in (
@@ -233,7 +233,7 @@ async def test_cookie_posts_need_the_csrf_token_and_this_site(
     response = await gateway.client.post(url, json={}, headers={**referred, CSRF_HEADER: token})
     assert response.status_code == 202, response.text
     # Bearer requests carry no cookie a browser would add: no token needed.
-    workflow_id = await running_workflow(pool)
+    workflow_id = await running_workflow(pool, created.record.tenant)
     response = await gateway.client.post(
         f"/workflows/{workflow_id}/cancel", json={}, headers=bearer(created)
     )
@@ -267,8 +267,8 @@ async def test_stream_tokens_open_only_their_stream(
     """A token is for one workflow or the list: any other stream, a forged or expired one, is
     401, the same whether the other workflow exists or not."""
     created = await keys(Role.READ)
-    workflow_id = await running_workflow(pool)
-    other_id = await running_workflow(pool)
+    workflow_id = await running_workflow(pool, created.record.tenant)
+    other_id = await running_workflow(pool, created.record.tenant)
     missing_id = new_workflow_id()
     minted = await gateway.client.post(
         "/stream-tokens", json={"workflowId": workflow_id}, headers=bearer(created)
@@ -353,8 +353,9 @@ async def test_every_html_answer_forbids_inline_script(
     gateway: RunningGateway, keys: MakeKey, pool: asyncpg.Pool[Any]
 ) -> None:
     """The CSP is the second line behind escaping: pages and fragments alike carry it."""
-    cookie, _ = await sign_in(gateway, await keys(Role.READ))
-    workflow_id = await running_workflow(pool)
+    reader = await keys(Role.READ)
+    cookie, _ = await sign_in(gateway, reader)
+    workflow_id = await running_workflow(pool, reader.record.tenant)
     headers = same_site(gateway, cookie)
     for path in (
         "/",
@@ -411,7 +412,7 @@ async def test_no_key_cookie_or_token_appears_in_a_log(
     async with running_gateway(settings, AUTH, auth="required", gateway_access_log=True) as gw:
         reader = await keys(Role.READ)
         submitter = await keys(Role.SUBMIT)
-        workflow_id = await running_workflow(pool)
+        workflow_id = await running_workflow(pool, reader.record.tenant)
         cookie, _ = await sign_in(gw, reader)
         csrf = await csrf_of(gw, cookie)
         await gw.client.post("/signin", json={"key": submitter.key}, headers=same_site(gw))

@@ -243,10 +243,11 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
     await pool.execute(
         """
         INSERT INTO workflows (id, name, status, input, input_hash, steps, created_at, updated_at,
-                               version)
+                               version, tenant)
         SELECT 'wf_' || $1 || '_' || i, CASE WHEN i % 10 = 0 THEN $1 ELSE $1 || 'x' END,
                (ARRAY['running', 'completed', 'failed', 'cancelled'])[1 + i % 4], '{}', 'h', '{}',
-               $2::timestamptz + i * interval '1 second', now(), 'v' || (i % 3)
+               $2::timestamptz + i * interval '1 second', now(), 'v' || (i % 3),
+               $1 || '-t' || (i % 5)
         FROM generate_series(1, 20000) AS i
         """,
         name,
@@ -255,18 +256,24 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
     await pool.execute("ANALYZE workflows")
     query = Queries.load("services.gateway").list_workflows
     cursor = (T0 + timedelta(hours=3), "wf_zzz")
+    tenant = f"{name}-t1"
     cases = [
-        (None, None, None, None, None, None),
-        ("failed", None, None, None, None, None),
-        (None, name, None, None, None, None),
-        ("running", name, None, None, *cursor),
-        (None, None, None, like_prefix(f"wf_{name}_123"), None, None),
-        (None, name, "v1", None, None, None),
-        (None, None, "v1", None, None, None),
-        ("failed", name, "v1", None, *cursor),
+        (None, None, None, None, None, None, None),
+        ("failed", None, None, None, None, None, None),
+        (None, name, None, None, None, None, None),
+        ("running", name, None, None, *cursor, None),
+        (None, None, None, like_prefix(f"wf_{name}_123"), None, None, None),
+        (None, name, "v1", None, None, None, None),
+        (None, None, "v1", None, None, None, None),
+        ("failed", name, "v1", None, *cursor, None),
+        # A key's list is its tenant's, with any of the filters.
+        (None, None, None, None, None, None, tenant),
+        (None, None, None, None, *cursor, tenant),
+        ("failed", None, None, None, None, None, tenant),
+        (None, name, "v1", None, None, None, tenant),
     ]
     async with pool.acquire() as conn:
-        for status, workflow, version, pattern, before_at, before_id in cases:
+        for status, workflow, version, pattern, before_at, before_id, of in cases:
             plan = await conn.fetchval(
                 f"EXPLAIN (FORMAT JSON) {query}",
                 status,
@@ -276,9 +283,10 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
                 before_at,
                 before_id,
                 50,
+                of,
             )
             text = str(plan)
-            assert "Seq Scan" not in text, (status, workflow, version, pattern, text)
+            assert "Seq Scan" not in text, (status, workflow, version, pattern, of, text)
             assert "Index" in text, text
     # A version with a few runs, older than the 20,000 of other versions: filtered on alone, it
     # is read through its own index, not by walking the newest of the table and dropping every
@@ -300,7 +308,15 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
     # The rare version's 3 rows, and a page of the 6,667 of v1: each row read is a row listed.
     for version, listed in ((rare, 3), ("v1", 50)):
         (explained,) = await pool.fetchval(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", None, None, version, None, None, None, 50
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
+            None,
+            None,
+            version,
+            None,
+            None,
+            None,
+            50,
+            None,
         )
         nodes = list(_plan_nodes(explained["Plan"]))
         assert {node["Index Name"] for node in nodes if "Index Name" in node} == {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from relayflow.amqp.senders import MAY_SEND, Role, Senders
@@ -85,3 +87,49 @@ def test_the_table_covers_every_message_type() -> None:
             types.add(field.default)
     # A single event is only ever sent inside a batch; the rest must each have a row.
     assert types - {"WorkflowEvent"} == set(MAY_SEND)
+
+
+TENANTS = Senders.parse("start=rf-app,rf-gateway", tenants="rf-app = acme, beta ;rf-app=gamma")
+
+
+def test_tenants_are_read_per_user_and_add_up() -> None:
+    assert TENANTS.tenants == {"rf-app": {"acme", "beta", "gamma"}}
+
+
+@pytest.mark.parametrize(
+    ("message_type", "tenant", "user", "allowed"),
+    [
+        ("StartWorkflow", "acme", "rf-app", True),
+        ("StartWorkflow", "other", "rf-app", False),
+        # A start without a tenant is the default tenant's, which rf-app does not hold.
+        ("StartWorkflow", None, "rf-app", False),
+        ("CancelWorkflow", "beta", "rf-app", True),
+        # Absent on a cancel means any tenant's workflow: not for a restricted user.
+        ("CancelWorkflow", None, "rf-app", False),
+        ("SignalWorkflow", "other", "rf-app", False),
+        # Users the setting does not list act for every tenant.
+        ("StartWorkflow", "other", "rf-gateway", True),
+        ("RetryWorkflow", None, "rf-gateway", True),
+    ],
+)
+def test_a_restricted_user_acts_only_for_its_tenants(
+    message_type: str, tenant: str | None, user: str, allowed: bool
+) -> None:
+    refusal = TENANTS.tenant_refusal(message_type, tenant, user)
+    assert (refusal is None) is allowed
+    if refusal is not None:
+        assert "rf-app" in refusal
+        assert "RELAYFLOW_BROKER_TENANTS" in refusal
+
+
+@pytest.mark.parametrize(
+    ("roles", "tenants", "says"),
+    [
+        ("start=a", "a=Acme", "'Acme' (for a) is not a tenant name"),
+        ("start=a", "a=", "names no tenants"),
+        ("", "a=acme", "needs RELAYFLOW_BROKER_SENDERS"),
+    ],
+)
+def test_a_wrong_tenants_setting_says_what_is_wrong(roles: str, tenants: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(says)):
+        Senders.parse(roles, tenants=tenants)

@@ -15,6 +15,7 @@ from relayflow.contracts import (
     StartWorkflow,
     StepResult,
     StepResultStatus,
+    wire_tenant,
 )
 from relayflow.machine.handle import StepHandle
 from relayflow.machine.kinds.base import StepKind, stale_result, start_to_close_limit
@@ -61,6 +62,7 @@ class Child(StepKind):
                     created_at=step.now,
                     workflow_name=spec.workflow,
                     input=child_input,
+                    tenant=wire_tenant(workflow.tenant),
                     parent=ParentRef(
                         workflow_id=workflow.id,
                         step_name=step.name,
