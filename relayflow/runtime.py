@@ -13,25 +13,26 @@ from typing import Any
 
 import asyncpg
 
+from relayflow import logs
+from relayflow.auth import AuthSettings
 from relayflow.db import create_pool, ensure_database, migrate
 from relayflow.db.migrate import CORE
 from relayflow.errors import ConfigurationError, ServiceUnavailableError
+from relayflow.logs import url_secrets
 from relayflow.metrics import serve_metrics
 from relayflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def configure_logging(service: str, level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)-7s {service} %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    # aio-pika and aiormq narrate every reconnect attempt at INFO; we log our own view of it.
-    logging.getLogger("aiormq").setLevel(max(logging.WARNING, logging.getLogger().level))
-    logging.getLogger("aio_pika").setLevel(max(logging.WARNING, logging.getLogger().level))
+def configure_logging(service: str, settings: Settings) -> None:
+    """Logging as `settings` say (`relayflow.logs`), redacting the passwords of its URLs and the
+    server secret of the API keys wherever they would appear."""
+    secrets = url_secrets(settings.amqp_url, settings.database_url)
+    auth_secret = AuthSettings().secret
+    if auth_secret is not None:
+        secrets.append(auth_secret.get_secret_value())
+    logs.configure(service, settings.log_level, settings.log_format, secrets=secrets)
 
 
 async def prepare_database(
@@ -89,14 +90,14 @@ def run(
     service: str,
     main: ServiceMain,
     *,
-    log_level: str = "INFO",
+    settings: Settings,
     metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run `main(stop)` until it returns; SIGTERM and SIGINT set `stop`, and `main` is expected to
     stop consuming, finish or hand back in-flight work, and return. Exit code 0 on a clean stop,
     2 when the broker or database cannot be reached or the configuration is wrong. `metrics`:
     (host, port) to serve Prometheus metrics on first (port 0: not served)."""
-    configure_logging(service, log_level)
+    configure_logging(service, settings)
     if metrics is not None:
         try:
             serve_metrics(metrics[1], metrics[0])

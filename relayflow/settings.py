@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relayflow.amqp.senders import Senders
 from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
+from relayflow.logs import LogFormat
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _PROCESS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -68,6 +69,8 @@ class Settings(BaseSettings):
     # Backstop against poison messages that crash a consumer before it can dead-letter them.
     delivery_limit: int = Field(default=20, ge=1)
     log_level: str = "INFO"
+    # text (for a terminal) or json (one object per line, for a log pipeline): relayflow.logs.
+    log_format: LogFormat = LogFormat.TEXT
     # Where the orchestrator, step service and external system serve Prometheus metrics
     # (http://host:port/metrics); 0: not served. The gateway serves /metrics on its own port.
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -10,6 +10,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from relayflow import logs
 from relayflow.contracts import (
     ErrorInfo,
     StepCommand,
@@ -101,7 +102,24 @@ async def call(
     connection: DbConnection | None = None,
     reads: Reads | None = None,
 ) -> Outcome:
-    """Run the body of `definition` for `command`; `connection` for a transactional step."""
+    """Run the body of `definition` for `command`; `connection` for a transactional step.
+    Every line logged meanwhile (the body's too) says which invocation it is about."""
+    with logs.bound(
+        workflow_id=command.workflow_id,
+        step=command.step_name,
+        step_key=command.step_key,
+        attempt=command.attempt,
+    ):
+        return await _call(definition, command, publish, connection, reads)
+
+
+async def _call(
+    definition: StepDefinition,
+    command: StepCommand,
+    publish: PublishFn,
+    connection: DbConnection | None,
+    reads: Reads | None,
+) -> Outcome:
     try:
         # A map item's body takes the item as its input.
         raw = command.input if command.item_index is None else command.item

@@ -145,7 +145,7 @@ def main() -> None:
     run(
         "orchestrator",
         lambda stop: serve(settings, stop),
-        log_level=settings.log_level,
+        settings=settings,
         metrics=(settings.metrics_host, settings.metrics_port),
     )
 

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(
         "steps",
         amain,
-        log_level=settings.log_level,
+        settings=settings,
         metrics=(settings.metrics_host, settings.metrics_port),
     )
 

@@ -19,7 +19,7 @@ def main() -> None:
     run(
         "external",
         amain,
-        log_level=settings.log_level,
+        settings=settings,
         metrics=(settings.metrics_host, settings.metrics_port),
     )
 
