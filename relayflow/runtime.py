@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from relayflow import logs
+from relayflow import logs, tracing
 from relayflow.auth import AuthSettings
 from relayflow.db import create_pool, ensure_database, migrate
 from relayflow.db.migrate import CORE
@@ -98,6 +98,7 @@ def run(
     2 when the broker or database cannot be reached or the configuration is wrong. `metrics`:
     (host, port) to serve Prometheus metrics on first (port 0: not served)."""
     configure_logging(service, settings)
+    tracing.configure(service)
     if metrics is not None:
         try:
             serve_metrics(metrics[1], metrics[0])
@@ -121,4 +122,6 @@ def run(
         # The message says what is missing and how to start it; a traceback would bury that.
         logging.getLogger(service).error("%s", exc)  # noqa: TRY400
         sys.exit(2)
+    finally:
+        tracing.shutdown()  # what spans are buffered go out before the process ends
     logging.getLogger(service).info("stopped")

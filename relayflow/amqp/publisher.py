@@ -15,6 +15,7 @@ from pamqp.commands import Basic
 
 from relayflow.amqp.connection import quietly
 from relayflow.contracts import BaseMessage, encode
+from relayflow.tracing import TRACEPARENT
 
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT.value
 _TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT.value
@@ -33,6 +34,8 @@ class OutgoingMessage:
     # message is not an error, and since what they carry is also in PostgreSQL they are sent
     # transient, sparing the broker a disk write. Work messages are mandatory and persistent.
     mandatory: bool = True
+    # The W3C trace context it continues (`relayflow.tracing`), sent as the `traceparent` header.
+    traceparent: str | None = None
 
     @classmethod
     def of(
@@ -43,6 +46,7 @@ class OutgoingMessage:
         routing_key: str,
         correlation_id: str | None = None,
         mandatory: bool = True,
+        traceparent: str | None = None,
     ) -> OutgoingMessage:
         return cls(
             exchange=exchange,
@@ -53,6 +57,7 @@ class OutgoingMessage:
             headers={"x-schema-version": message.schema_version},
             correlation_id=correlation_id,
             mandatory=mandatory,
+            traceparent=traceparent,
         )
 
 
@@ -94,6 +99,9 @@ class Publisher:
         if self._channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{self._channel!r} closed")
         channel = await self._channel.get_underlay_channel()
+        headers = dict(message.headers)
+        if message.traceparent is not None:
+            headers[TRACEPARENT] = message.traceparent
         await channel.basic_publish(
             message.body,
             exchange=message.exchange,
@@ -101,7 +109,7 @@ class Publisher:
             properties=Basic.Properties(
                 content_type="application/json",
                 delivery_mode=_PERSISTENT if message.mandatory else _TRANSIENT,
-                headers=dict(message.headers),
+                headers=headers,
                 message_id=message.message_id,
                 message_type=message.type,
                 correlation_id=message.correlation_id,

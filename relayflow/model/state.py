@@ -183,6 +183,8 @@ class WorkflowState:
     version: str | None = None
     # Whose run it is (`relayflow.contracts.DEFAULT_TENANT` unless its start named another).
     tenant: str = DEFAULT_TENANT
+    # The W3C trace context its start was processed in (`relayflow.tracing`; None: off).
+    trace_parent: str | None = None
 
     @property
     def finished(self) -> bool:

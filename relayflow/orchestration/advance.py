@@ -5,7 +5,7 @@ orchestrator's does the work — inbox, locks, machine, outbox — so the two pa
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from relayflow import metrics
@@ -45,8 +45,13 @@ class StepAdvancer:
         self._processor = processor
         self._relay = relay
 
-    async def apply(self, conn: Connection, results: Sequence[StepResult]) -> _Advanced:
-        delivered = await self._processor.deliver(conn, results)
+    async def apply(
+        self,
+        conn: Connection,
+        results: Sequence[StepResult],
+        traces: Mapping[str, str] | None = None,
+    ) -> _Advanced:
+        delivered = await self._processor.deliver(conn, results, traces=traces)
         applied: set[str] = set()
         refused: list[str] = []
         for result, outcome in zip(results, delivered.outcomes(), strict=True):

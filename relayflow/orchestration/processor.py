@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from relayflow import machine
+from relayflow import machine, tracing
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import (
     BaseMessage,
@@ -139,12 +139,14 @@ class Processor:
         *,
         sent: Sequence[int] = (),
         hops: HopTrace | None = None,
+        traces: Mapping[str, str] | None = None,
     ) -> Delivered:
         """Apply messages that arrived from outside, each at most once: their ids go in the
         inbox (a copy seen before is not applied again) and the workflows they are about are
         locked, in one round trip, then the fresh ones are applied. A deferred message's id is
         taken out of the inbox again, since it comes back as the same message. `hops` records
-        when the locks were taken."""
+        when the locks were taken; `traces`, the trace context each workflow's input is processed
+        in, by workflow id (`relayflow.tracing`)."""
         ids = [message.message_id for message in messages]
         about = [m.workflow_id for m in messages if not isinstance(m, StartWorkflow)]
         unseen, locked = await store.claim_and_lock(conn, ids, about, self.inputs)
@@ -156,7 +158,7 @@ class Processor:
             fresh.append(message_id in unseen)
             unseen.discard(message_id)
         inputs = [m for m, is_fresh in zip(messages, fresh, strict=True) if is_fresh]
-        result = await self.apply(conn, inputs, locked=locked, sent=sent)
+        result = await self.apply(conn, inputs, locked=locked, sent=sent, traces=traces)
         deferred = [
             item.message_id
             for item, outcome in zip(inputs, result.outcomes, strict=True)
@@ -173,15 +175,19 @@ class Processor:
         *,
         locked: Mapping[str, WorkflowState] | None = None,
         sent: Sequence[int] = (),
+        traces: Mapping[str, str] | None = None,
     ) -> BatchResult:
         """`locked`: workflows the caller has already locked in this transaction (they are not
         read again). `sent`: outbox rows the broker has confirmed, deleted with the batch's
-        writes."""
+        writes. `traces`: see `deliver`."""
+        traces = traces or {}
         now = now or datetime.now(UTC)
         outcomes: list[Applied | None] = [None] * len(inputs)
         current: dict[str, WorkflowState] = dict(locked or {})
 
-        transitions, deferred = await self._start_new(conn, inputs, outcomes, current, now)
+        transitions, deferred = await self._start_new(
+            conn, inputs, outcomes, current, now, traces=traces
+        )
 
         # Everything else acts on existing workflows, locked for the rest of the transaction.
         wanted = {item.workflow_id for item in inputs if not isinstance(item, StartWorkflow)}
@@ -215,7 +221,7 @@ class Processor:
             [current[wid] for wid in sorted(batch.changed)],
             events,
             [timer for t in transitions for timer in t.timers],
-            [*self._outgoing(transitions), *published],
+            [*self._outgoing(transitions, traces), *published],
             sent=sent,
         )
         final = [outcome if outcome is not None else Ignored("not applied") for outcome in outcomes]
@@ -228,11 +234,17 @@ class Processor:
         outcomes: list[Applied | None],
         current: dict[str, WorkflowState],
         now: datetime,
+        *,
+        traces: Mapping[str, str],
     ) -> tuple[list[Transition], list[int]]:
         """Build each new workflow's state in memory and insert them together. Returns the
         transitions of the workflows inserted, and the indexes of starts whose id already
-        existed (to be checked against the stored workflow once it is locked)."""
+        existed (to be checked against the stored workflow once it is locked). A new workflow
+        keeps the trace context its start is processed in."""
         new, repeats = self._build_starts(inputs, outcomes, now)
+        for workflow_id, transition in new.items():
+            if workflow_id in traces:
+                transition.state = replace(transition.state, trace_parent=traces[workflow_id])
         inserted = await store.insert_workflows(conn, [t.state for t in new.values()])
         deferred: list[int] = []
         for index, item in enumerate(inputs):
@@ -378,7 +390,7 @@ class Processor:
         result, published = await self._local.run(conn, run)
         outcome = machine.on_step_result(self._applied(state), state, result, now)
         _keep(batch, command.workflow_id, outcome, "local result")
-        return published
+        return [_traced(m, command.workflow_id, state.trace_parent) for m in published]
 
     def _applied(self, state: WorkflowState) -> WorkflowDefinition:
         """The definition of a workflow this batch has already applied an input to."""
@@ -412,10 +424,16 @@ class Processor:
             outcome = machine.on_items(self._applied(state), state, answer, now)
             _keep(batch, answer.workflow_id, outcome, "item answer")
 
-    def _outgoing(self, transitions: Sequence[Transition]) -> list[OutgoingMessage]:
-        """The one router from intents to messages: each intent type has its exchange and key."""
+    def _outgoing(
+        self, transitions: Sequence[Transition], traces: Mapping[str, str]
+    ) -> list[OutgoingMessage]:
+        """The one router from intents to messages: each intent type has its exchange and key.
+        While tracing, each message continues the trace its workflow's input was processed in
+        (else the one the workflow started in)."""
         messages: list[OutgoingMessage] = []
         for transition in transitions:
+            state = transition.state
+            parent = traces.get(state.id) or state.trace_parent
             for intent in transition.intents:
                 message: BaseMessage
                 match intent:
@@ -429,9 +447,10 @@ class Processor:
                         message, key = result, RESULT_KEY
                     case RunLocal():
                         continue  # run in the transaction (`_follow_up`), not sent
-                messages.append(
-                    OutgoingMessage.of(message, exchange=self._topology.exchange, routing_key=key)
+                outgoing = OutgoingMessage.of(
+                    message, exchange=self._topology.exchange, routing_key=key
                 )
+                messages.append(_traced(outgoing, state.id, parent))
         events = [event for transition in transitions for event in transition.events]
         if events:
             # One broadcast for the whole batch: its first event's id names it uniquely.
@@ -444,6 +463,16 @@ class Processor:
                 )
             )
         return messages
+
+
+def _traced(message: OutgoingMessage, workflow_id: str, parent: str | None) -> OutgoingMessage:
+    """`message` with the context of its `create` span under `parent`, while tracing."""
+    if not tracing.on:
+        return message
+    traceparent = tracing.created(
+        parent, message.exchange, message.routing_key, message.message_id, workflow_id
+    )
+    return replace(message, traceparent=traceparent)
 
 
 def _keep(batch: _Batch, workflow_id: str, outcome: Outcome, what: str) -> None:

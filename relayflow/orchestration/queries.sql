@@ -23,7 +23,8 @@ LEFT JOIN LATERAL (
            (input_hash = ($4::text[])[array_position($3::text[], id)]) IS TRUE AS input_cached,
            pg_column_size(input) AS input_size,
            input_hash, idempotency_key, steps, signals, output, error,
-           last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version, tenant
+           last_seq, run, created_at, updated_at, finished_at, parent, mailbox, version, tenant,
+           trace_parent
     FROM workflows
     WHERE id = ANY($2::text[])
     ORDER BY id
@@ -33,11 +34,11 @@ LEFT JOIN LATERAL (
 -- name: insert_workflows
 INSERT INTO workflows (id, name, status, input, input_hash, idempotency_key, steps, signals,
                        output, error, last_seq, run, created_at, updated_at, finished_at, parent,
-                       mailbox, version, tenant)
+                       mailbox, version, tenant, trace_parent)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
                      $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::integer[],
                      $12::integer[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-                     $16::jsonb[], $17::jsonb[], $18::text[], $19::text[])
+                     $16::jsonb[], $17::jsonb[], $18::text[], $19::text[], $20::text[])
 ORDER BY 1
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
@@ -73,9 +74,10 @@ WITH sent AS (
                          $20::timestamptz[], $28::text[])
     RETURNING 1
 )
-INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory, correlation_id)
+INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory, correlation_id,
+                    traceparent)
 SELECT * FROM unnest($21::text[], $22::text[], $23::text[], $24::text[], $25::bytea[],
-                     $26::boolean[], $30::text[])
+                     $26::boolean[], $30::text[], $31::text[])
 RETURNING id, message_id;
 
 -- name: claim_due_timers
@@ -99,7 +101,7 @@ DELETE FROM outbox WHERE id = ANY($1::bigint[]);
 -- name: claim_stale_outbox
 -- Rows a crash (or a failed publish) left behind; SKIP LOCKED keeps replicas from sending the
 -- same row at once.
-SELECT id, exchange, routing_key, message_id, type, body, mandatory, correlation_id
+SELECT id, exchange, routing_key, message_id, type, body, mandatory, correlation_id, traceparent
 FROM outbox
 WHERE created_at < now() - make_interval(secs => $1)
 ORDER BY id

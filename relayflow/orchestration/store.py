@@ -56,6 +56,7 @@ def _state_from_row(row: Any, pinned: Mapping[str, CachedInput]) -> WorkflowStat
         mailbox=row["mailbox"],
         version=row["version"],
         tenant=row["tenant"],
+        trace_parent=row["trace_parent"],
     )
 
 
@@ -129,6 +130,7 @@ async def insert_workflows(conn: Connection, states: Sequence[WorkflowState]) ->
         [s.mailbox for s in states],
         [s.version for s in states],
         [s.tenant for s in states],
+        [s.trace_parent for s in states],
     )
     return {row["id"] for row in rows}
 
@@ -178,6 +180,7 @@ async def write_batch(
         [t.step_key for t in timers],
         [s.mailbox for s in states],
         [m.correlation_id for m in messages],
+        [m.traceparent for m in messages],
     )
     by_message_id = {m.message_id: m for m in messages}
     return [OutboxRow(row["id"], by_message_id[row["message_id"]]) for row in rows]
@@ -222,6 +225,7 @@ async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) ->
                 headers={"x-schema-version": 1},
                 mandatory=row["mandatory"],
                 correlation_id=row["correlation_id"],
+                traceparent=row["traceparent"],
             ),
         )
         for row in rows

@@ -10,7 +10,7 @@ not load) is published as before and the orchestrator decides.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from relayflow.contracts import StepResult
@@ -31,8 +31,13 @@ class Advanced(Protocol):
 
 
 class Advancer(Protocol):
-    async def apply(self, conn: DbConnection, results: Sequence[StepResult]) -> Advanced:
+    async def apply(
+        self,
+        conn: DbConnection,
+        results: Sequence[StepResult],
+        traces: Mapping[str, str] | None = None,
+    ) -> Advanced:
         """Apply `results` in the open transaction of `conn`, before it commits; raises when the
         transaction cannot go on (it is then rolled back, and its commands run again without
-        advancing)."""
+        advancing). `traces`: the trace context of each workflow's command, by workflow id."""
         ...

@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from relayflow import logs
+from relayflow import logs, tracing
 from relayflow.contracts import (
     ErrorInfo,
     StepCommand,
@@ -104,11 +104,15 @@ async def call(
 ) -> Outcome:
     """Run the body of `definition` for `command`; `connection` for a transactional step.
     Every line logged meanwhile (the body's too) says which invocation it is about."""
-    with logs.bound(
-        workflow_id=command.workflow_id,
-        step=command.step_name,
-        step_key=command.step_key,
-        attempt=command.attempt,
+    span = tracing.active(command.message_id) if tracing.on else None
+    with (
+        logs.bound(
+            workflow_id=command.workflow_id,
+            step=command.step_name,
+            step_key=command.step_key,
+            attempt=command.attempt,
+        ),
+        tracing.in_span(span),
     ):
         return await _call(definition, command, publish, connection, reads)
 

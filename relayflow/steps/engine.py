@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from relayflow import tracing
 from relayflow.contracts import StepCommand, StepResult
 from relayflow.hops import HopTrace
 from relayflow.steps.advance import Advanced, Advancer
@@ -287,7 +288,18 @@ class InvocationEngine:
             for command, _ in items
             if (key := invocation_key(command)) in recorded
         ]
-        advanced = await self._advancer.apply(batch.connection, [result for result, _ in pairs])
+        traces = (
+            {
+                command.workflow_id: tracing.traceparent_of(span)
+                for command, _ in items
+                if (span := tracing.active(command.message_id)) is not None
+            }
+            if tracing.on
+            else None
+        )
+        advanced = await self._advancer.apply(
+            batch.connection, [result for result, _ in pairs], traces
+        )
         self._hops.record_each("step.advanced", [c for c, _ in items])
         return advanced, frozenset(
             key for result, key in pairs if result.message_id in advanced.applied

@@ -17,12 +17,13 @@ import os
 import secrets
 import socket
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from relayflow import tracing
 from relayflow.amqp import Backoff, BatchConsumer, OutgoingMessage, Publisher, Settler, quietly
 from relayflow.amqp.senders import Senders
 from relayflow.contracts import Envelope, StepCommand, StepResult, decode
@@ -32,6 +33,9 @@ from relayflow.steps.engine import EngineConfig, InvocationEngine, Started
 from relayflow.steps.registry import StepRegistry
 from relayflow.steps.store import InvocationStore
 from relayflow.topology import RESULT_KEY, Topology
+
+if TYPE_CHECKING:  # only while tracing
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +221,9 @@ class StepWorker:
                 deliveries.append((message, self._parse(message)))
             except InvalidCommand as exc:
                 await settler.dead_letter(message, str(exc))
+        if tracing.on:
+            for message, command in deliveries:
+                self._trace(message, command)
         try:
             started = await self._engine.start([command for _, command in deliveries])
         except asyncio.CancelledError:
@@ -236,29 +243,68 @@ class StepWorker:
         backoff, and the redelivery finds the recorded outcome (commit, publish, then ack). A
         result the batch's transaction applied to its workflow is not published: the ack
         follows at once (a redelivery would find the result in the orchestrator's inbox)."""
-        async with _started(self._settler).settling(message):
-            result = await self._engine.finish(started)
-            if result is not None and not started.advanced:
-                await self._publish_result(result)
+        command = started.command
+        try:
+            async with _started(self._settler).settling(message):
+                result = await self._engine.finish(started)
+                if result is not None and not started.advanced:
+                    await self._publish_result(result, command.message_id)
+        finally:
+            if tracing.on:
+                tracing.finish(command.message_id)
+
+    def _trace(self, message: AbstractIncomingMessage, command: StepCommand) -> None:
+        """The command's `process` span: its body's spans and its result's continue it."""
+        queue = self._topology.step_queue(command.body or command.step_name)
+        span = tracing.process(
+            tracing.Delivery(
+                queue,
+                message.exchange or "",
+                message.routing_key or "",
+                command.message_id,
+                message.headers,
+                len(message.body),
+            ),
+            **{
+                "relayflow.workflow_id": command.workflow_id,
+                "relayflow.step": command.step_name,
+                "relayflow.step_key": command.step_key,
+                "relayflow.attempt": command.attempt,
+            },
+        )
+        tracing.begin(command.message_id, span)
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def _publish_result(self, result: StepResult) -> None:
+    async def _publish_result(self, result: StepResult, command_id: str) -> None:
         message = OutgoingMessage.of(
             result, exchange=self._topology.exchange, routing_key=RESULT_KEY
         )
         self._hops.record("step.publish", result.message_id, result.workflow_id, result.step_name)
-        await _started(self._publisher).publish(message)
+        await self._send(message, tracing.active(command_id) if tracing.on else None)
         self._hops.record("step.confirmed", result.message_id)
+
+    async def _send(self, message: OutgoingMessage, parent: Span | None) -> None:
+        """Publish, within a `send` span under `parent` while tracing."""
+        if not tracing.on:
+            await _started(self._publisher).publish(message)
+            return
+        span = tracing.sending(parent, message.exchange, message.routing_key, message.message_id)
+        try:
+            await _started(self._publisher).publish(
+                replace(message, traceparent=tracing.traceparent_of(span))
+            )
+        finally:
+            span.end()
 
     async def _publish_from_step(
         self, message: Envelope, routing_key: str, correlation_id: str | None
     ) -> None:
-        await _started(self._publisher).publish(
-            OutgoingMessage.of(
-                message,
-                exchange=self._topology.exchange,
-                routing_key=routing_key,
-                correlation_id=correlation_id,
-            )
+        outgoing = OutgoingMessage.of(
+            message,
+            exchange=self._topology.exchange,
+            routing_key=routing_key,
+            correlation_id=correlation_id,
         )
+        # A body's publish continues the body's span (the current one, in the body's task).
+        await self._send(outgoing, tracing.current() if tracing.on else None)

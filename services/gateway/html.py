@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 import orjson
 from pydantic import MISSING
 
+from relayflow.contracts import DEFAULT_TENANT
 from relayflow.model import CANCELLABLE, RETRYABLE, StepStatus, WorkflowStatus
 from relayflow.workflow import WorkflowDefinition
 from services.gateway.dag import columns
@@ -588,6 +589,13 @@ def panel(
         facts.append(f"<div><dt>Finished</dt><dd>{when(view.finished_at)}</dd></div>")
     took = duration(view.created_at, view.finished_at, now)
     facts.append(f"<div><dt>Duration</dt><dd>{esc(took)}</dd></div>")
+    if view.tenant != DEFAULT_TENANT:
+        facts.append(f"<div><dt>Tenant</dt><dd>{esc(view.tenant)}</dd></div>")
+    if view.trace_id is not None:
+        facts.append(
+            f'<div><dt>Trace</dt><dd class="mono" data-trace-id="{esc(view.trace_id)}">'
+            f"{esc(view.trace_id)}</dd></div>"
+        )
     error = _error_block(view.error, "wf:err") if view.error is not None else ""
     head = (
         f'<div class="wf-head"><div class="wf-title"><h1 class="mono">{esc(view.workflow_id)}</h1>'

@@ -163,6 +163,8 @@ class WorkflowView(_Model):
     version: str | None = None
     # Whose run it is: the tenant of the credential that started it.
     tenant: str = DEFAULT_TENANT
+    # Its OpenTelemetry trace (32 hex digits), while the services trace; null otherwise.
+    trace_id: str | None = None
     status: WorkflowStatus
     input: dict[str, Any]
     output: Any = None

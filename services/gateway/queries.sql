@@ -17,7 +17,7 @@ WHERE tenant = $3 AND workflow_name = $1 AND key = $2;
 -- name: get_workflow
 -- The mailbox is read as counts per signal name: the payloads it keeps are not shown.
 SELECT id, name, status, input, output, error, steps, created_at, updated_at, finished_at,
-       last_seq, parent ->> 'workflowId' AS parent_workflow_id, version, tenant,
+       last_seq, parent ->> 'workflowId' AS parent_workflow_id, version, tenant, trace_parent,
        (SELECT coalesce(jsonb_object_agg(m.key, jsonb_array_length(m.value)), '{}'::jsonb)
         FROM jsonb_each(mailbox) AS m
         WHERE jsonb_typeof(m.value) = 'array') AS mailbox_counts

@@ -41,6 +41,8 @@ class WorkflowRow:
     # The definition's version the run is pinned to; None for a run from before versions.
     version: str | None = None
     tenant: str = DEFAULT_TENANT
+    # The trace context its start was processed in (`relayflow.tracing`); None: not traced.
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class GatewayStore:
             mailbox=row["mailbox_counts"] or {},
             version=row["version"],
             tenant=row["tenant"],
+            trace_parent=row["trace_parent"],
         )
 
     async def workflow_exists(self, workflow_id: str, tenant: str | None) -> bool:

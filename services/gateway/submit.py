@@ -11,11 +11,15 @@ once, so this also heals a first attempt that got a 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relayflow import tracing
 from relayflow.amqp import OutgoingMessage
 from relayflow.topology import START_KEY
 from services.gateway import checks
@@ -69,7 +73,7 @@ async def start_workflow(request: Request, workflow_name: str) -> Response:
             )
     state.hops.record("gw.received", None, start.workflow_id, at=received)
     try:
-        await _publish(state, start)
+        await _publish(state, start, request)
     except Exception as exc:
         log.warning(
             "could not confirm StartWorkflow %s (%s): %s",
@@ -88,13 +92,39 @@ async def start_workflow(request: Request, workflow_name: str) -> Response:
     return model_response(Accepted(workflow_id=start.workflow_id), status_code=202)
 
 
-async def _publish(state: GatewayState, start: StartRequest) -> None:
+async def _publish(state: GatewayState, start: StartRequest, request: Request) -> None:
     message = OutgoingMessage.of(
         start.message(), exchange=state.topology.exchange, routing_key=START_KEY
     )
     state.hops.record("gw.publish", message.message_id, start.workflow_id)
-    # The Publisher's own timeout covers the confirm; this one also bounds the wait for a
-    # channel that is reopening after a broker outage.
-    async with asyncio.timeout(state.settings.gateway_publish_timeout):
-        await state.publisher.publish(message)
+    with traced_send(request, message, start.workflow_id) as message:
+        # The Publisher's own timeout covers the confirm; this one also bounds the wait for a
+        # channel that is reopening after a broker outage.
+        async with asyncio.timeout(state.settings.gateway_publish_timeout):
+            await state.publisher.publish(message)
     state.hops.record("gw.confirmed", message.message_id)
+
+
+@contextlib.contextmanager
+def traced_send(
+    request: Request, message: OutgoingMessage, workflow_id: str
+) -> Iterator[OutgoingMessage]:
+    """`message`, and while tracing, within the request's SERVER span (continuing a client's
+    `traceparent`) and a `send` span whose context it carries: a workflow's trace starts here."""
+    if not tracing.on:
+        yield message
+        return
+    route = request.scope.get("route")
+    server = tracing.server(
+        f"{request.method} {getattr(route, 'path', request.url.path)}",
+        request.headers.get(tracing.TRACEPARENT),
+        **{"http.request.method": request.method, "url.path": request.url.path},
+    )
+    send = tracing.sending(
+        server, message.exchange, message.routing_key, message.message_id, workflow_id
+    )
+    try:
+        yield replace(message, traceparent=tracing.traceparent_of(send))
+    finally:
+        send.end()
+        server.end()

@@ -18,6 +18,7 @@ from pydantic import MISSING, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relayflow import tracing
 from relayflow.model import (
     ACTIVE_STEPS,
     FINISHED,
@@ -431,6 +432,7 @@ def workflow_view(
         name=row.name,
         version=row.version,
         tenant=row.tenant,
+        trace_id=tracing.trace_id(row.trace_parent),
         status=row.status,
         input=row.input,
         output=row.output,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter, ValidationError
 
-from relayflow import metrics
+from relayflow import metrics, tracing
 from relayflow.amqp import Backoff, Publisher, dead_letter
 from relayflow.amqp.senders import Senders
 from relayflow.amqp.settle import delivery_count, hand_back
@@ -111,16 +111,46 @@ class Orchestrator:
             deliveries.append(_Delivery(message, item))
         if not deliveries:
             return
+        traces = self._trace(deliveries) if tracing.on else None
         try:
-            await self._apply(deliveries)
+            await self._apply(deliveries, traces)
         except _INPUT_FAULTS:
             # One input poisons the whole transaction; find it by applying them one by one.
             log.warning("batch of %d failed on its data; isolating", len(deliveries))
             for delivery in deliveries:
                 try:
-                    await self._apply([delivery])
+                    await self._apply([delivery], traces)
                 except _INPUT_FAULTS as exc:
                     await self._dead_letter(delivery.message, f"cannot be stored: {exc}")
+        finally:
+            for delivery in deliveries if traces is not None else ():
+                tracing.finish(delivery.message_id)
+
+    def _trace(self, deliveries: Sequence[_Delivery]) -> dict[str, str]:
+        """A `process` span per delivery; the trace context each workflow's outgoing messages
+        continue (of the latest of its inputs in the batch that has one)."""
+        traces: dict[str, str] = {}
+        queue = self._topology.orchestrator_queue
+        for delivery in deliveries:
+            message = delivery.message
+            span = tracing.process(
+                tracing.Delivery(
+                    queue,
+                    message.exchange or "",
+                    message.routing_key or "",
+                    delivery.message_id,
+                    message.headers,
+                    len(message.body),
+                    message.correlation_id,
+                ),
+                **{"relayflow.workflow_id": delivery.input.workflow_id},
+            )
+            tracing.begin(delivery.message_id, span)
+            # What follows an input continues its trace when it had one (a start begins the
+            # workflow's); after an input from a sender that does not trace, the workflow's own.
+            if isinstance(delivery.input, StartWorkflow) or tracing.incoming(message.headers):
+                traces[delivery.input.workflow_id] = tracing.traceparent_of(span)
+        return traces
 
     def _unacceptable(self, body: bytes, item: OrchestratorInput) -> str | None:
         """What makes a schema-valid input unfit to store: text PostgreSQL refuses, or a start
@@ -140,10 +170,12 @@ class Orchestrator:
                 )
         return None
 
-    async def _apply(self, deliveries: Sequence[_Delivery]) -> None:
+    async def _apply(
+        self, deliveries: Sequence[_Delivery], traces: Mapping[str, str] | None = None
+    ) -> None:
         for attempt in range(1, 6):
             try:
-                delivered = await self._transaction(deliveries)
+                delivered = await self._transaction(deliveries, traces)
                 break
             except _TRANSIENT as exc:
                 log.info("transaction attempt %d hit %s; retrying", attempt, type(exc).__name__)
@@ -158,6 +190,8 @@ class Orchestrator:
         applied: list[AbstractIncomingMessage] = []
         for delivery, outcome in zip(deliveries, delivered.outcomes(), strict=True):
             if isinstance(outcome, Rejected):
+                if traces is not None:
+                    tracing.finish(delivery.message_id, error=outcome.reason)
                 await self._dead_letter(delivery.message, outcome.reason)
             elif isinstance(outcome, Deferred):
                 await self._defer(delivery.message, outcome.reason)
@@ -181,13 +215,15 @@ class Orchestrator:
         self._acking.add(task)
         task.add_done_callback(self._acking.discard)
 
-    async def _transaction(self, deliveries: Sequence[_Delivery]) -> Delivered:
+    async def _transaction(
+        self, deliveries: Sequence[_Delivery], traces: Mapping[str, str] | None
+    ) -> Delivered:
         # Outbox rows the relay has had confirmed go out with this transaction's writes (one
         # commit fewer than deleting them on their own); back to the relay if it fails.
         with self._relay.take_sent() as sent:
             async with self._pool.acquire() as conn, conn.transaction():
                 delivered = await self._processor.deliver(
-                    conn, [d.input for d in deliveries], sent=sent, hops=self._hops
+                    conn, [d.input for d in deliveries], sent=sent, hops=self._hops, traces=traces
                 )
                 self._hops.record_each("orch.written", deliveries)
         return delivered

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,9 +82,14 @@ class FailsOnce:
         self.inner = inner
         self.calls = 0
 
-    async def apply(self, conn: Connection, results: Sequence[StepResult]) -> Advanced:
+    async def apply(
+        self,
+        conn: Connection,
+        results: Sequence[StepResult],
+        traces: Mapping[str, str] | None = None,
+    ) -> Advanced:
         self.calls += 1
-        advanced = await self.inner.apply(conn, results)
+        advanced = await self.inner.apply(conn, results, traces)
         if self.calls == 1:
             raise RuntimeError("the advance fails once")
         return advanced

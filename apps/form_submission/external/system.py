@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from aio_pika.abc import (
@@ -16,6 +18,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import PublishError
 
+from relayflow import tracing
 from relayflow.amqp import Backoff, OutgoingMessage, Publisher, Settler, quietly
 from relayflow.amqp.senders import Senders
 from relayflow.contracts import ExternalReply, ExternalRequest, decode
@@ -130,21 +133,51 @@ class ExternalSystem:
                 return
             if self._config.reply_delay:
                 await asyncio.sleep(self._config.reply_delay)
+            reply = OutgoingMessage.of(
+                reply_to(request),
+                exchange=self._topology.exchange,
+                routing_key=request.reply_to,
+                correlation_id=request.correlation_id,
+            )
             try:
-                await publisher.publish(
-                    OutgoingMessage.of(
-                        reply_to(request),
-                        exchange=self._topology.exchange,
-                        routing_key=request.reply_to,
-                        correlation_id=request.correlation_id,
-                    )
-                )
+                with self._traced(message, request, reply) as reply:
+                    await publisher.publish(reply)
             except PublishError as exc:
                 # The broker returned the reply as unroutable: replyTo names no bound queue, and
                 # trying again will not change that.
                 await settler.dead_letter(
                     message, f"reply to {request.reply_to!r} could not be delivered: {exc!r}"
                 )
+
+    @contextlib.contextmanager
+    def _traced(
+        self, message: AbstractIncomingMessage, request: ExternalRequest, reply: OutgoingMessage
+    ) -> Iterator[OutgoingMessage]:
+        """While tracing, the reply continues the request's trace, as a system that takes part
+        in tracing does: a `process` span for the request, a `send` span for the reply."""
+        if not tracing.on:
+            yield reply
+            return
+        process = tracing.process(
+            tracing.Delivery(
+                self._topology.external_queue,
+                message.exchange or "",
+                message.routing_key or "",
+                request.message_id,
+                message.headers,
+                len(message.body),
+                request.correlation_id,
+            ),
+            **{"relayflow.workflow_id": request.workflow_id},
+        )
+        send = tracing.sending(
+            process, reply.exchange, reply.routing_key, reply.message_id, request.workflow_id
+        )
+        try:
+            yield replace(reply, traceparent=tracing.traceparent_of(send))
+        finally:
+            send.end()
+            process.end()
 
 
 def _unanswerable(request: ExternalRequest) -> str | None:
