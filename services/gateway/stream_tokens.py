@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 QUERY = "token"
 LIST_SCOPE = "list"
-_IN_URL = re.compile(r"([?&]token=)[^&\s\"]*")
+# Credentials that travel in a URL: stream tokens, and the OIDC sign-in's authorization code and
+# state on its callback (services.gateway.oidc_signin).
+_IN_URL = re.compile(r"([?&](?:token|code|state)=)[^&\s\"]*")
 
 
 def workflow_scope(workflow_id: str) -> str:
@@ -106,12 +108,12 @@ async def mint_stream_token(request: Request) -> Response:
 
 
 class RedactTokens(logging.Filter):
-    """Hides `token=…` in the request lines of uvicorn's access log (its arguments hold the
-    path with its query)."""
+    """Hides `token=…` (and the OIDC callback's `code=…`, `state=…`) in the request lines of
+    uvicorn's access log (its arguments hold the path with its query)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and "token=" in arg for arg in record.args
+            isinstance(arg, str) and _IN_URL.search(arg) for arg in record.args
         ):
             record.args = tuple(
                 _IN_URL.sub(r"\1<redacted>", arg) if isinstance(arg, str) else arg
