@@ -35,3 +35,19 @@ class UnknownKey(AuthError):
     def __init__(self, key_id: str) -> None:
         super().__init__(f"no API key with id {key_id}")
         self.key_id = key_id
+
+
+class TokenRefused(AuthError):
+    """A presented OIDC token (JWT) does not authenticate anyone: forged, expired, for another
+    audience or issuer, signed with an algorithm or key not accepted. The message is for the
+    log and never holds the token; a client is only told that it is not authenticated."""
+
+
+class TokenForbidden(AuthError):
+    """An authentic OIDC token that names no relayflow caller: no role relayflow knows, or no
+    valid tenant. The message says which claim, for the client (403) and the log."""
+
+
+class IdpUnavailable(AuthError):
+    """The identity provider's discovery document, JWKS or token endpoint cannot be read, so a
+    token cannot be checked now (a 503, not a refusal)."""

@@ -7,7 +7,7 @@ may, and `admin` all that `operator` may.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 
@@ -40,6 +40,18 @@ PERMISSIONS: Mapping[Role, frozenset[Action]] = {
     Role.OPERATOR: _OPERATOR,
     Role.ADMIN: _OPERATOR | {Action.MANAGE_KEYS},
 }
+
+
+# Strongest first, for a credential that names several roles (an OIDC token's role claim): each
+# allows all that those after it do, but `read` and `submit`, which do not nest; `read` ranks
+# above, as the one the dashboard needs, and two roles are never merged into a third.
+RANK: tuple[Role, ...] = (Role.ADMIN, Role.OPERATOR, Role.READ, Role.SUBMIT)
+
+
+def strongest(roles: Iterable[Role]) -> Role | None:
+    """The first of `roles` in `RANK`; None for none."""
+    named = set(roles)
+    return next((role for role in RANK if role in named), None)
 
 
 def allows(role: Role, action: Action) -> bool:

@@ -5,12 +5,15 @@ followed there by the caller's rate limit and stream cap (`services.gateway.limi
 
 The mode is decided once, at start-up (`decide`): a loopback bind with no key that could
 authenticate runs open, and says so; anything else asks every request for credentials:
-`Authorization: Bearer <key>`, else on an event stream a stream token (`?token=`,
+`Authorization: Bearer <key>` (or, with `RELAYFLOW_OIDC_ISSUER`, a person's OIDC token: any
+Bearer value not shaped like a key, `relayflow.auth.oidc`), else on an event stream a stream
+token (`?token=`,
 `services.gateway.stream_tokens`), else the dashboard's session cookie
 (`services.gateway.sessions`: a dashboard page without one is sent to sign in, and a POST it
 authenticates needs the CSRF check). Once at start-up, not per request, so that revoking the last
 key never reopens a running gateway, and open mode costs no query; creating the first key
-therefore takes a restart to turn the checks on (README, Authentication).
+therefore takes a restart to turn the checks on (README, Authentication). With OIDC configured
+there is always someone who could authenticate: `auto` requires credentials then, keys or not.
 """
 
 from __future__ import annotations
@@ -34,14 +37,21 @@ from relayflow.auth import (
     ApiKey,
     AuthConfigurationError,
     AuthSettings,
+    IdpUnavailable,
     KeyHasher,
     KeyRefused,
+    OidcConfig,
+    OidcProvider,
+    OidcSettings,
+    Signer,
+    TokenForbidden,
+    TokenRefused,
     active_key,
     allows,
     has_active_keys,
     verify_key,
 )
-from relayflow.auth.keys import HOW_TO_MAKE_A_SECRET
+from relayflow.auth.keys import HOW_TO_MAKE_A_SECRET, PREFIX
 from relayflow.auth.signed import Clock
 from relayflow.errors import ConfigurationError
 from services.gateway import sessions, stream_tokens
@@ -62,7 +72,14 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PUBLIC_PREFIX = "/static/"
 # Signing in and out take no credentials (they check their own), but are rate-limited by client
 # address like any request that costs a key check.
-SESSION_PATHS = frozenset({sessions.SIGN_IN_PATH, sessions.SIGN_OUT_PATH})
+SESSION_PATHS = frozenset(
+    {
+        sessions.SIGN_IN_PATH,
+        sessions.SIGN_OUT_PATH,
+        sessions.OIDC_SIGN_IN_PATH,
+        sessions.OIDC_CALLBACK_PATH,
+    }
+)
 # Pages a person opens: without credentials they redirect to sign-in (everything else, the
 # fragments the pages' scripts fetch included, answers 401 JSON).
 PAGES = frozenset({"/", "/ui/workflows/{workflow_id}"})
@@ -93,6 +110,8 @@ MISSING = "missing credentials: send Authorization: Bearer <API key>"
 INVALID = "invalid credentials"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _INVALID_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+# Seconds a client should wait when the identity provider could not be asked about its token.
+_IDP_RETRY_AFTER = "5"
 
 
 def action_for(path: str, method: str) -> Action | None:
@@ -108,21 +127,28 @@ def action_for(path: str, method: str) -> Action | None:
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """What checks credentials, each under its own key derived from the server secret: API keys'
-    hashes, session cookies (and their CSRF tokens) and stream tokens."""
+    hashes, session cookies (and their CSRF tokens) and stream tokens; and, when OIDC is on,
+    which identity provider's tokens are accepted (its keys are fetched by the lifespan's
+    `OidcProvider`)."""
 
     hasher: KeyHasher
     sessions: Sessions
     streams: StreamTokens
+    oidc: OidcConfig | None = None
+    # Signs the cookie that carries one OIDC sign-in's state, nonce and PKCE verifier.
+    oidc_flows: Signer | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Access:
     """The mode the gateway runs in: `credentials` None means open; `to_require` says, when open,
-    what would make it require keys after a restart."""
+    what would make it require keys after a restart; `oidc` is the identity provider whose
+    tokens are accepted, if any."""
 
     credentials: Credentials | None
     why: str
     to_require: str = ""
+    oidc: OidcProvider | None = None
 
     @property
     def required(self) -> bool:
@@ -167,13 +193,30 @@ def is_loopback(host: str) -> bool:
 
 
 def server_credentials(
-    settings: GatewaySettings, auth: AuthSettings, clock: Clock = time.time
+    settings: GatewaySettings,
+    auth: AuthSettings,
+    clock: Clock = time.time,
+    oidc_settings: OidcSettings | None = None,
 ) -> Credentials | None:
-    """What keys, cookies and stream tokens are checked with, or None without a secret;
-    `ConfigurationError` when the settings cannot run safely. Checked before anything opens.
-    `clock` (Unix seconds) decides when cookies and stream tokens expire."""
+    """What keys, cookies, stream tokens and OIDC tokens are checked with, or None without a
+    secret; `ConfigurationError` when the settings cannot run safely. Checked before anything
+    opens. `clock` (Unix seconds) decides when cookies and stream tokens expire."""
     host = settings.gateway_host
     loopback = is_loopback(host)
+    try:
+        oidc = OidcConfig.from_settings(oidc_settings or OidcSettings())
+    except AuthConfigurationError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if oidc is not None and settings.auth is AuthMode.OFF:
+        raise ConfigurationError(
+            "RELAYFLOW_AUTH=off runs the gateway open, and RELAYFLOW_OIDC_ISSUER asks it to check "
+            "people's tokens: unset one of them"
+        )
+    if oidc is not None and (auth.secret is None or not auth.secret.get_secret_value()):
+        raise ConfigurationError(
+            "RELAYFLOW_OIDC_ISSUER is set, and the sessions and stream tokens of people signed "
+            f"in through it are signed with the server secret: {HOW_TO_MAKE_A_SECRET}"
+        )
     if settings.auth is AuthMode.OFF and not loopback:
         raise ConfigurationError(
             f"RELAYFLOW_AUTH=off runs the gateway without authentication, which it does only on "
@@ -192,22 +235,30 @@ def server_credentials(
             KeyHasher.from_secret(auth.secret),
             Sessions.from_secret(auth.secret, settings.session_seconds, clock),
             StreamTokens.from_secret(auth.secret, settings.stream_token_seconds, clock),
+            oidc,
+            Signer.from_secret(auth.secret, "oidc-sign-in/v1", clock) if oidc else None,
         )
     except AuthConfigurationError as exc:
         raise ConfigurationError(str(exc)) from None
 
 
 async def decide(
-    settings: GatewaySettings, credentials: Credentials | None, pool: asyncpg.Pool[Any]
+    settings: GatewaySettings,
+    credentials: Credentials | None,
+    pool: asyncpg.Pool[Any],
+    oidc: OidcProvider | None = None,
 ) -> Access:
-    """The mode, once at start-up (see the module's docstring), logged."""
+    """The mode, once at start-up (see the module's docstring), logged. `oidc`: the identity
+    provider of `credentials.oidc`, opened by the lifespan."""
     host = settings.gateway_host
     if settings.auth is AuthMode.OFF:
         access = Access(None, "RELAYFLOW_AUTH=off", "unset RELAYFLOW_AUTH")
     elif settings.auth is AuthMode.REQUIRED:
-        access = Access(credentials, "RELAYFLOW_AUTH=required")
+        access = Access(credentials, "RELAYFLOW_AUTH=required", oidc=oidc)
     elif not is_loopback(host):
-        access = Access(credentials, f"bound to {host}, not loopback")
+        access = Access(credentials, f"bound to {host}, not loopback", oidc=oidc)
+    elif credentials is not None and credentials.oidc is not None:
+        access = Access(credentials, "OIDC is configured (RELAYFLOW_OIDC_ISSUER)", oidc=oidc)
     else:
         async with pool.acquire() as conn:
             keys = await has_active_keys(conn)
@@ -227,7 +278,8 @@ async def decide(
             access = Access(credentials, "API keys exist")
     if access.warning is None:
         log.info(
-            "API keys required on every route but /healthz, /readyz, /metrics and /static (%s)",
+            "API keys%s required on every route but /healthz, /readyz, /metrics and /static (%s)",
+            f" or OIDC tokens from {oidc.config.issuer}" if oidc is not None else "",
             access.why,
         )
     else:
@@ -293,8 +345,8 @@ async def _authenticate(
 ) -> Response | Caller | None:
     """Who the request comes from (None while the gateway runs open), or the answer that
     refuses it: 401, 403, or for a `page` without credentials a redirect to sign in. The log
-    names the key's id and why it was refused; neither the answer nor the log ever holds the
-    key, a token or a cookie."""
+    names the key's id (a person's OIDC subject) and why it was refused; neither the answer nor
+    the log ever holds the key, a token or a cookie."""
     state = gateway_state(request)
     credentials = state.access.credentials
     if credentials is None:
@@ -302,46 +354,82 @@ async def _authenticate(
     where = f"{request.method} {request.url.path}"
     header = request.headers.get("authorization")
     token = request.query_params.get(stream_tokens.QUERY) if action is Action.STREAM else None
-    key: ApiKey | Response
+    caller: Caller | Response
     if header is not None:
-        key = await _bearer(state, credentials, header, where)
+        caller = await _bearer(state, credentials, header, where)
     elif token is not None:
-        key_id = credentials.streams.key_id(token, stream_tokens.scope_of(request))
-        if key_id is None:
+        holder = credentials.streams.holder(token, stream_tokens.scope_of(request))
+        if holder is None:
             # One answer for forged, expired and another stream's: nothing about this stream.
             log.info("refused a stream token on %s: forged, expired or for another stream", where)
             return _invalid()
-        key = await _active(state, key_id, where, "a stream token")
+        if isinstance(holder, Caller):
+            caller = holder  # a person's: carried by value, expiring with their token
+        else:
+            caller = await _active(state, holder, where, "a stream token")
     else:
-        key = await _session(state, credentials, request, where, page=page)
-    if isinstance(key, Response):
-        return key
-    if action is not None and not allows(key.role, action):
-        log.info("API key %s (role %s) may not %s: %s", key.id, key.role, action, where)
-        return error_response(403, f"this key's role ({key.role}) may not {action}")
+        caller = await _session(state, credentials, request, where, page=page)
+    if isinstance(caller, Response):
+        return caller
+    if action is not None and not allows(caller.role, action):
+        what = "key" if caller.expires is None else "token"
+        log.info("%s (role %s) may not %s: %s", _named(caller), caller.role, action, where)
+        return error_response(403, f"this {what}'s role ({caller.role}) may not {action}")
+    return caller
+
+
+def _named(caller: Caller) -> str:
+    return f"API key {caller.id}" if caller.expires is None else caller.id
+
+
+def _key_caller(key: ApiKey) -> Caller:
     return Caller(key.id, key.tenant, key.role)
 
 
 async def _bearer(
     state: GatewayState, credentials: Credentials, header: str, where: str
-) -> ApiKey | Response:
+) -> Caller | Response:
     scheme, _, text = header.partition(" ")
     if scheme.lower() != "bearer":
         log.info("refused credentials on %s: not a Bearer token", where)
         return _invalid()
+    oidc = state.access.oidc
+    if oidc is not None and not text.startswith(PREFIX):
+        return await _person(oidc, text, where)
     try:
         async with state.pool.acquire() as conn:
-            return await verify_key(conn, credentials.hasher, text)
+            return _key_caller(await verify_key(conn, credentials.hasher, text))
     except KeyRefused as exc:
         log.info("refused an API key on %s: %s", where, exc)
         return _invalid()
 
 
+async def _person(oidc: OidcProvider, token: str, where: str) -> Caller | Response:
+    """The caller a person's OIDC token names, or the answer that refuses it: the 401 of any
+    invalid credential, 403 for an authentic token that names no relayflow role or tenant, 503
+    while the identity provider cannot be asked."""
+    try:
+        return Caller.person(await oidc.verify(token))
+    except TokenRefused as exc:
+        log.info("refused an OIDC token on %s: %s", where, exc)
+        return _invalid()
+    except TokenForbidden as exc:
+        log.info("refused an OIDC token on %s: %s", where, exc)
+        return error_response(403, str(exc))
+    except IdpUnavailable as exc:
+        log.warning("could not check an OIDC token on %s: %s", where, exc)
+        return error_response(
+            503,
+            "the identity provider cannot be reached right now; retry shortly",
+            headers={"Retry-After": _IDP_RETRY_AFTER},
+        )
+
+
 async def _session(
     state: GatewayState, credentials: Credentials, request: Request, where: str, *, page: bool
-) -> ApiKey | Response:
-    """The key of the request's session cookie, with the CSRF check of a POST; a page without a
-    valid session goes to sign in."""
+) -> Caller | Response:
+    """The caller of the request's session cookie, with the CSRF check of a POST; a page
+    without a valid session goes to sign in."""
     cookie = request.cookies.get(sessions.COOKIE)
     session = credentials.sessions.read(cookie)
     if session is None:
@@ -353,20 +441,28 @@ async def _session(
         return _invalid()
     why = credentials.sessions.refusal(request, session)
     if why is not None:
-        log.info("refused a POST of API key %s's session on %s: %s", session.key_id, where, why)
+        log.info("refused a POST of %s's session on %s: %s", _shown(session), where, why)
         return error_response(403, f"refused: {why} (the dashboard's pages send both)")
-    key = await _active(state, session.key_id, where, "a session")
-    if isinstance(key, Response) and page:
-        return sessions.to_sign_in(request)
+    caller: Caller | Response
+    if session.caller is not None:
+        caller = session.caller  # a person's: carried by value, ending with their id token
+    else:
+        caller = await _active(state, session.who, where, "a session")
+        if isinstance(caller, Response) and page:
+            return sessions.to_sign_in(request)
     sessions.remember(request, session)
-    return key
+    return caller
 
 
-async def _active(state: GatewayState, key_id: str, where: str, what: str) -> ApiKey | Response:
+def _shown(session: sessions.Session) -> str:
+    return session.who if session.key_id is None else f"API key {session.key_id}"
+
+
+async def _active(state: GatewayState, key_id: str, where: str, what: str) -> Caller | Response:
     """The key a cookie or token names, checked on every use: none outlives its key."""
     try:
         async with state.pool.acquire() as conn:
-            return await active_key(conn, key_id)
+            return _key_caller(await active_key(conn, key_id))
     except KeyRefused as exc:
         log.info("refused %s on %s: %s", what, where, exc)
         return _invalid()

@@ -17,13 +17,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relayflow.amqp import Publisher, connect, quietly
-from relayflow.auth import AuthSettings
+from relayflow.auth import AuthSettings, OidcProvider, OidcSettings
 from relayflow.db import close_pool
 from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.gateway import access, dashboard, outages, sessions
+from services.gateway import access, dashboard, oidc_signin, outages, sessions
 from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
@@ -54,14 +54,18 @@ def create_app(
     *,
     stopping: asyncio.Event | None = None,
     auth: AuthSettings | None = None,
+    oidc: OidcSettings | None = None,
 ) -> Starlette:
     """`stopping`, once set, ends every open event stream so that the server can drain (the
     process's stop event; uvicorn only closes the lifespan after connections are gone). `auth`
     holds the secret API keys are hashed under and cookies and stream tokens signed with
-    (default: from the environment)."""
+    (default: from the environment), `oidc` the identity provider people's tokens come from
+    (default: from the environment; no issuer: none)."""
     settings = settings or GatewaySettings()
     # Before anything opens: a bind that needs keys and has no secret to check them with.
-    credentials = access.server_credentials(settings, auth or AuthSettings())
+    credentials = access.server_credentials(
+        settings, auth or AuthSettings(), oidc_settings=oidc or OidcSettings()
+    )
     # Definitions are checked here, so a broken workflow module fails before anything opens;
     # so is the workflow /submit starts (ConfigurationError: the setting names none served).
     registry = WorkflowRegistry.from_modules(settings.workflows)
@@ -75,7 +79,10 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             pool = await prepare_database(settings)
             stack.push_async_callback(close_pool, pool)
-            gate = await access.decide(settings, credentials, pool)
+            provider = None
+            if credentials is not None and credentials.oidc is not None:
+                provider = await stack.enter_async_context(OidcProvider.open(credentials.oidc))
+            gate = await access.decide(settings, credentials, pool, provider)
             connection = await connect(settings.amqp_url, name="relayflow-gateway")
             stack.push_async_callback(quietly, "closing the broker connection", connection.close)
             # The whole topology, so that workflow.start is routable before the orchestrator runs.
@@ -144,6 +151,8 @@ def create_app(
         Route("/stream-tokens", mint_stream_token, methods=["POST"]),
         Route(sessions.SIGN_IN_PATH, sessions.sign_in_path, methods=["GET", "POST"]),
         Route(sessions.SIGN_OUT_PATH, sessions.sign_out, methods=["POST"]),
+        Route(sessions.OIDC_SIGN_IN_PATH, oidc_signin.start, methods=["GET"]),
+        Route(sessions.OIDC_CALLBACK_PATH, oidc_signin.callback, methods=["GET"]),
     ]
     return Starlette(
         routes=access.guard(routes),

@@ -87,7 +87,9 @@ class Chrome:
     token, which the pages' scripts send with every POST (services.gateway.sessions)."""
 
     warning: str | None = None
-    key_id: str | None = None
+    # Who is signed in (a key's id, or `oidc:<sub>`), and how the top bar names them.
+    signed_in: str | None = None
+    account: str | None = None
     csrf: str | None = None
 
 
@@ -107,10 +109,10 @@ def page(
     )
     meta = f'\n  <meta name="relayflow-csrf" content="{esc(chrome.csrf)}">' if chrome.csrf else ""
     account = (
-        f'<span class="small muted" data-signed-in="{esc(chrome.key_id)}">key '
-        f'{esc(chrome.key_id)}</span><button type="button" class="btn ghost" data-sign-out>'
-        "Sign out</button>"
-        if chrome.key_id
+        f'<span class="small muted" data-signed-in="{esc(chrome.signed_in)}">'
+        f'{esc(chrome.account or chrome.signed_in)}</span><button type="button" '
+        'class="btn ghost" data-sign-out>Sign out</button>'
+        if chrome.signed_in
         else ""
     )
     attrs = "".join(f' data-{esc(key)}="{esc(value)}"' for key, value in data.items())
@@ -675,11 +677,18 @@ def bad_request_page(message: str, *, chrome: Chrome | None = None) -> str:
     return page("Bad request", body, chrome=chrome)
 
 
-def sign_in_page(next_path: str) -> str:
+def sign_in_page(next_path: str, *, oidc: tuple[str, str] | None = None) -> str:
     """The sign-in form (services.gateway.sessions); its script posts the key as JSON and goes
-    on to `next_path`, a path on this site."""
-    body = """<section class="card signin" aria-labelledby="signin-title">
-  <h1 id="signin-title">Sign in</h1>
+    on to `next_path`, a path on this site. With `oidc` (the issuer, and the path that starts
+    signing in there: services.gateway.oidc_signin), also a link to sign in with it."""
+    link = (
+        f'\n  <p><a class="btn" id="signin-oidc" href="{esc(oidc[1])}?'
+        f'{esc(urlencode({"next": next_path}))}">Sign in with {esc(oidc[0])}</a></p>'
+        if oidc
+        else ""
+    )
+    body = f"""<section class="card signin" aria-labelledby="signin-title">
+  <h1 id="signin-title">Sign in</h1>{link}
   <p class="muted">Paste an API key whose role may read (<code>read</code>, <code>operator</code>
     or <code>admin</code>; <code>relayflow-admin keys create</code> makes one). The gateway keeps
     a signed cookie that names the key, never the key itself.</p>

@@ -21,7 +21,7 @@ from relayflow.auth import Action
 from relayflow.contracts import DEFAULT_MAX_INPUT_BYTES, WorkflowEvent
 from relayflow.errors import ConfigurationError
 from relayflow.workflow import VERSION_PATTERN, WorkflowRegistry
-from services.gateway import access, checks, sessions, stream_tokens
+from services.gateway import access, checks, oidc_signin, sessions, stream_tokens
 from services.gateway.input_schema import NO_NUL, STORABLE_JSON, as_applied, storable_json
 from services.gateway.models import (
     WORKFLOW_STATUSES,
@@ -742,7 +742,9 @@ def build_openapi(
         }
     }
     paths.update(_plain_paths())
-    return _document({**paths, **_credential_paths(ref, error_ref)}, schemas, error_ref)
+    return _document(
+        {**paths, **_credential_paths(ref, error_ref), **_oidc_paths()}, schemas, error_ref
+    )
 
 
 # One event of a stream, as OpenAPI 3.1 reads `schema` under text/event-stream; what `data`
@@ -926,6 +928,79 @@ def _credential_paths(ref: Any, error_ref: dict[str, Any]) -> dict[str, dict[str
     }
 
 
+def _oidc_paths() -> dict[str, dict[str, dict[str, Any]]]:
+    """The dashboard's sign-in through OIDC (services.gateway.oidc_signin): pages a browser
+    follows, each answering HTML or a redirect."""
+
+    def page(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
+
+    redirect = {"Location": {"schema": {"type": "string"}}}
+    flow = oidc_signin.FLOW_COOKIE
+    not_configured = page("OIDC sign-in is not configured (RELAYFLOW_OIDC_ISSUER, _CLIENT_ID).")
+    unreachable = page("The identity provider cannot be reached; retry shortly.")
+    return {
+        sessions.OIDC_SIGN_IN_PATH: {
+            "get": {
+                "operationId": "sign_in_oidc",
+                "summary": "Sign in to the dashboard through the OIDC identity provider",
+                "description": (
+                    "Redirects to the provider's authorization endpoint (authorization code flow, "
+                    "PKCE S256) with a fresh state and nonce, kept with the code verifier and "
+                    f"`next` in the `{flow}` cookie (signed, HttpOnly, SameSite=Lax, 10 minutes)."
+                ),
+                "tags": ["pages"],
+                "parameters": [
+                    {
+                        "name": "next",
+                        "in": "query",
+                        "required": False,
+                        "description": "Where to go once signed in: a path on this site.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "303": {"description": "To the identity provider.", "headers": redirect},
+                    "404": not_configured,
+                    "503": unreachable,
+                },
+            }
+        },
+        sessions.OIDC_CALLBACK_PATH: {
+            "get": {
+                "operationId": "sign_in_oidc_callback",
+                "summary": "Where the identity provider sends the browser back",
+                "description": (
+                    f"Only with the `{flow}` cookie whose state matches `state`: exchanges `code` "
+                    "with the PKCE verifier, verifies the id token (audience the client id, the "
+                    f"nonce sent) and sets `{sessions.COOKIE}` as a key's sign-in does, holding "
+                    "the person's subject, tenant and role until RELAYFLOW_SESSION_SECONDS or "
+                    "the id token's expiry, whichever is sooner."
+                ),
+                "tags": ["pages"],
+                "parameters": [
+                    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for name in ("code", "state", "error")
+                ],
+                "responses": {
+                    "303": {
+                        "description": "Signed in: on to `/signin?next=…`, which goes on.",
+                        "headers": {**redirect, "Set-Cookie": {"schema": {"type": "string"}}},
+                    },
+                    "400": page("No sign-in was started in this browser, or `state` differs."),
+                    "401": page("The provider refused, or its answer could not be verified."),
+                    "403": page("The person has no relayflow role or tenant, or cannot read."),
+                    "404": not_configured,
+                    "503": unreachable,
+                },
+            }
+        },
+    }
+
+
 def _csrf_header() -> dict[str, Any]:
     return {
         "name": sessions.CSRF_HEADER,
@@ -993,10 +1068,15 @@ _BEARER = {
     "scheme": "bearer",
     "description": (
         "An API key (`rf_<id>_<secret>`, made with `relayflow-admin keys create`) as "
-        "`Authorization: Bearer <key>`. Its role decides what it may do: `submit` starts "
+        "`Authorization: Bearer <key>`, or, when RELAYFLOW_OIDC_ISSUER is set, a person's JWT "
+        "from that identity provider (signed with an asymmetric key of its JWKS, for "
+        "RELAYFLOW_OIDC_AUDIENCE, its tenant and role in the configured claims; an authentic "
+        "token naming no relayflow role or tenant is 403, and 503 while the provider cannot be "
+        "reached). The role decides what it may do: `submit` starts "
         "workflows and sends signals; `read` lists, reads and streams; `operator` also "
         "cancels and retries; `admin` also manages keys. A gateway bound to a loopback "
-        "address while no key exists runs open and asks for none (services.gateway.access)."
+        "address while no key exists and no issuer is set runs open and asks for none "
+        "(services.gateway.access)."
     ),
 }
 
@@ -1006,8 +1086,9 @@ _SESSION_COOKIE = {
     "in": "cookie",
     "name": sessions.COOKIE,
     "description": (
-        "The dashboard's session (POST /signin): the key's id and an expiry, signed by the "
-        "gateway; the key is checked again on every request. A POST it authenticates also needs "
+        "The dashboard's session (POST /signin, or GET /signin/oidc): the key's id and an "
+        "expiry, signed by the gateway, the key checked again on every request; or a person's "
+        "subject, tenant and role, ending with their id token. A POST it authenticates also needs "
         f"`{sessions.CSRF_HEADER}` and a same-site Origin or Referer (403 otherwise)."
     ),
 }
@@ -1039,8 +1120,8 @@ def _document_security(paths: dict[str, Any], error_ref: dict[str, Any]) -> None
             responses["401"] = {
                 **_json(
                     error_ref,
-                    "No credentials, or not a valid, unrevoked API key (nor a valid session "
-                    "cookie or stream token standing for one).",
+                    "No credentials, or not a valid, unrevoked API key or OIDC token (nor a "
+                    "valid session cookie or stream token standing for one).",
                 ),
                 "headers": {
                     "WWW-Authenticate": {
@@ -1100,6 +1181,8 @@ _NEEDS_NO_DATABASE = (
     "/metrics",
     "/openapi.json",
     sessions.SIGN_OUT_PATH,
+    sessions.OIDC_SIGN_IN_PATH,  # these two answer their own 503, for the identity provider
+    sessions.OIDC_CALLBACK_PATH,
 )
 
 

@@ -9,6 +9,12 @@ key; `access` reads the key's row again on every request, so a revoked key or a 
 counts at once. Nothing is stored: signing out clears the cookie in that browser, and revoking
 the key ends every session made with it.
 
+Signed in through OIDC instead (`services.gateway.oidc_signin`), the cookie holds the person's
+subject, tenant and role (`services.gateway.carried`) and ends with their id token:
+min(`RELAYFLOW_SESSION_SECONDS`, the id token's `exp`). It cannot be checked again per request,
+since the identity provider has no per-request check to ask: a person removed there keeps
+their session until it ends, which is why it is capped at the token's own lifetime.
+
 A POST the cookie authenticates must come from the dashboard's own pages: its Origin (else its
 Referer) names this host, and it carries `X-CSRF-Token`, an HMAC of the session id under a key
 of its own, which pages hold in a `<meta>` the scripts read. SameSite=Strict already keeps the
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
@@ -30,12 +36,12 @@ from starlette.responses import RedirectResponse, Response
 
 from relayflow.auth import Action, KeyRefused, Signer, active_key, allows, verify_key
 from relayflow.auth.signed import Clock
-from services.gateway import checks, html
+from services.gateway import carried, checks, html
 from services.gateway.checks import InputError
 from services.gateway.intake import field_errors
 from services.gateway.models import SignedIn, SignIn, SignOut
 from services.gateway.responses import error_response, html_response, model_response
-from services.gateway.state import gateway_state
+from services.gateway.state import Caller, gateway_state
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,9 @@ COOKIE = "relayflow_session"
 CSRF_HEADER = "X-CSRF-Token"
 SIGN_IN_PATH = "/signin"
 SIGN_OUT_PATH = "/signout"
+# Signing in through OIDC (services.gateway.oidc_signin): to the provider, and back.
+OIDC_SIGN_IN_PATH = "/signin/oidc"
+OIDC_CALLBACK_PATH = "/signin/oidc/callback"
 # Where a page request's Session is kept for the page's renderer (its CSRF token).
 _SCOPE_KEY = "relayflow.session"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -50,11 +59,18 @@ _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A verified cookie: whose key, which session (the CSRF token is bound to it), until when."""
+    """A verified cookie: whose key (or, for a credential that cannot be looked up again, the
+    caller itself), which session (the CSRF token is bound to it), until when."""
 
-    key_id: str
+    key_id: str | None
     session_id: str
     expires: int
+    caller: Caller | None = None
+
+    @property
+    def who(self) -> str:
+        """The id the page and the log show: the key's, or the carried caller's."""
+        return self.caller.id if self.caller is not None else str(self.key_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +89,18 @@ class Sessions:
             lifetime,
         )
 
-    def issue(self, key_id: str) -> tuple[str, Session]:
+    def issue(self, holder: str | Caller) -> tuple[str, Session]:
+        """A session for a key's id, or for a caller carried by value (ending with it)."""
         session_id = secrets.token_urlsafe(16)
-        value, expires = self.cookies.sign({"k": key_id, "sid": session_id}, self.lifetime)
-        return value, Session(key_id, session_id, expires)
+        if isinstance(holder, Caller) and holder.expires is None:
+            holder = holder.id  # an API key's caller: by its id, re-read on every request
+        if isinstance(holder, str):
+            value, expires = self.cookies.sign({"k": holder, "sid": session_id}, self.lifetime)
+            return value, Session(holder, session_id, expires)
+        lifetime = carried.lifetime(self.lifetime, holder, self.cookies.clock())
+        claims = {**carried.claims_of(holder), "sid": session_id}
+        value, expires = self.cookies.sign(claims, lifetime)
+        return value, Session(None, session_id, expires, replace(holder, expires=expires))
 
     def read(self, value: str | None) -> Session | None:
         """The session of a cookie this gateway signed and that has not expired, else None."""
@@ -84,9 +108,12 @@ class Sessions:
         if claims is None:
             return None
         key_id, session_id, expires = claims.get("k"), claims.get("sid"), claims["exp"]
-        if not isinstance(key_id, str) or not isinstance(session_id, str):
+        if not isinstance(session_id, str):
             return None  # pragma: no cover - only we sign cookies
-        return Session(key_id, session_id, int(expires))
+        if isinstance(key_id, str):
+            return Session(key_id, session_id, int(expires))
+        caller = carried.caller_in(claims)
+        return None if caller is None else Session(None, session_id, int(expires), caller)
 
     def csrf_token(self, session: Session) -> str:
         return self.csrf.tag(session.session_id)
@@ -134,7 +161,8 @@ def page_chrome(request: Request) -> html.Chrome:
     sessions = state.access.sessions
     if session is None or sessions is None:
         return html.Chrome(warning=state.access.warning)
-    return html.Chrome(key_id=session.key_id, csrf=sessions.csrf_token(session))
+    shown = session.who if session.key_id is None else f"key {session.key_id}"
+    return html.Chrome(signed_in=session.who, account=shown, csrf=sessions.csrf_token(session))
 
 
 def to_sign_in(request: Request) -> Response:
@@ -171,7 +199,9 @@ async def sign_in_page(request: Request) -> Response:
     if sessions is None:
         return RedirectResponse(target, status_code=303)
     session = sessions.read(request.cookies.get(COOKIE))
-    if session is not None:
+    if session is not None and session.key_id is None:
+        return RedirectResponse(target, status_code=303)
+    if session is not None and session.key_id is not None:
         try:
             async with state.pool.acquire() as conn:
                 await active_key(conn, session.key_id)
@@ -179,7 +209,9 @@ async def sign_in_page(request: Request) -> Response:
             pass  # its key is revoked: sign in again
         else:
             return RedirectResponse(target, status_code=303)
-    return html_response(html.sign_in_page(target))
+    oidc = state.access.oidc
+    link = (oidc.config.issuer, OIDC_SIGN_IN_PATH) if oidc and oidc.config.client_id else None
+    return html_response(html.sign_in_page(target, oidc=link))
 
 
 async def sign_in(request: Request) -> Response:
@@ -215,19 +247,30 @@ async def sign_in(request: Request) -> Response:
         key_id=key.id, role=key.role, expires_at=datetime.fromtimestamp(session.expires, UTC)
     )
     response = model_response(answer)
-    secure = request.url.scheme == "https" or (
+    set_session_cookie(request, response, value, session, sessions.cookies.clock)
+    return response
+
+
+def is_secure(request: Request) -> bool:
+    """Whether the browser sees this site over HTTPS (behind a proxy that ends TLS, its Origin
+    says so): its cookies are then Secure."""
+    return request.url.scheme == "https" or (
         request.headers.get("origin", "").startswith("https://")
     )
+
+
+def set_session_cookie(
+    request: Request, response: Response, value: str, session: Session, clock: Clock
+) -> None:
     response.set_cookie(
         COOKIE,
         value,
-        max_age=sessions.lifetime,
+        max_age=max(0, session.expires - int(clock())),
         path="/",
-        secure=secure,
+        secure=is_secure(request),
         httponly=True,
         samesite="strict",
     )
-    return response
 
 
 async def sign_out(request: Request) -> Response:
@@ -240,7 +283,7 @@ async def sign_out(request: Request) -> Response:
     if sessions is not None and session is not None:
         why = sessions.refusal(request, session)
         if why is not None:
-            log.info("refused a sign-out of API key %s: %s", session.key_id, why)
+            log.info("refused a sign-out of %s: %s", session.who, why)
             return error_response(403, f"refused: {why}")
     data = await state.limits.read_json(request, expected="{}")
     try:

@@ -10,7 +10,7 @@ from aio_pika.abc import AbstractRobustConnection
 from starlette.requests import Request
 
 from relayflow.amqp import Publisher
-from relayflow.auth import Role
+from relayflow.auth import Identity, Role
 from relayflow.contracts import DEFAULT_TENANT
 from relayflow.hops import HopTrace
 from relayflow.topology import Topology
@@ -26,16 +26,29 @@ if TYPE_CHECKING:  # access.py reads the state of a request: imported for the ty
 STATE_KEY = "gateway"
 # Who a request comes from (services.gateway.access), for the handlers that act on its behalf.
 _CALLER_KEY = "relayflow.caller"
+# What a person's caller id starts with: never an API key's id (base32, no colon).
+PERSON_PREFIX = "oidc:"
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     """The credential behind a request: `id` names it in logs, limits and tokens (an API key's
-    id), `tenant` is whose workflows it sees and starts, `role` what it may do."""
+    id, or `oidc:<sub>` for a person's OIDC token), `tenant` is whose workflows it sees and
+    starts, `role` what it may do. `expires` (Unix seconds) is when the credential ends by
+    itself, an OIDC token's `exp`; None for an API key, whose row is read again instead. No
+    cookie or token made for a caller outlives it (`services.gateway.carried`)."""
 
     id: str
     tenant: str
     role: Role
+    expires: int | None = None
+
+    @classmethod
+    def person(cls, identity: Identity) -> Caller:
+        """The caller a verified OIDC token names (logs show its subject, nothing more)."""
+        return cls(
+            PERSON_PREFIX + identity.subject, identity.tenant, identity.role, identity.expires
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ workflow, or on `GET /events`, as `?token=`. It is signed under a key of its own
 expiry; `access` refuses it (401, before anything is looked up, so that a token for another
 workflow says nothing of whether this one exists) when it is forged, expired or for another
 stream, and checks the key it names on every use, so that no token outlives its key. A token
-is a credential in a URL: access logs show `token=<redacted>` (`RedactTokens`).
+minted by a person's OIDC token carries that caller instead (`services.gateway.carried`) and
+expires with it at the latest. A token is a credential in a URL: access logs show
+`token=<redacted>` (`RedactTokens`).
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ from starlette.responses import Response
 
 from relayflow.auth import Signer
 from relayflow.auth.signed import Clock
-from services.gateway import checks
+from services.gateway import carried, checks
 from services.gateway.checks import InputError
 from services.gateway.intake import field_errors
 from services.gateway.models import StreamToken, StreamTokenRequest
 from services.gateway.responses import error_response, model_response
-from services.gateway.state import caller_of, gateway_state
+from services.gateway.state import Caller, caller_of, gateway_state
 
 log = logging.getLogger(__name__)
 
 QUERY = "token"
 LIST_SCOPE = "list"
-_IN_URL = re.compile(r"([?&]token=)[^&\s\"]*")
+# Credentials that travel in a URL: stream tokens, and the OIDC sign-in's authorization code and
+# state on its callback (services.gateway.oidc_signin).
+_IN_URL = re.compile(r"([?&](?:token|code|state)=)[^&\s\"]*")
 
 
 def workflow_scope(workflow_id: str) -> str:
@@ -58,16 +62,24 @@ class StreamTokens:
     def from_secret(cls, secret: SecretStr, lifetime: int, clock: Clock) -> StreamTokens:
         return cls(Signer.from_secret(secret, "stream-token/v1", clock), lifetime)
 
-    def mint(self, key_id: str, scope: str) -> tuple[str, int]:
-        return self.signer.sign({"k": key_id, "s": scope}, self.lifetime)
+    def mint(self, holder: str | Caller, scope: str) -> tuple[str, int]:
+        """A token for `scope` standing for `holder`: a key's id, or a caller, carried by id
+        too unless its credential expires by itself (then by value, and no later than it)."""
+        caller = holder if isinstance(holder, Caller) and holder.expires is not None else None
+        if caller is None:
+            key_id = holder.id if isinstance(holder, Caller) else holder
+            return self.signer.sign({"k": key_id, "s": scope}, self.lifetime)
+        lifetime = carried.lifetime(self.lifetime, caller, self.signer.clock())
+        return self.signer.sign({**carried.claims_of(caller), "s": scope}, lifetime)
 
-    def key_id(self, token: str, scope: str) -> str | None:
-        """The id of the key `token` was made with, if it is valid for `scope`; else None."""
+    def holder(self, token: str, scope: str) -> str | Caller | None:
+        """Who `token` stands for, if it is valid for `scope`: the id of the key it was made
+        with (to be checked again), or the caller it carries; else None."""
         claims = self.signer.verify(token)
         if claims is None or claims.get("s") != scope:
             return None
         key_id = claims.get("k")
-        return key_id if isinstance(key_id, str) else None
+        return key_id if isinstance(key_id, str) else carried.caller_in(claims)
 
 
 async def mint_stream_token(request: Request) -> Response:
@@ -89,19 +101,19 @@ async def mint_stream_token(request: Request) -> Response:
             422, 'send {"workflowId": "<id>"} or {"list": true}', field_errors(exc)
         ) from None
     scope = LIST_SCOPE if wanted.workflow_id is None else workflow_scope(wanted.workflow_id)
-    token, expires = tokens.mint(caller.id, scope)
-    log.debug("made a stream token for %s with API key %s", scope, caller.id)
+    token, expires = tokens.mint(caller, scope)
+    log.debug("made a stream token for %s for %s", scope, caller.id)
     answer = StreamToken(token=token, expires_at=datetime.fromtimestamp(expires, UTC))
     return model_response(answer, headers={"Cache-Control": "no-store"})
 
 
 class RedactTokens(logging.Filter):
-    """Hides `token=…` in the request lines of uvicorn's access log (its arguments hold the
-    path with its query)."""
+    """Hides `token=…` (and the OIDC callback's `code=…`, `state=…`) in the request lines of
+    uvicorn's access log (its arguments hold the path with its query)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and "token=" in arg for arg in record.args
+            isinstance(arg, str) and _IN_URL.search(arg) for arg in record.args
         ):
             record.args = tuple(
                 _IN_URL.sub(r"\1<redacted>", arg) if isinstance(arg, str) else arg

@@ -20,7 +20,15 @@ import orjson
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 
-from relayflow.auth import AuthSettings, CreatedKey, KeyHasher, Role, create_key, revoke_key
+from relayflow.auth import (
+    AuthSettings,
+    CreatedKey,
+    KeyHasher,
+    OidcSettings,
+    Role,
+    create_key,
+    revoke_key,
+)
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry, define_workflow, task, wait
 from services.gateway.app import create_app
@@ -146,16 +154,25 @@ def gateway_settings(settings: Settings, **overrides: Any) -> GatewaySettings:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings, auth_settings: AuthSettings | None = None, **overrides: Any
+    settings: Settings,
+    auth_settings: AuthSettings | None = None,
+    oidc: OidcSettings | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningGateway]:
-    """`auth_settings`: the server secret (default none, whatever the environment holds)."""
+    """`auth_settings`: the server secret (default none, whatever the environment holds);
+    `oidc`: the identity provider (default none, likewise)."""
     config = gateway_settings(settings, **overrides)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     stop = asyncio.Event()
-    app = create_app(config, stopping=stop, auth=auth_settings or AuthSettings(secret=None))
+    app = create_app(
+        config,
+        stopping=stop,
+        auth=auth_settings or AuthSettings(secret=None),
+        oidc=oidc or OidcSettings(issuer=None),
+    )
     server = build_server(app, config)
     serving = asyncio.create_task(serve_until(server, stop, sockets=[sock]))
 

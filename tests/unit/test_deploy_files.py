@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from relayflow.auth import AuthSettings
+from relayflow.auth import AuthSettings, OidcSettings
 from relayflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,8 @@ SETTINGS_PACKAGES = {
     "steps": "services.steps",
     "external": "apps.form_submission.external",
 }
-# Settings a service reads beside its own module's: the gateway checks API keys.
-READS_ALSO: dict[str, list[type[BaseSettings]]] = {"gateway": [AuthSettings]}
+# Settings a service reads beside its own module's: the gateway checks API keys and OIDC tokens.
+READS_ALSO: dict[str, list[type[BaseSettings]]] = {"gateway": [AuthSettings, OidcSettings]}
 SERVICE_NAMES = tuple(SETTINGS_PACKAGES)
 INFRASTRUCTURE = ("rabbitmq", "postgres")
 

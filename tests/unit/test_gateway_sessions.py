@@ -159,14 +159,14 @@ def test_stream_tokens_are_scoped_and_expire() -> None:
     tokens = StreamTokens.from_secret(SECRET, 300, clock)
     token, expires = tokens.mint("a" * 16, workflow_scope("wf_1"))
     assert expires == int(clock.now) + 300
-    assert tokens.key_id(token, workflow_scope("wf_1")) == "a" * 16
-    assert tokens.key_id(token, workflow_scope("wf_2")) is None
-    assert tokens.key_id(token, LIST_SCOPE) is None
+    assert tokens.holder(token, workflow_scope("wf_1")) == "a" * 16
+    assert tokens.holder(token, workflow_scope("wf_2")) is None
+    assert tokens.holder(token, LIST_SCOPE) is None
     listed, _ = tokens.mint("a" * 16, LIST_SCOPE)
-    assert tokens.key_id(listed, LIST_SCOPE) == "a" * 16
-    assert tokens.key_id(listed, workflow_scope("wf_1")) is None
+    assert tokens.holder(listed, LIST_SCOPE) == "a" * 16
+    assert tokens.holder(listed, workflow_scope("wf_1")) is None
     clock.now += 300
-    assert tokens.key_id(token, workflow_scope("wf_1")) is None
+    assert tokens.holder(token, workflow_scope("wf_1")) is None
 
 
 def test_a_session_cookie_is_not_a_stream_token() -> None:
@@ -174,7 +174,7 @@ def test_a_session_cookie_is_not_a_stream_token() -> None:
     sessions = Sessions.from_secret(SECRET, 3600, Clock())
     tokens = StreamTokens.from_secret(SECRET, 300, Clock())
     value, _ = sessions.issue("a" * 16)
-    assert tokens.key_id(value, LIST_SCOPE) is None
+    assert tokens.holder(value, LIST_SCOPE) is None
     token, _ = tokens.mint("a" * 16, LIST_SCOPE)
     assert sessions.read(token) is None
 
