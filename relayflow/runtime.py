@@ -20,6 +20,7 @@ from relayflow.db.migrate import CORE
 from relayflow.errors import ConfigurationError, ServiceUnavailableError
 from relayflow.logs import url_secrets
 from relayflow.metrics import serve_metrics
+from relayflow.probes import Probes
 from relayflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,16 +93,21 @@ def run(
     *,
     settings: Settings,
     metrics: tuple[str, int] | None = None,
+    probes: Probes | None = None,
 ) -> None:
     """Run `main(stop)` until it returns; SIGTERM and SIGINT set `stop`, and `main` is expected to
     stop consuming, finish or hand back in-flight work, and return. Exit code 0 on a clean stop,
     2 when the broker or database cannot be reached or the configuration is wrong. `metrics`:
-    (host, port) to serve Prometheus metrics on first (port 0: not served)."""
+    (host, port) to serve Prometheus metrics on first (port 0: not served); with `probes`, the
+    same port also answers /livez and /readyz (`relayflow.probes`)."""
     configure_logging(service, settings)
     tracing.configure(service)
     if metrics is not None:
         try:
-            serve_metrics(metrics[1], metrics[0])
+            if probes is None:
+                serve_metrics(metrics[1], metrics[0])
+            elif metrics[1]:
+                probes.serve(*metrics)
         except OSError as exc:
             logging.getLogger(service).error(  # noqa: TRY400 - the reason is the message
                 "cannot serve metrics on %s:%d (RELAYFLOW_METRICS_PORT): %s", *metrics, exc
@@ -113,6 +119,8 @@ def run(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if probes is not None:
+            probes.bind(loop, stop)
         tune_gc()
         await main(stop)
 

@@ -54,6 +54,12 @@ class BatchConsumer:
         ]
         self._consumer_tag = await self._queue.consume(self._on_message)
 
+    @property
+    def consuming(self) -> bool:
+        """Attached: started, not stopped, and its channel open (a robust channel reopens and
+        restores the consumer after a reconnect; meanwhile this is False)."""
+        return self._consumer_tag is not None and not self._queue.channel.is_closed
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._pending.put_nowait(message)
 

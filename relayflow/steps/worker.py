@@ -190,6 +190,11 @@ class StepWorker:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def consuming(self) -> bool:
+        """Every step queue's consumer attached (the readiness probe's "consumer")."""
+        return bool(self._consumers) and all(consumer.consuming for consumer in self._consumers)
+
     # -- deliveries ------------------------------------------------------------------------
 
     def _parse(self, message: AbstractIncomingMessage) -> StepCommand:

@@ -17,6 +17,7 @@ from relayflow.orchestration import store
 from relayflow.orchestration.local import LocalSteps
 from relayflow.orchestration.processor import Processor
 from relayflow.orchestration.relay import OutboxRelay
+from relayflow.probes import Probes, ready_check
 from relayflow.runtime import prepare_database, run
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
@@ -27,7 +28,9 @@ from services.orchestrator.settings import OrchestratorSettings
 log = logging.getLogger("services.orchestrator")
 
 
-async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
+async def serve(
+    settings: OrchestratorSettings, stop: asyncio.Event, probes: Probes | None = None
+) -> None:
     registry = WorkflowRegistry.from_modules(settings.workflows)
     topology = Topology.from_settings(settings)
     local = LocalSteps.load(registry, settings.step_modules, exchange=topology.exchange)
@@ -76,6 +79,10 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
         )
         relay.start()
         await consumer.start()
+        if probes is not None:
+            probes.ready_when(
+                ready_check(connection=connection, consuming=lambda: consumer.consuming, pool=pool)
+            )
         background = [
             asyncio.create_task(announcer.run()),
             asyncio.create_task(_fire_timers(orchestrator, settings.timer_poll_interval)),
@@ -142,11 +149,13 @@ async def _outbox_lag(pool: asyncpg.Pool[Any]) -> tuple[int, float]:
 
 def main() -> None:
     settings = OrchestratorSettings()
+    probes = Probes()
     run(
         "orchestrator",
-        lambda stop: serve(settings, stop),
+        lambda stop: serve(settings, stop, probes),
         settings=settings,
         metrics=(settings.metrics_host, settings.metrics_port),
+        probes=probes,
     )
 
 

@@ -45,6 +45,9 @@ _input_adapter: TypeAdapter[OrchestratorInput] = TypeAdapter(OrchestratorInput)
 # 30 s by default, then is dead-lettered: a start a minute late is lost or stuck, not slow. Well
 # inside the quorum queue's delivery limit.
 DEFER_LONGEST = 30.0
+# On stop, how long the acks still waiting on the relay's confirms may take (part of the
+# shutdown that deploy/k8s's terminationGracePeriodSeconds must cover).
+ACKS_WAIT = 5.0
 
 # Errors that one transaction may hit through no fault of its input; trying again resolves them.
 _TRANSIENT = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -264,7 +267,7 @@ class Orchestrator:
         """Send the acks still waiting on the relay, and hand deferred deliveries back at once
         (another replica, or this one restarted, takes them)."""
         if self._acking:
-            await asyncio.wait(list(self._acking), timeout=5.0)
+            await asyncio.wait(list(self._acking), timeout=ACKS_WAIT)
         for task in list(self._deferred):
             task.cancel()
         await asyncio.gather(*self._deferred, return_exceptions=True)

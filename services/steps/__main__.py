@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from collections.abc import Sequence
 
+from relayflow.probes import Probes
 from relayflow.runtime import run
 from services.steps.service import serve
 from services.steps.settings import StepServiceSettings
@@ -20,15 +21,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {"steps": args.steps} if args.steps else {}
     settings = StepServiceSettings(**overrides)
+    probes = Probes()
 
     async def amain(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
+        await serve(settings, stop, probes)
 
     run(
         "steps",
         amain,
         settings=settings,
         metrics=(settings.metrics_host, settings.metrics_port),
+        probes=probes,
     )
 
 

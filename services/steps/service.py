@@ -14,6 +14,7 @@ from relayflow.orchestration.advance import StepAdvancer
 from relayflow.orchestration.local import LocalSteps
 from relayflow.orchestration.processor import Processor
 from relayflow.orchestration.relay import OutboxRelay
+from relayflow.probes import Probes, ready_check
 from relayflow.runtime import prepare_database
 from relayflow.steps import StepRegistry, StepWorker, WorkerConfig
 from relayflow.topology import Topology
@@ -35,7 +36,9 @@ def load_steps(settings: StepServiceSettings) -> StepRegistry:
     return selected
 
 
-async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
+async def serve(
+    settings: StepServiceSettings, stop: asyncio.Event, probes: Probes | None = None
+) -> None:
     """Run until `stop` is set, then finish or hand back what is in flight and return."""
     steps = load_steps(settings)
     workflows = WorkflowRegistry.from_modules(settings.workflows)
@@ -89,6 +92,10 @@ async def serve(settings: StepServiceSettings, stop: asyncio.Event) -> None:
             senders=settings.senders,
         )
         await worker.start()
+        if probes is not None:
+            probes.ready_when(
+                ready_check(connection=connection, consuming=lambda: worker.consuming, pool=pool)
+            )
         try:
             await stop.wait()
         finally:

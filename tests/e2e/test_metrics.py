@@ -184,3 +184,27 @@ async def test_duplicates_and_dead_letters_are_counted(
         await wait_for(counted, timeout=20, interval=0.1, what="duplicate and dead letter counted")
         state = await wait_completed(client, metered.system.base_url, start.workflow_id)
     assert state["status"] == "completed"
+
+
+async def test_every_service_answers_its_probes_beside_its_metrics(metered: Metered) -> None:
+    """Kubernetes probes the services' metrics ports (deploy/k8s): each real process must say
+    it is live and, once consuming, ready — with the database, broker and consumer it checked."""
+    parts = {
+        "orchestrator": {"database": True, "broker": True, "consumer": True},
+        "steps": {"database": True, "broker": True, "consumer": True},
+        "external": {"broker": True, "consumer": True},
+    }
+    async with httpx.AsyncClient(timeout=10) as client:
+        for name, url in metered.urls.items():
+            if name == "gateway":
+                continue
+            base = url.removesuffix("/metrics")
+            live = await client.get(f"{base}/livez")
+            assert (live.status_code, live.json()) == (200, {"status": "ok"}), name
+
+            async def ready(base: str = base) -> httpx.Response | None:
+                response = await client.get(f"{base}/readyz")
+                return response if response.status_code == 200 else None
+
+            answer: httpx.Response = await wait_for(ready, what=f"{name} ready")
+            assert answer.json() == {"status": "ready", **parts[name]}, name

@@ -7,20 +7,23 @@ import asyncio
 
 from apps.form_submission.external.service import serve
 from apps.form_submission.external.settings import ExternalSettings
+from relayflow.probes import Probes
 from relayflow.runtime import run
 
 
 def main() -> None:
     settings = ExternalSettings()
+    probes = Probes()
 
     async def amain(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
+        await serve(settings, stop, probes)
 
     run(
         "external",
         amain,
         settings=settings,
         metrics=(settings.metrics_host, settings.metrics_port),
+        probes=probes,
     )
 
 

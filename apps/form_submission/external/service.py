@@ -8,11 +8,14 @@ import contextlib
 from apps.form_submission.external.settings import ExternalSettings
 from apps.form_submission.external.system import ExternalConfig, ExternalSystem
 from relayflow.amqp import connect, quietly
+from relayflow.probes import Probes, ready_check
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 
 
-async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
+async def serve(
+    settings: ExternalSettings, stop: asyncio.Event, probes: Probes | None = None
+) -> None:
     """Run until `stop` is set, then let in-flight replies finish and return."""
     workflows = WorkflowRegistry.from_modules(settings.workflows)
     topology = Topology.from_settings(settings)
@@ -30,6 +33,10 @@ async def serve(settings: ExternalSettings, stop: asyncio.Event) -> None:
             ),
         )
         await system.start()
+        if probes is not None:
+            probes.ready_when(
+                ready_check(connection=connection, consuming=lambda: system.consuming)
+            )
         try:
             await stop.wait()
         finally:

@@ -102,6 +102,11 @@ class ExternalSystem:
         if self._publisher is not None:
             await self._publisher.close()
 
+    @property
+    def consuming(self) -> bool:
+        """Its consumer attached: started, not stopped, its channel open."""
+        return self._consumer is not None and not self._consumer[0].channel.is_closed
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self._handle(message))
         self._inflight.add(task)
