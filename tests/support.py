@@ -170,3 +170,10 @@ async def get_messages(
             continue
         got += 1
         yield message
+
+
+def tampered(text: str) -> str:
+    """`text` with another last character: a fixed replacement ("x", "AA") would leave it
+    unchanged whenever it already ends so, and a test of a forged credential would then pass
+    a valid one."""
+    return text[:-1] + ("A" if text[-1] != "A" else "B")

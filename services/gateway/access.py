@@ -305,7 +305,8 @@ def guard(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
             raise TypeError(f"no action in services.gateway.access.ACTIONS for {route.path}")
         actions = {method: ACTIONS[route.path, method] for method in methods}
         checked = _checked(route.endpoint, actions, page=route.path in PAGES)
-        guarded.append(Route(route.path, checked, methods=sorted(methods)))
+        # The route's own class: one may decide per concrete path what it allows.
+        guarded.append(type(route)(route.path, checked, methods=sorted(methods)))
     return guarded
 
 
@@ -348,12 +349,16 @@ async def _authenticate(
     names the key's id (a person's OIDC subject) and why it was refused; neither the answer nor
     the log ever holds the key, a token or a cookie."""
     state = gateway_state(request)
+    token = request.query_params.get(stream_tokens.QUERY) if action is Action.STREAM else None
+    if token is not None and len(token) > stream_tokens.MAX_LENGTH:
+        return error_response(
+            400, f"the {stream_tokens.QUERY} parameter is at most {stream_tokens.MAX_LENGTH} long"
+        )
     credentials = state.access.credentials
     if credentials is None:
         return None
     where = f"{request.method} {request.url.path}"
     header = request.headers.get("authorization")
-    token = request.query_params.get(stream_tokens.QUERY) if action is Action.STREAM else None
     caller: Caller | Response
     if header is not None:
         caller = await _bearer(state, credentials, header, where)

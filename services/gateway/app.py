@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from relayflow.amqp import Publisher, connect, quietly
 from relayflow.auth import AuthSettings, OidcProvider, OidcSettings
@@ -23,7 +24,7 @@ from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.gateway import access, dashboard, oidc_signin, outages, sessions
+from services.gateway import access, checks, dashboard, oidc_signin, outages, sessions
 from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
@@ -141,7 +142,7 @@ def create_app(
         Route("/openapi.json", openapi_endpoint(document).respond, methods=["GET"]),
         Route("/submit", submit_form, methods=["POST"]),
         Route("/workflows", list_workflows, methods=["GET"]),
-        Route("/workflows/{name_or_id}", _workflow_path, methods=["GET", "POST"]),
+        WorkflowPathRoute("/workflows/{name_or_id}", _workflow_path, methods=["GET", "POST"]),
         Route("/workflows/{workflow_id}/events", workflow_events, methods=["GET"]),
         Route("/workflows/{workflow_id}/steps/{step_name}/items", step_items, methods=["GET"]),
         Route("/workflows/{workflow_id}/cancel", cancel_workflow, methods=["POST"]),
@@ -167,9 +168,34 @@ def create_app(
     )
 
 
+class WorkflowPathRoute(Route):
+    """`/workflows/{x}` is two paths of the API document: `/workflows/{name}` (POST, one per
+    workflow served) when `x` names a workflow this gateway serves, else `/workflows/{workflowId}`
+    (GET). One route serves both; what a concrete path allows — and a 405's `Allow` — is what the
+    document says of it."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        segment = str(scope["path_params"]["name_or_id"])
+        state = scope.get("state", {}).get(STATE_KEY)
+        named = isinstance(state, GatewayState) and state.registry.get(segment) is not None
+        allowed = ("POST",) if named else ("GET", "HEAD")
+        if scope["method"] not in allowed:
+            if named:
+                why = (
+                    f"{checks.shown(segment)} names a workflow: POST /workflows/{segment} starts it"
+                )
+            else:
+                known = ", ".join(state.registry.names()) if isinstance(state, GatewayState) else ""
+                why = (
+                    f"no workflow named {checks.shown(segment)} to start (known: {known}); "
+                    "GET /workflows/{workflowId} reads a workflow"
+                )
+            raise HTTPException(405, why, headers={"Allow": ", ".join(allowed)})
+        await super().handle(scope, receive, send)
+
+
 async def _workflow_path(request: Request) -> Response:
-    """`/workflows/{x}` names a workflow to start (POST) or a workflow to read (GET). One route
-    for both, so that a 405 or an OPTIONS lists both methods in `Allow`."""
+    """`/workflows/{x}` names a workflow to start (POST) or a workflow to read (GET)."""
     segment: str = request.path_params["name_or_id"]
     if request.method == "POST":
         return await start_workflow(request, segment)

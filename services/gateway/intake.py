@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -25,6 +25,8 @@ from relayflow.workflow import WorkflowDefinition
 from services.gateway.checks import InputError
 from services.gateway.models import FieldError
 
+M = TypeVar("M", bound=BaseModel)
+
 
 def parse_body(body: bytes, *, expected: str = "the workflow input") -> Any:
     if not body.strip():
@@ -42,6 +44,13 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     ]
 
 
+def strictly(model: type[M], data: dict[str, Any]) -> M:
+    """`data` (parsed JSON) validated as `model` takes JSON in strict mode: what the API document
+    publishes for it (the model's JSON Schema) is what passes — `0` is not a boolean, `"3"` not
+    an integer — while JSON's own spellings (a date as an ISO string, an enum's value) still do."""
+    return model.model_validate_json(orjson.dumps(data), strict=True)
+
+
 def validate_input(definition: WorkflowDefinition, data: Any, *, max_bytes: int) -> dict[str, Any]:
     """The input as the workflow will see it (normalised by its model), or `InputError`: 422 for
     what the model refuses or PostgreSQL could not store, 413 for what is over `max_bytes` as
@@ -54,7 +63,7 @@ def validate_input(definition: WorkflowDefinition, data: Any, *, max_bytes: int)
             [FieldError(loc=[], message="Input should be a JSON object", type="dict_type")],
         )
     try:
-        model: BaseModel = definition.input_model.model_validate(data)
+        model: BaseModel = strictly(definition.input_model, data)
     except ValidationError as exc:
         raise InputError(
             422, f"invalid input for workflow {definition.name!r}", field_errors(exc)
@@ -92,7 +101,7 @@ def validate_payload(
             [FieldError(loc=[], message="Input should be a JSON object", type="dict_type")],
         )
     try:
-        payload = model.model_validate(data)
+        payload = strictly(model, data)
     except ValidationError as exc:
         fields = field_errors(exc)
         named = "; ".join(

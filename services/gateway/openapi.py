@@ -802,7 +802,7 @@ def _stream_token(scope: str) -> dict[str, Any]:
             "Authorization (a browser's EventSource). Forged, expired, made for another stream, "
             "or made with a key revoked since: 401. Used only when no Authorization is sent."
         ),
-        "schema": {"type": "string", "maxLength": 1024},
+        "schema": {"type": "string", "maxLength": stream_tokens.MAX_LENGTH},
     }
 
 

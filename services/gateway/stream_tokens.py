@@ -37,6 +37,8 @@ from services.gateway.state import Caller, caller_of, gateway_state
 log = logging.getLogger(__name__)
 
 QUERY = "token"
+# Far above any token minted here (a few hundred characters); longer is no token at all.
+MAX_LENGTH = 1024
 LIST_SCOPE = "list"
 # Credentials that travel in a URL: stream tokens, and the OIDC sign-in's authorization code and
 # state on its callback (services.gateway.oidc_signin).

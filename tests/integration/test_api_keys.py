@@ -26,7 +26,7 @@ from relayflow.auth import (
 )
 from relayflow.auth.keys import new_key
 from relayflow.db import Connection
-from tests.support import unique_name
+from tests.support import tampered, unique_name
 
 HASHER = KeyHasher.from_secret(SecretStr("integration-test-server-secret-0123456789"))
 
@@ -39,11 +39,6 @@ async def conn(pool: asyncpg.Pool[Any]) -> AsyncIterator[Connection]:
 
 def secret_of(created: CreatedKey) -> str:
     return created.key.rsplit("_", 1)[1]
-
-
-def tampered(key: str) -> str:
-    """`key` with another last character (a fixed one would be the key itself one time in 32)."""
-    return key[:-1] + ("2" if key[-1] != "2" else "3")
 
 
 async def test_a_key_verifies_until_revoked_and_is_refused_at_once(

@@ -26,7 +26,7 @@ from tests.integration.gateway_harness import (
     made_keys,
     running_gateway,
 )
-from tests.support import create_database, drop_database, unique_name
+from tests.support import create_database, drop_database, tampered, unique_name
 
 SECRET = SecretStr("gateway-auth-integration-test-secret-0123456789")
 AUTH = AuthSettings(secret=SECRET)
@@ -157,7 +157,7 @@ async def test_no_or_malformed_credentials_are_401_with_a_challenge(
         "Basic dXNlcjpwYXNz",
         f"Bearer {unknown}",
         f"Bearer  {unknown}",
-        f"Bearer {unknown[:-1]}x",
+        f"Bearer {tampered(unknown)}",
     ):
         response = await gateway.client.get("/workflows", headers={"Authorization": header})
         assert response.status_code == 401, header

@@ -59,8 +59,8 @@ def _by_id() -> list[Probe]:
             Probe("POST", f"/workflows/{bad}/retry", 400, JSON, b"{}"),
             Probe("GET", f"/ui/workflows/{bad}", 400),
             Probe("GET", f"/ui/workflows/{bad}/panel", 400),
-            # As a workflow name: no workflow has it.
-            Probe("POST", f"/workflows/{bad}", 404, JSON, b"{}"),
+            # As a workflow name: no workflow has it, so the path is an id's, which takes GET.
+            Probe("POST", f"/workflows/{bad}", 405, JSON, b"{}"),
         ]
     return probes
 

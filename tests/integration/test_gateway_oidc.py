@@ -29,6 +29,7 @@ from tests.integration.gateway_harness import RunningGateway, running_gateway
 from tests.integration.oidc_provider import AUDIENCE, CLIENT_ID, Provider, running_provider
 from tests.integration.test_gateway_auth import AUTH, FORM, running_workflow
 from tests.integration.test_gateway_sessions import csrf_of, same_site
+from tests.support import tampered
 
 # A database of its own, where no API key exists (`auto` mode looks at every key).
 fresh_settings = test_gateway_auth.fresh_settings
@@ -283,7 +284,7 @@ async def test_a_callback_not_started_in_this_browser_is_refused(
     for query, headers in (
         (f"code={code}&state=someone-elses", jar),
         (back.query, {}),
-        (back.query, {"Cookie": f"{FLOW_COOKIE}={flow[:-2]}AA"}),
+        (back.query, {"Cookie": f"{FLOW_COOKIE}={tampered(flow)}"}),
     ):
         response = await gateway.client.get(f"/signin/oidc/callback?{query}", headers=headers)
         assert response.status_code == 400, query

@@ -29,6 +29,7 @@ from tests.integration.test_gateway_auth import (
     bearer,
     running_workflow,
 )
+from tests.support import tampered
 
 _META = re.compile(r'<meta name="relayflow-csrf" content="([^"]+)">')
 
@@ -196,7 +197,7 @@ async def test_forged_and_expired_cookies_are_refused(
         type(SECRET)("another-secret-for-sessions-0123456789"), 3600, time.time
     )
     forged, _ = other_secret.issue(created.record.id)
-    for value in (expired, forged, cookie[:-2] + "AA", "nonsense"):
+    for value in (expired, forged, tampered(cookie), "nonsense"):
         response = await gateway.client.get("/workflows", headers={"Cookie": f"{COOKIE}={value}"})
         assert response.status_code == 401, value
         assert response.json() == {"error": "invalid credentials"}
@@ -289,7 +290,7 @@ async def test_stream_tokens_open_only_their_stream(
         f"/workflows/{missing_id}/events?token={token}",
         f"/workflows/{workflow_id}/events?token={list_token}",
         f"/events?token={token}",
-        f"/workflows/{workflow_id}/events?token={token[:-2]}AA",
+        f"/workflows/{workflow_id}/events?token={tampered(token)}",
         f"/workflows/{workflow_id}/events?token=",
     ):
         response = await gateway.client.get(url)
@@ -429,7 +430,7 @@ async def test_no_key_cookie_or_token_appears_in_a_log(
         )
         assert await stream_status(gw, f"/workflows/{workflow_id}/events?token={token}") == 200
         for url in (f"/events?token={token}", f"/events?token={expired}", "/ui/list"):
-            await gw.client.get(url, headers={"Cookie": f"{COOKIE}={cookie[:-1]}x"})
+            await gw.client.get(url, headers={"Cookie": f"{COOKIE}={tampered(cookie)}"})
         await gw.client.post(
             f"/workflows/{workflow_id}/cancel", json={}, headers=same_site(gw, cookie)
         )

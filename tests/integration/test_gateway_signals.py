@@ -195,9 +195,7 @@ async def test_a_finished_workflow_takes_no_signal(
     ("payload", "fields"),
     [
         pytest.param({"approved": True}, [(["by"], "missing")], id="missing"),
-        pytest.param(
-            {"approved": "perhaps", "by": "G"}, [(["approved"], "bool_parsing")], id="type"
-        ),
+        pytest.param({"approved": "perhaps", "by": "G"}, [(["approved"], "bool_type")], id="type"),
         pytest.param({**DECISION, "extra": 1}, [(["extra"], "extra_forbidden")], id="extra"),
         pytest.param({"approved": True, "by": "G\u0000"}, [(["by"], "unstorable")], id="nul"),
         pytest.param([DECISION], [([], "dict_type")], id="array"),

@@ -226,15 +226,17 @@ def test_an_unset_submit_is_the_seed_form_where_it_is_served(
 async def test_generic_start_route_and_unknown_workflow(
     gateway: RunningGateway, channel: aio_pika.abc.AbstractChannel, topology: Topology
 ) -> None:
-    """Any registered workflow starts through /workflows/{name}; an unknown name is a 404."""
+    """Any registered workflow starts through /workflows/{name}; an unknown name is no such
+    path to POST to (405, as the document says of /workflows/{workflowId}), naming the known."""
     response = await gateway.client.post("/workflows/formSubmission", json=FORM)
     assert response.status_code == 202, response.text
     (start,) = await started(channel, topology, 1)
     assert start.workflow_id == response.json()["workflowId"]
 
     missing = await gateway.client.post("/workflows/noSuchFlow", json=FORM)
-    assert missing.status_code == 404
+    assert missing.status_code == 405
     assert "noSuchFlow" in missing.json()["error"]
+    assert "formSubmission" in missing.json()["error"]
 
 
 @pytest.mark.parametrize(
