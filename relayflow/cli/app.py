@@ -13,6 +13,7 @@ Every command takes `--json`; errors are one `relayflow: …` line on stderr. Ex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
@@ -65,7 +66,14 @@ def build() -> typer.Typer:
             str | None, typer.Option(help="the database, for operator commands; DATABASE_URL")
         ] = None,
     ) -> None:
-        ctx.obj = Context(url.rstrip("/"), amqp_url, namespace, database_url)
+        given = ctx.obj if isinstance(ctx.obj, Context) else Context()
+        ctx.obj = replace(
+            given,
+            url=url.rstrip("/"),
+            amqp_url_option=amqp_url,
+            namespace_option=namespace,
+            database_url_option=database_url,
+        )
 
     app.add_typer(workflows.app, name="workflows")
     app.add_typer(dead_letters.app, name="dead-letters")

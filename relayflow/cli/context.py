@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
+import httpx
 import typer
 
 from relayflow.settings import Settings
@@ -27,6 +28,9 @@ class Context:
     amqp_url_option: str | None = None
     namespace_option: str | None = None
     database_url_option: str | None = None
+    # How HTTP requests reach the gateway: the network unless a test hands in another (typer's
+    # CliRunner passes `obj=Context(transport=httpx.MockTransport(...))`).
+    transport: httpx.AsyncBaseTransport | None = None
 
     @cached_property
     def settings(self) -> Settings:

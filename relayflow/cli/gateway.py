@@ -41,7 +41,7 @@ async def client(context: Context) -> AsyncIterator[httpx.AsyncClient]:
     if context.api_key:
         headers["Authorization"] = f"Bearer {context.api_key}"
     async with httpx.AsyncClient(
-        base_url=context.url, headers=headers, timeout=REQUEST_TIMEOUT
+        base_url=context.url, headers=headers, timeout=REQUEST_TIMEOUT, transport=context.transport
     ) as http:
         yield http
 
