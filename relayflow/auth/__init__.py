@@ -1,6 +1,6 @@
 """Credentials: API keys (their format, hashing and store), the roles that say what a key
 may do, and the signed tokens that stand for a key (session cookies, stream tokens). The
-gateway checks them; `relayflow-admin keys` manages them."""
+gateway checks them; `relayflow keys` manages them."""
 
 from relayflow.auth.errors import (
     AuthConfigurationError,

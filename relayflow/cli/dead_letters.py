@@ -20,8 +20,8 @@ import orjson
 import typer
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from relayflow.amqp.consumer import QUEUE_HEADER, REASON_HEADER
 from relayflow.amqp.publisher import broker_user
+from relayflow.amqp.settle import QUEUE_HEADER, REASON_HEADER
 from relayflow.cli import connections, output
 from relayflow.cli.context import current
 from relayflow.cli.errors import CliError
