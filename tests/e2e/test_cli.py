@@ -133,6 +133,23 @@ async def test_start_wait_exits_1_when_the_workflow_fails(system: System) -> Non
     assert "workflow.failed" in tail.lines[-1]
 
 
+async def test_start_wait_outlives_a_gateway_restart(system: System) -> None:
+    """The gateway is SIGKILLed while `--wait` follows a run: the stream is reopened after the
+    last event seen once a gateway answers again, and the run is still followed to its end."""
+    waiting = await launch(system, "workflows", "start", "formSubmission", "-i", form(), "--wait")
+    assert waiting.stderr is not None
+    first = await asyncio.wait_for(waiting.stderr.readline(), 30)
+    assert b"/5 steps" in first
+    await system.kill("gateway")
+    await system.start("gateway")
+    async with httpx.AsyncClient(timeout=10) as client:
+        await system.wait_ready(client)
+    ran = await finished(waiting)
+    assert ran.code == 0, ran.err
+    assert "reconnecting after event" in ran.err
+    assert ran.err.splitlines()[-1].endswith("(5/5 steps)")
+
+
 async def test_a_signal_completes_a_waiting_run_that_start_wait_follows(system: System) -> None:
     """`start --wait` on a run that waits for a person: it waits too, and exits 0 once the
     decision sent with `workflows signal` has let the run complete."""
