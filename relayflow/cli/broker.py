@@ -36,6 +36,9 @@ def setup_command(
         bool,
         typer.Option(help="the step service only sends results (RELAYFLOW_STEP_ADVANCE=false)"),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object: the file, each AMQP_URL, the senders")
+    ] = False,
 ) -> None:
     """Write least-privilege users for the namespace as RabbitMQ definitions, and print each
     service's AMQP_URL and the RELAYFLOW_BROKER_SENDERS they share."""
@@ -54,10 +57,21 @@ def setup_command(
     with os.fdopen(descriptor, "w") as file:
         json.dump(document, file, indent=2)
     quoted = urllib.parse.quote(vhost, safe="")
+    urls = {
+        user.service: f"amqp://{user.name}:{user.password}@{host}:{port}/{quoted}" for user in users
+    }
+    if as_json:
+        output.write_json(
+            {
+                "file": str(out),
+                "amqp_urls": urls,
+                "broker_senders": senders_setting(users),
+                "step_advance": not isolated_steps,
+            }
+        )
+        return
     lines = [f"wrote {out}; load it with: rabbitmqctl import_definitions {out}", ""]
-    for user in users:
-        url = f"amqp://{user.name}:{user.password}@{host}:{port}/{quoted}"
-        lines.append(f"{user.service:13} AMQP_URL={url}")
+    lines += [f"{service:13} AMQP_URL={url}" for service, url in urls.items()]
     lines += ["", f"every service: RELAYFLOW_BROKER_SENDERS='{senders_setting(users)}'"]
     if isolated_steps:
         lines.append("the step service: RELAYFLOW_STEP_ADVANCE=false")

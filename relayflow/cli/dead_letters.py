@@ -318,6 +318,7 @@ def redrive_command(
         list[str] | None,
         typer.Option("--message-id", metavar="ID", help="this one (repeat for more)"),
     ] = None,
+    as_json: Json = False,
 ) -> None:
     """Republish dead letters where they came from (after the cause is fixed)."""
     if every == bool(message_ids):
@@ -334,6 +335,10 @@ def redrive_command(
             )
 
     sent = connections.run(main())
+    if as_json:
+        for letter in sent:
+            output.write_json(asdict(letter))
+        return
     output.write_lines(
         f"re-drove {letter.message_id} to {letter.exchange}/{letter.routing_key}" for letter in sent
     )

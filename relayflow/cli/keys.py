@@ -71,6 +71,8 @@ def _in_database(
 
 app = typer.Typer(help="API keys for the gateway, in the database (no broker needed).")
 
+Json = Annotated[bool, typer.Option("--json", help="one JSON object (the key's, as list's)")]
+
 
 @app.command("create")
 def create_command(
@@ -81,6 +83,7 @@ def create_command(
     name: Annotated[
         str | None, typer.Option(help="what the key is for, shown by `keys list`")
     ] = None,
+    as_json: Json = False,
 ) -> None:
     """Make a key and print it, once (KEY=$(relayflow keys create …))."""
     # Checked before anything is written: a key hashed under no secret could never verify.
@@ -91,9 +94,12 @@ def create_command(
 
     async def work(conn: asyncpg.Connection[Any]) -> None:
         created = await create_key(conn, hasher, tenant=tenant, role=role, name=name)
+        key = created.record
+        if as_json:
+            output.write_json({"key": created.key, **key_json(key)})
+            return
         # The key alone on stdout, the rest on stderr.
         sys.stdout.write(created.key + "\n")
-        key = created.record
         output.notice(
             f"created API key {key.id} (tenant {key.tenant}, role {key.role}); it is shown "
             "this once: store it now"
@@ -122,11 +128,15 @@ def revoke_command(
     ctx: typer.Context,
     *,
     key_id: Annotated[str, typer.Argument(metavar="ID", help="the key's id")],
+    as_json: Json = False,
 ) -> None:
     """Refuse the key from the next request on (again: nothing changes)."""
 
     async def work(conn: asyncpg.Connection[Any]) -> None:
         key, now = await revoke_key(conn, key_id)
+        if as_json:
+            output.write_json({**key_json(key), "revoked_now": now})
+            return
         output.write_lines(
             [
                 f"revoked API key {key.id} (tenant {key.tenant}, role {key.role})"

@@ -130,6 +130,21 @@ async def test_create_list_verify_revoke(admin: Admin, conn: Connection) -> None
     assert json.loads(after.out)["revoked"] is True
 
 
+async def test_create_and_revoke_as_json(admin: Admin) -> None:
+    """For a provisioning script: the key and its record in one object; a revoke says whether
+    it did anything."""
+    tenant = unique_name("cli-")
+    made = await admin("create", "--tenant", tenant, "--role", "operator", "--json")
+    assert made.code == 0, made.err
+    created = json.loads(made.out)
+    assert parse_key(created["key"]).key_id == created["id"]
+    assert (created["tenant"], created["role"], created["revoked"]) == (tenant, "operator", False)
+    first = json.loads((await admin("revoke", created["id"], "--json")).out)
+    second = json.loads((await admin("revoke", created["id"], "--json")).out)
+    assert (first["revoked_now"], second["revoked_now"]) == (True, False)
+    assert second["revoked"] is True
+
+
 async def test_create_without_a_server_secret_writes_nothing(
     admin: Admin, conn: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:

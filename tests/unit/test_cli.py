@@ -458,3 +458,9 @@ def test_broker_setup_writes_the_definitions_for_the_owner_only(tmp_path: Path) 
     assert "AMQP_URL=amqp://rf-shop-gateway:" in ran.stdout
     assert "@127.0.0.1:5672/v%2F1" in ran.stdout
     assert "RELAYFLOW_BROKER_SENDERS=" in ran.stdout
+    as_json = CliRunner().invoke(build(), ["broker", "setup", "--out", str(out), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    made = json.loads(as_json.stdout)
+    assert made["file"] == str(out)
+    assert made["amqp_urls"]["gateway"].startswith("amqp://rf-relayflow-gateway:")
+    assert made["broker_senders"].startswith("engine=")
