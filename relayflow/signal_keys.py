@@ -1,5 +1,5 @@
 """Signals sent from outside: what the gateway's `POST /workflows/{id}/signals/{name}` and
-`relayflow-admin workflows signal` share, so that a key means the same through either.
+`relayflow workflows signal --broker` share, so that a key means the same through either.
 
 A signal sent without an idempotency key gets a random message id. With one, its id is the one
 the key names (`ids.signal_id`), and the key's first use is recorded in `signal_keys` with the

@@ -1,4 +1,4 @@
--- Signals sent from outside (the gateway's route and `relayflow-admin workflows signal`):
+-- Signals sent from outside (the gateway's route and `relayflow workflows signal --broker`):
 -- what they read of their workflow, and the idempotency keys they record (`signal_keys`,
 -- migration 0009).
 

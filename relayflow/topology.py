@@ -124,8 +124,8 @@ class Topology:
 
     async def ensure(self, connection: AbstractConnection, step_names: Iterable[str]) -> None:
         """Declare the whole topology (`declare`), as every service does at start-up; or, when
-        the broker refuses because this user holds only least privileges (`relayflow-admin
-        broker setup`, whose definitions create the topology), check that all of it exists. A
+        the broker refuses because this user holds only least privileges (`relayflow broker
+        setup`, whose definitions create the topology), check that all of it exists. A
         part missing then is a configuration error naming it."""
         names = list(step_names)
         channel = await connection.channel()
@@ -154,7 +154,7 @@ class Topology:
         if missing:
             raise ConfigurationError(
                 f"the broker has no {', '.join(missing)}, and this broker user may not declare "
-                "them: load the definitions of `relayflow-admin broker setup` (made with the "
+                "them: load the definitions of `relayflow broker setup` (made with the "
                 "same workflows) first"
             )
 

@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from relayflow.amqp.connection import quietly
 
-# The dead-letter headers used to live here; `relayflow.admin` still reads them from here.
+# The dead-letter headers used to live here (their home is `relayflow.amqp.settle`).
 from relayflow.amqp.settle import QUEUE_HEADER, REASON_HEADER, hand_back
 
 __all__ = ["QUEUE_HEADER", "REASON_HEADER", "BatchConsumer", "BatchHandler"]

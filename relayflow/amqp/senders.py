@@ -6,7 +6,7 @@ property with the user it connected as — RabbitMQ refuses a message whose `use
 sender's own, so the property cannot be forged — and every consumer checks it against
 `MAY_SEND`, the one table of which role may send each message type. The roles of the broker
 users come from `RELAYFLOW_BROKER_SENDERS` (`engine=rf-orchestrator,rf-steps;step=…;start=…;
-external=…`, written by `relayflow-admin broker definitions`); unset, anyone may send anything,
+external=…`, written by `relayflow broker setup`); unset, anyone may send anything,
 as on a development broker where every service is `guest`. A refused message is dead-lettered
 with the reason, never applied.
 

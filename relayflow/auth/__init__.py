@@ -1,7 +1,7 @@
 """Credentials: API keys (their format, hashing and store), the roles that say what a key
 may do, the signed tokens that stand for a key (session cookies, stream tokens), and people's
 OIDC tokens (JWTs) checked against their identity provider. The gateway checks them;
-`relayflow-admin keys` manages the keys."""
+`relayflow keys` manages the keys."""
 
 from relayflow.auth.claims import ClaimMapping, Identity
 from relayflow.auth.errors import (

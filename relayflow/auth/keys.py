@@ -38,7 +38,7 @@ KEY_LENGTH = len(PREFIX) + ID_LENGTH + 1 + SECRET_LENGTH
 MIN_SERVER_SECRET = 32
 HOW_TO_MAKE_A_SECRET = (
     "set RELAYFLOW_AUTH_SECRET to a random value of at least "
-    f"{MIN_SERVER_SECRET} characters, the same for the gateway and relayflow-admin, e.g. "
+    f"{MIN_SERVER_SECRET} characters, the same for the gateway and `relayflow keys`, e.g. "
     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 )
 

@@ -1,4 +1,4 @@
--- API keys (`api_keys`, migration 0016): made and revoked by relayflow-admin, checked by the
+-- API keys (`api_keys`, migration 0016): made and revoked by `relayflow keys`, checked by the
 -- gateway on every request.
 
 -- name: insert_key

@@ -10,7 +10,7 @@ class AuthSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAYFLOW_AUTH_", extra="ignore", frozen=True)
 
     # RELAYFLOW_AUTH_SECRET: what API keys are hashed under (`relayflow.auth.keys`); the gateway
-    # and relayflow-admin need the same one. A SecretStr: it never shows in a repr or a log.
+    # and `relayflow keys` need the same one. A SecretStr: it never shows in a repr or a log.
     secret: SecretStr | None = None
 
 

@@ -266,7 +266,7 @@ async def decide(
             access = Access(
                 None,
                 f"bound to loopback {host} and no API key exists",
-                "create one with `relayflow-admin keys create`",
+                "create one with `relayflow keys create`",
             )
         elif credentials is None:
             raise ConfigurationError(

@@ -9,7 +9,7 @@ PostgreSQL (where every event is stored before it is published) or from the hub'
 ring. A slow stream therefore never holds up the consumer or the other streams.
 
 A message the hub cannot read is dead-lettered with the reason, as every consumer does, so that
-it can be inspected (`relayflow-admin dead-letters list`); streams lose nothing by it, since
+it can be inspected (`relayflow dead-letters list`); streams lose nothing by it, since
 every event is stored in PostgreSQL before it is published.
 
 A stream that is caught up and waiting lets the hub write its workflow's events itself

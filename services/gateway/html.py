@@ -236,7 +236,7 @@ def version_badge(version: str | None, loaded: bool | None = None) -> str:
 UNLOADED_ADVICE = (
     "No running orchestrator loads this version, so the run cannot move on: its inputs are "
     "dead-lettered. Deploy that version beside the new one (both in WORKFLOWS), then redrive "
-    "the dead-lettered inputs (relayflow-admin dead-letters redrive)."
+    "the dead-lettered inputs (relayflow dead-letters redrive)."
 )
 
 
@@ -254,7 +254,7 @@ def unloaded_note(view: View) -> str:
         f"No running orchestrator loads {which}, so this run cannot move on: its inputs are "
         "dead-lettered. Deploy that version beside the new one (both in <code>WORKFLOWS</code>), "
         "then redrive the dead-lettered inputs "
-        "(<code>relayflow-admin dead-letters redrive</code>).</p>"
+        "(<code>relayflow dead-letters redrive</code>).</p>"
     )
 
 
@@ -690,7 +690,7 @@ def sign_in_page(next_path: str, *, oidc: tuple[str, str] | None = None) -> str:
     body = f"""<section class="card signin" aria-labelledby="signin-title">
   <h1 id="signin-title">Sign in</h1>{link}
   <p class="muted">Paste an API key whose role may read (<code>read</code>, <code>operator</code>
-    or <code>admin</code>; <code>relayflow-admin keys create</code> makes one). The gateway keeps
+    or <code>admin</code>; <code>relayflow keys create</code> makes one). The gateway keeps
     a signed cookie that names the key, never the key itself.</p>
   <form id="signin" novalidate>
     <label for="key">API key</label>

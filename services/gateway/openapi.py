@@ -1067,7 +1067,7 @@ _BEARER = {
     "type": "http",
     "scheme": "bearer",
     "description": (
-        "An API key (`rf_<id>_<secret>`, made with `relayflow-admin keys create`) as "
+        "An API key (`rf_<id>_<secret>`, made with `relayflow keys create`) as "
         "`Authorization: Bearer <key>`, or, when RELAYFLOW_OIDC_ISSUER is set, a person's JWT "
         "from that identity provider (signed with an asymmetric key of its JWKS, for "
         "RELAYFLOW_OIDC_AUDIENCE, its tenant and role in the configured claims; an authentic "

@@ -1,5 +1,5 @@
 -- The gateway's reads and its writes (idempotency keys of starts; those of signals, which
--- relayflow-admin records too, are relayflow/signal_keys.sql's).
+-- relayflow workflows signal --broker records too, are relayflow/signal_keys.sql's).
 
 -- name: claim_idempotency_key
 -- First use of a key (per tenant $5) records the request it stands for; a later use returns

@@ -1,4 +1,4 @@
-"""Least-privilege broker users (`relayflow-admin broker setup`) on the private RabbitMQ node:
+"""Least-privilege broker users (`relayflow broker setup`) on the private RabbitMQ node:
 the whole system runs with one user per service and the senders checked, and a user holding
 only a program's rights cannot read any queue or forge events."""
 

@@ -1,4 +1,5 @@
-"""`relayflow-admin`: listing and re-driving dead letters, cancelling and retrying workflows.
+"""`relayflow dead-letters` and `relayflow workflows cancel|retry --broker`: listing, showing and
+re-driving dead letters, cancelling and retrying workflows over the broker.
 
 Runs on the shared broker in a namespace of its own (nothing is restarted here)."""
 
@@ -7,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from dataclasses import dataclass
 
 import aio_pika
 import orjson
 import pytest
 
-from relayflow.admin import DeadLetter, control, list_dead_letters, redrive
 from relayflow.amqp import Publisher, dead_letter
+from relayflow.cli.control import control
+from relayflow.cli.dead_letters import DeadLetter, list_dead_letters, redrive
 from relayflow.contracts import CancelWorkflow, RetryWorkflow, new_message_id
 from relayflow.topology import CONTROL_KEY, Topology, step_key
 from tests.support import get_messages
@@ -92,32 +95,107 @@ async def test_list_shows_dead_letters_without_consuming_and_redrive_returns_the
     await channel.close()
 
 
-async def test_cli_lists_dead_letters(
-    amqp_url: str, amqp_connection: aio_pika.abc.AbstractRobustConnection, topology: Topology
-) -> None:
-    """The command an operator types prints each dead letter's id, queue and reason."""
-    channel = await _declared(amqp_connection, topology)
-    publisher = await Publisher.open(amqp_connection)
-    message = await _work_message(channel, topology, b"{", "dl-cli")
-    await dead_letter(publisher, topology.dead_letter_exchange, message, "not valid JSON")
-    env = {**os.environ, "AMQP_URL": amqp_url, "RELAYFLOW_NAMESPACE": topology.namespace}
+async def run_cli(env: dict[str, str], *args: str, module: str = "relayflow.cli") -> Ran:
+    """The command as an operator types it, as a process."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "relayflow.admin",
-        "dead-letters",
-        "list",
-        "--json",
+        module,
+        *args,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
-    rows = [orjson.loads(line) for line in out.splitlines()]
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+async def test_cli_lists_shows_and_redrives_dead_letters(
+    amqp_url: str, amqp_connection: aio_pika.abc.AbstractRobustConnection, topology: Topology
+) -> None:
+    """The commands an operator types: each dead letter's id, queue and reason; one of them
+    whole (its headers and body, to see what is wrong with it) without consuming it; and back
+    where it came from."""
+    channel = await _declared(amqp_connection, topology)
+    publisher = await Publisher.open(amqp_connection)
+    message = await _work_message(channel, topology, b'{"half": ', "dl-cli")
+    await dead_letter(publisher, topology.dead_letter_exchange, message, "not valid JSON")
+    env = {**os.environ, "AMQP_URL": amqp_url, "RELAYFLOW_NAMESPACE": topology.namespace}
+
+    listed = await run_cli(env, "dead-letters", "list", "--json")
+    assert listed.code == 0, listed.err
+    rows = [orjson.loads(line) for line in listed.out.splitlines()]
     assert [(r["message_id"], r["reason"]) for r in rows] == [("dl-cli", "not valid JSON")]
+
+    shown = await run_cli(env, "dead-letters", "show", "dl-cli", "--json")
+    assert shown.code == 0, shown.err
+    whole = orjson.loads(shown.out)
+    assert (whole["message_id"], whole["type"], whole["reason"]) == (
+        "dl-cli",
+        "StepCommand",
+        "not valid JSON",
+    )
+    assert whole["body"] == '{"half": '
+    assert whole["headers"]["x-relayflow-reason"] == "not valid JSON"
+    assert whole["routing_key"] == step_key(STEP)
+    text = await run_cli(env, "dead-letters", "show", "dl-cli")
+    assert text.code == 0, text.err
+    assert "reason          not valid JSON" in text.out
+    assert text.out.rstrip().endswith('{"half":')
+    missing = await run_cli(env, "dead-letters", "show", "dl-nobody")
+    assert missing.code == 2
+    assert "no dead letter with message id dl-nobody" in missing.err
+
+    unnamed = await run_cli(env, "dead-letters", "redrive")
+    assert unnamed.code == 2
+    assert "--message-id" in unnamed.err
+    # The deprecated alias is the same command.
+    again = await run_cli(
+        env, "dead-letters", "redrive", "--message-id", "dl-cli", module="relayflow.admin"
+    )
+    assert again.code == 0, again.err
+    assert "deprecated" in again.err
+    assert again.out.splitlines()[-1] == "1 dead letter(s) re-driven"
+    async for back in get_messages(channel, topology.step_queue(STEP), count=1):
+        assert back.message_id == "dl-cli"
+    empty = await run_cli(env, "dead-letters", "list")
+    assert empty.out.splitlines() == [f"0 dead letter(s) in {topology.dead_letter_queue}"]
     await publisher.close()
+    await channel.close()
+
+
+async def test_cli_cancels_over_the_broker(
+    amqp_url: str, amqp_connection: aio_pika.abc.AbstractRobustConnection, topology: Topology
+) -> None:
+    """`workflows cancel --broker` (and `relayflow-admin workflows cancel`, which it replaces)
+    needs no gateway: the CancelWorkflow lands on the orchestrator's queue."""
+    channel = await _declared(amqp_connection, topology)
+    env = {**os.environ, "AMQP_URL": amqp_url, "RELAYFLOW_NAMESPACE": topology.namespace}
+    ran = await run_cli(
+        env, "workflows", "cancel", "wf_abc", "--reason", "stuck", "--broker", "--json"
+    )
+    assert ran.code == 0, ran.err
+    assert orjson.loads(ran.out)["workflowId"] == "wf_abc"
+    alias = await run_cli(env, "workflows", "retry", "wf_abc", module="relayflow.admin")
+    assert alias.code == 0, alias.err
+    assert alias.out.startswith("RetryWorkflow for wf_abc published")
+    got = [
+        orjson.loads(message.body)
+        async for message in get_messages(channel, topology.orchestrator_queue, count=2)
+    ]
+    assert [(body["type"], body["reason"]) for body in got] == [
+        ("CancelWorkflow", "stuck"),
+        ("RetryWorkflow", ""),
+    ]
     await channel.close()
 
 

@@ -1,4 +1,4 @@
-"""`relayflow-admin broker setup`'s users: each right names exactly the resources its service
+"""`relayflow broker setup`'s users: each right names exactly the resources its service
 uses (checked here against the regular expressions RabbitMQ will apply), and the hash is
 RabbitMQ's format."""
 

@@ -1,5 +1,6 @@
-"""`relayflow-admin workflows signal`: a SignalWorkflow straight to the broker, confirmed, after
-the same checks as the gateway's signal route when the database knows the workflow."""
+"""`relayflow workflows signal --broker`: a SignalWorkflow straight to the broker, confirmed,
+after the same checks as the gateway's signal route when the database knows the workflow; and
+`relayflow-admin workflows signal`, its deprecated alias, is the same command."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ async def insert_workflow(pool: asyncpg.Pool[Any], *, status: str = "running") -
     return workflow_id
 
 
-async def admin(settings: Settings, *args: str) -> tuple[int, str, str]:
+async def cli(settings: Settings, *args: str, alias: bool = False) -> tuple[int, str, str]:
+    """`relayflow … --broker` as a process (`relayflow-admin …` with `alias`)."""
     env = {
         **os.environ,
         "AMQP_URL": settings.amqp_url,
@@ -72,8 +74,7 @@ async def admin(settings: Settings, *args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "relayflow.admin",
-        *args,
+        *(("relayflow.admin", *args) if alias else ("relayflow.cli", *args, "--broker")),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -100,7 +101,7 @@ async def test_a_checked_signal_reaches_the_orchestrator_queue(
     """An operator's signal is the gateway's: the payload its model normalised, the sender
     given, and with a key the id the gateway would derive from it (so either counts once)."""
     workflow_id = await insert_workflow(pool)
-    code, out, err = await admin(
+    code, out, err = await cli(
         settings,
         "workflows",
         "signal",
@@ -152,10 +153,8 @@ async def test_a_signal_the_workflow_cannot_take_is_refused_and_nothing_is_sent(
     """The orchestrator would dead-letter or ignore it; the operator hears why at once, with
     the field to fix, and the command fails."""
     workflow_id = await insert_workflow(pool, status=status)
-    code, out, err = await admin(
-        settings, "workflows", "signal", workflow_id, signal, "--data", data
-    )
-    assert code == 1, (out, err)
+    code, out, err = await cli(settings, "workflows", "signal", workflow_id, signal, "--data", data)
+    assert code == 2, (out, err)
     assert problem in err
     assert await queued(channel, topology) == 0
 
@@ -166,7 +165,7 @@ async def test_a_workflow_the_database_does_not_know_is_signalled_unchecked_with
     """The database may lag or be elsewhere: the signal goes, and the operator is told that
     only the orchestrator will check it."""
     workflow_id = new_workflow_id()
-    code, _, err = await admin(
+    code, _, err = await cli(
         settings, "workflows", "signal", workflow_id, "decision", "--data", '{"any": 1}'
     )
     assert code == 0, err
@@ -237,8 +236,10 @@ async def _repeated_send(
     )
     await apply(pool, processor, [start])
     send = ("workflows", "signal", workflow_id, "note", "--data", '{"text": "memo"}')
-    first = await admin(settings, *send, "--by", "ops", "--idempotency-key", "k-1")
-    again = await admin(settings, *send, "--by", "ops", "--idempotency-key", "k-1")
+    first = await cli(settings, *send, "--by", "ops", "--key", "k-1")
+    # The deprecated alias is the same command: the same key, the same signal.
+    again = await cli(settings, *send, "--by", "ops", "--idempotency-key", "k-1", alias=True)
+    assert "deprecated" in again[2]
     assert first[0] == again[0] == 0, (first, again)
     expected = ids.signal_id(workflow_id, "note", "k-1")
     sent = [
@@ -266,12 +267,12 @@ async def _repeated_send(
         == 1
     )
 
-    # The same key for another payload: refused, whether the admin command or the gateway
-    # sends it; nothing goes out.
-    other = await admin(
+    # The same key for another payload: refused, whether the command or the gateway sends it;
+    # nothing goes out.
+    other = await cli(
         settings, *send[:-1], '{"text": "other"}', "--by", "ops", "--idempotency-key", "k-1"
     )
-    assert other[0] == 1, other
+    assert other[0] == 2, other
     assert "Idempotency-Key 'k-1' was already used" in other[2]
     async with running_gateway(settings, workflows=WITH_TEST_WORKFLOWS) as gateway:
         refused = await gateway.client.post(
@@ -300,7 +301,7 @@ async def test_a_key_needs_the_database(
 ) -> None:
     """Without the record, the same key could later be taken for another payload: a keyed send
     that cannot reach PostgreSQL sends nothing and says why."""
-    code, out, err = await admin(
+    code, out, err = await cli(
         settings,
         "--database-url",
         "postgresql://nobody@127.0.0.1:1/none",
@@ -313,6 +314,6 @@ async def test_a_key_needs_the_database(
         "--idempotency-key",
         "k-1",
     )
-    assert code == 1, (out, err)
+    assert code == 2, (out, err)
     assert "--idempotency-key is recorded" in err
     assert await queued(channel, topology) == 0

@@ -1,4 +1,4 @@
-"""`relayflow-admin keys` end to end through its `main()`, against the real PostgreSQL: a key is
+"""`relayflow keys` end to end through its `main()`, against the real PostgreSQL: a key is
 printed once, lists without its secret, verifies, and is refused once revoked."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from relayflow.admin import main
 from relayflow.auth import KeyHasher, KeyRefused, Role, parse_key, verify_key
+from relayflow.cli import main
 from relayflow.db import Connection
 from tests.support import create_database, drop_database, unique_name, with_database
 
@@ -36,7 +36,7 @@ class Admin(Protocol):
 def admin(
     database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> Admin:
-    """Runs `relayflow-admin --database-url <the test database> …` in a thread: `main()` owns
+    """Runs `relayflow --database-url <the test database> keys …` in a thread: `main()` owns
     its event loop (asyncio.run), which cannot start inside the test's."""
     monkeypatch.setenv("RELAYFLOW_AUTH_SECRET", SERVER_SECRET)
 
@@ -130,6 +130,21 @@ async def test_create_list_verify_revoke(admin: Admin, conn: Connection) -> None
     assert json.loads(after.out)["revoked"] is True
 
 
+async def test_create_and_revoke_as_json(admin: Admin) -> None:
+    """For a provisioning script: the key and its record in one object; a revoke says whether
+    it did anything."""
+    tenant = unique_name("cli-")
+    made = await admin("create", "--tenant", tenant, "--role", "operator", "--json")
+    assert made.code == 0, made.err
+    created = json.loads(made.out)
+    assert parse_key(created["key"]).key_id == created["id"]
+    assert (created["tenant"], created["role"], created["revoked"]) == (tenant, "operator", False)
+    first = json.loads((await admin("revoke", created["id"], "--json")).out)
+    second = json.loads((await admin("revoke", created["id"], "--json")).out)
+    assert (first["revoked_now"], second["revoked_now"]) == (True, False)
+    assert second["revoked"] is True
+
+
 async def test_create_without_a_server_secret_writes_nothing(
     admin: Admin, conn: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,7 +153,7 @@ async def test_create_without_a_server_secret_writes_nothing(
     monkeypatch.delenv("RELAYFLOW_AUTH_SECRET")
     tenant = unique_name("cli-")
     made = await admin("create", "--tenant", tenant, "--role", "read")
-    assert made.code == 1
+    assert made.code == 2
     assert "RELAYFLOW_AUTH_SECRET" in made.err
     assert made.out == ""
     assert await conn.fetchval("SELECT count(*) FROM api_keys WHERE tenant = $1", tenant) == 0
@@ -159,13 +174,13 @@ async def test_a_command_that_cannot_be_done_says_why(
 ) -> None:
     """An operator's typo fails the command with the reason, not a traceback."""
     ran = await admin(*argv)
-    assert ran.code == 1
+    assert ran.code == 2
     assert problem in ran.err
     assert "Traceback" not in ran.err
 
 
 async def test_an_unknown_role_is_a_usage_error(admin: Admin) -> None:
-    """Only the four roles exist; argparse names them."""
+    """Only the four roles exist; the usage error names them."""
     ran = await admin("create", "--tenant", "acme", "--role", "owner")
     assert ran.code == 2
     assert "submit" in ran.err
@@ -180,10 +195,10 @@ async def test_a_database_without_the_table_or_unreachable_is_explained(
     empty = await create_database(database_url, name)
     try:
         ran = await admin("list", database=empty)
-        assert ran.code == 1
+        assert ran.code == 2
         assert "no api_keys table" in ran.err
     finally:
         await drop_database(database_url, name)
     missing = await admin("list", database=with_database(database_url, unique_name("absent_")))
-    assert missing.code == 1
+    assert missing.code == 2
     assert "cannot reach PostgreSQL" in missing.err
