@@ -2,8 +2,11 @@
 runs it on every build (bounded, a fixed seed): no server error, no response or header that the
 document does not describe, no request that needs a key succeeding without one.
 
-The stricter drift checks (a schema-valid request refused, a schema-violating one accepted,
-`Allow` per path) are not run here: they still find gaps the closing note lists."""
+Also checked: an undocumented method is a 405 whose `Allow` lists exactly the documented
+methods, and what a request created or removed behaves so. Two checks are not run, because what
+they ask cannot be right for this API: `negative_data_rejection` wants an unknown request header
+refused (HTTP lets proxies and clients add any), and `positive_data_acceptance` wants any string
+accepted as the list's `before`, an opaque cursor no schema can describe."""
 
 from __future__ import annotations
 
@@ -33,6 +36,11 @@ CHECKS = ",".join(
         "response_schema_conformance",
         "missing_required_header",
         "ignored_auth",
+        "unsupported_method",
+        "allow_header_conformance",
+        "use_after_free",
+        "ensure_resource_availability",
+        "object_level_authorization",
     ]
 )
 
