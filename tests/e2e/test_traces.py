@@ -78,7 +78,10 @@ async def collecting() -> AsyncIterator[tuple[Collector, str]]:
     app = Starlette(routes=[Route("/v1/traces", collector.receive, methods=["POST"])])
     sock = socket.socket()
     sock.bind(("127.0.0.1", free_port()))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # log_config=None: uvicorn's default would reconfigure its loggers for the whole test
+    # process (its access log no longer propagating), which later tests of the gateway's
+    # access log would then never see.
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
 
