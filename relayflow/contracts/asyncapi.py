@@ -416,13 +416,14 @@ def _body_parameter() -> dict[str, Any]:
 
 
 def _fanout_channel(
-    channel_id: str, exchange: str, title: str, summary: str, messages: dict[str, Any]
+    exchange: str, address: str | None, summary: str, messages: dict[str, Any]
 ) -> dict[str, Any]:
+    key = "routing key ''" if address == FANOUT_KEY else "the message's original routing key"
     return {
-        "address": FANOUT_KEY,
+        "address": address,
         "title": f"{exchange} (fanout)",
         "summary": summary,
-        "description": f"{title}: published to the fanout `{exchange}` (routing key ignored).",
+        "description": f"Published to the fanout `{exchange}` with {key}, which it ignores.",
         "messages": messages,
         "bindings": {
             "amqp": {
@@ -500,8 +501,7 @@ def receive_operation_id(queue: Queue) -> str:
     return f"{queue.receiver.id}Receives{queue.channel[0].upper()}{queue.channel[1:]}"
 
 
-def _operations(topology: Topology, all_queues: list[Queue]) -> dict[str, Any]:
-    by_channel = {q.channel: q for q in all_queues}
+def _operations(all_queues: list[Queue]) -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for message_type in MESSAGE_TYPES:
         roles = MAY_SEND.get(message_type, frozenset())
@@ -526,7 +526,7 @@ def _operations(topology: Topology, all_queues: list[Queue]) -> dict[str, Any]:
             }
             if message_type == "StepCommand":
                 operation["reply"] = {
-                    "channel": _ref("channels", by_channel["orchestratorQueue"].channel),
+                    "channel": _ref("channels", "orchestratorQueue"),
                     "messages": [_ref("channels", "orchestratorQueue", "messages", "StepResult")],
                 }
             operations[send_operation_id(sender, message_type)] = operation
@@ -584,17 +584,15 @@ def build_document(topology: Topology | None = None) -> dict[str, Any]:
     for key, channel_id in KEY_CHANNELS.items():
         channels[channel_id] = _key_channel(key, topology, _types_on(key))
     channels[EVENTS_CHANNEL] = _fanout_channel(
-        EVENTS_CHANNEL,
         topology.events_exchange,
-        "Workflow events",
+        FANOUT_KEY,
         "Every workflow event, in batches, for the gateways' live streams.",
         {t: _ref("components", "messages", t) for t in _types_on(FANOUT_KEY)},
     )
     channels[DEAD_LETTER_CHANNEL] = _fanout_channel(
-        DEAD_LETTER_CHANNEL,
         topology.dead_letter_exchange,
-        "Dead letters",
-        "What could never be handled, with the original routing key.",
+        None,
+        "What could never be handled, from every work queue.",
         {DEAD_LETTER_MESSAGE: _ref("components", "messages", DEAD_LETTER_MESSAGE)},
     )
     for queue in all_queues:
@@ -627,7 +625,7 @@ def build_document(topology: Topology | None = None) -> dict[str, Any]:
             }
         },
         "channels": channels,
-        "operations": _operations(topology, all_queues),
+        "operations": _operations(all_queues),
         "components": {"messages": messages},
     }
 
