@@ -1,7 +1,9 @@
-"""Write the wire contract as JSON Schema files, one per message type (`relayflow-schemas`).
+"""Write the wire contract (`relayflow-schemas`): a JSON Schema file per message type, and the
+AsyncAPI document of the broker (`asyncapi.yaml`, relayflow/contracts/asyncapi.py) that refers
+to them.
 
 The files under `schemas/` are committed so that other teams (and other languages) can validate
-messages without importing relayflow; `--check` fails when they no longer match the models.
+messages without importing relayflow; `--check` fails when they no longer match the code.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from relayflow.contracts import asyncapi
 from relayflow.contracts.messages import MESSAGE_TYPES, SCHEMA_VERSION, BaseMessage
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -20,7 +23,7 @@ DEFAULT_DIRECTORY = Path("schemas")
 
 
 def schema_filename(message_type: str) -> str:
-    return f"{message_type}.schema.json"
+    return asyncapi.message_schema_file(message_type)
 
 
 def message_schema(message_type: str, model: type[BaseMessage]) -> dict[str, Any]:
@@ -57,10 +60,15 @@ def rendered_schemas() -> dict[str, str]:
     }
 
 
+def rendered_files() -> dict[str, str]:
+    """Every file `relayflow-schemas` writes: the message schemas and the AsyncAPI document."""
+    return {**rendered_schemas(), asyncapi.DOCUMENT_FILENAME: asyncapi.rendered_document()}
+
+
 def stale_files(directory: Path) -> list[str]:
-    """Names of schema files that are missing or differ from what the models generate."""
+    """Names of contract files that are missing or differ from what the code generates."""
     stale = []
-    for filename, content in rendered_schemas().items():
+    for filename, content in rendered_files().items():
         path = directory / filename
         if not path.is_file() or path.read_text(encoding="utf-8") != content:
             stale.append(filename)
@@ -68,10 +76,10 @@ def stale_files(directory: Path) -> list[str]:
 
 
 def write_schemas(directory: Path) -> list[str]:
-    """Write every schema file that changed; return the names written."""
+    """Write every contract file that changed; return the names written."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for filename, content in rendered_schemas().items():
+    for filename, content in rendered_files().items():
         path = directory / filename
         if not path.is_file() or path.read_text(encoding="utf-8") != content:
             path.write_text(content, encoding="utf-8")
@@ -81,7 +89,8 @@ def write_schemas(directory: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="relayflow-schemas", description="Write the message JSON Schemas."
+        prog="relayflow-schemas",
+        description="Write the message JSON Schemas and the AsyncAPI document.",
     )
     parser.add_argument(
         "--directory",
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="write nothing; exit 1 listing the files that differ from the models",
+        help="write nothing; exit 1 listing the files that differ from the code",
     )
     args = parser.parse_args(argv)
     directory: Path = args.directory
