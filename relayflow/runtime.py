@@ -16,7 +16,7 @@ import asyncpg
 from relayflow.db import create_pool, ensure_database, migrate
 from relayflow.db.migrate import CORE
 from relayflow.errors import ConfigurationError, ServiceUnavailableError
-from relayflow.metrics import serve_metrics
+from relayflow.metrics import serve_metrics, switch
 from relayflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,16 @@ def run(
     *,
     log_level: str = "INFO",
     metrics: tuple[str, int] | None = None,
+    metrics_enabled: bool = True,
 ) -> None:
     """Run `main(stop)` until it returns; SIGTERM and SIGINT set `stop`, and `main` is expected to
     stop consuming, finish or hand back in-flight work, and return. Exit code 0 on a clean stop,
     2 when the broker or database cannot be reached or the configuration is wrong. `metrics`:
-    (host, port) to serve Prometheus metrics on first (port 0: not served)."""
+    (host, port) to serve Prometheus metrics on first (port 0: not served); `metrics_enabled`
+    False (RELAYFLOW_METRICS_ENABLED): count nothing, serve nothing."""
     configure_logging(service, log_level)
-    if metrics is not None:
+    switch(on=metrics_enabled)
+    if metrics is not None and metrics_enabled:
         try:
             serve_metrics(metrics[1], metrics[0])
         except OSError as exc:

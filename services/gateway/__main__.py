@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         server = build_server(create_app(settings, stopping=stop), settings)
         await serve_until(server, stop)
 
-    run("gateway", amain, log_level=settings.log_level)
+    run("gateway", amain, log_level=settings.log_level, metrics_enabled=settings.metrics_enabled)
 
 
 if __name__ == "__main__":

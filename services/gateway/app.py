@@ -148,7 +148,7 @@ def create_app(
     return Starlette(
         routes=access.guard(routes),
         lifespan=lifespan,
-        middleware=[Middleware(RequestDuration)],
+        middleware=[Middleware(RequestDuration)] if settings.metrics_enabled else [],
         exception_handlers={
             HTTPException: _http_error,
             InputError: _input_error,

@@ -84,9 +84,7 @@ async def serve(settings: OrchestratorSettings, stop: asyncio.Event) -> None:
         if settings.metrics_port:
             background.append(
                 asyncio.create_task(
-                    metrics.refresh_outbox(
-                        lambda: _outbox_lag(pool), settings.outbox_gauge_interval
-                    )
+                    metrics.refresh_backlog(lambda: _backlog(pool), settings.outbox_gauge_interval)
                 )
             )
         log.info(
@@ -135,9 +133,9 @@ async def _purge_inbox(pool: asyncpg.Pool[Any], retention: float) -> None:
         await asyncio.sleep(600)
 
 
-async def _outbox_lag(pool: asyncpg.Pool[Any]) -> tuple[int, float]:
+async def _backlog(pool: asyncpg.Pool[Any]) -> metrics.Backlog:
     async with pool.acquire() as conn:
-        return await store.outbox_lag(conn)
+        return metrics.Backlog(*await store.backlog(conn))
 
 
 def main() -> None:
@@ -147,6 +145,7 @@ def main() -> None:
         lambda stop: serve(settings, stop),
         log_level=settings.log_level,
         metrics=(settings.metrics_host, settings.metrics_port),
+        metrics_enabled=settings.metrics_enabled,
     )
 
 

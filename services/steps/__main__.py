@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         amain,
         log_level=settings.log_level,
         metrics=(settings.metrics_host, settings.metrics_port),
+        metrics_enabled=settings.metrics_enabled,
     )
 
 

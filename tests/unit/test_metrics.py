@@ -134,29 +134,30 @@ def test_a_dead_letter_is_counted_by_queue_and_category() -> None:
     assert sample("relayflow_dead_letters_total", queue=queue, reason="invalid") == 1
 
 
-async def test_the_outbox_gauges_survive_a_failed_read() -> None:
+async def test_the_backlog_gauges_survive_a_failed_read() -> None:
     """A database hiccup must not end the refresh: the gauges keep their last value and the
     next read sets them."""
     reads = 0
 
-    async def read() -> tuple[int, float]:
+    async def read() -> metrics.Backlog:
         nonlocal reads
         reads += 1
         if reads == 1:
             raise ConnectionError("database away")
-        return 7, 3.5
+        return metrics.Backlog(outbox_pending=7, outbox_oldest=3.5, timers_due=2)
 
-    task = asyncio.create_task(metrics.refresh_outbox(read, 0.01))
+    task = asyncio.create_task(metrics.refresh_backlog(read, 0.01))
     try:
         await wait_for(
             lambda: _async(sample("relayflow_outbox_pending") == 7), timeout=5, interval=0.01
         )
         assert sample("relayflow_outbox_oldest_seconds") == 3.5
+        assert sample("relayflow_timers_due") == 2
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    metrics.set_outbox(0, 0.0)
+    metrics.set_backlog(metrics.Backlog(0, 0.0, 0))
 
 
 async def _async(value: bool) -> bool:

@@ -21,6 +21,7 @@ def main() -> None:
         amain,
         log_level=settings.log_level,
         metrics=(settings.metrics_host, settings.metrics_port),
+        metrics_enabled=settings.metrics_enabled,
     )
 
 
