@@ -107,6 +107,49 @@ def test_duplicates_are_the_messages_not_fresh() -> None:
     assert sample("relayflow_inbox_duplicates_total") == before + 2
 
 
+def test_switched_off_nothing_is_counted() -> None:
+    """RELAYFLOW_METRICS_ENABLED=false is how the cost of the metrics is measured (the same code
+    without them): off must mean that no counter, gauge or histogram moves."""
+    workflow, step = f"w{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+    duplicates, streams = (
+        sample("relayflow_inbox_duplicates_total"),
+        sample("relayflow_sse_clients"),
+    )
+    metrics.switch(on=False)
+    try:
+        metrics.count_events(
+            [
+                event(EventType.WORKFLOW_STARTED, workflow),
+                event(EventType.STEP_COMPLETED, workflow, step=step),
+            ],
+            {"wf_metrics": state(step)},
+        )
+        metrics.count_duplicates([False])
+        metrics.count_cache_hit(step)
+        metrics.count_redeliveries(step, 3)
+        metrics.count_dead_letter(step, "invalid")
+        metrics.sse_opened()
+    finally:
+        metrics.switch(on=True)
+    assert sample("relayflow_workflows_started_total", workflow=workflow) == 0
+    assert sample("relayflow_steps_finished_total", step=step, outcome="completed") == 0
+    assert sample("relayflow_step_cache_hits_total", step=step) == 0
+    assert sample("relayflow_redeliveries_total", queue=step) == 0
+    assert sample("relayflow_dead_letters_total", queue=step, reason="invalid") == 0
+    assert sample("relayflow_inbox_duplicates_total") == duplicates
+    assert sample("relayflow_sse_clients") == streams
+
+
+def test_a_labelled_child_is_looked_up_once() -> None:
+    """The cache is what makes a count one dict lookup and one increment: the same child each
+    time, the one `.labels()` gives."""
+    children = metrics.Children(metrics.STEP_RETRIES)
+    step = f"s{uuid.uuid4().hex[:8]}"
+    assert children(step) is children(step)
+    children(step).inc(2)
+    assert sample("relayflow_step_retries_total", step=step) == 2
+
+
 @pytest.mark.parametrize(
     ("reason", "category"),
     [
