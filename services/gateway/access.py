@@ -277,7 +277,9 @@ def _checked(endpoint: Endpoint, actions: Mapping[str, Action | None], *, page: 
         limits = gateway_state(request).limits
         # Event streams hold a slot; minting a stream token (a POST) is a plain request.
         stream = action is Action.STREAM and request.method != "POST"
-        return await limits.serve(request, None if caller is None else caller.id, endpoint, stream=stream)
+        return await limits.serve(
+            request, None if caller is None else caller.id, endpoint, stream=stream
+        )
 
     return checked
 
