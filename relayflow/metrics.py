@@ -141,7 +141,8 @@ TIMERS_DUE = Gauge(
 SSE_CLIENTS = Gauge("relayflow_sse_clients", "Event streams (SSE) this gateway has open.")
 HTTP_DURATION = Histogram(
     "relayflow_http_request_duration_seconds",
-    "Gateway requests, by method, route template and status (streams: until their headers).",
+    "Gateway requests, by method, route template and status: from arrival until the response "
+    "is made (a stream: its opening).",
     ["method", "route", "status"],
 )
 
