@@ -50,10 +50,6 @@ def switch(*, on: bool) -> None:
     _Switch.on = on
 
 
-def counting() -> bool:
-    return _Switch.on
-
-
 class Children(Generic[M]):
     """A labelled metric's children by label values, each looked up with `.labels()` once and
     then taken from a dict. Only for bounded label sets (every label here is one)."""
