@@ -32,7 +32,7 @@ async def test_a_message_handed_back_counts_as_a_redelivery(
     marks them (redelivered=true) and the consumer counts them, by queue, once each."""
     channel = await amqp_connection.channel()
     queue = await channel.declare_queue(unique_name("redeliver"), auto_delete=True)
-    seen: list[bool] = []
+    seen: list[bool | None] = []
     done = asyncio.Event()
 
     async def handle(batch: Sequence[AbstractIncomingMessage]) -> None:
