@@ -19,7 +19,7 @@ from relayflow.db import create_pool, ensure_database, migrate
 from relayflow.db.migrate import CORE
 from relayflow.errors import ConfigurationError, ServiceUnavailableError
 from relayflow.logs import url_secrets
-from relayflow.metrics import serve_metrics
+from relayflow.metrics import serve_metrics, switch
 from relayflow.probes import Probes
 from relayflow.settings import Settings
 
@@ -99,10 +99,12 @@ def run(
     stop consuming, finish or hand back in-flight work, and return. Exit code 0 on a clean stop,
     2 when the broker or database cannot be reached or the configuration is wrong. `metrics`:
     (host, port) to serve Prometheus metrics on first (port 0: not served); with `probes`, the
-    same port also answers /livez and /readyz (`relayflow.probes`)."""
+    same port also answers /livez and /readyz (`relayflow.probes`), which are served even when
+    `settings.metrics_enabled` is False (RELAYFLOW_METRICS_ENABLED: count nothing)."""
     configure_logging(service, settings)
     tracing.configure(service)
-    if metrics is not None:
+    switch(on=settings.metrics_enabled)
+    if metrics is not None and (settings.metrics_enabled or probes is not None):
         try:
             if probes is None:
                 serve_metrics(metrics[1], metrics[0])

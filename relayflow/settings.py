@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # (http://host:port/metrics); 0: not served. The gateway serves /metrics on its own port.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # False: this process counts nothing and serves no metrics (the gateway's /metrics then shows
+    # only the process's own); what counting costs is measured so (README, "Metrics").
+    metrics_enabled: bool = True
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
     # The largest workflow input (compact JSON), on the HTTP path and the broker path alike.

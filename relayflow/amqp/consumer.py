@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from relayflow import metrics
 from relayflow.amqp.connection import quietly
 
 # The dead-letter headers used to live here (their home is `relayflow.amqp.settle`).
@@ -81,6 +82,7 @@ class BatchConsumer:
                 return
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
+        metrics.count_redeliveries(self._queue.name, sum(1 for m in batch if m.redelivered))
         try:
             await self._handler(batch)
         except asyncio.CancelledError:

@@ -237,8 +237,10 @@ FROM unnest($1::text[], $2::text[]) AS w(workflow_id, step_name)
 JOIN step_items AS i USING (workflow_id, step_name)
 GROUP BY i.workflow_id, i.step_name;
 
--- name: outbox_lag
--- How much the relay has yet to have confirmed, for the metrics: rows and the oldest one's age.
+-- name: backlog
+-- For the metrics' gauges: what the relay has yet to have confirmed (rows, the oldest one's age)
+-- and the timers past their due time (timers_fire_at_idx).
 SELECT count(*) AS pending,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest,
+       (SELECT count(*) FROM timers WHERE fire_at <= now()) AS timers_due
 FROM outbox;

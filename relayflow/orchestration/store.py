@@ -237,11 +237,12 @@ async def purge_inbox(conn: Connection, older_than: float, limit: int) -> int:
     return int(status.split()[-1])
 
 
-async def outbox_lag(conn: Connection) -> tuple[int, float]:
-    """Outbox rows waiting for the broker's confirm, and the oldest one's age in seconds."""
-    row = await conn.fetchrow(QUERIES.outbox_lag)
+async def backlog(conn: Connection) -> tuple[int, float, int]:
+    """Outbox rows waiting for the broker's confirm, the oldest one's age in seconds, and the
+    timers past their due time."""
+    row = await conn.fetchrow(QUERIES.backlog)
     assert row is not None
-    return int(row["pending"]), max(float(row["oldest"]), 0.0)
+    return int(row["pending"]), max(float(row["oldest"]), 0.0), int(row["timers_due"])
 
 
 # --- map items ---

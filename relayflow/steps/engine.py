@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from relayflow import tracing
+from relayflow import metrics, tracing
 from relayflow.contracts import StepCommand, StepResult
 from relayflow.hops import HopTrace
 from relayflow.steps.advance import Advanced, Advancer
@@ -26,6 +26,7 @@ from relayflow.steps.context import DbConnection, PublishFn
 from relayflow.steps.invocation import (
     Invocation,
     InvocationKey,
+    InvocationStatus,
     Outcome,
     Verdict,
     decide,
@@ -197,6 +198,8 @@ class InvocationEngine:
                 continue
             verdict = decide(current, command)
             if verdict is Verdict.REPUBLISH:
+                if current.status is InvocationStatus.SUCCEEDED:
+                    metrics.count_cache_hit(command.step_name)
                 return result_for(command, current)
             if verdict is Verdict.STALE:
                 log.info(

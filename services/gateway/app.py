@@ -29,7 +29,13 @@ from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
 from services.gateway.limits import Limits
-from services.gateway.metrics import RequestDuration, metrics_endpoint
+from services.gateway.metrics import (
+    Arrival,
+    Handler,
+    metrics_endpoint,
+    timed_handlers,
+    timed_routes,
+)
 from services.gateway.openapi import build_openapi
 from services.gateway.pages import healthz, load_assets, openapi_endpoint, readyz
 from services.gateway.responses import error_response
@@ -155,16 +161,21 @@ def create_app(
         Route(sessions.OIDC_SIGN_IN_PATH, oidc_signin.start, methods=["GET"]),
         Route(sessions.OIDC_CALLBACK_PATH, oidc_signin.callback, methods=["GET"]),
     ]
+    guarded = access.guard(routes)
+    handlers: dict[Any, Handler] = {
+        HTTPException: _http_error,
+        InputError: _input_error,
+        **outages.handlers(),
+        Exception: _server_error,
+    }
+    if not settings.metrics_enabled:
+        return Starlette(routes=guarded, lifespan=lifespan, exception_handlers=handlers)
+    # Requests timed where their responses are made (services.gateway.metrics).
     return Starlette(
-        routes=access.guard(routes),
+        routes=timed_routes(guarded),
         lifespan=lifespan,
-        middleware=[Middleware(RequestDuration)],
-        exception_handlers={
-            HTTPException: _http_error,
-            InputError: _input_error,
-            **outages.handlers(),
-            Exception: _server_error,
-        },
+        middleware=[Middleware(Arrival)],
+        exception_handlers=timed_handlers(handlers),
     )
 
 

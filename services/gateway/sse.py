@@ -43,6 +43,8 @@ from sse_starlette.event import ensure_bytes
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
+from relayflow import metrics
+
 # Sends `bytes` (SSE messages) now, from the caller's stack; False: not sent, send them as usual.
 DirectWrite = Callable[[bytes], bool]
 
@@ -101,6 +103,13 @@ class EventStream(EventSourceResponse):
                 self._on_close()
 
     async def _serve(self, receive: Receive, send: Send) -> None:
+        metrics.sse_opened()
+        try:
+            await self._stream(receive, send)
+        finally:
+            metrics.sse_closed()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         owner = self._owner = asyncio.current_task()
         assert owner is not None
         await self._send(

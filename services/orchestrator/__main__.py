@@ -91,9 +91,7 @@ async def serve(
         if settings.metrics_port:
             background.append(
                 asyncio.create_task(
-                    metrics.refresh_outbox(
-                        lambda: _outbox_lag(pool), settings.outbox_gauge_interval
-                    )
+                    metrics.refresh_backlog(lambda: _backlog(pool), settings.outbox_gauge_interval)
                 )
             )
         log.info(
@@ -142,9 +140,9 @@ async def _purge_inbox(pool: asyncpg.Pool[Any], retention: float) -> None:
         await asyncio.sleep(600)
 
 
-async def _outbox_lag(pool: asyncpg.Pool[Any]) -> tuple[int, float]:
+async def _backlog(pool: asyncpg.Pool[Any]) -> metrics.Backlog:
     async with pool.acquire() as conn:
-        return await store.outbox_lag(conn)
+        return metrics.Backlog(*await store.backlog(conn))
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ class OrchestratorSettings(Settings):
     outbox_stale_after: float = Field(default=5.0, gt=0)
     outbox_sweep_interval: float = Field(default=1.0, gt=0)
     timer_poll_interval: float = Field(default=0.25, gt=0)
-    # How often the outbox gauges (relayflow_outbox_pending, _oldest_seconds) are read, when
-    # metrics are served (RELAYFLOW_METRICS_PORT).
+    # How often the backlog gauges (relayflow_outbox_pending, _oldest_seconds and
+    # relayflow_timers_due) are read, in one query, when metrics are served
+    # (RELAYFLOW_METRICS_PORT).
     outbox_gauge_interval: float = Field(default=5.0, gt=0)
     # How long applied message ids are kept for deduplication.
     inbox_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)

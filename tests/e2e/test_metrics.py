@@ -208,3 +208,36 @@ async def test_every_service_answers_its_probes_beside_its_metrics(metered: Mete
 
             answer: httpx.Response = await wait_for(ready, what=f"{name} ready")
             assert answer.json() == {"status": "ready", **parts[name]}, name
+
+
+async def test_open_event_streams_are_gauged(metered: Metered) -> None:
+    """An operator sizing gateways needs to know how many SSE streams each holds: the gauge
+    counts a stream while it is open and lets it go when the client leaves."""
+    base_url = metered.system.base_url
+    gauge = "relayflow_sse_clients"
+    gateway = ("gateway",)
+    async with httpx.AsyncClient(timeout=10) as client:
+        before = (await metered.scrape(client)).total(gauge, {}, among=gateway)
+        async with (
+            httpx.AsyncClient(timeout=10) as streaming,
+            streaming.stream("GET", f"{base_url}/events") as stream,
+        ):
+            assert stream.status_code == 200
+            await anext(stream.aiter_bytes())  # the stream is open: its first chunk came
+
+            async def opened() -> bool:
+                return (await metered.scrape(client)).total(gauge, {}, among=gateway) == before + 1
+
+            await wait_for(opened, timeout=10, interval=0.05, what="the stream gauged")
+
+        async def closed() -> bool:
+            return (await metered.scrape(client)).total(gauge, {}, among=gateway) == before
+
+        await wait_for(closed, timeout=10, interval=0.05, what="the stream let go")
+
+
+async def test_the_orchestrator_gauges_timers_due(metered: Metered) -> None:
+    """The timers gauge is read by the orchestrator with the outbox's, from the database."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        scrape = await metered.scrape(client)
+    assert "relayflow_timers_due" in scrape.texts["orchestrator"]

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from prometheus_client import REGISTRY
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -246,6 +247,28 @@ async def test_succeeded_invocation_answers_a_retry_without_running(
         2,
         {"doubledValue": 7},
     )
+
+
+async def test_a_command_answered_from_its_record_counts_as_a_cache_hit(
+    declared: Topology,
+    pool: asyncpg.Pool[Any],
+    amqp_connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    publisher: Publisher,
+) -> None:
+    """relayflow_step_cache_hits_total is how an operator sees redeliveries and retries of
+    steps that had already succeeded: answered from the record, the body not run again."""
+    calls: Counter[str] = Counter()
+    wf = new_workflow_id()
+    hits = "relayflow_step_cache_hits_total"
+    async with running(echo_steps(calls), pool, amqp_connection, declared):
+        await send(publisher, declared, command(wf, "echo"))
+        await take_results(channel, declared, 1)
+        before = REGISTRY.get_sample_value(hits, {"step": "echo"}) or 0.0
+        await send(publisher, declared, command(wf, "echo"))
+        await take_results(channel, declared, 1)
+    assert calls[wf] == 1
+    assert REGISTRY.get_sample_value(hits, {"step": "echo"}) == before + 1
 
 
 async def test_failed_invocation_reruns_only_on_a_newer_attempt(

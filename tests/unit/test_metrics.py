@@ -107,6 +107,49 @@ def test_duplicates_are_the_messages_not_fresh() -> None:
     assert sample("relayflow_inbox_duplicates_total") == before + 2
 
 
+def test_switched_off_nothing_is_counted() -> None:
+    """RELAYFLOW_METRICS_ENABLED=false is how the cost of the metrics is measured (the same code
+    without them): off must mean that no counter, gauge or histogram moves."""
+    workflow, step = f"w{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+    duplicates, streams = (
+        sample("relayflow_inbox_duplicates_total"),
+        sample("relayflow_sse_clients"),
+    )
+    metrics.switch(on=False)
+    try:
+        metrics.count_events(
+            [
+                event(EventType.WORKFLOW_STARTED, workflow),
+                event(EventType.STEP_COMPLETED, workflow, step=step),
+            ],
+            {"wf_metrics": state(step)},
+        )
+        metrics.count_duplicates([False])
+        metrics.count_cache_hit(step)
+        metrics.count_redeliveries(step, 3)
+        metrics.count_dead_letter(step, "invalid")
+        metrics.sse_opened()
+    finally:
+        metrics.switch(on=True)
+    assert sample("relayflow_workflows_started_total", workflow=workflow) == 0
+    assert sample("relayflow_steps_finished_total", step=step, outcome="completed") == 0
+    assert sample("relayflow_step_cache_hits_total", step=step) == 0
+    assert sample("relayflow_redeliveries_total", queue=step) == 0
+    assert sample("relayflow_dead_letters_total", queue=step, reason="invalid") == 0
+    assert sample("relayflow_inbox_duplicates_total") == duplicates
+    assert sample("relayflow_sse_clients") == streams
+
+
+def test_a_labelled_child_is_looked_up_once() -> None:
+    """The cache is what makes a count one dict lookup and one increment: the same child each
+    time, the one `.labels()` gives."""
+    children = metrics.Children(metrics.STEP_RETRIES)
+    step = f"s{uuid.uuid4().hex[:8]}"
+    assert children(step) is children(step)
+    children(step).inc(2)
+    assert sample("relayflow_step_retries_total", step=step) == 2
+
+
 @pytest.mark.parametrize(
     ("reason", "category"),
     [
@@ -134,29 +177,30 @@ def test_a_dead_letter_is_counted_by_queue_and_category() -> None:
     assert sample("relayflow_dead_letters_total", queue=queue, reason="invalid") == 1
 
 
-async def test_the_outbox_gauges_survive_a_failed_read() -> None:
+async def test_the_backlog_gauges_survive_a_failed_read() -> None:
     """A database hiccup must not end the refresh: the gauges keep their last value and the
     next read sets them."""
     reads = 0
 
-    async def read() -> tuple[int, float]:
+    async def read() -> metrics.Backlog:
         nonlocal reads
         reads += 1
         if reads == 1:
             raise ConnectionError("database away")
-        return 7, 3.5
+        return metrics.Backlog(outbox_pending=7, outbox_oldest=3.5, timers_due=2)
 
-    task = asyncio.create_task(metrics.refresh_outbox(read, 0.01))
+    task = asyncio.create_task(metrics.refresh_backlog(read, 0.01))
     try:
         await wait_for(
             lambda: _async(sample("relayflow_outbox_pending") == 7), timeout=5, interval=0.01
         )
         assert sample("relayflow_outbox_oldest_seconds") == 3.5
+        assert sample("relayflow_timers_due") == 2
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    metrics.set_outbox(0, 0.0)
+    metrics.set_backlog(metrics.Backlog(0, 0.0, 0))
 
 
 async def _async(value: bool) -> bool:
