@@ -14,10 +14,10 @@ it is shown as the sender's claim.
 
 Idempotency: with an `Idempotency-Key` the signal id is the one the key names, and its first
 use is recorded with the request's hash (`relayflow.signal_keys`, shared with `relayflow
-workflows signal --broker`): a resend is the same message, which the orchestrator's inbox counts once; the
-same key with another request is a 409, as for starts. The checks here are a courtesy: the
-orchestrator checks the signal again when it applies it (a workflow may finish in between, and
-then ignores it).
+workflows signal --broker`): a resend is the same message, which the orchestrator's inbox
+counts once; the same key with another request is a 409, as for starts. The checks here are a
+courtesy: the orchestrator checks the signal again when it applies it (a workflow may finish in
+between, and then ignores it).
 """
 
 from __future__ import annotations
