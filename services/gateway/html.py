@@ -130,7 +130,8 @@ def page(
 <body{attrs}>
   <header class="topbar">
     <a class="brand" href="/"><span class="logo" aria-hidden="true"></span>relayflow</a>
-    <nav><a href="/">Dashboard</a><a href="/openapi.json">API</a>{account}</nav>
+    <nav><a href="/">Dashboard</a><a href="/ui/overview">Overview</a>
+      <a href="/ui/dead-letters">Dead letters</a><a href="/openapi.json">API</a>{account}</nav>
   </header>{alert}
   <main>
 {body}
