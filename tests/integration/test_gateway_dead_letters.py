@@ -60,15 +60,18 @@ async def dead_lettered(
 async def listed_ids(gateway: RunningGateway, headers: dict[str, str] | None = None) -> list[str]:
     response = await gateway.client.get("/dead-letters", headers=headers or {})
     assert response.status_code == 200, response.text
-    return [item["messageId"] for item in response.json()["items"]]
+    return [str(item["messageId"]) for item in response.json()["items"]]
 
 
-async def until_listed(gateway: RunningGateway, count: int, **kwargs: Any) -> list[str]:
+async def until_listed(
+    gateway: RunningGateway, count: int, headers: dict[str, str] | None = None
+) -> list[str]:
     async def enough() -> list[str] | None:
-        ids = await listed_ids(gateway, **kwargs)
+        ids = await listed_ids(gateway, headers)
         return ids if len(ids) >= count else None
 
-    return await wait_for(enough, timeout=10)
+    listed: list[str] = await wait_for(enough, timeout=10)
+    return listed
 
 
 @pytest.fixture
@@ -123,7 +126,13 @@ async def test_list_show_and_redrive_a_dead_letter(
 
     missing = await gateway.client.post("/dead-letters/redrive", json={"messageIds": ["nope"]})
     assert missing.status_code == 404
-    for bad in ({}, {"all": True, "messageIds": ["dl-a"]}, {"all": False}, {"messageIds": []}):
+    bodies: list[dict[str, Any]] = [
+        {},
+        {"all": True, "messageIds": ["dl-a"]},
+        {"all": False},
+        {"messageIds": []},
+    ]
+    for bad in bodies:
         assert (await gateway.client.post("/dead-letters/redrive", json=bad)).status_code == 422
     sent = await gateway.client.post("/dead-letters/redrive", json={"messageIds": ["dl-a"]})
     assert sent.status_code == 200, sent.text
