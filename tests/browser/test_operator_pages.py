@@ -45,7 +45,8 @@ async def test_a_completed_workflow_shows_its_steps_on_a_timeline(
         bar = page.locator(f'[data-timeline-step="{step}"] .tl-bar[data-outcome="completed"]')
         await expect(bar).to_have_count(1)
         box = await bar.bounding_box()
-        assert box is not None and box["width"] >= 2, step
+        assert box is not None, step
+        assert box["width"] >= 2, step
 
     await page.get_by_role("link", name="Overview").click()
     await expect(page).to_have_url(re.compile(r"/ui/overview$"))
