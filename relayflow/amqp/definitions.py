@@ -15,10 +15,17 @@ steps), and a service whose user may not declare it checks that it exists
     orchestrator  publishes to <ns>, <ns>.events, <ns>.dlx    reads <ns>.orchestrator
     steps         <ns>, <ns>.events, <ns>.dlx (it advances    <ns>.step.*
                   workflows; with --isolated-steps: no events)
-    gateway       <ns>, <ns>.dlx                              its own events queue
+    gateway       <ns>, <ns>.dlx                              its own events queue,
+                                                              <ns>.dead-letters (operator pages)
     external      <ns>, <ns>.dlx                              <ns>.external
     app           <ns> only (starts)                          nothing
     admin         <ns>, <ns>.dlx (redrive, signals)           <ns>.dead-letters
+
+The gateway reads the dead-letter queue for its operator pages (`/ui/dead-letters`: browsing
+takes messages unacknowledged and hands them back, re-driving acks them), which its API keys'
+roles then guard: `read` to look, `operator` to re-drive. Definitions loaded before it had that
+right leave the pages saying the broker refused; load these again. Queue depths on
+`/ui/overview` are passive declarations, which take no right.
 
 A step added later needs its queue: run the setup again and load the new definitions (loading
 is additive; the users' passwords change).
@@ -103,7 +110,8 @@ def broker_users(
             "gateway",
             (Role.START,),
             any_of(main, dlx, own_queue),
-            any_of(events, own_queue),
+            # Its own events queue, and the dead letters its operator pages browse and re-drive.
+            any_of(events, own_queue, f"{ns}\\.dead-letters"),
             configure=any_of(own_queue),
         ),
         user("external", (Role.EXTERNAL,), any_of(main, dlx), any_of(f"{ns}\\.external")),

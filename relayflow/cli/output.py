@@ -6,27 +6,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime
 from typing import Any
 
 import orjson
 
+from relayflow.amqp.dead_letters import jsonable
 from relayflow.cli.follow import Event
 
-
-def jsonable(value: Any) -> Any:
-    """`value` with what JSON cannot hold made text (AMQP headers carry bytes and datetimes)."""
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
+__all__ = ["jsonable"]  # also the JSON form of the commands' own values
 
 
 def write_json(value: Any) -> None:

@@ -82,7 +82,15 @@ SESSION_PATHS = frozenset(
 )
 # Pages a person opens: without credentials they redirect to sign-in (everything else, the
 # fragments the pages' scripts fetch included, answers 401 JSON).
-PAGES = frozenset({"/", "/ui/workflows/{workflow_id}"})
+PAGES = frozenset(
+    {
+        "/",
+        "/ui/workflows/{workflow_id}",
+        "/ui/overview",
+        "/ui/dead-letters",
+        "/ui/dead-letters/{message_id}",
+    }
+)
 # The one table of what each route and method needs. None: any valid key (the API document
 # describes the workflows served, which every role's client needs). A route missing from it
 # fails `guard`, so that no route is added unprotected.
@@ -91,6 +99,14 @@ ACTIONS: Mapping[tuple[str, str], Action | None] = {
     ("/ui/list", "GET"): Action.READ,
     ("/ui/workflows/{workflow_id}", "GET"): Action.READ,
     ("/ui/workflows/{workflow_id}/panel", "GET"): Action.READ,
+    # The operator's pages and their routes (dead letters and the broker's queues are the
+    # namespace's: services.gateway.state.sees_namespace decides who of those may see them).
+    ("/ui/overview", "GET"): Action.READ,
+    ("/ui/dead-letters", "GET"): Action.READ,
+    ("/ui/dead-letters/{message_id}", "GET"): Action.READ,
+    ("/dead-letters", "GET"): Action.READ,
+    ("/dead-letters/{message_id}", "GET"): Action.READ,
+    ("/dead-letters/redrive", "POST"): Action.REDRIVE,
     ("/openapi.json", "GET"): None,
     ("/submit", "POST"): Action.START,
     ("/workflows", "GET"): Action.LIST,

@@ -24,7 +24,16 @@ from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from services.gateway import access, checks, dashboard, oidc_signin, outages, sessions
+from services.gateway import (
+    access,
+    checks,
+    dashboard,
+    dead_letters,
+    oidc_signin,
+    outages,
+    overview,
+    sessions,
+)
 from services.gateway.checks import InputError
 from services.gateway.control import cancel_workflow, retry_workflow
 from services.gateway.events import EventHub
@@ -138,6 +147,9 @@ def create_app(
         Route("/ui/list", dashboard.list_fragment, methods=["GET"]),
         Route("/ui/workflows/{workflow_id}", dashboard.workflow_page, methods=["GET"]),
         Route("/ui/workflows/{workflow_id}/panel", dashboard.panel_fragment, methods=["GET"]),
+        Route("/ui/overview", overview.overview_page, methods=["GET"]),
+        Route("/ui/dead-letters", dead_letters.dead_letters_page, methods=["GET"]),
+        Route("/ui/dead-letters/{message_id}", dead_letters.dead_letter_page, methods=["GET"]),
         *(
             Route(f"/static/{name}", asset.respond, methods=["GET"])
             for name, asset in sorted(assets.items())
@@ -155,6 +167,9 @@ def create_app(
         Route("/workflows/{workflow_id}/retry", retry_workflow, methods=["POST"]),
         Route("/workflows/{workflow_id}/signals/{signal_name}", signal_workflow, methods=["POST"]),
         Route("/events", all_events, methods=["GET"]),
+        Route("/dead-letters", dead_letters.list_dead_letters, methods=["GET"]),
+        Route("/dead-letters/redrive", dead_letters.redrive_dead_letters, methods=["POST"]),
+        Route("/dead-letters/{message_id}", dead_letters.get_dead_letter, methods=["GET"]),
         Route("/stream-tokens", mint_stream_token, methods=["POST"]),
         Route(sessions.SIGN_IN_PATH, sessions.sign_in_path, methods=["GET", "POST"]),
         Route(sessions.SIGN_OUT_PATH, sessions.sign_out, methods=["POST"]),

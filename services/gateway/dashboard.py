@@ -3,7 +3,8 @@
 GET /                              the form (or, with /submit off, how to start a workflow) and
                                    the workflow list (filters, pages)
 GET /ui/list?…                     the list's table and pager, for live refresh
-GET /ui/workflows/{id}             a workflow: state, steps as a DAG, events (live)
+GET /ui/workflows/{id}             a workflow: state, steps as a DAG and a timeline, events
+                                   (live)
 GET /ui/workflows/{id}/panel       its state and steps, for live refresh (?compact=1: the
                                    home page's view of a submission)
 """
@@ -16,13 +17,14 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from services.gateway import checks, html
+from services.gateway import checks, html, timeline
 from services.gateway.checks import InputError
-from services.gateway.models import WorkflowPage
+from services.gateway.models import WorkflowPage, WorkflowView
 from services.gateway.responses import html_response
 from services.gateway.sessions import page_chrome
 from services.gateway.settings import submit_off_reason
 from services.gateway.state import gateway_state, tenant_of
+from services.gateway.store import GatewayStore
 from services.gateway.workflows import (
     QueryError,
     definition_of,
@@ -115,10 +117,23 @@ async def workflow_page(request: Request) -> Response:
         state.store, row, definition, stale_after=state.settings.announce_stale_after
     )
     signals = definition if takes_signals(row, definition) else None
+    now = datetime.now(UTC)
     page = html.workflow_page(
-        view, definition, datetime.now(UTC), row.last_seq, signals, chrome=chrome
+        view,
+        definition,
+        now,
+        row.last_seq,
+        signals,
+        chrome=chrome,
+        timeline=await _timeline(state.store, view, now),
     )
     return _page(page)
+
+
+async def _timeline(store: GatewayStore, view: WorkflowView, now: datetime) -> str:
+    """The timeline of a workflow's steps: one query for their events."""
+    events = await store.step_timeline(view.workflow_id, timeline.EVENTS, limit=timeline.MAX_EVENTS)
+    return timeline.render(view, events, now)
 
 
 async def panel_fragment(request: Request) -> Response:
@@ -132,13 +147,16 @@ async def panel_fragment(request: Request) -> Response:
         return _page(html.pending_panel(workflow_id), 404)
     definition = definition_of(state.registry, row)
     compact = request.query_params.get("compact") == "1"
+    view = await load_view(
+        state.store, row, definition, stale_after=state.settings.announce_stale_after
+    )
+    now = datetime.now(UTC)
     content = html.panel(
-        await load_view(
-            state.store, row, definition, stale_after=state.settings.announce_stale_after
-        ),
+        view,
         definition,
-        datetime.now(UTC),
+        now,
         last_seq=row.last_seq,
         compact=compact,
+        timeline="" if compact else await _timeline(state.store, view, now),
     )
     return _page(content)

@@ -130,7 +130,8 @@ def page(
 <body{attrs}>
   <header class="topbar">
     <a class="brand" href="/"><span class="logo" aria-hidden="true"></span>relayflow</a>
-    <nav><a href="/">Dashboard</a><a href="/openapi.json">API</a>{account}</nav>
+    <nav><a href="/">Dashboard</a><a href="/ui/overview">Overview</a>
+      <a href="/ui/dead-letters">Dead letters</a><a href="/openapi.json">API</a>{account}</nav>
   </header>{alert}
   <main>
 {body}
@@ -579,9 +580,11 @@ def panel(
     *,
     last_seq: int,
     compact: bool = False,
+    timeline: str = "",
 ) -> str:
     """A workflow's state: what the workflow page shows above its events, and (compact) what the
-    home page shows under the form while a submission runs."""
+    home page shows under the form while a submission runs. `timeline`: its steps over time
+    (`services.gateway.timeline`), under the steps of the full view."""
     badges = version_badge(view.version, view.version_loaded)
     facts = [f"<div><dt>Workflow</dt><dd>{esc(view.name)}{badges}</dd></div>"]
     if view.parent_workflow_id:
@@ -615,7 +618,7 @@ def panel(
     return (
         f'<div class="panel{" compact" if compact else ""}" data-status="{esc(view.status)}" '
         f'data-last-seq="{last_seq}">'
-        f'{head}<h2 class="section">Steps</h2>{steps}{io}</div>'
+        f'{head}<h2 class="section">Steps</h2>{steps}{"" if compact else timeline}{io}</div>'
     )
 
 
@@ -627,11 +630,12 @@ def workflow_page(
     signals: WorkflowDefinition | None = None,
     *,
     chrome: Chrome | None = None,
+    timeline: str = "",
 ) -> str:
     """`signals`: the definition whose signals the page offers to send (the run's own)."""
     return _live_workflow_page(
         view.workflow_id,
-        panel(view, definition, now, last_seq=last_seq),
+        panel(view, definition, now, last_seq=last_seq, timeline=timeline),
         signal_section(view.status, signals),
         chrome=chrome,
     )

@@ -84,7 +84,8 @@ def timed_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
             continue
         methods = None if route.methods is None else sorted(route.methods - {"HEAD"})
         endpoint = _timed_endpoint(route.endpoint, route.path)
-        timed.append(Route(route.path, endpoint, methods=methods, name=route.name))
+        # The route's own class: one may decide per concrete path what it allows.
+        timed.append(type(route)(route.path, endpoint, methods=methods, name=route.name))
     return timed
 
 

@@ -4,7 +4,7 @@ responses and the OpenAPI document, so the two cannot disagree."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import MISSING, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -373,3 +373,67 @@ class Readiness(_Model):
     status: Literal["ready", "unavailable"]
     database: bool
     broker: bool
+
+
+# ---- the operator's views: dead letters (services.gateway.dead_letters) ----------------------
+
+
+class DeadLetterView(_Model):
+    """One message of the namespace's dead-letter queue: why it is there (our consumers' reason,
+    or `broker: <why>` from the broker's `x-death`), where it came from, and since when."""
+
+    message_id: str
+    type: str
+    reason: str
+    queue: str
+    exchange: str
+    routing_key: str
+    dead_lettered_at: datetime | None
+    age_seconds: float | None
+
+
+class DeadLetterPage(_Model):
+    """A page of the dead-letter queue, in queue order: `items` from `offset`; `seen` is how many
+    the browse saw (at most 10,000: a larger queue is seen in part), `next` the offset of the
+    page after this one, or null."""
+
+    queue: str
+    offset: int
+    limit: int
+    seen: int
+    items: list[DeadLetterView]
+    next: int | None
+
+
+class DeadLetterDetail(DeadLetterView):
+    """One dead letter whole: its AMQP headers (bytes as text) and its body (JSON when it is
+    JSON, else text)."""
+
+    content_type: str | None
+    correlation_id: str | None
+    headers: dict[str, Any]
+    body: Any
+
+
+class RedriveRequest(_Model):
+    """Which dead letters to send back where they came from: those with these message ids, or
+    `{"all": true}` for every one (one of the two)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_ids: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
+    all: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RedriveRequest:
+        if (self.message_ids is None) == (self.all is None):
+            raise ValueError('name the dead letters in "messageIds", or send "all": true')
+        return self
+
+
+class Redriven(_Model):
+    """The dead letters the broker confirmed on their way back (each acked from the queue)."""
+
+    redriven: list[DeadLetterView]

@@ -28,11 +28,15 @@ from services.gateway.models import (
     Accepted,
     ActionAccepted,
     ActionOptions,
+    DeadLetterDetail,
+    DeadLetterPage,
     ErrorBody,
     FeedReset,
     Health,
     ItemPage,
     Readiness,
+    Redriven,
+    RedriveRequest,
     SignalAccepted,
     SignalReceived,
     SignedIn,
@@ -252,6 +256,7 @@ def build_openapi(
                 (SignIn, "validation"),
                 (SignOut, "validation"),
                 (StreamTokenRequest, "validation"),
+                (RedriveRequest, "validation"),
             ]
         )
     )
@@ -274,6 +279,9 @@ def build_openapi(
             StepSleeping,
             SignedIn,
             StreamToken,
+            DeadLetterPage,
+            DeadLetterDetail,
+            Redriven,
         )
     ]
     refs, defs = models_json_schema([*inputs, *answers], by_alias=True, ref_template=REF)
@@ -743,7 +751,14 @@ def build_openapi(
     }
     paths.update(_plain_paths())
     return _document(
-        {**paths, **_credential_paths(ref, error_ref), **_oidc_paths()}, schemas, error_ref
+        {
+            **paths,
+            **_operator_paths(ref, error_ref, html_answer),
+            **_credential_paths(ref, error_ref),
+            **_oidc_paths(),
+        },
+        schemas,
+        error_ref,
     )
 
 
@@ -758,6 +773,148 @@ SSE_EVENT: dict[str, Any] = {
         "retry": {"type": "integer"},
     },
 }
+
+
+_NAMESPACE_ONLY = (
+    "Dead letters are the namespace's (any tenant's messages): a key of another tenant than "
+    "`default` gets 403."
+)
+_BROKER_REFUSED = (
+    "The broker refuses the gateway's user the dead-letter queue (it needs read on "
+    "`<ns>.dead-letters`, which `relayflow broker setup` gives it)."
+)
+
+
+def _operator_paths(
+    ref: Any, error_ref: dict[str, Any], html_answer: dict[str, Any]
+) -> dict[str, Any]:
+    """The dead letters (services.gateway.dead_letters) and the operator's pages."""
+    message_id = {
+        "name": "messageId",
+        "in": "path",
+        "required": True,
+        "description": "The dead letter's AMQP message id (the first with it).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+
+    def window(name: str, default: int, low: int, high: int, what: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": what,
+            "schema": {"type": "integer", "minimum": low, "maximum": high, "default": default},
+        }
+
+    def page(
+        operation: str,
+        summary: str,
+        parameters: list[dict[str, Any]] | None = None,
+        responses: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        get: dict[str, Any] = {"operationId": operation, "summary": summary, "tags": ["pages"]}
+        if parameters:
+            get["parameters"] = parameters
+        get["responses"] = {**html_answer, **(responses or {})}
+        return {"get": get}
+
+    return {
+        "/dead-letters": {
+            "get": {
+                "operationId": "list_dead_letters",
+                "summary": "A page of the namespace's dead letters, in queue order",
+                "description": (
+                    "Nothing is consumed: the gateway takes the whole queue unacknowledged (up "
+                    "to 10,000) and hands every message back in order. " + _NAMESPACE_ONLY
+                ),
+                "tags": ["dead letters"],
+                "parameters": [
+                    window("offset", 0, 0, 10_000, "Skip this many."),
+                    window("limit", 50, 1, 500, "At most this many."),
+                ],
+                "responses": {
+                    "200": _json(ref(DeadLetterPage), "The page."),
+                    "422": _json(error_ref, "offset or limit out of range."),
+                    "503": _json(error_ref, _BROKER_REFUSED),
+                },
+            }
+        },
+        "/dead-letters/{messageId}": {
+            "get": {
+                "operationId": "get_dead_letter",
+                "summary": "One dead letter whole: why, from where, its headers and its body",
+                "description": "Nothing is consumed. " + _NAMESPACE_ONLY,
+                "tags": ["dead letters"],
+                "parameters": [message_id],
+                "responses": {
+                    "200": _json(ref(DeadLetterDetail), "The dead letter."),
+                    "400": _json(error_ref, "Not a message id (too long)."),
+                    "404": _json(error_ref, "No dead letter has this message id."),
+                    "503": _json(error_ref, _BROKER_REFUSED),
+                },
+            }
+        },
+        "/dead-letters/redrive": {
+            "post": {
+                "operationId": "redrive_dead_letters",
+                "summary": "Send dead letters back to where they came from",
+                "description": (
+                    "Each is republished to the exchange and routing key it was dead-lettered "
+                    "from, confirmed and mandatory, and acked from the queue only then. Named "
+                    "ids that no dead letter has are a 404 (the others named are sent). "
+                    + _NAMESPACE_ONLY
+                    + " "
+                    + _JSON_ONLY
+                ),
+                "tags": ["dead letters"],
+                "parameters": [_csrf_header()],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(RedriveRequest, "validation")}},
+                },
+                "responses": {
+                    "200": _json(ref(Redriven), "The dead letters sent back."),
+                    "400": _json(error_ref, "The body is not JSON."),
+                    "404": _json(error_ref, "A named message id matches no dead letter."),
+                    "413": _json(error_ref, "The body is larger than RELAYFLOW_MAX_BODY_BYTES."),
+                    "415": _json(error_ref, "The body was not sent as application/json."),
+                    "422": _json(
+                        error_ref,
+                        f"Not exactly one of messageIds and all (true), or {_JSON_LIMITS}.",
+                    ),
+                    "503": _json(error_ref, _BROKER_REFUSED),
+                },
+            }
+        },
+        "/ui/overview": page(
+            "overview_page",
+            "The overview: the last hour's runs, queue depths and consumers, the outbox's lag",
+        ),
+        "/ui/dead-letters": page(
+            "dead_letters_page",
+            "The dead letters, with re-drive buttons for the operator role",
+            parameters=[
+                window("offset", 0, 0, 10_000, "Skip this many."),
+                window("limit", 50, 1, 500, "At most this many."),
+            ],
+            responses={
+                "403": {"description": "An HTML page: " + _NAMESPACE_ONLY},
+                "422": {"description": "An HTML page: offset or limit out of range."},
+                "503": {"description": "An HTML page: " + _BROKER_REFUSED},
+            },
+        ),
+        "/ui/dead-letters/{messageId}": page(
+            "dead_letter_page",
+            "One dead letter's page: its headers and body, a re-drive button",
+            parameters=[message_id],
+            responses={
+                "400": {"description": "An HTML page: not a message id."},
+                "403": {"description": "An HTML page: " + _NAMESPACE_ONLY},
+                "404": {"description": "An HTML page saying so."},
+                "503": {"description": "An HTML page: " + _BROKER_REFUSED},
+            },
+        ),
+    }
 
 
 def _plain_paths() -> dict[str, Any]:
@@ -1019,7 +1176,13 @@ def _document(
 ) -> dict[str, Any]:
     _document_outages(paths, error_ref)
     _document_security(paths, error_ref)
-    for path in ("/", "/ui/workflows/{workflowId}"):  # access.PAGES
+    for path in (  # access.PAGES
+        "/",
+        "/ui/workflows/{workflowId}",
+        "/ui/overview",
+        "/ui/dead-letters",
+        "/ui/dead-letters/{messageId}",
+    ):
         paths[path]["get"]["responses"]["303"] = {
             "description": "Not signed in (keys are required): to `/signin?next=<this page>`.",
             "headers": {"Location": {"schema": {"type": "string"}}},
@@ -1048,6 +1211,7 @@ def _document(
         "tags": [
             {"name": "workflows", "description": "Starting and following workflows"},
             {"name": "pages", "description": "HTML for people"},
+            {"name": "dead letters", "description": "The namespace's dead-letter queue"},
             {"name": "operations", "description": "Health, readiness and this document"},
         ],
         "paths": paths,

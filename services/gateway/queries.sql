@@ -100,3 +100,64 @@ LIMIT $5;
 SELECT DISTINCT name, version
 FROM loaded_definitions
 WHERE seen_at > now() - make_interval(secs => $1);
+
+-- The overview page (services.gateway.overview): a handful of queries per load, none per row.
+
+-- name: overview_statuses
+-- Runs created in the last $1 seconds by status (workflows_created_at_idx, or with tenant $2
+-- workflows_tenant_created_id_idx).
+SELECT status, count(*) AS runs
+FROM workflows
+WHERE created_at > now() - make_interval(secs => $1)
+  AND ($2::text IS NULL OR tenant = $2)
+GROUP BY status;
+
+-- name: overview_finished
+-- Runs that finished in the last $1 seconds, per workflow name: how many, how many ended in
+-- failure (failed, compensated, compensation_failed) or were cancelled, and their durations'
+-- median and 99th percentile (created to finished, seconds). A range scan of
+-- workflows_finished_at_idx (migration 0019).
+SELECT name,
+       count(*) AS finished,
+       count(*) FILTER (WHERE status IN ('failed', 'compensated', 'compensation_failed'))
+           AS failed,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
+           AS p50,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
+           AS p99
+FROM workflows
+WHERE finished_at > now() - make_interval(secs => $1)
+  AND ($2::text IS NULL OR tenant = $2)
+GROUP BY name
+ORDER BY name;
+
+-- name: overview_per_minute
+-- Runs finished per minute over the last $1 seconds (0: the minute now ending), for the
+-- throughput chart (workflows_finished_at_idx).
+SELECT floor(extract(epoch FROM now() - finished_at) / 60)::int AS minutes_ago, count(*) AS runs
+FROM workflows
+WHERE finished_at > now() - make_interval(secs => $1)
+  AND ($2::text IS NULL OR tenant = $2)
+GROUP BY 1;
+
+-- name: outbox_lag
+-- What the relay has yet to have confirmed: rows, and the oldest one's age in seconds
+-- (outbox_created_at_idx for the oldest).
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
+FROM outbox;
+
+-- name: step_timeline
+-- A workflow's step-level events for its timeline (not its map items': those carry a stepKey),
+-- in order, at most $3: which step, which attempt, when (workflow_events_pkey).
+SELECT seq, event, body ->> 'stepName' AS step_name,
+       CASE WHEN jsonb_typeof(body -> 'data' -> 'attempt') = 'number'
+            THEN (body -> 'data' ->> 'attempt')::int END AS attempt,
+       created_at
+FROM workflow_events
+WHERE workflow_id = $1
+  AND event = ANY ($2::text[])
+  AND body ->> 'stepKey' IS NULL
+ORDER BY seq
+LIMIT $3;

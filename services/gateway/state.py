@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ from aio_pika.abc import AbstractRobustConnection
 from starlette.requests import Request
 
 from relayflow.amqp import Publisher
-from relayflow.auth import Identity, Role
+from relayflow.auth import Action, Identity, Role, allows
 from relayflow.contracts import DEFAULT_TENANT
 from relayflow.hops import HopTrace
 from relayflow.topology import Topology
@@ -68,6 +69,9 @@ class GatewayState:
     # What one caller may send and ask (services.gateway.limits).
     limits: Limits
     hops: HopTrace = field(default_factory=HopTrace)
+    # One browse of the dead-letter queue at a time from this process: two at once would each
+    # see only what the other does not hold (relayflow.amqp.dead_letters).
+    dead_letters: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def gateway_state(request: Request) -> GatewayState:
@@ -99,3 +103,18 @@ def starting_tenant(request: Request) -> str:
     """Whose the workflows this request starts are: its caller's tenant, else the default."""
     caller = caller_of(request)
     return DEFAULT_TENANT if caller is None else caller.tenant
+
+
+def sees_namespace(request: Request) -> bool:
+    """Whether this request may see what belongs to the whole namespace rather than a tenant —
+    the dead-letter queue (any tenant's messages) and the broker's queues: while the gateway runs
+    open, or for a caller of the default tenant (the namespace's own operators). Another tenant's
+    caller sees its own workflows only."""
+    caller = caller_of(request)
+    return caller is None or caller.tenant == DEFAULT_TENANT
+
+
+def may(request: Request, action: Action) -> bool:
+    """Whether this request's caller may do `action` (anyone, while the gateway runs open)."""
+    caller = caller_of(request)
+    return caller is None or allows(caller.role, action)

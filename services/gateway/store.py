@@ -93,6 +93,46 @@ class StoredEvent:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedStats:
+    """Runs of one workflow name that finished in the window: how many, how many ended in
+    failure or were cancelled, and their durations' p50 and p99 in seconds."""
+
+    name: str
+    finished: int
+    failed: int
+    cancelled: int
+    p50: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OverviewRows:
+    """What the overview reads from the workflows of one window: runs created by status, runs
+    finished per workflow name, and runs finished by minutes ago."""
+
+    statuses: dict[str, int]
+    finished: list[FinishedStats]
+    per_minute: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLag:
+    pending: int
+    oldest_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """A step-level event of a workflow, for its timeline."""
+
+    seq: int
+    event: str
+    step_name: str | None
+    attempt: int | None
+    at: datetime
+
+
 class GatewayStore:
     def __init__(self, pool: asyncpg.Pool[Any], queries: Queries | None = None) -> None:
         self._pool = pool
@@ -235,6 +275,48 @@ class GatewayStore:
         announces what it loads (not known, rather than nothing loaded)."""
         rows = await self._pool.fetch(self._q.loaded_versions, stale_after)
         return frozenset((row["name"], row["version"]) for row in rows) or None
+
+    async def overview(self, window_seconds: float, tenant: str | None) -> OverviewRows:
+        """Three queries, whatever the number of runs (queries.sql, `overview_*`)."""
+        async with self._pool.acquire() as conn:
+            statuses = await conn.fetch(self._q.overview_statuses, window_seconds, tenant)
+            finished = await conn.fetch(self._q.overview_finished, window_seconds, tenant)
+            per_minute = await conn.fetch(self._q.overview_per_minute, window_seconds, tenant)
+        return OverviewRows(
+            statuses={row["status"]: row["runs"] for row in statuses},
+            finished=[
+                FinishedStats(
+                    name=row["name"],
+                    finished=row["finished"],
+                    failed=row["failed"],
+                    cancelled=row["cancelled"],
+                    p50=row["p50"],
+                    p99=row["p99"],
+                )
+                for row in finished
+            ],
+            per_minute={row["minutes_ago"]: row["runs"] for row in per_minute},
+        )
+
+    async def outbox_lag(self) -> OutboxLag:
+        row = await self._pool.fetchrow(self._q.outbox_lag)
+        assert row is not None  # an aggregate always answers one row
+        return OutboxLag(pending=row["pending"], oldest_seconds=row["oldest"])
+
+    async def step_timeline(
+        self, workflow_id: str, events: list[str], *, limit: int
+    ) -> list[TimelineEvent]:
+        rows = await self._pool.fetch(self._q.step_timeline, workflow_id, events, limit)
+        return [
+            TimelineEvent(
+                seq=row["seq"],
+                event=row["event"],
+                step_name=row["step_name"],
+                attempt=row["attempt"],
+                at=row["created_at"],
+            )
+            for row in rows
+        ]
 
     async def ping(self) -> None:
         await self._pool.fetchval(self._q.ping)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from relayflow.workflow import WorkflowRegistry
 from tests.e2e.conftest import ROOT, System, running_system
@@ -33,6 +33,10 @@ CHROMIUM_ARGS = [
 # The external system answers after this long, so that a workflow spends a while in its
 # `awaitResponse` step: long enough to cancel it, or to restart the gateway under a live page.
 REPLY_DELAY = 3.0
+# What an `expect(...)` waits for at most (Playwright's own default is 5 s): conditions such as
+# "completed" after a service restart take longer than that on a loaded 2-core CI machine. Each
+# expectation still returns as soon as it holds; this only bounds how long a failing one waits.
+expect.set_options(timeout=30_000)
 SCREENSHOTS = os.environ.get("RELAYFLOW_SCREENSHOTS")
 
 

@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from relayflow.amqp import Publisher, dead_letter
+from relayflow.amqp.dead_letters import DeadLetter, list_dead_letters, redrive, show_dead_letter
 from relayflow.cli.control import control
-from relayflow.cli.dead_letters import DeadLetter, list_dead_letters, redrive
 from relayflow.contracts import CancelWorkflow, RetryWorkflow, new_message_id
 from relayflow.topology import CONTROL_KEY, Topology, step_key
 from tests.support import get_messages
@@ -215,4 +215,35 @@ async def test_cancel_and_retry_reach_the_orchestrator_queue(
         assert body["type"] == message.type
         assert body["workflowId"] == "wf_abc"
         assert got.routing_key == CONTROL_KEY
+    await channel.close()
+
+
+async def test_browsing_keeps_the_queue_order(
+    amqp_connection: aio_pika.abc.AbstractRobustConnection, topology: Topology
+) -> None:
+    """A quorum queue puts a requeued message at its tail: a browse that looked at only the
+    first few would move them behind the rest. Listing a part, showing one and re-driving
+    another leave the others in the order they were dead-lettered."""
+    channel = await _declared(amqp_connection, topology)
+    publisher = await Publisher.open(amqp_connection)
+    ids = [f"order-{n}" for n in range(6)]
+    for message_id in ids:
+        message = await _work_message(channel, topology, b"{}", message_id)
+        await dead_letter(publisher, topology.dead_letter_exchange, message, "for the order")
+
+    async def order() -> list[str]:
+        return [letter.message_id for letter in await list_dead_letters(amqp_connection, topology)]
+
+    for _ in range(100):
+        if len(await order()) == len(ids):
+            break
+        await asyncio.sleep(0.05)
+    assert await order() == ids
+    assert [letter.message_id for letter in await list_dead_letters(amqp_connection, topology, 2)]
+    assert await order() == ids, "listing a part moved it behind the rest"
+    await show_dead_letter(amqp_connection, topology, "order-1")
+    assert await order() == ids
+    await redrive(amqp_connection, topology, message_ids=["order-2"])
+    assert await order() == [message_id for message_id in ids if message_id != "order-2"]
+    await publisher.close()
     await channel.close()

@@ -33,7 +33,8 @@ def allowed(pattern: str) -> set[str]:
         (
             "gateway",
             {T.exchange, T.dead_letter_exchange, "amq_1234", "amq.gen-abc"},
-            {T.events_exchange, "amq_1234", "amq.gen-abc"},
+            # The dead letters: its operator pages browse and re-drive them.
+            {T.events_exchange, T.dead_letter_queue, "amq_1234", "amq.gen-abc"},
             {"amq_1234", "amq.gen-abc"},
         ),
         ("external", {T.exchange, T.dead_letter_exchange}, {T.external_queue}, set()),
