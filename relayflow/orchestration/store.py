@@ -228,11 +228,6 @@ async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) ->
     ]
 
 
-async def purge_inbox(conn: Connection, older_than: float, limit: int) -> int:
-    status = await conn.execute(QUERIES.purge_inbox, older_than, limit)
-    return int(status.split()[-1])
-
-
 async def outbox_lag(conn: Connection) -> tuple[int, float]:
     """Outbox rows waiting for the broker's confirm, and the oldest one's age in seconds."""
     row = await conn.fetchrow(QUERIES.outbox_lag)
