@@ -8,10 +8,13 @@ and still keep the rule the orchestrator checks at start-up; a retention pass ru
 `PASS_INTERVAL` seconds. After a warm-up, a closed loop of `calibrate_n` five-step workflows at
 `concurrency` in flight measures the throughput; then an open loop (`bench.openloop`, Poisson
 arrivals) runs at half of it for `minutes`, while every `every` seconds a sampler reads each
-service's resident set (VmRSS of its process tree), `pg_database_size` and the row counts of the
-main tables. The verdict, per series: the least-squares slope over the last half of the samples,
-as the drift it predicts over that half, is flat when within the noise — `FLAT_SHARE` of the
-series' mean there, or twice the spread of the samples around the line, whichever is larger.
+service's resident set (VmRSS of its process tree), `pg_database_size`, the row counts of the
+main tables and their dead rows. Deleted rows' space is reused once vacuumed: where autovacuum
+is off (as on the shared bench server), the sampler runs a plain VACUUM of those tables before
+each sample in its place. The verdict, per series: the least-squares slope over the last half
+of the samples, as the drift it predicts over that half, is flat when within the noise:
+`FLAT_SHARE` of the series' mean there, or twice the spread of the samples around the line,
+whichever is larger.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Soak(TypedDict):
     calibrated: float
     minutes: float
     window_s: int
+    vacuum: str  # who reclaimed dead rows' space
     samples: list[dict[str, float]]
     verdicts: list[Verdict]
     flat: bool
@@ -103,6 +107,7 @@ class _Sampler:
     system: Relayflow
     every: float
     rows: list[dict[str, float]]
+    vacuum: bool
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -110,6 +115,10 @@ class _Sampler:
         try:
             t0 = loop.time()
             while True:
+                if self.vacuum:
+                    # In autovacuum's place (off on this server): plain VACUUM, which makes
+                    # the space of deleted rows reusable, as autovacuum would.
+                    await conn.execute(f"VACUUM {', '.join(TABLES)}")
                 self.rows.append(await sample(self.system, conn, loop.time() - t0))
                 try:
                     await asyncio.wait_for(stop.wait(), self.every)
@@ -139,8 +148,16 @@ async def run_soak(
         print(f"  soak: {calibration.throughput:.1f}/s measured, soaking at {rate:.1f}/s for "
               f"{minutes:g} min, sampling every {every:g} s", flush=True)  # fmt: skip
         rows: list[dict[str, float]] = []
+        conn = await asyncpg.connect(system.database_url)
+        try:
+            vacuum = await conn.fetchval("SHOW autovacuum") != "on"
+        finally:
+            await conn.close()
+        if vacuum:
+            print(f"  soak: autovacuum is off on this server; the sampler runs VACUUM every "
+                  f"{every:g} s in its place", flush=True)  # fmt: skip
         stop = asyncio.Event()
-        sampler = asyncio.create_task(_Sampler(system, every, rows).run(stop))
+        sampler = asyncio.create_task(_Sampler(system, every, rows, vacuum).run(stop))
         try:
             loaded = await open_loop(system, rate=rate, seconds=minutes * 60, rate_source="soak")
         finally:
@@ -149,13 +166,14 @@ async def run_soak(
     finally:
         await system.stop()
     half = rows[len(rows) // 2 :]
-    series = [key for key in rows[0] if key.endswith("MiB")] + list(TABLES)
+    series = [key for key in rows[0] if key.endswith("MiB")] + [*TABLES, "dead rows"]
     verdicts = [verdict(key, [(r["t"], r[key]) for r in half]) for key in series]
     return Soak(
         rate=round(rate, 2),
         calibrated=round(calibration.throughput, 2),
         minutes=minutes,
         window_s=WINDOW,
+        vacuum=f"the soak's VACUUM every {every:g} s (autovacuum off)" if vacuum else "autovacuum",
         samples=rows,
         verdicts=verdicts,
         flat=all(v["flat"] for v in verdicts),
@@ -174,7 +192,8 @@ def render_soak(soak: Soak) -> str:
     ]
     lines = [
         f"Soak: {soak['minutes']:g} min at {soak['rate']:.1f} workflows/s (half of "
-        f"{soak['calibrated']:.1f}/s measured), every retention window {soak['window_s']} s",
+        f"{soak['calibrated']:.1f}/s measured), every retention window {soak['window_s']} s, "
+        f"dead rows reclaimed by {soak['vacuum']}",
         "  ".join(label.rjust(w) for label, w in zip(labels, widths, strict=True)),
     ]
     lines.extend(

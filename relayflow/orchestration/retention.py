@@ -5,7 +5,7 @@ and the rule the settings must keep are ARCHITECTURE.md's "Retention"; the state
 
 One pass takes, in turn, one batch of each kind (finished workflows with everything they own,
 inbox ids, invocation records, Idempotency-Keys of runs that never started) until each kind
-has nothing left past its window, pausing between rounds. Every batch is its own short
+has caught up (a batch less than full), pausing between rounds. Every batch is its own short
 transaction with a low `lock_timeout` and `statement_timeout`; a batch that hits either gives
 its kind up until the next pass. Every orchestrator replica may run the loop: the batches take
 their rows with SKIP LOCKED, so replicas share the work instead of waiting on each other.
@@ -157,7 +157,7 @@ def _rows(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-# One batch of a kind: deletes and returns whether to go on (it found something to do).
+# One batch of a kind: deletes, and returns whether there is more to do in this pass.
 Batch = Callable[[Connection, float, int, PassReport], Awaitable[bool]]
 
 _OWNED = (
@@ -174,17 +174,21 @@ async def _workflows(conn: Connection, window: float, n: int, report: PassReport
     ids = sorted(row["id"] for row in rows)
     if not ids:
         return False
-    removed = 0
+    owned = 0
     for table, query in _OWNED:
-        removed += report.record(table, _rows(await conn.execute(query, ids, n)))
-    removed += report.record("workflows", _rows(await conn.execute(QUERIES.delete_emptied, ids)))
-    # Picked but nothing deleted: what is left is held by others (SKIP LOCKED); next pass.
-    return removed > 0
+        owned += report.record(table, _rows(await conn.execute(query, ids, n)))
+    runs = report.record("workflows", _rows(await conn.execute(QUERIES.delete_emptied, ids)))
+    # More to do while the pick was full or some picked runs still own rows; but picked and
+    # nothing deleted means what is left is held by others (SKIP LOCKED): the next pass.
+    return (len(ids) == n or runs < len(ids)) and owned + runs > 0
 
 
 def _simple(table: str, query: str) -> Batch:
     async def batch(conn: Connection, window: float, n: int, report: PassReport) -> bool:
-        return report.record(table, _rows(await conn.execute(query, window, n))) > 0
+        # A batch that was not full has caught up: rows crossing the window meanwhile wait for
+        # the next pass (a kind that never caught up under a steady inflow would keep the pass,
+        # and the kinds already done, from ending).
+        return report.record(table, _rows(await conn.execute(query, window, n))) == n
 
     return batch
 
@@ -199,8 +203,9 @@ KINDS: Final[dict[str, Batch]] = {
 
 
 async def prune_once(pool: asyncpg.Pool[Any], retention: Retention) -> PassReport:
-    """One pass: batches of every kind kept for less than forever, until none has anything
-    left past its window (or gave up on a timeout)."""
+    """One pass: batches of every kind kept for less than forever, each kind until a batch
+    finds less than a full batch past its window (it has caught up) or gives up on a
+    timeout."""
     report = PassReport()
     windows = retention.windows
     active = {

@@ -17,7 +17,7 @@ SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2,
 -- name: pick_finished
 -- Finished workflows past the window, oldest first, locked for this batch. A child is taken
 -- only once its parent is gone (so never while the parent runs): runs go top-down, a parent
--- with its finished children in consecutive batches. A workflow a transaction holds (a retry,
+-- with its finished children in consecutive passes. A workflow a transaction holds (a retry,
 -- a late input) is skipped; one retried meanwhile no longer matches (its finished_at is
 -- cleared, and FOR UPDATE re-checks the condition on the row it locks).
 SELECT id FROM workflows AS w
