@@ -80,6 +80,9 @@ async def sample(system: Relayflow, conn: asyncpg.Connection[Any], t: float) -> 
     row["db MiB"] = round(size / 2**20, 2)
     for table in TABLES:
         row[table] = await conn.fetchval(f"SELECT count(*) FROM {table}")
+    row["dead rows"] = await conn.fetchval(
+        "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables"
+    )
     return row
 
 
@@ -120,6 +123,7 @@ class _Sampler:
                     # the space of deleted rows reusable, as autovacuum would.
                     await conn.execute(f"VACUUM {', '.join(TABLES)}")
                 self.rows.append(await sample(self.system, conn, loop.time() - t0))
+                print(f"    {self.rows[-1]}", flush=True)
                 try:
                     await asyncio.wait_for(stop.wait(), self.every)
                     return
