@@ -81,7 +81,7 @@ async def sample(system: Relayflow, conn: asyncpg.Connection[Any], t: float) -> 
     for table in TABLES:
         row[table] = await conn.fetchval(f"SELECT count(*) FROM {table}")
     row["dead rows"] = await conn.fetchval(
-        "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables"
+        "SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables"
     )
     return row
 
