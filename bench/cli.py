@@ -39,6 +39,11 @@ processes first), or `--rate`. It reports the 202's latency p50 and p99, that ev
 workflow completed, and the client's own health: its CPU, how late requests left against the
 schedule, the rate achieved against the rate scheduled (`bench.openloop`).
 
+`--soak MINUTES` (issue 11, retention) runs only the soak (`bench.soak`): relayflow with short
+retention windows at half the throughput measured at its start, for MINUTES, sampling each
+service's memory, the database's size and the main tables' rows every `--soak-every` seconds,
+and reports the table and whether the last half is flat.
+
 The last line of output is `BENCH_JSON {...}`, everything in one JSON object.
 """
 
@@ -83,6 +88,8 @@ from bench.report import (
     targets,
     with_floor,
 )
+from bench.soak import ENV as SOAK_ENV
+from bench.soak import render_soak, run_soak
 
 ALL = (OURS, LOCAL, CLASSIC, *PEERS)
 MAP, CHILD, HOPS, FLOOR, OPEN = "map", "child", "hops", "floor", "open-loop"
@@ -115,6 +122,8 @@ class Options:
     open_seconds: float = 0.0
     rate: float | None = None
     arrivals: Arrivals = "poisson"
+    soak: float = 0.0
+    soak_every: float = 15.0
 
     @property
     def systems(self) -> tuple[str, ...]:
@@ -165,6 +174,16 @@ def parse(argv: Sequence[str] | None) -> Options:
         choices=("poisson", "even"),
         default="poisson",
         help="open-loop arrivals: Poisson (default) or evenly spaced",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="run only the soak: MINUTES at half the measured throughput, retention windows "
+        "short, memory and database size sampled (bench.soak)",
+    )
+    parser.add_argument(
+        "--soak-every", type=float, default=15.0, help="seconds between soak samples (15)"
     )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale-out run")
     parser.add_argument(
@@ -220,6 +239,8 @@ def parse(argv: Sequence[str] | None) -> Options:
         open_seconds=_seconds(args.open_seconds, quick) if OPEN in only else 0.0,
         rate=args.rate,
         arrivals=args.arrivals,
+        soak=args.soak or 0.0,
+        soak_every=args.soak_every,
     )
 
 
@@ -453,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     started = time.time()
     print(f"relayflow bench: logs in {options.log_dir}", flush=True)
+    if options.soak:
+        _soak(options)
+        return
     result = asyncio.run(amain(options))
     extra: dict[str, Any] = {}
     if "scale_throughput_ratio" in result:
@@ -494,6 +518,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seconds": round(time.time() - started, 1),
     }
     print("BENCH_JSON " + orjson.dumps(result).decode())
+    sys.stdout.flush()
+
+
+def _soak(options: Options) -> None:
+    system = Relayflow(
+        Infra.from_env(), options.log_dir / "soak", name="relayflow-soak", extra_env=SOAK_ENV
+    )
+    result = asyncio.run(
+        run_soak(
+            system,
+            minutes=options.soak,
+            every=options.soak_every,
+            calibrate_n=options.n,
+            concurrency=options.concurrency,
+            warmup=options.warmup,
+        )
+    )
+    print()
+    print(render_soak(result))
+    print("BENCH_JSON " + orjson.dumps({"soak": result}).decode())
     sys.stdout.flush()
 
 

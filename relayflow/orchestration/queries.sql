@@ -108,15 +108,6 @@ ORDER BY id
 LIMIT $2
 FOR UPDATE SKIP LOCKED;
 
--- name: purge_inbox
--- Duplicates arrive within seconds or minutes, never weeks later; keep the inbox small.
-DELETE FROM inbox
-WHERE message_id IN (
-    SELECT message_id FROM inbox
-    WHERE received_at < now() - make_interval(secs => $1)
-    LIMIT $2
-);
-
 -- Map items (`step_items`). The workflow rows they belong to are locked by the batch, so no two
 -- transactions write the items of one workflow at once. An item is found by key through
 -- `ARRAY[workflow_id, step_name, key]`, spelled exactly as step_items_key_idx is, so that no

@@ -232,11 +232,6 @@ async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) ->
     ]
 
 
-async def purge_inbox(conn: Connection, older_than: float, limit: int) -> int:
-    status = await conn.execute(QUERIES.purge_inbox, older_than, limit)
-    return int(status.split()[-1])
-
-
 async def backlog(conn: Connection) -> tuple[int, float, int]:
     """Outbox rows waiting for the broker's confirm, the oldest one's age in seconds, and the
     timers past their due time."""

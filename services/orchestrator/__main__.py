@@ -13,7 +13,7 @@ from relayflow import metrics
 from relayflow.amqp import BatchConsumer, Publisher, connect, quietly
 from relayflow.db import close_pool
 from relayflow.hops import HopTrace
-from relayflow.orchestration import store
+from relayflow.orchestration import retention, store
 from relayflow.orchestration.local import LocalSteps
 from relayflow.orchestration.processor import Processor
 from relayflow.orchestration.relay import OutboxRelay
@@ -86,7 +86,7 @@ async def serve(
         background = [
             asyncio.create_task(announcer.run()),
             asyncio.create_task(_fire_timers(orchestrator, settings.timer_poll_interval)),
-            asyncio.create_task(_purge_inbox(pool, settings.inbox_retention_seconds)),
+            asyncio.create_task(retention.run(pool, settings.retention)),
         ]
         if settings.metrics_port:
             background.append(
@@ -126,18 +126,6 @@ async def _fire_timers(orchestrator: Orchestrator, interval: float) -> None:
             fired = 0
         if not fired:
             await asyncio.sleep(interval)
-
-
-async def _purge_inbox(pool: asyncpg.Pool[Any], retention: float) -> None:
-    while True:
-        try:
-            async with pool.acquire() as conn:
-                removed = await store.purge_inbox(conn, retention, 10_000)
-            if removed:
-                log.info("purged %d inbox entries older than %.0fs", removed, retention)
-        except Exception:
-            log.exception("purging the inbox failed")
-        await asyncio.sleep(600)
 
 
 async def _backlog(pool: asyncpg.Pool[Any]) -> metrics.Backlog:
