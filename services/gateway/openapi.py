@@ -1301,7 +1301,16 @@ def _document_security(paths: dict[str, Any], error_ref: dict[str, Any]) -> None
                         " Or, authenticated by the session cookie, the request is not from this "
                         f"site (Origin or Referer) or has no valid {sessions.CSRF_HEADER}."
                     )
-                responses["403"] = _json(error_ref, refusal)
+                refused = _json(error_ref, refusal)
+                page_refusal = responses.get("403")
+                if page_refusal is not None:
+                    # A page's own 403 (an HTML page) beside the role check's (JSON).
+                    refused["description"] += f" Or: {page_refusal['description']}"
+                    refused["content"] = {
+                        **refused["content"],
+                        "text/html": {"schema": {"type": "string"}},
+                    }
+                responses["403"] = refused
 
 
 def _document_limits(paths: dict[str, Any], error_ref: dict[str, Any]) -> None:
