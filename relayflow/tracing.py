@@ -24,10 +24,10 @@ import logging
 import os
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:  # imported only where tracing is on
+    from aio_pika.abc import AbstractIncomingMessage
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
@@ -113,19 +113,6 @@ def shutdown() -> None:
     on = False
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What a span needs of a received message."""
-
-    queue: str
-    exchange: str
-    routing_key: str
-    message_id: str | None
-    headers: Mapping[str, Any] | None
-    body_size: int
-    correlation_id: str | None = None
-
-
 def _context_of(traceparent: str | None) -> Any:
     """The OpenTelemetry context a `traceparent` names (None: a new trace)."""
     if not traceparent:
@@ -166,24 +153,30 @@ def _messaging(
     return attributes
 
 
-def process(delivery: Delivery, **attributes: Any) -> Span:
-    """A started CONSUMER span for one received message, continuing its sender's trace (or the
-    one `attributes`' caller knows of: see `parented`); the caller ends it."""
+def process(
+    message: AbstractIncomingMessage,
+    queue: str,
+    message_id: str,
+    workflow_id: str,
+    **attributes: Any,
+) -> Span:
+    """A started CONSUMER span for one message received from `queue`, continuing its sender's
+    trace; the caller ends it (`begin` and `finish`). `attributes` are relayflow's own, by
+    their names after `relayflow.` (`step`, `attempt`, …)."""
     from opentelemetry.trace import SpanKind  # noqa: PLC0415
 
     assert _tracer is not None
-    attrs = _messaging(
-        "process", "process", delivery.queue, delivery.routing_key, delivery.message_id
-    )
-    attrs["messaging.consumer.group.name"] = delivery.queue
-    attrs["messaging.message.body.size"] = delivery.body_size
+    attrs = _messaging("process", "process", queue, message.routing_key or "", message_id)
+    attrs["messaging.consumer.group.name"] = queue
+    attrs["messaging.message.body.size"] = len(message.body)
     attrs["relayflow.service"] = _service
-    if delivery.correlation_id:
-        attrs["messaging.message.conversation_id"] = delivery.correlation_id
-    attrs.update({k: v for k, v in attributes.items() if v is not None})
+    attrs["relayflow.workflow_id"] = workflow_id
+    if message.correlation_id:
+        attrs["messaging.message.conversation_id"] = message.correlation_id
+    attrs.update({f"relayflow.{k}": v for k, v in attributes.items() if v is not None})
     return _tracer.start_span(
-        f"process {delivery.queue}",
-        context=_context_of(incoming(delivery.headers)),
+        f"process {queue}",
+        context=_context_of(incoming(message.headers)),
         kind=SpanKind.CONSUMER,
         attributes=attrs,
     )

@@ -262,20 +262,13 @@ class StepWorker:
         """The command's `process` span: its body's spans and its result's continue it."""
         queue = self._topology.step_queue(command.body or command.step_name)
         span = tracing.process(
-            tracing.Delivery(
-                queue,
-                message.exchange or "",
-                message.routing_key or "",
-                command.message_id,
-                message.headers,
-                len(message.body),
-            ),
-            **{
-                "relayflow.workflow_id": command.workflow_id,
-                "relayflow.step": command.step_name,
-                "relayflow.step_key": command.step_key,
-                "relayflow.attempt": command.attempt,
-            },
+            message,
+            queue,
+            command.message_id,
+            command.workflow_id,
+            step=command.step_name,
+            step_key=command.step_key,
+            attempt=command.attempt,
         )
         tracing.begin(command.message_id, span)
 

@@ -348,13 +348,13 @@ class EventHub:
             for subscription in tuple(subs):
                 if subscription.tenant is not None and subscription.tenant != tenant:
                     continue
+                handed += len(batch)
                 if subscription.write_now(batch, frames):
                     for event in batch if trace else ():
                         self._hops.record("gw.sse", event.event, workflow_id, event.seq)
                 else:
                     for event in batch:
                         subscription.offer(event)
-            handed += len(subs) * len(batch)
         return handed
 
     def resync_all(self) -> None:

@@ -136,18 +136,7 @@ class Orchestrator:
         queue = self._topology.orchestrator_queue
         for delivery in deliveries:
             message = delivery.message
-            span = tracing.process(
-                tracing.Delivery(
-                    queue,
-                    message.exchange or "",
-                    message.routing_key or "",
-                    delivery.message_id,
-                    message.headers,
-                    len(message.body),
-                    message.correlation_id,
-                ),
-                **{"relayflow.workflow_id": delivery.input.workflow_id},
-            )
+            span = tracing.process(message, queue, delivery.message_id, delivery.input.workflow_id)
             tracing.begin(delivery.message_id, span)
             # What follows an input continues its trace when it had one (a start begins the
             # workflow's); after an input from a sender that does not trace, the workflow's own.

@@ -164,16 +164,7 @@ class ExternalSystem:
             yield reply
             return
         process = tracing.process(
-            tracing.Delivery(
-                self._topology.external_queue,
-                message.exchange or "",
-                message.routing_key or "",
-                request.message_id,
-                message.headers,
-                len(message.body),
-                request.correlation_id,
-            ),
-            **{"relayflow.workflow_id": request.workflow_id},
+            message, self._topology.external_queue, request.message_id, request.workflow_id
         )
         send = tracing.sending(
             process, reply.exchange, reply.routing_key, reply.message_id, request.workflow_id
