@@ -5,12 +5,12 @@ may look and who may re-drive; the overview reads every queue's depth from the b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import asyncpg
+import httpx
 import pytest
 
 from relayflow.amqp import Publisher, dead_letter
@@ -161,9 +161,15 @@ async def test_the_overview_reads_every_queue_from_the_broker(
     API; a dead letter shows in its queue's count."""
     await dead_lettered(amqp_connection, topology, "dl-depth")
     await until_listed(gateway, 1)
-    await asyncio.sleep(0.2)  # the hand-back settles before the count is read
-    page = await gateway.client.get("/ui/overview")
-    assert page.status_code == 200, page.text
+
+    async def counted() -> httpx.Response | None:
+        # Browsing hands the dead letter back: the count is 1 again once that has settled.
+        page = await gateway.client.get("/ui/overview")
+        assert page.status_code == 200, page.text
+        row = page.text.split(f'data-queue="{topology.dead_letter_queue}"', 1)[1]
+        return page if '<td class="num" data-messages>1</td>' in row.split("</tr>", 1)[0] else None
+
+    page = await wait_for(counted, what="the dead letter counted in its queue")
     for queue in (topology.orchestrator_queue, topology.step_queue(STEP), topology.external_queue):
         assert f'data-queue="{queue}"' in page.text
     row = page.text.split(f'data-queue="{topology.dead_letter_queue}"', 1)[1]
