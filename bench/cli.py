@@ -39,6 +39,10 @@ processes first), or `--rate`. It reports the 202's latency p50 and p99, that ev
 workflow completed, and the client's own health: its CPU, how late requests left against the
 schedule, the rate achieved against the rate scheduled (`bench.openloop`).
 
+The part `db-cost` (issues 12 and 13) runs `--n` five-step workflows at `--concurrency` on its own
+set of our processes and reports what each cost the database: commits, rows written by table,
+WAL bytes (`bench.dbcost`).
+
 `--soak MINUTES` (issue 11, retention) runs only the soak (`bench.soak`): relayflow with short
 retention windows at half the throughput measured at its start, for MINUTES, sampling each
 service's memory, the database's size and the main tables' rows every `--soak-every` seconds,
@@ -65,6 +69,7 @@ from typing import Any
 
 import orjson
 
+from bench.dbcost import render_dbcost, run_dbcost
 from bench.driver import System
 from bench.fanout import fanout
 from bench.floor import Floor, median_floor, run_floor
@@ -93,7 +98,8 @@ from bench.soak import render_soak, run_soak
 
 ALL = (OURS, LOCAL, CLASSIC, *PEERS)
 MAP, CHILD, HOPS, FLOOR, OPEN = "map", "child", "hops", "floor", "open-loop"
-PARTS = (MAP, CHILD, HOPS, FLOOR, OPEN)
+DBCOST = "db-cost"
+PARTS = (MAP, CHILD, HOPS, FLOOR, OPEN, DBCOST)
 NEEDS = {
     "celery-pg": ("celery", "sqlalchemy", "psycopg2"),
     "celery-rpc": ("celery", "psycopg2"),
@@ -124,6 +130,7 @@ class Options:
     arrivals: Arrivals = "poisson"
     soak: float = 0.0
     soak_every: float = 15.0
+    db_cost: bool = False
 
     @property
     def systems(self) -> tuple[str, ...]:
@@ -241,6 +248,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         arrivals=args.arrivals,
         soak=args.soak or 0.0,
         soak_every=args.soak_every,
+        db_cost=DBCOST in only,
     )
 
 
@@ -416,6 +424,15 @@ async def _parts(infra: Infra, options: Options, result: dict[str, Any]) -> None
         )
     if options.hops_n:
         result["hops"] = await _hops(infra, options)
+    if options.db_cost:
+        print(
+            f"database cost: {options.n} workflows at {options.concurrency} in flight", flush=True
+        )
+        result["db_cost"] = await run_dbcost(
+            Relayflow(infra, options.log_dir / "db-cost", name="relayflow-db-cost"),
+            n=options.n,
+            concurrency=options.concurrency,
+        )
     if options.open_seconds:
         result["open_loop"] = await _open_loop(infra, options, result)
     if options.fanout:
@@ -496,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "hops" in result:
         print()
         print(render_hops(result["hops"]))
+    if "db_cost" in result:
+        print()
+        print(render_dbcost(result["db_cost"]))
     if "kinds" in result:
         result["kind_targets"] = kind_targets(result["kinds"])
     result["config"] = {

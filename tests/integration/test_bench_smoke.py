@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import parse
+from bench.dbcost import render_dbcost, run_dbcost
 from bench.floor import run_floor
 from bench.hops import render_hops, run_hops
 from bench.infra import Infra
@@ -108,6 +109,20 @@ async def test_bench_open_loop_part(service_endpoints: tuple[str, str], tmp_path
     assert run["refused"] == run["failed"] == 0
     assert run["accepted"] == run["completed"] == run["sent"]
     assert "Open loop" in render_open_loop(run)
+
+
+async def test_bench_db_cost_part(service_endpoints: tuple[str, str], tmp_path: Path) -> None:
+    """`--only db-cost` keeps working: every service's writes are counted (the step service's
+    too, reported once its connections end), per workflow: one row in `workflows` and one
+    invocation of each of the five steps, taken and then recorded."""
+    amqp_url, server_url = service_endpoints
+    system = Relayflow(Infra(amqp_url, server_url), tmp_path, name="db-cost")
+    cost = await run_dbcost(system, n=4, concurrency=2)
+    assert cost["tables"]["workflows"]["inserted"] == 1
+    assert cost["tables"]["step_invocations"]["inserted"] == 5
+    assert cost["tables"]["step_invocations"]["updated"] == 5
+    assert cost["commits"] > 0
+    assert "database cost per five-step workflow" in render_dbcost(cost)
 
 
 def test_bench_cli_selects_the_floor_and_open_loop_parts() -> None:
