@@ -4,9 +4,9 @@ write-ahead log, per five-step workflow under load.
 On its own set of our processes: `n` five-step workflows at `concurrency` in flight (no warm-up:
 counts do not depend on it), with the database's cumulative statistics read before and after
 (`pg_stat_database`, `pg_stat_user_tables`: this system's database alone) and the server's WAL
-position (the whole server: on a shared machine others' writes count too, so read it on a quiet one). The "after"
-reading is taken once the processes have stopped (see `run_dbcost`), when two readings a second
-apart agree. The figures say what one PostgreSQL primary must sustain per
+position (the whole server: on a shared machine others' writes count too, so read it on a quiet
+one). The "after" reading is taken once the processes have stopped (see `run_dbcost`), when two
+readings a second apart agree. The figures say what one PostgreSQL primary must sustain per
 workflow: divided into a server's measured commits/s and WAL MB/s, they give the ceiling
 (`docs/scaling.md`).
 """
