@@ -222,7 +222,7 @@ async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) ->
                 body=bytes(row["body"]),
                 message_id=row["message_id"],
                 type=row["type"],
-                headers={"x-schema-version": 1},
+                headers={"x-schema-version": _schema_version(bytes(row["body"]))},
                 mandatory=row["mandatory"],
                 correlation_id=row["correlation_id"],
                 traceparent=row["traceparent"],
@@ -230,6 +230,17 @@ async def claim_stale_outbox(conn: Connection, older_than: float, limit: int) ->
         )
         for row in rows
     ]
+
+
+def _schema_version(body: bytes) -> int:
+    """The header's value is the body's `schemaVersion` (absent: 1), as when it was first sent:
+    a stale row may hold a message of another version than today's."""
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 1
+    version = fields.get("schemaVersion", 1) if isinstance(fields, dict) else 1
+    return version if isinstance(version, int) else 1
 
 
 async def backlog(conn: Connection) -> tuple[int, float, int]:

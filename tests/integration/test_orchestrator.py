@@ -236,6 +236,35 @@ async def test_outbox_rows_left_by_a_crash_are_sent_by_the_sweep(
     await channel.close()
 
 
+async def test_a_stale_outbox_row_is_sent_again_with_its_own_schema_version(
+    pool: asyncpg.Pool[Any], unsent: list[str]
+) -> None:
+    """The header a row is sent again with is its body's `schemaVersion` (absent: 1), not
+    today's: a row written by an older or newer relayflow keeps what it said when written."""
+    workflow_id = new_workflow_id()
+    unsent.append(workflow_id)
+    bodies = {
+        f"v2:{workflow_id}": orjson.dumps({"schemaVersion": 2, "workflowId": workflow_id}),
+        f"v0:{workflow_id}": orjson.dumps({"workflowId": workflow_id}),
+    }
+    await pool.executemany(
+        "INSERT INTO outbox (exchange, routing_key, message_id, type, body, mandatory,"
+        " created_at) VALUES ('x', 'k', $1, 'StepCommand', $2, true, now() - interval '1 hour')",
+        list(bodies.items()),
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        stale = await store.claim_stale_outbox(conn, 60, 10_000)
+        await store.delete_outbox(
+            conn, [row.id for row in stale if row.message.message_id in bodies]
+        )
+    versions = {
+        row.message.message_id: row.message.headers["x-schema-version"]
+        for row in stale
+        if row.message.message_id in bodies
+    }
+    assert versions == {f"v2:{workflow_id}": 2, f"v0:{workflow_id}": 1}
+
+
 async def test_claim_and_lock_answers_fresh_ids_with_or_without_workflows(
     pool: asyncpg.Pool[Any], registry: WorkflowRegistry, topology: Topology, unsent: list[str]
 ) -> None:
