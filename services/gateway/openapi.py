@@ -222,7 +222,8 @@ def _signal_operation(
             "503": _json(
                 error_ref,
                 "The broker did not confirm the signal; retry, with the same Idempotency-Key "
-                "if one was sent.",
+                "if one was sent. Or the workflow was accepted moments ago and its start is not "
+                "applied yet (the request waited 5 s for it); retry after Retry-After.",
             ),
         },
     }

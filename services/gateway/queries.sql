@@ -161,3 +161,12 @@ WHERE workflow_id = $1
   AND body ->> 'stepKey' IS NULL
 ORDER BY seq
 LIMIT $3;
+
+-- name: recently_keyed
+-- Whether an Idempotency-Key started workflow $1 (of tenant $2; null: any) in the last $3
+-- seconds: its start may still be on its way to the orchestrator.
+SELECT EXISTS (
+    SELECT 1 FROM idempotency_keys
+    WHERE workflow_id = $1 AND ($2::text IS NULL OR tenant = $2)
+      AND created_at > now() - make_interval(secs => $3)
+);

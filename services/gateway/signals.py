@@ -12,6 +12,12 @@ The payload sent is the one the model validated (normalised, by alias). `sentBy`
 `X-Relayflow-Sender` header says, or null: the gateway does not authenticate its callers yet, so
 it is shown as the sender's claim.
 
+A workflow accepted moments ago may not have started yet (the 202 of a start comes before the
+orchestrator applies it): for an id that can be such a one — a time-ordered id made within
+`RELAYFLOW_GATEWAY_UNKNOWN_WORKFLOW_WAIT`, or one an Idempotency-Key named that recently — the
+request waits up to `START_WAIT` seconds for the workflow to appear, and is answered 503 with
+Retry-After if it has not (its start is still on its way: a 404 would be false).
+
 Idempotency: with an `Idempotency-Key` the signal id is the one the key names, and its first
 use is recorded with the request's hash (`relayflow.signal_keys`, shared with `relayflow
 workflows signal --broker`): a resend is the same message, which the orchestrator's inbox counts
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -31,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relayflow.amqp import OutgoingMessage
-from relayflow.contracts import SignalWorkflow
+from relayflow.contracts import SignalWorkflow, minted_at
 from relayflow.signal_keys import SignalKeyConflict
 from relayflow.topology import SIGNAL_KEY
 from services.gateway import checks
@@ -59,6 +66,13 @@ async def signal_workflow(request: Request) -> Response:
     limit = state.settings.max_input_bytes
     data = await state.limits.read_json(request, expected="the signal's payload")
     target = await _target(state, workflow_id, tenant_of(request), signal_name)
+    if target is None:
+        return error_response(
+            503,
+            f"workflow {workflow_id!r} was accepted moments ago and has not started yet; retry "
+            "the signal",
+            headers={"Retry-After": "1"},
+        )
     payload = validate_payload(target.name, signal_name, target.model, data, max_bytes=limit)
     if target.status in FINISHED_STATUSES:
         raise InputError(
@@ -100,6 +114,25 @@ async def signal_workflow(request: Request) -> Response:
     )
 
 
+# How long a signal waits for a workflow that may be starting, and how often it looks.
+START_WAIT = 5.0
+_START_POLL = 0.025
+# How far ahead of this gateway's clock another replica's may be when it makes an id.
+_CLOCK_SKEW = 5.0
+
+
+async def _may_be_starting(state: GatewayState, workflow_id: str, tenant: str | None) -> bool:
+    """Whether the id may be that of a workflow accepted moments ago (another tenant's that
+    exists is a 404 at once)."""
+    if tenant is not None and await state.store.signal_target(workflow_id, None) is not None:
+        return False
+    window = state.settings.gateway_unknown_workflow_wait
+    minted = minted_at(workflow_id)
+    if minted is not None and time.time() - window <= minted <= time.time() + _CLOCK_SKEW:
+        return True
+    return await state.store.recently_keyed(workflow_id, tenant, window)
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     name: str
@@ -109,10 +142,18 @@ class _Target:
 
 async def _target(
     state: GatewayState, workflow_id: str, tenant: str | None, signal_name: str
-) -> _Target:
+) -> _Target | None:
     """The workflow's definition name, status and the model of this signal, or a 404 (also
-    for another tenant's)."""
+    for another tenant's); None for a workflow that may be starting but has not yet."""
     found = await state.store.signal_target(workflow_id, tenant)
+    if found is None and await _may_be_starting(state, workflow_id, tenant):
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + START_WAIT
+        while found is None and loop.time() < give_up_at:
+            await asyncio.sleep(_START_POLL)
+            found = await state.store.signal_target(workflow_id, tenant)
+        if found is None:
+            return None
     if found is None:
         raise InputError(404, f"no workflow with id {workflow_id!r}")
     # The version the run is pinned to: the orchestrator applies the signal with that one.

@@ -175,6 +175,10 @@ class GatewayStore:
         async with self._pool.acquire() as conn:
             return await signal_keys.signal_target(conn, workflow_id, tenant)
 
+    async def recently_keyed(self, workflow_id: str, tenant: str | None, within: float) -> bool:
+        """Whether an Idempotency-Key named `workflow_id` in the last `within` seconds."""
+        return bool(await self._pool.fetchval(self._q.recently_keyed, workflow_id, tenant, within))
+
     async def get_workflow(self, workflow_id: str, tenant: str | None) -> WorkflowRow | None:
         row = await self._pool.fetchrow(self._q.get_workflow, workflow_id, tenant)
         if row is None:

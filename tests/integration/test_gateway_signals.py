@@ -5,6 +5,9 @@ field, 400/415 for what no signal route can take, 503 when the broker does not c
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,12 +15,21 @@ import aio_pika
 import asyncpg
 import pytest
 
-from relayflow.contracts import SignalWorkflow, decode, new_workflow_id
+from relayflow.contracts import (
+    SignalWorkflow,
+    b32,
+    decode,
+    new_workflow_id,
+    workflow_id_for_key,
+)
 from relayflow.model import ids
 from relayflow.settings import Settings
+from relayflow.signal_keys import SignalTarget
 from relayflow.topology import SIGNAL_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
+from services.gateway import signals as signal_route
 from services.gateway.openapi import build_openapi
+from services.gateway.store import GatewayStore
 from tests.integration.gateway_harness import (
     WITH_TEST_WORKFLOWS,
     RunningGateway,
@@ -52,10 +64,11 @@ async def insert_workflow(
     name: str = NAME,
     status: str = "running",
     mailbox: dict[str, Any] | None = None,
+    workflow_id: str | None = None,
 ) -> str:
     """A run as the orchestrator would have stored it (no orchestrator runs in these tests:
     what the gateway publishes stays on the orchestrator's queue for the test to read)."""
-    workflow_id = new_workflow_id()
+    workflow_id = workflow_id or new_workflow_id()
     await pool.execute(
         """
         INSERT INTO workflows (id, name, status, input, input_hash, steps, mailbox,
@@ -69,6 +82,12 @@ async def insert_workflow(
         mailbox or {},
     )
     return workflow_id
+
+
+def long_ago_id() -> str:
+    """A time-ordered workflow id made an hour ago: nothing can be starting under it."""
+    millis = int((time.time() - 3600) * 1000)
+    return f"wf_{b32(millis.to_bytes(6, 'big') + os.urandom(10))}"
 
 
 def url(workflow_id: str, signal: str = "decision") -> str:
@@ -149,7 +168,7 @@ async def test_unknown_workflows_and_undeclared_signals_are_404_and_send_nothing
     review = await insert_workflow(pool)
     form = await insert_workflow(pool, name="formSubmission")
 
-    unknown = await gateway.client.post(url(new_workflow_id()), json=DECISION)
+    unknown = await gateway.client.post(url(long_ago_id()), json=DECISION)
     assert unknown.status_code == 404
     assert "no workflow with id" in unknown.json()["error"]
 
@@ -172,6 +191,65 @@ async def test_unknown_workflows_and_undeclared_signals_are_404_and_send_nothing
         assert impossible.status_code == 400, bad
         assert "is not a signal name" in impossible.json()["error"]
     assert (await gateway.client.post(url("bad id!"), json=DECISION)).status_code == 400
+    assert await queued(channel, topology) == 0
+
+
+async def test_a_signal_right_after_the_start_is_accepted_waits_for_the_workflow(
+    gateway: RunningGateway,
+    pool: asyncpg.Pool[Any],
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The 202 of a start comes before the orchestrator has stored the run: a signal sent at
+    once for its id waits for the run to appear, instead of a false 404."""
+    missed = asyncio.Event()
+    looked_up = GatewayStore.signal_target
+
+    async def spied(
+        self: GatewayStore, workflow_id: str, tenant: str | None
+    ) -> SignalTarget | None:
+        found = await looked_up(self, workflow_id, tenant)
+        if found is None:
+            missed.set()
+        return found
+
+    monkeypatch.setattr(GatewayStore, "signal_target", spied)
+    workflow_id = new_workflow_id()  # as a start's 202 names it
+    sending = asyncio.create_task(gateway.client.post(url(workflow_id), json=DECISION))
+    await asyncio.wait_for(missed.wait(), timeout=10)
+    await insert_workflow(pool, workflow_id=workflow_id)  # the orchestrator applies the start
+    answer = await sending
+    assert answer.status_code == 202, answer.text
+    (sent,) = await signals(channel, topology, 1)
+    assert sent.workflow_id == workflow_id
+
+
+async def test_a_workflow_that_may_still_be_starting_is_503_not_404(
+    gateway: RunningGateway,
+    pool: asyncpg.Pool[Any],
+    channel: aio_pika.abc.AbstractChannel,
+    topology: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh id (or one an Idempotency-Key named moments ago) that has not appeared after the
+    wait is a 503 with Retry-After: its start may be on its way. Nothing is sent. An id that
+    cannot be one (made an hour ago) is a 404 at once."""
+    monkeypatch.setattr(signal_route, "START_WAIT", 0.2)
+    keyed = workflow_id_for_key(NAME, "order-17")
+    await pool.execute(
+        "INSERT INTO idempotency_keys (workflow_name, key, workflow_id, request_hash)"
+        " VALUES ($1, 'order-17', $2, 'h')",
+        NAME,
+        keyed,
+    )
+    for workflow_id in (new_workflow_id(), keyed):
+        answer = await gateway.client.post(url(workflow_id), json=DECISION)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1"
+        assert "has not started yet" in answer.json()["error"]
+    old = await gateway.client.post(url(long_ago_id()), json=DECISION)
+    assert old.status_code == 404
     assert await queued(channel, topology) == 0
 
 
