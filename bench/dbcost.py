@@ -36,6 +36,9 @@ class DbCost(TypedDict):
     commits: float
     rollbacks: float
     rows_written: float
+    # Entries written to the tables' non-partial indexes: one per index for each row inserted
+    # and for each update that was not HOT.
+    index_entries: float
     wal_bytes: float
     tables: dict[str, TableCost]
 
@@ -46,6 +49,12 @@ FROM pg_stat_database WHERE datname = current_database()
 """
 _TABLES = """
 SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables
+"""
+_INDEXES = """
+SELECT t.relname, count(*) AS indexes
+FROM pg_index AS i JOIN pg_stat_user_tables AS t ON t.relid = i.indrelid
+WHERE i.indpred IS NULL
+GROUP BY t.relname
 """
 
 
@@ -102,14 +111,17 @@ async def run_dbcost(system: Relayflow, *, n: int, concurrency: int) -> DbCost:
             await system.processes.stop()
             system.processes = None
             after = await _settled(conn)
+            indexes = {row["relname"]: row["indexes"] for row in await conn.fetch(_INDEXES)}
         finally:
             await conn.close()
     finally:
         await system.stop()
     tables: dict[str, TableCost] = {}
+    entries = 0
     for name, counts in sorted(after["tables"].items()):
         old = before["tables"].get(name, (0, 0, 0, 0))
         ins, upd, hot, dele = (new - was for new, was in zip(counts, old, strict=True))
+        entries += (ins + upd - hot) * indexes.get(name, 0)
         if ins or upd or dele:
             tables[name] = TableCost(
                 inserted=ins / n, updated=upd / n, hot_updated=hot / n, deleted=dele / n
@@ -121,6 +133,7 @@ async def run_dbcost(system: Relayflow, *, n: int, concurrency: int) -> DbCost:
         commits=(after["commits"] - before["commits"]) / n,
         rollbacks=(after["rollbacks"] - before["rollbacks"]) / n,
         rows_written=(after["written"] - before["written"]) / n,
+        index_entries=entries / n,
         wal_bytes=(after["wal"] - before["wal"]) / n,
         tables=tables,
     )
@@ -130,8 +143,8 @@ def render_dbcost(cost: DbCost) -> str:
     lines = [
         f"database cost per five-step workflow ({cost['n']} at {cost['concurrency']} in flight): "
         f"{cost['commits']:.2f} commits, {cost['rollbacks']:.2f} rollbacks, "
-        f"{cost['rows_written']:.1f} rows written, {cost['wal_bytes'] / 1024:.1f} KiB of WAL "
-        "(the whole server's)",
+        f"{cost['rows_written']:.1f} rows written, {cost['index_entries']:.1f} index entries "
+        f"(partial indexes aside), {cost['wal_bytes'] / 1024:.1f} KiB of WAL (the whole server's)",
         f"  {'table':<24} {'inserted':>9} {'updated':>9} {'(HOT)':>7} {'deleted':>9}",
     ]
     for name, t in cost["tables"].items():

@@ -122,6 +122,8 @@ async def test_bench_db_cost_part(service_endpoints: tuple[str, str], tmp_path: 
     assert cost["tables"]["step_invocations"]["inserted"] == 5
     assert cost["tables"]["step_invocations"]["updated"] == 5
     assert cost["commits"] > 0
+    # At least the primary key of every row inserted: workflows, invocations, events, inbox.
+    assert cost["index_entries"] >= 1 + 5 + 5 + 1
     assert "database cost per five-step workflow" in render_dbcost(cost)
 
 
