@@ -25,6 +25,7 @@ import pytest
 
 from relayflow.contracts import workflow_id_for_key
 from relayflow.topology import RESULT_KEY, Topology, step_key
+from tests.contract.asyncapi_validation import Sent, channel_errors, committed_document
 from tests.e2e.conftest import ROOT, System
 from tests.support import read_sse, wait_for
 
@@ -294,6 +295,13 @@ async def test_node_step_answers_a_copy_of_its_command_with_the_same_result(
             if m.routing_key == RESULT_KEY and orjson.loads(m.body)["workflowId"] == workflow_id
         ]
     assert again["command"] == orjson.loads(command.body)["messageId"]
+    # What Node.js sent travels as the AsyncAPI document says, like relayflow's own messages.
+    for message in (command, result):
+        assert channel_errors(committed_document(), Sent.received(message, system.namespace)) == (
+            "stepRun" if message is command else "stepResult",
+            orjson.loads(message.body)["type"],
+            [],
+        )
     assert [copy.body for copy in copies] == [result.body]
     assert [copy.message_id for copy in copies] == [result.message_id]
     assert result.message_id == f"res:{workflow_id}:price:0:1"
