@@ -46,6 +46,7 @@ class Settings(BaseSettings):
         "apps.form_submission.workflows",
         "apps.batch_import.workflows",
         "apps.approval.workflows",
+        "apps.quote.workflows",
     ]
     # Modules whose `steps` registries hold step bodies: what a step service serves, and where
     # the orchestrator finds the bodies of local tasks (it imports them only if it has some).
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
         "apps.form_submission.steps",
         "apps.batch_import.steps",
         "apps.approval.steps",
+        "apps.quote.steps",
     ]
     # The applications' own processes that the run command (`relayflow-run`) starts beside the
     # core services, as name=module (run with `python -m`), comma-separated:

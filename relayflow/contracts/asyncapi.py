@@ -320,7 +320,17 @@ def _amqp_properties(message_type: str, correlated: bool, persistent: bool) -> d
             "description": "The body's `correlationId`.",
         }
         required.append("correlation_id")
-    return {"type": "object", "properties": properties, "required": required}
+    return {
+        "type": "object",
+        "description": (
+            "What every relayflow publisher sets. relayflow's consumers read only the body and "
+            "require none of them (but `user_id` where senders are checked): another program "
+            "may leave them out. `message_id` is what `relayflow dead-letters` lists, shows and "
+            "redrives by, so set it to the body's `messageId`."
+        ),
+        "properties": properties,
+        "required": required,
+    }
 
 
 def _message(message_type: str, model: type[BaseMessage]) -> dict[str, Any]:

@@ -7,14 +7,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
+import orjson
 import pytest
 import yaml
 
 from relayflow.amqp.senders import MAY_SEND, Role
-from relayflow.contracts import MESSAGE_TYPES, OrchestratorInput
+from relayflow.contracts import MESSAGE_TYPES, OrchestratorInput, StepCommand, encode
 from relayflow.contracts.asyncapi import (
     DEAD_LETTER_MESSAGE,
     DOCUMENT_FILENAME,
@@ -25,7 +27,13 @@ from relayflow.contracts.asyncapi import (
     render,
     schema_versions,
 )
-from relayflow.topology import START_KEY, Topology, step_key
+from relayflow.topology import RESULT_KEY, START_KEY, Topology, step_key
+from tests.contract.asyncapi_validation import (
+    Sent,
+    channel_errors,
+    committed_document,
+    in_document_namespace,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
@@ -306,3 +314,57 @@ def test_asyncapi_cli_rejects_a_broken_document(tmp_path: Path) -> None:
     assert result.returncode != 0, result.stdout
     assert "Missing.schema.json" in result.stdout
     assert "asyncapi3-operation-messages-from-referred-channel" in result.stdout
+
+
+# -- a message as it travelled, against its channel ----------------------------------------------
+
+
+def _command_as_sent(**changes: Any) -> Sent:
+    command = StepCommand(
+        message_id="cmd:wf_1:validate:0:1",
+        workflow_id="wf_1",
+        workflow_name="formSubmission",
+        step_name="validate",
+        attempt=1,
+        input={},
+    )
+    sent = Sent(
+        exchange=DEFAULT.exchange,
+        routing_key=step_key("validate"),
+        properties={
+            "message_id": command.message_id,
+            "type": "StepCommand",
+            "content_type": "application/json",
+            "delivery_mode": 2,
+        },
+        headers={"x-schema-version": 1},
+        body=encode(command),
+    )
+    return replace(sent, **changes)
+
+
+def test_a_message_is_checked_against_its_own_channel() -> None:
+    """What the e2e capture (tests/e2e/test_system.py) relies on: a message as relayflow sends
+    it passes, and one on the wrong channel, with a body its channel does not say, a header or
+    a property out of its schema, or an exchange the document does not know, fails, each saying
+    why."""
+    document = committed_document()
+    assert channel_errors(document, _command_as_sent()) == ("stepRun", "StepCommand", [])
+    wrong_channel = channel_errors(document, _command_as_sent(routing_key=RESULT_KEY))
+    assert wrong_channel[2] == ["channel stepResult carries StepResult, not StepCommand"]
+    other_body = channel_errors(document, _command_as_sent(routing_key=step_key("persist")))
+    assert other_body[2] == [
+        "routing key 'step.run.persist', but the payload says 'step.run.validate'"
+    ]
+    (header,) = channel_errors(document, _command_as_sent(headers={"x-schema-version": 7}))[2]
+    assert header.startswith("header x-schema-version: 7 is not one of")
+    unnamed = {k: v for k, v in _command_as_sent().properties.items() if k != "message_id"}
+    (prop,) = channel_errors(document, _command_as_sent(properties=unnamed))[2]
+    assert "'message_id' is a required property" in prop
+    broken = orjson.loads(_command_as_sent().body) | {"attempt": 0}
+    (payload,) = channel_errors(document, _command_as_sent(body=orjson.dumps(broken)))[2]
+    assert payload.startswith("payload attempt: 0 is less than the minimum")
+    assert channel_errors(document, _command_as_sent(exchange="elsewhere"))[2] == [
+        "no channel of the document is 'step.run.validate' on exchange 'elsewhere'"
+    ]
+    assert in_document_namespace("e_1234.events", "e_1234") == "relayflow.events"
