@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 
-from relayflow.db.pool import connect
+from relayflow.db.hosts import connect
 from relayflow.settings import Settings
 
 # The core services, in start order: name shown in the logs -> module run with `python -m`. The

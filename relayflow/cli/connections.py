@@ -13,7 +13,7 @@ import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from relayflow.cli.errors import CliError
-from relayflow.db.pool import connect
+from relayflow.db.hosts import connect
 
 T = TypeVar("T")
 

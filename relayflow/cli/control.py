@@ -34,7 +34,7 @@ from relayflow.contracts import (
     new_message_id,
     unstorable,
 )
-from relayflow.db.pool import connect
+from relayflow.db.hosts import connect
 from relayflow.model import FINISHED
 from relayflow.settings import Settings
 from relayflow.signal_keys import SignalKeyConflict, signal_message_id, signal_target

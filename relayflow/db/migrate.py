@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from relayflow.db.pool import Connection, connect
+from relayflow.db.hosts import connect
+from relayflow.db.pool import Connection
 
 log = logging.getLogger(__name__)
 

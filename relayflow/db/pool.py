@@ -10,6 +10,7 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
+from relayflow.db.hosts import HostConnector
 from relayflow.errors import ServiceUnavailableError
 
 # What queries run on: a plain connection, or one borrowed from a pool. (asyncpg's classes are
@@ -30,24 +31,6 @@ HOW_TO_START = (
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-class NoWritableHostError(ConnectionError):
-    """Every host of a multi-host DATABASE_URL answered, but none takes writes: the primary is
-    gone and no standby has been promoted yet. An outage like a refused connection (and an
-    OSError, so every handler that waits out an outage waits out this too), not a bug."""
-
-
-async def connect(dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection[Any]:
-    """`asyncpg.connect`, with asyncpg's "no host matches target_session_attrs" raised as
-    `NoWritableHostError`. Every pool and long-lived connection of the services is made here."""
-    try:
-        conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, **kwargs)
-    except asyncpg.TargetServerAttributeNotMatched as exc:
-        raise NoWritableHostError(
-            f"no host of the database URL takes writes now ({exc}); a failover in progress?"
-        ) from exc
-    return conn
 
 
 async def init_connection(conn: asyncpg.Connection[Any]) -> None:
@@ -76,7 +59,7 @@ async def create_pool(
         try:
             pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
                 dsn,
-                connect=connect,
+                connect=HostConnector().connect,
                 min_size=min_size,
                 max_size=max_size,
                 init=init_connection,

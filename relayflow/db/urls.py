@@ -49,6 +49,22 @@ def hosts_of(url: str) -> list[str]:
     return _split(url).hosts
 
 
+def target_session_attrs(url: str) -> str | None:
+    """The URL's `target_session_attrs`, if it gives one."""
+    attrs = parse_qs(_split(url).query).get("target_session_attrs", [])
+    return attrs[0] if attrs else None
+
+
+def with_host(url: str, host: str) -> str:
+    """`url` naming only `host` (one of its `hosts_of`), credentials and the rest kept."""
+    match = _URL.match(url)
+    if match is None:
+        raise ValueError("is not a URL of the form postgresql://user@host:port/database")
+    userinfo, at, _ = match["netloc"].rpartition("@")
+    start, end = match.span("netloc")
+    return f"{url[:start]}{userinfo}{at}{host}{url[end:]}"
+
+
 def check_database_url(url: str, *, writes: bool = True) -> str:
     """`url` if it is one libpq would take, else ValueError naming what is wrong (the entry, not
     the password). `writes`: the services write through it (several hosts need a writable

@@ -16,10 +16,12 @@ import asyncpg
 import httpx
 import pytest
 
+from relayflow.db.hosts import HostConnector
 from tests.support import read_sse, wait_for
 from tests.tools.failover_cluster import FailoverCluster, running_failover_cluster
+from tests.tools.fault_proxy import FaultProxy
 from tests.tools.ledger import WORKFLOW_NAME
-from tests.tools.pg_standby import PostgresPair
+from tests.tools.pg_standby import PostgresPair, multi_host_url
 from tests.tools.private_services import PrivateRabbit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -56,13 +58,21 @@ async def _committed(cluster: FailoverCluster) -> tuple[dict[str, int], set[tupl
     )
 
 
+async def _effects_at_least(cluster: FailoverCluster, count: int) -> bool:
+    return bool(await cluster.db().fetchval("SELECT count(*) FROM fault_ledger") >= count)
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop"])
 async def test_the_system_fails_over_to_the_promoted_standby_mid_load(
     private_rabbit: PrivateRabbit,
     pair: PostgresPair,
     client: httpx.AsyncClient,
     tmp_path: Path,
+    fault: str,
 ) -> None:
-    """SIGKILL of the primary with step transactions open, then the standby promoted: what the
+    """The primary SIGKILLed (a crash: no goodbye to anyone) or stopped (`pg_ctl stop -m fast`:
+    sessions terminated, the standby sent all WAL) with step transactions open, then the
+    standby promoted: what the
     primary acknowledged is all there, a start asked for in between is a 503 (never a false
     202), every service is back on the new primary within seconds, and every workflow — those in
     flight, and those started after — completes with each step's effect committed exactly once
@@ -71,10 +81,17 @@ async def test_the_system_fails_over_to_the_promoted_standby_mid_load(
     async with running_failover_cluster(private_rabbit, pair, tmp_path, extra_env=SLOW) as cluster:
         ids = await cluster.submit_many(client, 30, "failover")
         assert len(ids) == 30
+        # Some effects committed (acknowledged, so on the standby too), some held open.
+        await wait_for(
+            lambda: _effects_at_least(cluster, 20), timeout=60, what="20 committed effects"
+        )
         await cluster.wait_in_flight(least=3)
         acknowledged = await _committed(cluster)
 
-        pair.primary.kill()
+        if fault == "kill":
+            pair.primary.kill()
+        else:
+            await pair.primary.stop_server("fast")
         killed_at = loop.time()
         # The window with no writable server: a start must be refused, not acknowledged.
         during = await client.post(
@@ -120,10 +137,12 @@ async def test_the_system_fails_over_to_the_promoted_standby_mid_load(
         )
 
         report = {
+            "fault": fault,
             "promotion_s": round(promoted_at - killed_at, 2),
             **{f"{name}_back_s": round(back[name], 2) for name in DATABASE_SERVICES},
             "all_finished_s": round(finished_at - promoted_at, 2),
-            "committed_before_kill": len(acknowledged[1]),
+            "effects_committed_before_kill": len(acknowledged[1]),
+            "events_committed_before_kill": sum(acknowledged[0].values()),
         }
         print(f"\nfailover recovery: {report}")
         slow = {name: t for name, t in back.items() if t > RECOVERY_BOUND}
@@ -214,3 +233,35 @@ def test_a_malformed_database_url_entry_is_refused_at_start_up(module: str) -> N
     assert result.returncode != 0
     assert "host entry 'db-2:54x2' (of 2) is malformed" in result.stderr, result.stderr[-2000:]
     assert "s3cret" not in result.stderr
+
+
+async def test_a_silent_primary_costs_one_host_timeout_not_every_connection(
+    pair: PostgresPair,
+) -> None:
+    """A primary cut off behind a proxy that swallows every packet (as when its machine is
+    gone: no refusal comes back), and the standby promoted: the connector gives the silent host
+    one host timeout and goes on to the standby — asyncpg alone would spend its whole timeout
+    on it and never try the next host — and the next connection goes to the standby first,
+    without waiting again."""
+    await pair.create_database("probe")
+    async with (
+        FaultProxy(pair.primary.address) as first,
+        FaultProxy(pair.standby.address) as second,
+    ):
+        url = multi_host_url([first.address, second.address], "probe")
+        first.blackhole()
+        await pair.promote()
+        connector = HostConnector(host_timeout=1.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        conn = await connector.connect(url)
+        took = loop.time() - started
+        await conn.close()
+        assert 0.9 < took < 5, took
+        started = loop.time()
+        conn = await connector.connect(url)
+        try:
+            assert loop.time() - started < 0.9
+            assert await conn.fetchval("SELECT inet_server_port()") == pair.standby.port
+        finally:
+            await conn.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from relayflow.db.urls import check_database_url, hosts_of
+from relayflow.db.urls import check_database_url, hosts_of, target_session_attrs, with_host
 from relayflow.settings import Settings
 from services.gateway.settings import GatewaySettings
 
@@ -68,6 +68,16 @@ def test_other_faults_are_named() -> None:
 
 def test_hosts_of_leaves_the_credentials_out() -> None:
     assert hosts_of(TWO_HOSTS) == ["db-1:5432", "db-2:5433"]
+
+
+def test_one_host_of_a_list_keeps_the_rest_of_the_url() -> None:
+    """What the connector tries a host at a time with: credentials, database and query kept."""
+    assert with_host(TWO_HOSTS, "db-2:5433") == (
+        "postgresql://app:pw@db-2:5433/relayflow?target_session_attrs=read-write"
+    )
+    assert with_host("postgresql://db-1,db-2/x", "db-2") == "postgresql://db-2/x"
+    assert target_session_attrs(TWO_HOSTS) == "read-write"
+    assert target_session_attrs("postgresql://db-1/x") is None
 
 
 def test_settings_refuse_a_bad_entry_without_echoing_the_password(
