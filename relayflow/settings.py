@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relayflow.amqp.senders import Senders
 from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
+from relayflow.db.urls import check_database_url
 from relayflow.logs import LogFormat
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -32,9 +33,16 @@ def split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RELAYFLOW_", extra="ignore", frozen=True)
+    # Errors leave the value out: DATABASE_URL and AMQP_URL carry passwords, and these errors
+    # reach the terminal before logging (and its redaction) is set up. Each check names what
+    # is wrong itself.
+    model_config = SettingsConfigDict(
+        env_prefix="RELAYFLOW_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL")
+    # One host, or several (a primary and its standbys) with ?target_session_attrs=read-write:
+    # `relayflow.db.urls`.
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/relayflow", validation_alias="DATABASE_URL"
     )
@@ -122,6 +130,11 @@ class Settings(BaseSettings):
                 )
             processes[name] = module
         return processes
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
 
     @field_validator("namespace")
     @classmethod

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-import asyncpg
 
+from relayflow.db.hosts import connect
 from relayflow.settings import Settings
 
 # The core services, in start order: name shown in the logs -> module run with `python -m`. The
@@ -80,7 +80,7 @@ async def check_services(
         )
     server = urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
     try:
-        conn = await asyncpg.connect(server, timeout=connect_timeout)
+        conn = await connect(server, timeout=connect_timeout)
         await conn.close()
     except Exception as exc:
         problems.append(

@@ -13,6 +13,7 @@ import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from relayflow.cli.errors import CliError
+from relayflow.db.hosts import connect
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ async def broker(url: str) -> AsyncIterator[AbstractConnection]:
 @contextlib.asynccontextmanager
 async def database(url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
     try:
-        conn = await asyncpg.connect(url, timeout=10)
+        conn = await connect(url, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise CliError(f"cannot reach PostgreSQL ({exc})") from exc
     try:

@@ -34,6 +34,7 @@ from relayflow.contracts import (
     new_message_id,
     unstorable,
 )
+from relayflow.db.hosts import connect
 from relayflow.model import FINISHED
 from relayflow.settings import Settings
 from relayflow.signal_keys import SignalKeyConflict, signal_message_id, signal_target
@@ -131,7 +132,7 @@ async def prepare_signal(
     its id is the one the key names, the key recorded as the gateway records it: the same key
     with another payload or sender is refused, whichever of the two sent it first."""
     try:
-        conn = await asyncpg.connect(database_url, timeout=10)
+        conn = await connect(database_url, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         if request.key is not None:
             raise CliError(

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from relayflow.db.hosts import connect
 from relayflow.db.pool import Connection
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ async def ensure_database(dsn: str) -> None:
     """Create the database named in `dsn` if it does not exist (the quick start needs no manual
     `createdb`). Services racing to create it are fine: the loser sees it exists."""
     try:
-        conn = await asyncpg.connect(dsn)
+        conn = await connect(dsn)
     except asyncpg.InvalidCatalogNameError:
         pass
     else:
@@ -120,7 +121,7 @@ async def ensure_database(dsn: str) -> None:
     name = parts.path.lstrip("/")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
         raise ValueError(f"refusing to create a database with the unusual name {name!r}")
-    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    admin = await connect(urlunsplit(parts._replace(path="/postgres")))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         log.info("created database %s", name)

@@ -10,6 +10,7 @@ import asyncpg
 import asyncpg.pool
 import orjson
 
+from relayflow.db.hosts import HostConnector
 from relayflow.errors import ServiceUnavailableError
 
 # What queries run on: a plain connection, or one borrowed from a pool. (asyncpg's classes are
@@ -58,6 +59,7 @@ async def create_pool(
         try:
             pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
                 dsn,
+                connect=HostConnector().connect,
                 min_size=min_size,
                 max_size=max_size,
                 init=init_connection,

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from relayflow.amqp import Publisher, connect, quietly
 from relayflow.auth import AuthSettings, OidcProvider, OidcSettings
-from relayflow.db import close_pool
+from relayflow.db import close_pool, create_pool
 from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
@@ -47,6 +47,7 @@ from services.gateway.metrics import (
 )
 from services.gateway.openapi import build_openapi
 from services.gateway.pages import healthz, load_assets, openapi_endpoint, readyz
+from services.gateway.reads import Reads
 from services.gateway.responses import error_response
 from services.gateway.settings import GatewaySettings
 from services.gateway.signals import signal_workflow
@@ -95,6 +96,15 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             pool = await prepare_database(settings)
             stack.push_async_callback(close_pool, pool)
+            reads = Reads(GatewayStore(pool))
+            if settings.read_database_url is not None:
+                read_pool = await create_pool(
+                    settings.read_database_url,
+                    min_size=settings.db_pool_min,
+                    max_size=settings.db_pool_max,
+                )
+                stack.push_async_callback(close_pool, read_pool)
+                reads = Reads(reads.primary, GatewayStore(read_pool))
             provider = None
             if credentials is not None and credentials.oidc is not None:
                 provider = await stack.enter_async_context(OidcProvider.open(credentials.oidc))
@@ -132,7 +142,8 @@ def create_app(
                     submit_workflow=submit_workflow,
                     topology=topology,
                     pool=pool,
-                    store=GatewayStore(pool),
+                    store=reads.primary,
+                    reads=reads,
                     connection=connection,
                     publisher=publisher,
                     hub=hub,

@@ -60,7 +60,7 @@ async def _list(request: Request, params: dict[str, str]) -> WorkflowPage:
     where, limit = list_filter(params)  # QueryError if a parameter is unusable
     where = replace(where, tenant=tenant_of(request))
     return await list_page(
-        state.store, where, limit, stale_after=state.settings.announce_stale_after
+        state.reads.store, where, limit, stale_after=state.settings.announce_stale_after
     )
 
 
@@ -108,13 +108,13 @@ async def workflow_page(request: Request) -> Response:
         workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     except InputError as exc:
         return _refused_page(exc, chrome)
-    row = await state.store.get_workflow(workflow_id, tenant_of(request))
+    row = await state.reads.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         # 404 (nothing to show yet), but a live page: the start may still be on its way.
         return _page(html.pending_workflow_page(workflow_id, chrome=chrome), 404)
     definition = definition_of(state.registry, row)
     view = await load_view(
-        state.store, row, definition, stale_after=state.settings.announce_stale_after
+        state.reads.store, row, definition, stale_after=state.settings.announce_stale_after
     )
     signals = definition if takes_signals(row, definition) else None
     now = datetime.now(UTC)
@@ -125,7 +125,7 @@ async def workflow_page(request: Request) -> Response:
         row.last_seq,
         signals,
         chrome=chrome,
-        timeline=await _timeline(state.store, view, now),
+        timeline=await _timeline(state.reads.store, view, now),
     )
     return _page(page)
 
@@ -142,13 +142,13 @@ async def panel_fragment(request: Request) -> Response:
         workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     except InputError as exc:
         return _refused_fragment(exc)
-    row = await state.store.get_workflow(workflow_id, tenant_of(request))
+    row = await state.reads.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         return _page(html.pending_panel(workflow_id), 404)
     definition = definition_of(state.registry, row)
     compact = request.query_params.get("compact") == "1"
     view = await load_view(
-        state.store, row, definition, stale_after=state.settings.announce_stale_after
+        state.reads.store, row, definition, stale_after=state.settings.announce_stale_after
     )
     now = datetime.now(UTC)
     content = html.panel(
@@ -157,6 +157,6 @@ async def panel_fragment(request: Request) -> Response:
         now,
         last_seq=row.last_seq,
         compact=compact,
-        timeline="" if compact else await _timeline(state.store, view, now),
+        timeline="" if compact else await _timeline(state.reads.store, view, now),
     )
     return _page(content)

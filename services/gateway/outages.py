@@ -15,6 +15,7 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relayflow.db.hosts import NoHostAvailableError
 from services.gateway.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ DATABASE_OUTAGES: tuple[type[Exception], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # "connection is closed" on a connection the pool handed out
+    NoHostAvailableError,  # a failover in progress: the primary gone, no standby promoted yet
 )
 # The operating system's word for the same (refused, reset), and a pool that found no
 # connection in time.

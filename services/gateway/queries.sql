@@ -43,6 +43,16 @@ LIMIT $3;
 -- name: ping
 SELECT 1;
 
+-- name: wal_position
+-- On the primary: every commit acknowledged so far lies at or below this WAL position.
+SELECT pg_current_wal_lsn();
+
+-- name: has_replayed
+-- On a read replica: whether it has applied the WAL up to position $1 (so it shows every commit
+-- the primary had acknowledged when it was taken); a server out of recovery (a replica since
+-- promoted) is the primary itself and has.
+SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= $1::pg_lsn;
+
 -- name: workflow_progress
 -- What decides whether a resuming event stream has anything left to send.
 SELECT status, last_seq FROM workflows WHERE id = $1 AND ($2::text IS NULL OR tenant = $2);

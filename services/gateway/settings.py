@@ -13,8 +13,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from relayflow.db.urls import check_database_url
 from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
 from relayflow.workflow import WorkflowRegistry
@@ -33,6 +34,10 @@ class AuthMode(StrEnum):
 
 
 class GatewaySettings(Settings):
+    # Where the read-only pages and lists, the details and the event streams' replay may read
+    # (a replica; RELAYFLOW_READ_DATABASE_URL); unset: DATABASE_URL. What still reads the
+    # primary, and why the streams stay gapless, is in `services.gateway.reads`.
+    read_database_url: str | None = None
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=0, le=65535)
     # How long a publish may wait for the broker's confirm before the request gets a 503.
@@ -76,6 +81,13 @@ class GatewaySettings(Settings):
     rate_burst: int = Field(default=200, ge=1)
     # Event streams one API key (one client address when open) may hold open; 0: no cap.
     max_streams: int = Field(default=100, ge=0)
+
+    @field_validator("read_database_url")
+    @classmethod
+    def _read_database_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        return check_database_url(value, writes=False)
 
     def submit_workflow(self, registry: WorkflowRegistry) -> str | None:
         """The workflow `/submit` starts, or None when it is off; `ConfigurationError` when the

@@ -18,6 +18,7 @@ from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from services.gateway.events import EventHub
 from services.gateway.limits import Limits
+from services.gateway.reads import Reads
 from services.gateway.settings import GatewaySettings
 from services.gateway.store import GatewayStore
 
@@ -60,7 +61,10 @@ class GatewayState:
     submit_workflow: str | None
     topology: Topology
     pool: asyncpg.Pool[Any]
+    # On the primary: writes, credentials, and reads whose answer must be current.
     store: GatewayStore
+    # Lists, details and stream replays, from a replica where one is set (services.gateway.reads).
+    reads: Reads
     connection: AbstractRobustConnection
     publisher: Publisher
     hub: EventHub

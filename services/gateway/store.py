@@ -211,6 +211,28 @@ class GatewayStore:
         rows = await self._pool.fetch(self._q.events_after, workflow_id, after_seq, limit, tenant)
         return [StoredEvent(row["seq"], row["event"], row["body"]) for row in rows]
 
+    async def events_after_if_replayed(
+        self,
+        fence: int,
+        workflow_id: str,
+        after_seq: int,
+        tenant: str | None,
+        *,
+        limit: int = 1000,
+    ) -> list[StoredEvent] | None:
+        """`events_after` on a replica that has replayed the primary's WAL up to `fence`
+        (`wal_position`), else None. One connection for both: a read pool over several replicas
+        must not check one and read another."""
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval(self._q.has_replayed, fence):
+                return None
+            rows = await conn.fetch(self._q.events_after, workflow_id, after_seq, limit, tenant)
+        return [StoredEvent(row["seq"], row["event"], row["body"]) for row in rows]
+
+    async def wal_position(self) -> int:
+        """On the primary: its WAL write position (asyncpg gives a pg_lsn as an int)."""
+        return int(await self._pool.fetchval(self._q.wal_position))
+
     async def workflow_progress(self, workflow_id: str, tenant: str | None) -> Progress | None:
         row = await self._pool.fetchrow(self._q.workflow_progress, workflow_id, tenant)
         return None if row is None else Progress(row["status"], row["last_seq"])

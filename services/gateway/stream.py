@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sse_starlette import ServerSentEvent
@@ -34,7 +34,7 @@ from relayflow.hops import HopTrace
 from services.gateway.events import LiveEvent, Signal, Subscription
 from services.gateway.models import UnknownWorkflow
 from services.gateway.sse import workflow_frame
-from services.gateway.store import GatewayStore, StoredEvent
+from services.gateway.store import StoredEvent
 
 TERMINAL_EVENTS = frozenset(str(event) for event in _TERMINAL)
 UNKNOWN_EVENT = "workflow.unknown"
@@ -87,6 +87,17 @@ class Sequencer:
         return ready
 
 
+class EventReads(Protocol):
+    """What a stream reads: `services.gateway.reads.Reads` (a replica where it may), or the
+    primary's `GatewayStore` itself."""
+
+    async def events_after(
+        self, workflow_id: str, after_seq: int, tenant: str | None, *, limit: int = ...
+    ) -> list[StoredEvent]: ...
+
+    async def workflow_exists(self, workflow_id: str, tenant: str | None) -> bool: ...
+
+
 def _from_store(event: StoredEvent) -> Outgoing:
     return Outgoing(event.seq, event.event, event.body)
 
@@ -96,7 +107,7 @@ def _from_live(event: LiveEvent) -> Outgoing:
 
 
 async def _replay(
-    store: GatewayStore, workflow_id: str, tenant: str | None, sequencer: Sequencer
+    store: EventReads, workflow_id: str, tenant: str | None, sequencer: Sequencer
 ) -> list[Outgoing]:
     ready: list[Outgoing] = []
     while True:
@@ -108,7 +119,7 @@ async def _replay(
 
 
 async def follow(
-    store: GatewayStore,
+    store: EventReads,
     subscription: Subscription,
     *,
     last_event_id: int,

@@ -208,7 +208,7 @@ async def list_workflows(request: Request) -> Response:
     where, limit = list_filter(request.query_params)
     where = replace(where, tenant=tenant_of(request))
     page = await list_page(
-        state.store, where, limit, stale_after=state.settings.announce_stale_after
+        state.reads.store, where, limit, stale_after=state.settings.announce_stale_after
     )
     return model_response(page)
 
@@ -240,11 +240,11 @@ async def all_events(request: Request) -> Response:
 async def get_workflow(request: Request, raw_id: str) -> Response:
     state = gateway_state(request)
     workflow_id = checks.workflow_id(raw_id)
-    row = await state.store.get_workflow(workflow_id, tenant_of(request))
+    row = await state.reads.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
     view = await load_view(
-        state.store,
+        state.reads.store,
         row,
         definition_of(state.registry, row),
         stale_after=state.settings.announce_stale_after,
@@ -320,7 +320,7 @@ async def step_items(request: Request) -> Response:
     workflow_id = checks.workflow_id(request.path_params["workflow_id"])
     step_name = checks.step_name(request.path_params["step_name"])
     after, status, limit = item_query(request.query_params)
-    row = await state.store.get_workflow(workflow_id, tenant_of(request))
+    row = await state.reads.get_workflow(workflow_id, tenant_of(request))
     if row is None:
         return error_response(404, f"no workflow with id {workflow_id!r}")
     definition = definition_of(state.registry, row)
@@ -332,7 +332,7 @@ async def step_items(request: Request) -> Response:
         return error_response(
             404, f"step {step_name!r} is a {kind} step, not a {MapSpec.kind}: it has no items"
         )
-    found = await state.store.items_after(
+    found = await state.reads.store.items_after(
         workflow_id, step_name, after=after, status=status, limit=limit + 1
     )
     shown = found[:limit]
@@ -355,6 +355,7 @@ async def workflow_events(request: Request) -> Response:
     last_event_id = checks.last_event_seq(request)
     tenant = tenant_of(request)
     if last_event_id is not None:
+        # On the primary: a replica behind a retry would end the stream before its events.
         progress = await state.store.workflow_progress(workflow_id, tenant)
         if (
             progress is not None
@@ -368,7 +369,7 @@ async def workflow_events(request: Request) -> Response:
     settings = state.settings
     return EventStream(
         follow(
-            state.store,
+            state.reads,
             subscription,
             last_event_id=last_event_id or 0,
             unknown_wait=settings.gateway_unknown_workflow_wait,

@@ -253,22 +253,26 @@ class PrivatePostgres(Lifecycle):
             os.chown(self._dir, entry.pw_uid, entry.pw_gid)
         self.port = free_low_port()
         try:
-            await self._as_owner(
-                POSTGRES_BIN / "initdb",
-                "-D",
-                self.data_dir,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            )
+            await self._create_data()
             await self.start_server()
         except BaseException:
             await self.stop()
             raise
+
+    async def _create_data(self) -> None:
+        """A fresh cluster; a standby (`tests.tools.pg_standby`) copies its primary's instead."""
+        await self._as_owner(
+            POSTGRES_BIN / "initdb",
+            "-D",
+            self.data_dir,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
 
     async def start_server(self) -> None:
         assert self._dir is not None
@@ -278,6 +282,19 @@ class PrivatePostgres(Lifecycle):
     async def stop_server(self, mode: str = "fast") -> None:
         """`fast`: sessions are terminated, then a clean shutdown; `immediate`: like a crash."""
         await self.pg_ctl("-m", mode, "stop")
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend at once, as when its machine dies: no
+        shutdown checkpoint, no goodbye to clients or standbys. The data directory stays."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            raise PrivateServiceError(f"PostgreSQL on {self.port} is not running")
+        postmaster = int(pid_file.read_text().split()[0])
+        # Its children first, found before it dies (they would be handed to init after).
+        doomed = [*_children_of(postmaster), postmaster]
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     async def restart(self, mode: str = "fast") -> None:
         """Every connection is closed; transactions in flight are rolled back."""
@@ -321,3 +338,19 @@ class PrivatePostgres(Lifecycle):
                 await self.pg_ctl("-m", "immediate", "stop", timeout=30)
         shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
+
+
+def _children_of(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (Linux /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            children.append(int(entry.name))
+    return children
