@@ -1,6 +1,10 @@
 """Run the whole system in the foreground (`relayflow-run`): one OS process per service, as in
 production, with each output line prefixed by the service's name.
 
+Serves the applications `--app` names (packages, installed or in the working directory; default
+RELAYFLOW_APPS, see `relayflow.applications`), and starts the processes they declare after the
+core services; a package that does not import or has no workflows stops it before anything runs.
+
 Checks first that RabbitMQ and PostgreSQL answer; forwards SIGINT/SIGTERM to every service and
 kills the ones that have not stopped after a grace period. A service that dies on its own is
 started again after a pause that doubles with each death in a row (0.5 s up to 30 s), saying
