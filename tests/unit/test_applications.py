@@ -3,7 +3,9 @@ follows from the packages named, and a package that cannot serve is refused, nam
 
 from __future__ import annotations
 
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,12 +43,17 @@ def make_app(root: Path, name: str, files: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def app_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def app_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on the import path for packages made by a test, forgotten afterwards (a
+    later test's package of the same name must not find this one's modules cached)."""
     monkeypatch.syspath_prepend(str(tmp_path))
     for var in ("RELAYFLOW_APPS", "RELAYFLOW_WORKFLOWS", "RELAYFLOW_STEP_MODULES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("RELAYFLOW_APP_PROCESSES", raising=False)
-    return tmp_path
+    yield tmp_path
+    for name, module in list(sys.modules.items()):
+        if Path(getattr(module, "__file__", None) or "/").is_relative_to(tmp_path):
+            del sys.modules[name]
 
 
 def test_the_modules_follow_from_the_applications(monkeypatch: pytest.MonkeyPatch) -> None:
