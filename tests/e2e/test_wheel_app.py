@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import sys
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ class Installed:
     python: Path
     run: Path
     log: Path
+    # The sources the wheels were built from, and the wheels, relayflow's first.
+    sources: list[Path]
+    wheels: list[Path]
 
 
 @dataclass
@@ -117,7 +121,30 @@ async def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     await sh(
         *pip, "--python", python, "install", "-q", *wheels, cwd=where, log=log, env=clean_env()
     )
-    return Installed(python=python, run=venv / "bin" / "relayflow-run", log=log)
+    return Installed(
+        python=python,
+        run=venv / "bin" / "relayflow-run",
+        log=log,
+        sources=[source, where / "orders"],
+        wheels=wheels,
+    )
+
+
+def test_every_file_of_the_packages_is_in_the_wheels(installed: Installed) -> None:
+    """Not only what the run below reads: every SQL file, asset and migration of every package
+    (a signal key's queries are read only when a signal is sent, say)."""
+    for source, wheel in zip(installed.sources, installed.wheels, strict=True):
+        with zipfile.ZipFile(wheel) as archive:
+            shipped = set(archive.namelist())
+        packages = [path for path in source.iterdir() if (path / "__init__.py").is_file()]
+        files = {
+            str(path.relative_to(source))
+            for package in packages
+            for path in package.rglob("*")
+            if path.is_file()
+        }
+        assert files, source
+        assert files - shipped == set(), f"{wheel.name} lacks these"
 
 
 async def test_the_installed_packages_are_the_wheels_not_the_checkout(
