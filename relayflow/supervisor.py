@@ -421,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # The services run as `python -m …` from this directory, which puts it first on their
     # import path: an application here, not installed, imports there, so it must here too.
-    sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         settings = _app_settings(args.app) if args.app else Settings()
         available = programs(settings)
