@@ -38,7 +38,7 @@ from relayflow.settings import Settings
 from relayflow.steps import StepRegistry
 
 # The core services, in start order: name shown in the logs -> module run with `python -m`. The
-# applications' own processes (`RELAYFLOW_APP_PROCESSES`) start after them.
+# applications' own processes (their `PROCESSES`, or `RELAYFLOW_APP_PROCESSES`) start after them.
 SERVICES: dict[str, str] = {
     "gateway": "services.gateway",
     "orchestrator": "services.orchestrator",
@@ -358,8 +358,8 @@ def metrics_ports(names: Sequence[str], first: int) -> dict[str, int]:
 
 def programs(settings: Settings) -> dict[str, str]:
     """What the run command starts: the core services, then the applications' processes
-    (`RELAYFLOW_APP_PROCESSES`, or else what the applications declare). ValueError (a
-    ConfigurationError among them) when an application does not import or names clash."""
+    (`RELAYFLOW_APP_PROCESSES`, or else what the applications declare). ValueError when one
+    takes a core service's name; ConfigurationError when an application does not import."""
     own = (
         settings.app_processes
         if settings.app_processes is not None
