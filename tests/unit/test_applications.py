@@ -3,6 +3,8 @@ follows from the packages named, and a package that cannot serve is refused, nam
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from relayflow import applications, supervisor
 from relayflow.errors import ConfigurationError
 from relayflow.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = """
 from pydantic import BaseModel
 from relayflow.workflow import define_workflow, task
@@ -139,3 +142,26 @@ def test_app_flag_refuses_module_lists_that_would_replace_it(
         supervisor.main(["--app", "apps.approval", "--check"])
     assert exit_info.value.code == 2
     assert "RELAYFLOW_STEP_MODULES set in the environment" in capsys.readouterr().err
+
+
+async def test_a_service_started_alone_names_the_application_too(app_root: Path) -> None:
+    """Deployments start each service with RELAYFLOW_APPS (no run command to check first): an
+    application without workflows stops it, exit 2, saying so — not a service serving nothing."""
+    make_app(app_root, "hollow_app", {"workflows.py": "WORKFLOWS = []", "steps.py": STEPS})
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RELAYFLOW_")},
+        "RELAYFLOW_APPS": "hollow_app",
+        "PYTHONPATH": os.pathsep.join([str(app_root), str(ROOT)]),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.orchestrator",
+        cwd=app_root,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, output.decode()
+    assert "application 'hollow_app' has no workflows" in output.decode()
