@@ -30,6 +30,7 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
+from orders_app.steps import steps
 from orders_app.workflows import ORDER
 
 from relayflow.topology import Topology
@@ -41,6 +42,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 # What building relayflow's wheel reads: its metadata, and its three top-level packages.
 SOURCES = ("pyproject.toml", "README.md", "relayflow", "services", "apps")
 EXAMPLE = ROOT / "examples" / "orders"
+# The step queues the services declare: every task of the workflow, and every body the step
+# service serves (local ones included).
+STEP_QUEUES = sorted({*ORDER.task_names(), *steps.names()})
 ENDED = {"completed", "failed", "compensated", "compensation_failed", "cancelled"}
 _BUILD_LITTER = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
 
@@ -219,7 +223,7 @@ async def served(
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        await delete_topology(amqp_connection, Topology(namespace), ORDER.task_names())
+        await delete_topology(amqp_connection, Topology(namespace), STEP_QUEUES)
         await drop_database(server, database)
     assert process.returncode == 0, tail(log)
 

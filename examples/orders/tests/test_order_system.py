@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 from conftest import AMQP_URL
+from orders_app.steps import steps
 from orders_app.workflows import ORDER
 
 from relayflow.topology import Topology
@@ -59,7 +60,9 @@ async def delete_namespace(namespace: str) -> None:
     topology = Topology(namespace)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
-        for queue in [*topology.queue_bindings(ORDER.task_names()), topology.dead_letter_queue]:
+        # Every task's queue and every body's: the step service declares those of local ones too.
+        served = {*ORDER.task_names(), *steps.names()}
+        for queue in [*topology.queue_bindings(served), topology.dead_letter_queue]:
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(queue)
