@@ -17,7 +17,7 @@ from relayflow import logs, tracing
 from relayflow.auth import AuthSettings
 from relayflow.db import create_pool, ensure_database, migrate
 from relayflow.db.migrate import CORE
-from relayflow.errors import ConfigurationError, ServiceUnavailableError
+from relayflow.errors import ConfigurationError, DefinitionError, ServiceUnavailableError
 from relayflow.logs import url_secrets
 from relayflow.metrics import serve_metrics, switch
 from relayflow.probes import Probes
@@ -128,8 +128,9 @@ def run(
 
     try:
         _run_loop(_amain())
-    except (ServiceUnavailableError, ConfigurationError) as exc:
-        # The message says what is missing and how to start it; a traceback would bury that.
+    except (ServiceUnavailableError, ConfigurationError, DefinitionError) as exc:
+        # The message says what is missing and how to start it, or which module or definition
+        # is wrong; a traceback would bury that.
         logging.getLogger(service).error("%s", exc)  # noqa: TRY400
         sys.exit(2)
     finally:

@@ -10,10 +10,11 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relayflow.amqp.senders import Senders
+from relayflow.applications import DEFAULT_APPS, step_modules, workflow_modules
 from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
 from relayflow.db.urls import check_database_url
 from relayflow.logs import LogFormat
@@ -48,28 +49,21 @@ class Settings(BaseSettings):
     )
     # Prefix of every exchange and queue name, so that test runs and tenants can share a broker.
     namespace: str = "relayflow"
+    # The applications served, by package (`relayflow.applications`): each gives its
+    # `<package>.workflows` to `workflows` and its `<package>.steps` to `step_modules` below.
+    apps: Annotated[list[str], NoDecode] = list(DEFAULT_APPS)
     # Modules that define workflows with `define_workflow`; importing them registers nothing
-    # globally, each must expose `WORKFLOWS`.
-    workflows: Annotated[list[str], NoDecode] = [
-        "apps.form_submission.workflows",
-        "apps.batch_import.workflows",
-        "apps.approval.workflows",
-        "apps.quote.workflows",
-    ]
+    # globally, each must expose `WORKFLOWS`. Unset: those of `apps`; set, it replaces them.
+    workflows: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Modules whose `steps` registries hold step bodies: what a step service serves, and where
     # the orchestrator finds the bodies of local tasks (it imports them only if it has some).
-    step_modules: Annotated[list[str], NoDecode] = [
-        "apps.form_submission.steps",
-        "apps.batch_import.steps",
-        "apps.approval.steps",
-        "apps.quote.steps",
-    ]
+    # Unset: those of `apps`; set, it replaces them.
+    step_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # The applications' own processes that the run command (`relayflow-run`) starts beside the
     # core services, as name=module (run with `python -m`), comma-separated:
-    # RELAYFLOW_APP_PROCESSES=external=apps.form_submission.external; empty: none.
-    app_processes: Annotated[dict[str, str], NoDecode] = {
-        "external": "apps.form_submission.external",
-    }
+    # RELAYFLOW_APP_PROCESSES=external=apps.form_submission.external; empty: none. Unset (None):
+    # what the applications declare (`PROCESSES` in their packages).
+    app_processes: Annotated[dict[str, str] | None, NoDecode] = None
     queue_type: str = "quorum"
     # The roles of the broker users, checked on every message received
     # (`relayflow.amqp.senders`): engine=u1,u2;step=u3;start=u4;external=u5. Empty: not checked.
@@ -104,10 +98,35 @@ class Settings(BaseSettings):
     def senders(self) -> Senders:
         return Senders.parse(self.broker_senders, self.broker_tenants)
 
-    @field_validator("workflows", "step_modules", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _modules_of_apps(cls, data: object) -> object:
+        # Fills what is not set from the applications; a value set (even to the same modules)
+        # is taken as it is. Before field validation, so that `apps` is still raw here.
+        if not isinstance(data, dict):
+            return data
+        apps = split_csv(data.get("apps", DEFAULT_APPS))
+        if not isinstance(apps, (list, tuple)):
+            return data  # the field's own validation says what is wrong
+        filled = dict(data)
+        if "workflows" not in filled:
+            filled["workflows"] = workflow_modules(apps)
+        if "step_modules" not in filled:
+            filled["step_modules"] = step_modules(apps)
+        return filled
+
+    @field_validator("apps", "workflows", "step_modules", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
+
+    @field_validator("apps", "workflows", "step_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        wrong = [name for name in value if not _MODULE.match(name)]
+        if wrong:
+            raise ValueError(f"expected dotted module names, comma-separated; got {wrong}")
+        return value
 
     @field_validator("hop_trace", mode="before")
     @classmethod

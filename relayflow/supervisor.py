@@ -1,6 +1,10 @@
 """Run the whole system in the foreground (`relayflow-run`): one OS process per service, as in
 production, with each output line prefixed by the service's name.
 
+Serves the applications `--app` names (packages, installed or in the working directory; default
+RELAYFLOW_APPS, see `relayflow.applications`), and starts the processes they declare after the
+core services; a package that does not import or has no workflows stops it before anything runs.
+
 Checks first that RabbitMQ and PostgreSQL answer; forwards SIGINT/SIGTERM to every service and
 kills the ones that have not stopped after a grace period. A service that dies on its own is
 started again after a pause that doubles with each death in a row (0.5 s up to 30 s), saying
@@ -27,11 +31,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 
+from relayflow import applications
 from relayflow.db.hosts import connect
+from relayflow.errors import ConfigurationError, DefinitionError
 from relayflow.settings import Settings
+from relayflow.steps import StepRegistry
 
 # The core services, in start order: name shown in the logs -> module run with `python -m`. The
-# applications' own processes (`RELAYFLOW_APP_PROCESSES`) start after them.
+# applications' own processes (their `PROCESSES`, or `RELAYFLOW_APP_PROCESSES`) start after them.
 SERVICES: dict[str, str] = {
     "gateway": "services.gateway",
     "orchestrator": "services.orchestrator",
@@ -42,6 +49,8 @@ SERVICES: dict[str, str] = {
 # (the step service, then the applications') takes the next one; the gateway serves /metrics on
 # its HTTP port instead.
 METRICS_FIRST_PORT = 9101
+# Module lists that, set in the environment, replace what the applications give.
+_MODULE_SETTINGS = ("RELAYFLOW_WORKFLOWS", "RELAYFLOW_STEP_MODULES")
 _COLOURS = ("36", "35", "33", "32", "34", "31")
 _SELF = "run"
 
@@ -231,11 +240,12 @@ async def supervise(
     gateway: tuple[str, int] | None = None,
     restarts: Restarts | None = None,
     metrics: Mapping[str, tuple[str, int]] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Run `commands` (name -> argv) until `stop` is set, restarting a service that dies on its
     own (`restarts`); a crash loop stops the run. `metrics`: the (host, port) each service
-    serves its metrics on, handed to it as RELAYFLOW_METRICS_HOST and _PORT. Returns the exit
-    code."""
+    serves its metrics on, handed to it as RELAYFLOW_METRICS_HOST and _PORT; `env`: what every
+    service's environment adds to this one's. Returns the exit code."""
     prefix = _prefixer(list(commands), colour=colour)
     metrics = metrics or {}
     restarts = restarts or Restarts()
@@ -251,7 +261,7 @@ async def supervise(
             write=write,
             say=say,
             restarts=restarts,
-            env=_metrics_env(*metrics[name]) if name in metrics else None,
+            env={**(env or {}), **(_metrics_env(*metrics[name]) if name in metrics else {})},
         )
         for name, argv in commands.items()
     ]
@@ -347,33 +357,80 @@ def metrics_ports(names: Sequence[str], first: int) -> dict[str, int]:
 
 
 def programs(settings: Settings) -> dict[str, str]:
-    """What the run command starts: the core services, then the applications' processes."""
-    clashes = sorted(set(SERVICES) & set(settings.app_processes))
+    """What the run command starts: the core services, then the applications' processes
+    (`RELAYFLOW_APP_PROCESSES`, or else what the applications declare). ValueError when one
+    takes a core service's name; ConfigurationError when an application does not import."""
+    own = (
+        settings.app_processes
+        if settings.app_processes is not None
+        else applications.processes(settings.apps)
+    )
+    clashes = sorted(set(SERVICES) & set(own))
     if clashes:
         raise ValueError(f"RELAYFLOW_APP_PROCESSES reuses the core services' names {clashes}")
-    return {**SERVICES, **settings.app_processes}
+    return {**SERVICES, **own}
+
+
+def check_apps(settings: Settings) -> None:
+    """Load what the services will load — each application, its workflows and step bodies,
+    their typed reads — so that a broken application stops the run at once, saying which and
+    why, rather than as five crashes of every service. ConfigurationError when it is wrong."""
+    workflows = applications.load_workflows(settings.apps, settings.workflows)
+    try:
+        StepRegistry.from_modules(settings.step_modules).bind(workflows)
+    except DefinitionError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def _app_settings(apps: Sequence[str]) -> Settings:
+    """The settings with `--app`: the applications named replace RELAYFLOW_APPS, and module
+    lists set in the environment, which would replace theirs unseen, are refused."""
+    overriding = [var for var in _MODULE_SETTINGS if var in os.environ]
+    if overriding:
+        raise ConfigurationError(
+            f"--app names the applications, but {' and '.join(overriding)} set in the "
+            "environment would replace their modules; unset it, or drop --app"
+        )
+    return Settings(apps=list(apps))
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings()
     parser = argparse.ArgumentParser(prog="relayflow-run", description=__doc__)
-    try:
-        available = programs(settings)
-    except ValueError as exc:
-        parser.error(str(exc))
+    parser.add_argument(
+        "--app",
+        type=_names,
+        action="extend",
+        metavar="PACKAGE[,PACKAGE]",
+        help="the applications to serve, by package (repeatable; default: RELAYFLOW_APPS, or "
+        f"{','.join(applications.DEFAULT_APPS)}); see relayflow.applications",
+    )
     parser.add_argument(
         "--only",
-        type=lambda v: [name.strip() for name in v.split(",") if name.strip()],
-        default=list(available),
-        help=f"comma-separated services to run (default: all of {','.join(available)})",
+        type=_names,
+        help="comma-separated services to run (default: all; the core's are "
+        f"{','.join(SERVICES)}, then the applications' own processes)",
     )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait on stop")
     parser.add_argument(
         "--check", action="store_true", help="only check that RabbitMQ and PostgreSQL answer"
     )
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.only) - set(available))
-    if unknown or not args.only:
+    # The services run as `python -m …` from this directory, which puts it first on their
+    # import path: an application here, not installed, imports there, so it must here too.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        settings = _app_settings(args.app) if args.app else Settings()
+        available = programs(settings)
+    except (ValueError, ConfigurationError) as exc:
+        parser.error(str(exc))
+    only = args.only if args.only is not None else list(available)
+    unknown = sorted(set(only) - set(available))
+    if unknown or not only:
         parser.error(f"unknown services {unknown}; choose from {','.join(available)}")
     # aiormq logs every failed connection attempt itself; check_services explains it better.
     logging.getLogger("aiormq").setLevel(logging.CRITICAL)
@@ -381,9 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     port = int(os.environ.get("RELAYFLOW_GATEWAY_PORT", "8000"))
     gateway = ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)  # noqa: S104
     commands = {
-        name: [sys.executable, "-m", module]
-        for name, module in available.items()
-        if name in args.only
+        name: [sys.executable, "-m", module] for name, module in available.items() if name in only
     }
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     first_port = int(os.environ.get("RELAYFLOW_METRICS_PORT", str(METRICS_FIRST_PORT)))
@@ -400,12 +455,23 @@ def main(argv: list[str] | None = None) -> None:
             return 2
         if args.check:
             return 0
+        try:
+            check_apps(settings)
+        except ConfigurationError as exc:
+            print(f"relayflow-run: {exc}", file=sys.stderr)
+            return 2
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         return await supervise(
-            commands, stop, grace=args.grace, colour=colour, gateway=gateway, metrics=metrics
+            commands,
+            stop,
+            grace=args.grace,
+            colour=colour,
+            gateway=gateway,
+            metrics=metrics,
+            env={"RELAYFLOW_APPS": ",".join(settings.apps)} if args.app else None,
         )
 
     try:

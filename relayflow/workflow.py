@@ -771,7 +771,13 @@ class WorkflowRegistry:
     def from_modules(cls, modules: Iterable[str]) -> WorkflowRegistry:
         registry = cls()
         for module_name in modules:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise DefinitionError(
+                    f"workflow module {module_name!r} (RELAYFLOW_WORKFLOWS, or RELAYFLOW_APPS) "
+                    f"does not import: {type(exc).__name__}: {exc}"
+                ) from exc
             definitions = getattr(module, "WORKFLOWS", None)
             if not isinstance(definitions, (list, tuple)):
                 raise DefinitionError(

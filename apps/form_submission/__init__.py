@@ -8,3 +8,7 @@ DAG and the form's model), `steps.py` (the step bodies), `migrations/` (`form_su
 `external/`, the stand-in external system its `awaitResponse` wait hears from
 (`python -m apps.form_submission.external`, started by the run command).
 """
+
+# Started by the run command beside the core services while this application is served
+# (`relayflow.applications`).
+PROCESSES = {"external": "apps.form_submission.external"}

@@ -212,7 +212,13 @@ class StepRegistry:
         merged = cls()
         migrations: list[str] = []
         for module_name in modules:
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise DefinitionError(
+                    f"step module {module_name!r} (RELAYFLOW_STEP_MODULES, or RELAYFLOW_APPS) "
+                    f"does not import: {type(exc).__name__}: {exc}"
+                ) from exc
             found = getattr(module, "steps", None)
             if not isinstance(found, StepRegistry):
                 raise DefinitionError(f"module {module_name!r} must define `steps`, a StepRegistry")

@@ -18,12 +18,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from relayflow.amqp import Publisher, connect, quietly
+from relayflow.applications import load_workflows
 from relayflow.auth import AuthSettings, OidcProvider, OidcSettings
 from relayflow.db import close_pool, create_pool
 from relayflow.hops import HopTrace
 from relayflow.runtime import prepare_database
 from relayflow.topology import Topology
-from relayflow.workflow import WorkflowRegistry
 from services.gateway import (
     access,
     checks,
@@ -85,7 +85,7 @@ def create_app(
     )
     # Definitions are checked here, so a broken workflow module fails before anything opens;
     # so is the workflow /submit starts (ConfigurationError: the setting names none served).
-    registry = WorkflowRegistry.from_modules(settings.workflows)
+    registry = load_workflows(settings.apps, settings.workflows)
     submit_workflow = settings.submit_workflow(registry)
     topology = Topology.from_settings(settings)
     assets = load_assets()

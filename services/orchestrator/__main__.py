@@ -11,6 +11,7 @@ import asyncpg
 
 from relayflow import metrics
 from relayflow.amqp import BatchConsumer, Publisher, connect, quietly
+from relayflow.applications import load_workflows
 from relayflow.db import close_pool
 from relayflow.hops import HopTrace
 from relayflow.orchestration import retention, store
@@ -20,7 +21,6 @@ from relayflow.orchestration.relay import OutboxRelay
 from relayflow.probes import Probes, ready_check
 from relayflow.runtime import prepare_database, run
 from relayflow.topology import Topology
-from relayflow.workflow import WorkflowRegistry
 from services.orchestrator.announce import Announcer, replica_id
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.settings import OrchestratorSettings
@@ -31,7 +31,7 @@ log = logging.getLogger("services.orchestrator")
 async def serve(
     settings: OrchestratorSettings, stop: asyncio.Event, probes: Probes | None = None
 ) -> None:
-    registry = WorkflowRegistry.from_modules(settings.workflows)
+    registry = load_workflows(settings.apps, settings.workflows)
     topology = Topology.from_settings(settings)
     local = LocalSteps.load(registry, settings.step_modules, exchange=topology.exchange)
     pool = await prepare_database(settings, local.migrations if local else ())

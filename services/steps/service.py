@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from relayflow.amqp import Publisher, connect, quietly
+from relayflow.applications import load_workflows
 from relayflow.db import close_pool
 from relayflow.errors import ConfigurationError, DefinitionError
 from relayflow.hops import HopTrace
@@ -18,7 +19,6 @@ from relayflow.probes import Probes, ready_check
 from relayflow.runtime import prepare_database
 from relayflow.steps import StepRegistry, StepWorker, WorkerConfig
 from relayflow.topology import Topology
-from relayflow.workflow import WorkflowRegistry
 from services.steps.settings import StepServiceSettings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ async def serve(
 ) -> None:
     """Run until `stop` is set, then finish or hand back what is in flight and return."""
     steps = load_steps(settings)
-    workflows = WorkflowRegistry.from_modules(settings.workflows)
+    workflows = load_workflows(settings.apps, settings.workflows)
     try:
         steps.bind(workflows)
     except DefinitionError as exc:

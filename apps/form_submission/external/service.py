@@ -8,16 +8,16 @@ import contextlib
 from apps.form_submission.external.settings import ExternalSettings
 from apps.form_submission.external.system import ExternalConfig, ExternalSystem
 from relayflow.amqp import connect, quietly
+from relayflow.applications import load_workflows
 from relayflow.probes import Probes, ready_check
 from relayflow.topology import Topology
-from relayflow.workflow import WorkflowRegistry
 
 
 async def serve(
     settings: ExternalSettings, stop: asyncio.Event, probes: Probes | None = None
 ) -> None:
     """Run until `stop` is set, then let in-flight replies finish and return."""
-    workflows = WorkflowRegistry.from_modules(settings.workflows)
+    workflows = load_workflows(settings.apps, settings.workflows)
     topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
         connection = await connect(settings.amqp_url, name="relayflow-external")
