@@ -58,6 +58,12 @@ def parse(argv: Sequence[str] | None) -> Config:
         default=f"{DEFAULT_MIX.min_items}-{DEFAULT_MIX.max_items}",
         help="items per mapped workflow, MIN-MAX (or one number)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="PostgreSQL as a primary with a synchronous standby, failed over once halfway "
+        "through the faults (issue 13)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
@@ -93,6 +99,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         settle_timeout=args.settle_timeout,
         step_delay=args.step_delay,
         spare_orchestrator_amqp=args.spare_orchestrator_amqp,
+        cluster=args.cluster,
         mix=Mix(
             mapped=args.mapped,
             approval=args.approval,

@@ -60,6 +60,8 @@ from relayflow.contracts import TERMINAL_EVENTS, SignalWorkflow, encode
 from relayflow.topology import RESULT_KEY, SIGNAL_KEY, START_KEY, step_key
 from tests.support import read_sse
 from tests.tools.cluster import Cluster, running_cluster
+from tests.tools.failover_cluster import FailoverCluster, running_failover_cluster
+from tests.tools.pg_standby import PostgresPair
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit
 
 log = logging.getLogger("chaos")
@@ -102,6 +104,9 @@ class Config:
     spare_orchestrator_amqp: bool = False
     # How much of the workload is mapped (ledgerMap, batchImport) and how many items a map has.
     mix: Mix = field(default_factory=Mix)
+    # On the distributed engines (issue 13): PostgreSQL a primary with a synchronous standby,
+    # failed over once, halfway through the faults (the primary SIGKILLed, the standby promoted).
+    cluster: bool = False
 
 
 @dataclass
@@ -131,15 +136,24 @@ class Observed:
     signal_refusals: list[str] = field(default_factory=list)
     # Why sends were tried again (a gateway's status, the broker unreachable or unconfirmed).
     signal_retries: dict[str, int] = field(default_factory=dict)
+    # Seconds from a fault to every service working again, by kind of fault.
+    recoveries: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Chaos:
     def __init__(
-        self, cluster: Cluster, rabbit: PrivateRabbit, postgres: PrivatePostgres, config: Config
+        self,
+        cluster: Cluster,
+        rabbit: PrivateRabbit,
+        postgres: PrivatePostgres,
+        config: Config,
+        pair: PostgresPair | None = None,
     ) -> None:
         self.cluster = cluster
         self.rabbit = rabbit
+        # The server that takes writes (the standby, once promoted), and the pair it is of.
         self.postgres = postgres
+        self.pair = pair
         self.config = config
         self.rng = random.Random(config.seed)  # noqa: S311 - chaos, not cryptography
         self.seen = Observed()
@@ -425,14 +439,49 @@ class Chaos:
             "reorder": self._reorder,
             "malformed": self._malformed,
         }
+        failover_at = loop.time() + self.config.duration / 2 if self.pair is not None else None
         # Let the first workflows get going before the first fault.
         await asyncio.sleep(min(3.0, self.config.duration / 10))
         while loop.time() < end:
-            fault = self.rng.choice(self.config.faults)
-            log.info("fault: %s", fault)
-            self.seen.faults.append((time.time(), fault))
-            await actions[fault]()
+            if failover_at is not None and loop.time() >= failover_at:
+                failover_at = None
+                fault = "failover-database"
+                self.seen.faults.append((time.time(), fault))
+                await self._fail_over(client)
+            else:
+                fault = self.rng.choice(self.config.faults)
+                log.info("fault: %s", fault)
+                self.seen.faults.append((time.time(), fault))
+                await actions[fault]()
             await asyncio.sleep(self.rng.uniform(1.0, 4.0))
+
+    async def _fail_over(self, client: httpx.AsyncClient) -> None:
+        """The primary's machine dies (SIGKILL of every process), the standby is promoted, and
+        the recovery is the time from the kill until every service that uses the database has
+        a session on it (the gateway's are made when asked: a list that needs one)."""
+        assert self.pair is not None
+        assert isinstance(self.cluster, FailoverCluster)
+        log.info("fault: failover-database")
+        killed = time.monotonic()
+        self.pair.primary.kill()
+        await self.pair.promote()
+        # Writes go to the promoted standby from now on; the old primary stays down (whatever
+        # runs PostgreSQL keeps it from coming back as a second primary).
+        self.postgres = self.pair.standby
+        deadline = killed + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(*_DB_ERRORS, httpx.HTTPError):
+                listed = await client.get(f"{self.cluster.base_url}/workflows?limit=1")
+                back = await self.cluster.connected_services()
+                if listed.status_code == 200 and {"orchestrator", "steps"} <= back:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            log.warning("not every service reconnected within 60 s of the failover")
+            return
+        self.seen.recoveries.setdefault("failover-database", []).append(
+            round(time.monotonic() - killed, 2)
+        )
 
     async def _kill(self, service: str, client: httpx.AsyncClient) -> None:
         if service == "gateway":
@@ -467,6 +516,8 @@ class Chaos:
         ]
         for service in self.rng.sample(candidates, k=self.rng.randint(1, len(candidates))):
             await getattr(self.cluster.links[service], link).cut()
+            if link == "db" and isinstance(self.cluster, FailoverCluster):
+                await self.cluster.standby_links[service].cut()
 
     async def _publisher(
         self,
@@ -757,6 +808,32 @@ async def _nothing() -> AsyncIterator[dict[str, Any]]:
     yield
 
 
+@contextlib.asynccontextmanager
+async def _database(
+    config: Config,
+) -> AsyncIterator[tuple[PrivatePostgres, PostgresPair | None]]:
+    """One private server, or (`cluster`) a primary with its synchronous standby."""
+    if not config.cluster:
+        async with PrivatePostgres() as postgres:
+            yield postgres, None
+        return
+    async with PostgresPair() as pair:
+        yield pair.primary, pair
+
+
+def _system(
+    rabbit: PrivateRabbit,
+    postgres: PrivatePostgres,
+    pair: PostgresPair | None,
+    log_dir: Path,
+    env: dict[str, str],
+) -> contextlib.AbstractAsyncContextManager[Cluster]:
+    """Every service's links proxied, none started yet; on the pair, to both of its servers."""
+    if pair is None:
+        return running_cluster(rabbit, postgres, log_dir, extra_env=env, start=False)
+    return running_failover_cluster(rabbit, pair, log_dir, extra_env=env, start=False)
+
+
 async def run(config: Config) -> dict[str, Any]:
     """The whole run; returns the report (its `ok` says whether every check passed)."""
     started = time.time()
@@ -767,8 +844,8 @@ async def run(config: Config) -> dict[str, Any]:
     }
     async with (
         PrivateRabbit() as rabbit,
-        PrivatePostgres() as postgres,
-        running_cluster(rabbit, postgres, log_dir, extra_env=env, start=False) as cluster,
+        _database(config) as (postgres, pair),
+        _system(rabbit, postgres, pair, log_dir, env) as cluster,
         httpx.AsyncClient(timeout=10) as client,
     ):
         # The cluster's own workflows and step modules, and approval's beside them.
@@ -776,7 +853,7 @@ async def run(config: Config) -> dict[str, Any]:
         for variable, module in APPS.items():
             cluster.extra_env[variable] = f"{defaults[variable]},{module}"
         await cluster.start_all(client)
-        chaos = Chaos(cluster, rabbit, postgres, config)
+        chaos = Chaos(cluster, rabbit, postgres, config, pair)
         observer = await aio_pika.connect_robust(rabbit.url)
         try:
             await chaos.capture(observer)
@@ -893,6 +970,8 @@ async def run(config: Config) -> dict[str, Any]:
         "sse_ok": checks["sse"],
         "sse_problems": dict(list(stream_problems.items())[:3]),
         "faults": count_by(f for _, f in chaos.seen.faults),
+        "cluster": config.cluster,
+        "recovery_s": chaos.seen.recoveries,
         "last_fault_to_last_completion_s": (
             round(last_completion - last_fault, 2) if last_completion is not None else None
         ),

@@ -35,22 +35,27 @@ BOUNDED = [
     "--subscribers",
     "15",
 ]
+# Its cluster version: shorter, since it adds a failover to the same faults.
+CLUSTER_BOUNDED = [
+    "--cluster",
+    "--workflows",
+    "120",
+    "--duration",
+    "40",
+    "--seed",
+    "6",
+    "--subscribers",
+    "8",
+]
 
 
-@pytest.mark.chaos
-@pytest.mark.e2e
-@pytest.mark.timeout(900)
-async def test_bounded_chaos_run_loses_duplicates_and_invents_nothing() -> None:
-    """The promise in numbers: under kills, restarts, cuts, duplicated, reordered and malformed
-    messages, lost = duplicated = unexpected = 0 — for mapped workflows too, item by item, and
-    for approval runs, signal by signal and undo by undo — queues drain, the outbox empties,
-    dead letters are exactly the malformed messages, and reconnecting SSE clients see every
-    event once."""
+async def _chaos(arguments: list[str]) -> dict[str, Any]:
+    """Run `python -m chaos` with `arguments`; its report, once the common checks hold."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "chaos",
-        *BOUNDED,
+        *arguments,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -58,7 +63,7 @@ async def test_bounded_chaos_run_loses_duplicates_and_invents_nothing() -> None:
     out, err = await asyncio.wait_for(process.communicate(), 840)
     lines = out.decode().strip().splitlines()
     assert lines, f"no report; stderr:\n{err.decode()[-3000:]}"
-    report = json.loads(lines[-1])
+    report: dict[str, Any] = json.loads(lines[-1])
     print(lines[-1])
     assert (report["lost"], report["duplicated"], report["unexpected"]) == (0, 0, 0), report
     assert (report["missing_effects"], report["stray_effects"], report["wrong_outputs"]) == (
@@ -79,6 +84,32 @@ async def test_bounded_chaos_run_loses_duplicates_and_invents_nothing() -> None:
     assert report["approval_undos"] > 0, report
     assert report["ok"], report
     assert process.returncode == 0
+    return report
+
+
+@pytest.mark.chaos
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+async def test_bounded_chaos_run_loses_duplicates_and_invents_nothing() -> None:
+    """The promise in numbers: under kills, restarts, cuts, duplicated, reordered and malformed
+    messages, lost = duplicated = unexpected = 0 — for mapped workflows too, item by item, and
+    for approval runs, signal by signal and undo by undo — queues drain, the outbox empties,
+    dead letters are exactly the malformed messages, and reconnecting SSE clients see every
+    event once."""
+    await _chaos(BOUNDED)
+
+
+@pytest.mark.chaos
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+async def test_bounded_chaos_run_on_the_cluster_survives_a_database_failover() -> None:
+    """The same checks on a primary with a synchronous standby, the primary's machine lost
+    halfway through the faults and the standby promoted: every service is back on it within
+    seconds, and nothing acknowledged before is lost."""
+    report = await _chaos(CLUSTER_BOUNDED)
+    assert report["faults"]["failover-database"] == 1, report
+    (recovered,) = report["recovery_s"]["failover-database"]
+    assert recovered < 30, report
 
 
 # The checks themselves, on made-up histories: a check that cannot fail proves nothing.

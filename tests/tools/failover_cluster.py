@@ -70,8 +70,10 @@ async def running_failover_cluster(
     log_dir: Path,
     *,
     extra_env: dict[str, str] | None = None,
+    start: bool = True,
 ) -> AsyncIterator[FailoverCluster]:
-    """A fresh database (replayed on the standby) and namespace, every service running."""
+    """A fresh database (replayed on the standby) and namespace, every service running (or,
+    with `start` False, none yet: the caller adds to `extra_env` and calls `start_all`)."""
     cluster = FailoverCluster(
         rabbit=rabbit,
         postgres=pair.primary,
@@ -83,8 +85,9 @@ async def running_failover_cluster(
     try:
         await cluster.setup()
         await pair.wait_replayed()
-        async with httpx.AsyncClient(timeout=10) as client:
-            await cluster.start_all(client)
+        if start:
+            async with httpx.AsyncClient(timeout=10) as client:
+                await cluster.start_all(client)
         yield cluster
     finally:
         await cluster.teardown()
