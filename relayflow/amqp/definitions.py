@@ -20,6 +20,11 @@ steps), and a service whose user may not declare it checks that it exists
     external      <ns>, <ns>.dlx                              <ns>.external
     app           <ns> only (starts)                          nothing
     admin         <ns>, <ns>.dlx (redrive, signals)           <ns>.dead-letters
+    step-<body>   <ns>, <ns>.dlx (results only)               <ns>.step.<body>
+
+The last is one per step body that no Python step service serves (`foreign_steps`): a program in
+another language consuming that one queue and answering StepResults, with the `step` role (it
+may send results, never commands or events).
 
 The gateway reads the dead-letter queue for its operator pages (`/ui/dead-letters`: browsing
 takes messages unacknowledged and hands them back, re-driving acks them), which its API keys'
@@ -67,9 +72,13 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def broker_users(
-    namespace: str, *, prefix: str = "rf", isolated_steps: bool = False
+    namespace: str,
+    *,
+    prefix: str = "rf",
+    isolated_steps: bool = False,
+    foreign_steps: Iterable[str] = (),
 ) -> list[BrokerUser]:
-    """The users of `namespace`, with fresh passwords."""
+    """The users of `namespace`, with fresh passwords; one more per body of `foreign_steps`."""
     ns = re.escape(namespace)
     main, events, dlx = ns, f"{ns}\\.events", f"{ns}\\.dlx"
     # The gateway's events queue (exclusive, per connection) is named by aio-pika (`amq_<uuid>`)
@@ -117,6 +126,15 @@ def broker_users(
         user("external", (Role.EXTERNAL,), any_of(main, dlx), any_of(f"{ns}\\.external")),
         user("app", (Role.START,), any_of(main), NOTHING),
         user("admin", (Role.START,), any_of(main, dlx), any_of(f"{ns}\\.dead-letters")),
+        *(
+            user(
+                f"step-{body}",
+                (Role.STEP,),
+                any_of(main, dlx),
+                any_of(f"{ns}\\.step\\.{re.escape(body)}"),
+            )
+            for body in sorted(set(foreign_steps))
+        ),
     ]
 
 

@@ -44,12 +44,14 @@ def setup_command(
     service's AMQP_URL and the RELAYFLOW_BROKER_SENDERS they share."""
     context = current(ctx)
     settings = context.settings
-    users = broker_users(context.namespace, isolated_steps=isolated_steps)
-    # The topology of what the services load (RELAYFLOW_WORKFLOWS, RELAYFLOW_STEP_MODULES).
-    steps = {
-        *WorkflowRegistry.from_modules(settings.workflows).task_names(),
-        *StepRegistry.from_modules(settings.step_modules).names(),
-    }
+    # The topology of what the services load (RELAYFLOW_APPS, or RELAYFLOW_WORKFLOWS and
+    # RELAYFLOW_STEP_MODULES); a task whose body no step module has is served from outside
+    # Python, and gets a user of its own.
+    tasks = WorkflowRegistry.from_modules(settings.workflows).task_names()
+    served = StepRegistry.from_modules(settings.step_modules).names()
+    steps = {*tasks, *served}
+    foreign = sorted(set(tasks) - set(served))
+    users = broker_users(context.namespace, isolated_steps=isolated_steps, foreign_steps=foreign)
     topology = Topology(context.namespace, settings.queue_type, settings.delivery_limit)
     document = definitions(users, vhost, topology, steps)
     # Passwords are hashed in it, and the file is readable by its owner only.

@@ -59,6 +59,24 @@ def test_isolated_steps_report_results_only() -> None:
     assert senders.refusal("StepResult", steps.name) is None
 
 
+def test_a_step_served_from_outside_python_gets_a_user_for_its_queue_alone() -> None:
+    """A foreign step service (examples/node, examples/pika) consumes one queue and answers
+    results: it may read that queue, publish to the main exchange (and dead-letter), and send
+    StepResults only — never a command or an event."""
+    users = broker_users(NS, foreign_steps=["price", "price"])
+    (price,) = [u for u in users if u.service == "step-price"]
+    assert price.name == f"rf-{NS}-step-price"
+    assert allowed(price.read) == set()  # not validate's queue, nor any other listed
+    assert re.search(price.read, T.step_queue("price"))
+    assert not re.search(price.read, T.step_queue("pricex"))
+    assert allowed(price.write) == {T.exchange, T.dead_letter_exchange}
+    assert allowed(price.configure) == set()
+    senders = Senders.parse(senders_setting(users))
+    assert senders.refusal("StepResult", price.name) is None
+    assert senders.refusal("StepCommand", price.name) is not None
+    assert senders.refusal("WorkflowEventBatch", price.name) is not None
+
+
 def test_the_setting_gives_each_user_its_role() -> None:
     users = broker_users(NS)
     senders = Senders.parse(senders_setting(users))
