@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relayflow.amqp.connection import DEFAULT_HEARTBEAT, broker_addresses
 from relayflow.amqp.senders import Senders
 from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
 from relayflow.logs import LogFormat
@@ -34,7 +35,11 @@ def split_csv(value: object) -> object:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAYFLOW_", extra="ignore", frozen=True)
 
+    # One broker, or several nodes of one cluster comma-separated (`relayflow.amqp.connection`).
     amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL")
+    # Seconds between AMQP heartbeats: a node silent for about three of them (a hang, a link
+    # that died without a FIN) is left for another.
+    amqp_heartbeat: int = Field(default=DEFAULT_HEARTBEAT, ge=2, le=600)
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/relayflow", validation_alias="DATABASE_URL"
     )
@@ -61,6 +66,9 @@ class Settings(BaseSettings):
         "external": "apps.form_submission.external",
     }
     queue_type: str = "quorum"
+    # How many nodes hold a replica of each quorum queue (x-quorum-initial-group-size); the
+    # broker takes at most as many as the cluster has, so 3 also suits a single node.
+    quorum_size: int = Field(default=3, ge=1)
     # The roles of the broker users, checked on every message received
     # (`relayflow.amqp.senders`): engine=u1,u2;step=u3;start=u4;external=u5. Empty: not checked.
     broker_senders: str = ""
@@ -98,6 +106,12 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        broker_addresses(value)
+        return value
 
     @field_validator("hop_trace", mode="before")
     @classmethod

@@ -50,7 +50,9 @@ def setup_command(
         *WorkflowRegistry.from_modules(settings.workflows).task_names(),
         *StepRegistry.from_modules(settings.step_modules).names(),
     }
-    topology = Topology(context.namespace, settings.queue_type, settings.delivery_limit)
+    topology = Topology(
+        context.namespace, settings.queue_type, settings.delivery_limit, settings.quorum_size
+    )
     document = definitions(users, vhost, topology, steps)
     # Passwords are hashed in it, and the file is readable by its owner only.
     descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
