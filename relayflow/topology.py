@@ -17,10 +17,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
 from pamqp.common import FieldTable
 
 from relayflow.errors import ConfigurationError
@@ -34,6 +41,7 @@ RESULT_KEY = "step.result"
 # Cancel and retry requests for a workflow.
 CONTROL_KEY = "workflow.control"
 EXTERNAL_REQUEST_KEY = "external.request"
+_CLASSIC: dict[str, Any] = {"x-queue-type": "classic"}
 
 
 def step_key(step_name: str) -> str:
@@ -181,10 +189,18 @@ class Topology:
     async def declare_event_listener(self, channel: AbstractChannel) -> AbstractQueue:
         """A server-named queue that lives as long as this connection: each gateway replica
         receives every event for its own subscribers. The exchange is `ensure`d's (declaring
-        it again here would take a right a least-privilege gateway does not hold)."""
-        queue = await channel.declare_queue(
-            "", exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
-        )
+        it again here would take a right a least-privilege gateway does not hold).
+
+        On a robust channel the queue is not one it declares again when it reopens: the broker
+        names it, and a reopened channel needs a new one (`services.gateway.events`)."""
+        if isinstance(channel, AbstractRobustChannel):
+            queue: AbstractQueue = await channel.declare_queue(
+                "", exclusive=True, auto_delete=True, arguments=_CLASSIC, robust=False
+            )
+        else:
+            queue = await channel.declare_queue(
+                "", exclusive=True, auto_delete=True, arguments=_CLASSIC
+            )
         await queue.bind(self.events_exchange, routing_key="")
         return queue
 

@@ -52,9 +52,9 @@ def redact(url: str) -> str:
     shown = []
     for entry in url.split(","):
         parts = urlsplit(entry.strip())
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-        shown.append(f"{parts.scheme}://{host}{port}{parts.path}")
+        # What follows the credentials, as written (`parts.port` raises on a bad port).
+        address = parts.netloc.rpartition("@")[2] or "?"
+        shown.append(f"{parts.scheme}://{address}{parts.path}")
     return ",".join(shown)
 
 

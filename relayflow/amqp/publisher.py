@@ -4,6 +4,7 @@ to a queue and confirmed it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from pamqp.commands import Basic
 from relayflow.amqp.connection import quietly
 from relayflow.contracts import BaseMessage, encode
 from relayflow.tracing import TRACEPARENT
+
+log = logging.getLogger(__name__)
 
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT.value
 _TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT.value
@@ -67,6 +70,23 @@ def broker_user(connection: AbstractConnection) -> str:
     return (url.user if url is not None else None) or "guest"
 
 
+# What a publish meets while its connection is lost or being restored (maybe on another node):
+# it is tried again. What the broker answers — a nack, an unroutable return, a refusal that
+# closes the channel — is not. A publish tried again may reach the queue twice; every consumer
+# skips a message id it has seen.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPConnectionError,
+    ConnectionError,
+)
+# A confirm the lost connection cancels, as aiormq does when it gives a stuck connection up.
+_TRIED_AGAIN: tuple[type[BaseException], ...] = (*_CONNECTION_LOST, asyncio.CancelledError)
+# Between two tries; and how long a closed channel on a live connection is left to aio-pika to
+# restore before the publisher opens a fresh one.
+_RETRY_PAUSE = 0.2
+_RESTORE_GRACE = 2.0
+
+
 class Publisher:
     """Publishes on one confirm channel. aio-pika pipelines confirms, so publishing a batch
     concurrently costs one round trip, not one per message.
@@ -74,31 +94,86 @@ class Publisher:
     Frames go straight to the channel's aiormq layer, as aio-pika's `Exchange.publish` itself
     does, but without building an `aio_pika.Message` and its properties on the way: about 14%
     of the CPU of a confirmed publish (measured), on every command, result and start we send.
-    Reconnection is still aio-pika's: `get_underlay_channel` waits for a robust channel that is
-    being restored."""
+
+    Opened on a connection (`open`), a publish that meets a lost connection is tried again
+    until its timeout: aio-pika restores the channel once it has reconnected, to whichever
+    node; a channel still closed on a connection that is back (its restore failed, or the
+    broker closed it) is replaced by a fresh one."""
 
     def __init__(
-        self, channel: AbstractChannel, *, timeout: float = 10.0, user_id: str | None = None
+        self,
+        channel: AbstractChannel,
+        *,
+        timeout: float = 10.0,
+        user_id: str | None = None,
+        connection: AbstractConnection | None = None,
     ) -> None:
         self._channel = channel
         self._timeout = timeout
         # The broker user we connected as, on every message: RabbitMQ refuses any other value,
         # so consumers can tell who sent what (`relayflow.amqp.senders`).
         self._user_id = user_id
+        self._connection = connection
+        self._closed_seen: float | None = None
+        self._closing = False
 
     @classmethod
     async def open(
         cls, connection: AbstractRobustConnection, *, confirm_timeout: float = 10.0
     ) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        return cls(channel, timeout=confirm_timeout, user_id=broker_user(connection))
+        return cls(
+            channel, timeout=confirm_timeout, user_id=broker_user(connection), connection=connection
+        )
 
     async def publish(self, message: OutgoingMessage) -> None:
         """Raises `aio_pika.exceptions.DeliveryError`/`PublishError` when the broker refuses or
         cannot route the message, `asyncio.TimeoutError` when it does not confirm in time."""
-        if self._channel.is_closed:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            try:
+                # Bounded as a whole: a robust channel's underlay waits for the reconnection.
+                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                    channel = await self._underlay()
+                    await self._send(channel, message, max(deadline - loop.time(), 0.1))
+            except _TRIED_AGAIN as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                    raise
+                if self._connection is None or self._closing or loop.time() >= deadline:
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise aiormq.exceptions.ChannelInvalidStateError(
+                            "the connection was lost"
+                        ) from None
+                    raise
+                await asyncio.sleep(min(_RETRY_PAUSE, max(deadline - loop.time(), 0)))
+            else:
+                return
+
+    async def _underlay(self) -> aiormq.abc.AbstractChannel:
+        if not self._channel.is_closed:
+            self._closed_seen = None
+            return await self._channel.get_underlay_channel()
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
             raise aiormq.exceptions.ChannelInvalidStateError(f"{self._channel!r} closed")
-        channel = await self._channel.get_underlay_channel()
+        loop = asyncio.get_running_loop()
+        if self._closed_seen is None:
+            self._closed_seen = loop.time()
+        if loop.time() - self._closed_seen < _RESTORE_GRACE:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{self._channel!r} being restored")
+        log.warning("the publishing channel stayed closed after a reconnection; opening another")
+        old, self._channel = (
+            self._channel,
+            await connection.channel(publisher_confirms=True, on_return_raises=True),
+        )
+        self._closed_seen = None
+        await quietly("closing the old publishing channel", old.close)
+        return await self._channel.get_underlay_channel()
+
+    async def _send(
+        self, channel: aiormq.abc.AbstractChannel, message: OutgoingMessage, within: float
+    ) -> None:
         headers = dict(message.headers)
         if message.traceparent is not None:
             headers[TRACEPARENT] = message.traceparent
@@ -116,7 +191,7 @@ class Publisher:
                 user_id=self._user_id,
             ),
             mandatory=message.mandatory,
-            timeout=self._timeout,
+            timeout=within,
         )
 
     async def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[BaseException | None]:
@@ -127,5 +202,13 @@ class Publisher:
         return [result if isinstance(result, BaseException) else None for result in results]
 
     async def close(self) -> None:
+        self._closing = True
         if not self._channel.is_closed:
             await quietly("closing the publisher's channel", self._channel.close)
+
+
+def _cancelled() -> bool:
+    """True when the running task itself is being cancelled (not a confirm that the lost
+    connection cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -89,6 +89,7 @@ class PrivateRabbit(Lifecycle):
         self.dist_port = 0
         self._home = home
         self._config = config
+        self.paused = False
         self._dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
 
@@ -170,9 +171,11 @@ class PrivateRabbit(Lifecycle):
     def pause(self) -> None:
         """SIGSTOP: the node hangs, its sockets stay open and nothing answers."""
         self._signal(signal.SIGSTOP)
+        self.paused = True
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
+        self.paused = False
 
     def _signal(self, signum: signal.Signals) -> None:
         if self._process is None or self._process.returncode is not None:
@@ -182,6 +185,11 @@ class PrivateRabbit(Lifecycle):
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
+
+    @property
+    def answering(self) -> bool:
+        """Running and not paused."""
+        return self.running and not self.paused
 
     async def wait_ready(self, timeout: float = 90) -> None:
         """Until the node has booted and AMQP answers."""
@@ -229,6 +237,7 @@ class PrivateRabbit(Lifecycle):
             # A paused node answers nothing, not even `stop`.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGCONT)
+            self.paused = False
             with contextlib.suppress(PrivateServiceError):
                 await self.ctl("stop", timeout=30)
             try:
