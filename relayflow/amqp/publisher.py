@@ -71,20 +71,32 @@ def broker_user(connection: AbstractConnection) -> str:
 
 
 # What a publish meets while its connection is lost or being restored (maybe on another node):
-# it is tried again. What the broker answers — a nack, an unroutable return, a refusal that
-# closes the channel — is not. A publish tried again may reach the queue twice; every consumer
-# skips a message id it has seen.
+# it is tried again. A publish tried again may reach the queue twice; every consumer skips a
+# message id it has seen.
 _CONNECTION_LOST: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.AMQPConnectionError,
     ConnectionError,
+    # A confirm the lost connection cancels, as aiormq does when it gives a stuck one up.
+    asyncio.CancelledError,
 )
-# A confirm the lost connection cancels, as aiormq does when it gives a stuck connection up.
-_TRIED_AGAIN: tuple[type[BaseException], ...] = (*_CONNECTION_LOST, asyncio.CancelledError)
+_TRIED_AGAIN: tuple[type[BaseException], ...] = (
+    *_CONNECTION_LOST,
+    aiormq.exceptions.DeliveryError,
+)
 # Between two tries; and how long a closed channel on a live connection is left to aio-pika to
 # restore before the publisher opens a fresh one.
 _RETRY_PAUSE = 0.2
 _RESTORE_GRACE = 2.0
+
+
+def _nacked(exc: BaseException) -> bool:
+    """The broker refused the message (Basic.Nack; not an unroutable one's return)."""
+    return (
+        isinstance(exc, aiormq.exceptions.DeliveryError)
+        and not isinstance(exc, aiormq.exceptions.PublishError)
+        and isinstance(exc.frame, Basic.Nack)
+    )
 
 
 class Publisher:
@@ -95,10 +107,16 @@ class Publisher:
     does, but without building an `aio_pika.Message` and its properties on the way: about 14%
     of the CPU of a confirmed publish (measured), on every command, result and start we send.
 
-    Opened on a connection (`open`), a publish that meets a lost connection is tried again
-    until its timeout: aio-pika restores the channel once it has reconnected, to whichever
-    node; a channel still closed on a connection that is back (its restore failed, or the
-    broker closed it) is replaced by a fresh one."""
+    Opened on a connection (`open`), a publisher outlasts a failover: a publish is tried again
+    until its timeout, on a fresh channel where the old one cannot serve —
+    - the connection was lost: aio-pika restores the channel once it has reconnected, to
+      whichever node; one still closed a moment after (its restore failed, or the broker closed
+      it) is replaced;
+    - the broker nacked it: RabbitMQ 3.10 nacks every publish of a channel to a quorum queue
+      whose leader's node died before the channel first reached the queue — for as long as
+      the channel lives (measured: over 150 s, the queue long led from another node), while a
+      channel opened after the election is confirmed at once. A nack for another reason
+      (no quorum: most nodes down) is answered the same way, until the timeout."""
 
     def __init__(
         self,
@@ -115,6 +133,7 @@ class Publisher:
         self._user_id = user_id
         self._connection = connection
         self._closed_seen: float | None = None
+        self._renewing = asyncio.Lock()
         self._closing = False
 
     @classmethod
@@ -132,13 +151,16 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while True:
+            used = self._channel
             try:
                 # Bounded as a whole: a robust channel's underlay waits for the reconnection.
                 async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
-                    channel = await self._underlay()
-                    await self._send(channel, message, max(deadline - loop.time(), 0.1))
+                    await self._send(await self._underlay(), message, deadline - loop.time())
             except _TRIED_AGAIN as exc:
                 if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                    raise
+                lost = not isinstance(exc, aiormq.exceptions.DeliveryError)
+                if not (lost or _nacked(exc)):
                     raise
                 if self._connection is None or self._closing or loop.time() >= deadline:
                     if isinstance(exc, asyncio.CancelledError):
@@ -146,6 +168,8 @@ class Publisher:
                             "the connection was lost"
                         ) from None
                     raise
+                if not lost:
+                    await self._renew(used, "the broker nacked a publish")
                 await asyncio.sleep(min(_RETRY_PAUSE, max(deadline - loop.time(), 0)))
             else:
                 return
@@ -162,18 +186,26 @@ class Publisher:
             self._closed_seen = loop.time()
         if loop.time() - self._closed_seen < _RESTORE_GRACE:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{self._channel!r} being restored")
-        log.warning("the publishing channel stayed closed after a reconnection; opening another")
-        old, self._channel = (
-            self._channel,
-            await connection.channel(publisher_confirms=True, on_return_raises=True),
-        )
-        self._closed_seen = None
-        await quietly("closing the old publishing channel", old.close)
+        await self._renew(self._channel, "the channel stayed closed after a reconnection")
         return await self._channel.get_underlay_channel()
+
+    async def _renew(self, used: AbstractChannel, why: str) -> None:
+        """Replace `used` by a fresh channel, once (concurrent publishes saw the same)."""
+        assert self._connection is not None
+        async with self._renewing:
+            if self._channel is not used or self._closing:
+                return
+            log.warning("%s; publishing on a fresh channel", why)
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._closed_seen = None
+        await quietly("closing the old publishing channel", used.close)
 
     async def _send(
         self, channel: aiormq.abc.AbstractChannel, message: OutgoingMessage, within: float
     ) -> None:
+        within = max(within, 0.1)
         headers = dict(message.headers)
         if message.traceparent is not None:
             headers[TRACEPARENT] = message.traceparent

@@ -103,6 +103,27 @@ class RabbitCluster(Lifecycle):
                 found.update({k: v for k, v in (status.get("partitions") or {}).items() if v})
         return found
 
+    async def heal(self) -> None:
+        """Every node running, answering and in one cluster again, whatever a test left: paused
+        nodes resumed, killed ones started (together: a node that was not the last one down
+        waits for its peers before it serves), and a node that came back into a partition
+        (hung longer than net_ticktime) restarted, which makes it rejoin."""
+        for index, node in enumerate(self.nodes):
+            if node.paused:
+                self.resume(index)
+        await asyncio.gather(*(node.launch() for node in self.nodes if not node.running))
+        try:
+            await self.wait_formed(timeout=60)
+        except AssertionError:
+            everyone = {node.node for node in self.nodes}
+            for index, node in enumerate(self.nodes):
+                with contextlib.suppress(Exception):
+                    if await self.running_nodes(index) != everyone:
+                        await node.restart()
+            await self.wait_formed()
+        if await self.partitions():
+            raise AssertionError(f"the cluster stays partitioned: {await self.partitions()}")
+
     async def kill(self, index: int) -> None:
         await self.nodes[index].kill()
 
