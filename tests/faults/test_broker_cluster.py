@@ -121,11 +121,12 @@ async def assert_fully_replicated(rabbits: RabbitCluster, cluster: Cluster) -> N
 
 
 async def connected_node(cluster: Cluster, service: str) -> int:
-    async def held() -> int | None:
-        return cluster.links[service].connected_node()
+    async def held() -> tuple[int] | None:
+        node = cluster.links[service].connected_node()
+        return None if node is None else (node,)  # node 0 is not "not yet"
 
-    node: int = await wait_for(held, timeout=30, what=f"{service} connected to one node")
-    return node
+    (node,) = await wait_for(held, timeout=30, what=f"{service} connected to one node")
+    return int(node)
 
 
 @contextlib.asynccontextmanager
