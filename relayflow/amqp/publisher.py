@@ -83,7 +83,10 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
 _TRIED_AGAIN: tuple[type[BaseException], ...] = (
     *_CONNECTION_LOST,
     aiormq.exceptions.DeliveryError,
+    # Not confirmed: the 3.10 trouble above, when the leader's node hung rather than died.
+    TimeoutError,
 )
+_LEAST_ATTEMPT = 1.0
 # Between two tries; and how long a closed channel on a live connection is left to aio-pika to
 # restore before the publisher opens a fresh one.
 _RETRY_PAUSE = 0.2
@@ -116,7 +119,10 @@ class Publisher:
       whose leader's node died before the channel first reached the queue — for as long as
       the channel lives (measured: over 150 s, the queue long led from another node), while a
       channel opened after the election is confirmed at once. A nack for another reason
-      (no quorum: most nodes down) is answered the same way, until the timeout."""
+      (no quorum: most nodes down) is answered the same way, until the timeout;
+    - no confirm came: when the leader's node hung rather than died, the same channel is not
+      nacked but never answered. Each attempt gets half the time left (at least a second), so
+      a silent channel is replaced and the publish tried again within the timeout."""
 
     def __init__(
         self,
@@ -152,15 +158,24 @@ class Publisher:
         deadline = loop.time() + self._timeout
         while True:
             used = self._channel
+            remaining = deadline - loop.time()
+            # An attempt gets half of what is left (at least a second): a channel that stays
+            # silent has time to be replaced and the publish tried once more.
+            within = (
+                max(remaining / 2, min(remaining, _LEAST_ATTEMPT))
+                if self._connection
+                else remaining
+            )
             try:
                 # Bounded as a whole: a robust channel's underlay waits for the reconnection.
-                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
-                    await self._send(await self._underlay(), message, deadline - loop.time())
+                async with asyncio.timeout(max(within, 0.1)):
+                    await self._send(await self._underlay(), message, within)
             except _TRIED_AGAIN as exc:
                 if isinstance(exc, asyncio.CancelledError) and _cancelled():
                     raise
-                lost = not isinstance(exc, aiormq.exceptions.DeliveryError)
-                if not (lost or _nacked(exc)):
+                silent = isinstance(exc, TimeoutError)
+                lost = not (silent or isinstance(exc, aiormq.exceptions.DeliveryError))
+                if not (lost or silent or _nacked(exc)):
                     raise
                 if self._connection is None or self._closing or loop.time() >= deadline:
                     if isinstance(exc, asyncio.CancelledError):
@@ -168,8 +183,10 @@ class Publisher:
                             "the connection was lost"
                         ) from None
                     raise
-                if not lost:
-                    await self._renew(used, "the broker nacked a publish")
+                if silent and self._connection.connected.is_set():
+                    await self._renew(used, "a publish was not confirmed in time", deadline)
+                elif not (lost or silent):
+                    await self._renew(used, "the broker nacked a publish", deadline)
                 await asyncio.sleep(min(_RETRY_PAUSE, max(deadline - loop.time(), 0)))
             else:
                 return
@@ -186,19 +203,24 @@ class Publisher:
             self._closed_seen = loop.time()
         if loop.time() - self._closed_seen < _RESTORE_GRACE:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{self._channel!r} being restored")
-        await self._renew(self._channel, "the channel stayed closed after a reconnection")
+        await self._renew(
+            self._channel, "the channel stayed closed after a reconnection", loop.time() + 10
+        )
         return await self._channel.get_underlay_channel()
 
-    async def _renew(self, used: AbstractChannel, why: str) -> None:
-        """Replace `used` by a fresh channel, once (concurrent publishes saw the same)."""
+    async def _renew(self, used: AbstractChannel, why: str, deadline: float) -> None:
+        """Replace `used` by a fresh channel, once (concurrent publishes saw the same); an
+        open that outlasts `deadline` raises TimeoutError."""
         assert self._connection is not None
+        loop = asyncio.get_running_loop()
         async with self._renewing:
             if self._channel is not used or self._closing:
                 return
             log.warning("%s; publishing on a fresh channel", why)
-            self._channel = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                self._channel = await self._connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
             self._closed_seen = None
         await quietly("closing the old publishing channel", used.close)
 
