@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chaos.runner import FAULTS, Config, run
+from chaos.runner import FAULTS, NODE_FAULTS, Config, run
 from chaos.workload import Mix
 
 DEFAULT_MIX = Mix()
@@ -58,12 +58,20 @@ def parse(argv: Sequence[str] | None) -> Config:
         default=f"{DEFAULT_MIX.min_items}-{DEFAULT_MIX.max_items}",
         help="items per mapped workflow, MIN-MAX (or one number)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=f"on a three-node RabbitMQ cluster, adding {','.join(NODE_FAULTS)} to the faults",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-    unknown = sorted(set(faults) - set(FAULTS))
+    known = (*FAULTS, *NODE_FAULTS) if args.cluster else FAULTS
+    unknown = sorted(set(faults) - set(known))
     if unknown or not faults:
-        parser.error(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+        parser.error(f"unknown faults {unknown}; choose from {', '.join(known)}")
+    if args.cluster and args.faults == ",".join(FAULTS):
+        faults = (*faults, *NODE_FAULTS)
     low, _, high = str(args.items).partition("-")
     try:
         min_items, max_items = int(low), int(high or low)
@@ -93,6 +101,7 @@ def parse(argv: Sequence[str] | None) -> Config:
         settle_timeout=args.settle_timeout,
         step_delay=args.step_delay,
         spare_orchestrator_amqp=args.spare_orchestrator_amqp,
+        cluster=args.cluster,
         mix=Mix(
             mapped=args.mapped,
             approval=args.approval,
