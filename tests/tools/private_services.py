@@ -168,6 +168,13 @@ class PrivateRabbit(Lifecycle):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
 
+    async def shut_down(self) -> None:
+        """`rabbitmqctl stop`: the node goes down cleanly and keeps its files (`launch` again)."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        await self.ctl("stop", timeout=60)
+        await asyncio.wait_for(self._process.wait(), 60)
+
     def pause(self) -> None:
         """SIGSTOP: the node hangs, its sockets stay open and nothing answers."""
         self._signal(signal.SIGSTOP)
