@@ -514,7 +514,8 @@ class Chaos:
                 proxy.blackhole()
         try:
             moved = await self._until_moved(holders, index, started + 60)
-            if moved is not None:
+            # A node no service held moves nobody: no recovery to time.
+            if moved is not None and holders:
                 self.seen.recoveries.setdefault(kind, []).append(round(moved - started, 2))
             await asyncio.sleep(self.rng.uniform(0.0, 2.0))
         finally:
