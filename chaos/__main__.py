@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chaos.runner import FAULTS, Config, run
+from chaos.runner import FAULTS, NODE_FAULTS, Config, run
 from chaos.workload import Mix
 
 DEFAULT_MIX = Mix()
@@ -61,15 +61,18 @@ def parse(argv: Sequence[str] | None) -> Config:
     parser.add_argument(
         "--cluster",
         action="store_true",
-        help="PostgreSQL as a primary with a synchronous standby, failed over once halfway "
-        "through the faults (issue 13)",
+        help=f"on three RabbitMQ nodes, adding {','.join(NODE_FAULTS)} to the faults, and a "
+        "PostgreSQL primary with a synchronous standby, failed over once halfway through",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-    unknown = sorted(set(faults) - set(FAULTS))
+    known = (*FAULTS, *NODE_FAULTS) if args.cluster else FAULTS
+    unknown = sorted(set(faults) - set(known))
     if unknown or not faults:
-        parser.error(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+        parser.error(f"unknown faults {unknown}; choose from {', '.join(known)}")
+    if args.cluster and args.faults == ",".join(FAULTS):
+        faults = (*faults, *NODE_FAULTS)
     low, _, high = str(args.items).partition("-")
     try:
         min_items, max_items = int(low), int(high or low)

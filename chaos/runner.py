@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import statistics
 import tempfile
 import time
 import uuid
@@ -28,7 +30,7 @@ import aio_pika
 import asyncpg
 import httpx
 import orjson
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from chaos.checks import (
     TERMINAL,
@@ -56,6 +58,7 @@ from chaos.workload import (
     Send,
     plan,
 )
+from relayflow.amqp.connection import connect, connect_once
 from relayflow.contracts import TERMINAL_EVENTS, SignalWorkflow, encode
 from relayflow.topology import RESULT_KEY, SIGNAL_KEY, START_KEY, step_key
 from tests.support import read_sse
@@ -63,6 +66,7 @@ from tests.tools.cluster import Cluster, running_cluster
 from tests.tools.failover_cluster import FailoverCluster, running_failover_cluster
 from tests.tools.pg_standby import PostgresPair
 from tests.tools.private_services import PrivatePostgres, PrivateRabbit
+from tests.tools.rabbit_cluster import RabbitCluster
 
 log = logging.getLogger("chaos")
 
@@ -78,6 +82,10 @@ FAULTS = (
     "reorder",
     "malformed",
 )
+# With --cluster (three broker nodes): a random node killed (then started again), hung (SIGSTOP,
+# then SIGCONT) or cut off from every service (its fault proxies black-holed), for a few
+# seconds each; `restart-broker` then restarts one node's application.
+NODE_FAULTS = ("kill-node", "pause-node", "cut-node")
 
 # The applications the cluster serves beside its defaults (`tests.tools.cluster`).
 APPS = {
@@ -104,8 +112,9 @@ class Config:
     spare_orchestrator_amqp: bool = False
     # How much of the workload is mapped (ledgerMap, batchImport) and how many items a map has.
     mix: Mix = field(default_factory=Mix)
-    # On the distributed engines (issue 13): PostgreSQL a primary with a synchronous standby,
-    # failed over once, halfway through the faults (the primary SIGKILLed, the standby promoted).
+    # On the distributed engines (issue 13): three RabbitMQ nodes (`tests.tools.rabbit_cluster`),
+    # node faults added; PostgreSQL a primary with a synchronous standby, failed over once,
+    # halfway through the faults (the primary SIGKILLed, the standby promoted).
     cluster: bool = False
 
 
@@ -136,7 +145,9 @@ class Observed:
     signal_refusals: list[str] = field(default_factory=list)
     # Why sends were tried again (a gateway's status, the broker unreachable or unconfirmed).
     signal_retries: dict[str, int] = field(default_factory=dict)
-    # Seconds from a fault to every service working again, by kind of fault.
+    # Seconds from a fault to every service working again, by kind: for a node fault, until
+    # every service that held the node holds another; for the failover, until they work on the
+    # promoted standby.
     recoveries: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -147,10 +158,13 @@ class Chaos:
         rabbit: PrivateRabbit,
         postgres: PrivatePostgres,
         config: Config,
+        *,
+        rabbits: RabbitCluster | None = None,
         pair: PostgresPair | None = None,
     ) -> None:
         self.cluster = cluster
         self.rabbit = rabbit
+        self.rabbits = rabbits
         # The server that takes writes (the standby, once promoted), and the pair it is of.
         self.postgres = postgres
         self.pair = pair
@@ -366,7 +380,7 @@ class Chaos:
             sent_by=send.by,
         )
         try:
-            connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+            connection = await self._connect()
         except Exception:  # the broker may be restarting: try again
             _bump(self.seen.signal_retries, "broker unreachable")
             return None
@@ -395,9 +409,23 @@ class Chaos:
 
     # -- capturing messages to duplicate and reorder ---------------------------------------
 
+    async def _connect(self) -> aio_pika.abc.AbstractConnection:
+        """The harness's own connection, to a node that answers."""
+        return await connect_once(self.cluster.amqp_urls, timeout=5)
+
     async def capture(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel()
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        if isinstance(channel, AbstractRobustChannel):
+            # After a failover, a new queue (the lost connection may still hold the old one).
+            channel.reopen_callbacks.add(lambda *_: self._capture_on(channel))
+        await self._capture_on(channel)
+
+    async def _capture_on(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        queue: aio_pika.abc.AbstractQueue
+        if isinstance(channel, AbstractRobustChannel):
+            queue = await channel.declare_queue("", exclusive=True, auto_delete=True, robust=False)
+        else:
+            queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
         exchange = self.cluster.topology.exchange
         for key in (START_KEY, RESULT_KEY, SIGNAL_KEY, *(step_key(s) for s in STEP_QUEUES)):
             await queue.bind(exchange, routing_key=key)
@@ -438,7 +466,10 @@ class Chaos:
             "duplicate": self._duplicate,
             "reorder": self._reorder,
             "malformed": self._malformed,
+            **{kind: functools.partial(self._node_fault, kind) for kind in NODE_FAULTS},
         }
+        if self.rabbits is not None:
+            actions["restart-broker"] = self._restart_node
         failover_at = loop.time() + self.config.duration / 2 if self.pair is not None else None
         # Let the first workflows get going before the first fault.
         await asyncio.sleep(min(3.0, self.config.duration / 10))
@@ -508,6 +539,61 @@ class Chaos:
             async with asyncio.timeout(2.0):
                 await self.streaming.setdefault(workflow_id, asyncio.Event()).wait()
 
+    async def _node_fault(self, kind: str) -> None:
+        """One node killed, hung or cut off for a few seconds; how long until every service
+        that held it holds another is kept per kind."""
+        assert self.rabbits is not None
+        index = self.rng.randrange(len(self.rabbits.nodes))
+        proxies = [links.nodes[index] for links in self.cluster.links.values()]
+        holders = [
+            s for s, links in self.cluster.links.items() if links.nodes[index].open_connections
+        ]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if kind == "kill-node":
+            await self.rabbits.kill(index)
+        elif kind == "pause-node":
+            self.rabbits.pause(index)
+        else:
+            for proxy in proxies:
+                proxy.blackhole()
+        try:
+            moved = await self._until_moved(holders, index, started + 60)
+            # A node no service held moves nobody: no recovery to time.
+            if moved is not None and holders:
+                self.seen.recoveries.setdefault(kind, []).append(round(moved - started, 2))
+            await asyncio.sleep(self.rng.uniform(0.0, 2.0))
+        finally:
+            if kind == "kill-node":
+                await self.rabbits.nodes[index].launch()
+            elif kind == "pause-node":
+                self.rabbits.resume(index)
+            else:
+                for proxy in proxies:
+                    proxy.pass_through()
+            # One node fault at a time: two would leave the quorum queues without a majority.
+            with contextlib.suppress(Exception):
+                await self.rabbits.heal()
+
+    async def _until_moved(self, services: list[str], node: int, deadline: float) -> float | None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            if all(
+                any(
+                    p.open_connections
+                    for i, p in enumerate(self.cluster.links[s].nodes)
+                    if i != node
+                )
+                for s in services
+            ):
+                return loop.time()
+            await asyncio.sleep(0.1)
+        return None
+
+    async def _restart_node(self) -> None:
+        assert self.rabbits is not None
+        await self.rng.choice(self.rabbits.nodes).restart()
+
     async def _cut(self, link: str) -> None:
         candidates = [
             s
@@ -522,7 +608,7 @@ class Chaos:
     async def _publisher(
         self,
     ) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractExchange]:
-        connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+        connection = await self._connect()
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(self.cluster.topology.exchange, ensure=False)
         return connection, exchange
@@ -628,7 +714,7 @@ class Chaos:
         (the mapped workflows'), declared passively."""
         names = [self.cluster.topology.step_queue(s) for s in STEP_QUEUES]
         counts: dict[str, tuple[int, int]] = {}
-        connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+        connection = await self._connect()
         try:
             for name in (n for n in names if n not in known):
                 channel = await connection.channel()
@@ -808,30 +894,25 @@ async def _nothing() -> AsyncIterator[dict[str, Any]]:
     yield
 
 
-@contextlib.asynccontextmanager
-async def _database(
-    config: Config,
-) -> AsyncIterator[tuple[PrivatePostgres, PostgresPair | None]]:
-    """One private server, or (`cluster`) a primary with its synchronous standby."""
-    if not config.cluster:
-        async with PrivatePostgres() as postgres:
-            yield postgres, None
-        return
-    async with PostgresPair() as pair:
-        yield pair.primary, pair
-
-
 def _system(
     rabbit: PrivateRabbit,
     postgres: PrivatePostgres,
-    pair: PostgresPair | None,
     log_dir: Path,
     env: dict[str, str],
+    *,
+    rabbits: RabbitCluster | None,
+    pair: PostgresPair | None,
 ) -> contextlib.AbstractAsyncContextManager[Cluster]:
-    """Every service's links proxied, none started yet; on the pair, to both of its servers."""
+    """Every service's links proxied (to each broker node; on the pair, to both of its
+    servers), none started yet."""
+    brokers = rabbits.nodes if rabbits else ()
     if pair is None:
-        return running_cluster(rabbit, postgres, log_dir, extra_env=env, start=False)
-    return running_failover_cluster(rabbit, pair, log_dir, extra_env=env, start=False)
+        return running_cluster(
+            rabbit, postgres, log_dir, extra_env=env, start=False, brokers=brokers
+        )
+    return running_failover_cluster(
+        rabbit, pair, log_dir, extra_env=env, start=False, brokers=brokers
+    )
 
 
 async def run(config: Config) -> dict[str, Any]:
@@ -842,19 +923,25 @@ async def run(config: Config) -> dict[str, Any]:
         "RELAYFLOW_LEDGER_DELAY": str(config.step_delay),
         "RELAYFLOW_LOG_LEVEL": "WARNING",
     }
-    async with (
-        PrivateRabbit() as rabbit,
-        _database(config) as (postgres, pair),
-        _system(rabbit, postgres, pair, log_dir, env) as cluster,
-        httpx.AsyncClient(timeout=10) as client,
-    ):
+    if config.cluster:
+        # Every hung node is noticed within about three of these (relayflow.amqp.connection).
+        env["RELAYFLOW_AMQP_HEARTBEAT"] = "2"
+    async with contextlib.AsyncExitStack() as stack:
+        rabbits = await stack.enter_async_context(RabbitCluster()) if config.cluster else None
+        rabbit = rabbits.nodes[0] if rabbits else await stack.enter_async_context(PrivateRabbit())
+        pair = await stack.enter_async_context(PostgresPair()) if config.cluster else None
+        postgres = pair.primary if pair else await stack.enter_async_context(PrivatePostgres())
+        cluster = await stack.enter_async_context(
+            _system(rabbit, postgres, log_dir, env, rabbits=rabbits, pair=pair)
+        )
+        client = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
         # The cluster's own workflows and step modules, and approval's beside them.
         defaults = cluster.env_for("orchestrator")
         for variable, module in APPS.items():
             cluster.extra_env[variable] = f"{defaults[variable]},{module}"
         await cluster.start_all(client)
-        chaos = Chaos(cluster, rabbit, postgres, config, pair)
-        observer = await aio_pika.connect_robust(rabbit.url)
+        chaos = Chaos(cluster, rabbit, postgres, config, rabbits=rabbits, pair=pair)
+        observer = await connect(cluster.amqp_urls, name="chaos-observer")
         try:
             await chaos.capture(observer)
             faults = asyncio.create_task(chaos.inject_faults(client))
@@ -971,7 +1058,11 @@ async def run(config: Config) -> dict[str, Any]:
         "sse_problems": dict(list(stream_problems.items())[:3]),
         "faults": count_by(f for _, f in chaos.seen.faults),
         "cluster": config.cluster,
-        "recovery_s": chaos.seen.recoveries,
+        # Seconds until every service worked on again, by kind of fault (--cluster).
+        "recovery_s": {
+            kind: {"n": len(times), "median": statistics.median(times), "max": max(times)}
+            for kind, times in chaos.seen.recoveries.items()
+        },
         "last_fault_to_last_completion_s": (
             round(last_completion - last_fault, 2) if last_completion is not None else None
         ),

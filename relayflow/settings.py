@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relayflow.amqp.connection import DEFAULT_HEARTBEAT, broker_addresses
 from relayflow.amqp.senders import Senders
 from relayflow.applications import DEFAULT_APPS, step_modules, workflow_modules
 from relayflow.contracts.storable import DEFAULT_MAX_INPUT_BYTES
@@ -41,9 +42,13 @@ class Settings(BaseSettings):
         env_prefix="RELAYFLOW_", extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
+    # One broker, or several nodes of one cluster comma-separated (`relayflow.amqp.connection`).
     amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", validation_alias="AMQP_URL")
     # One host, or several (a primary and its standbys) with ?target_session_attrs=read-write:
     # `relayflow.db.urls`.
+    # Seconds between AMQP heartbeats: a node silent for about three of them (a hang, a link
+    # that died without a FIN) is left for another.
+    amqp_heartbeat: int = Field(default=DEFAULT_HEARTBEAT, ge=2, le=600)
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/relayflow", validation_alias="DATABASE_URL"
     )
@@ -65,6 +70,9 @@ class Settings(BaseSettings):
     # what the applications declare (`PROCESSES` in their packages).
     app_processes: Annotated[dict[str, str] | None, NoDecode] = None
     queue_type: str = "quorum"
+    # How many nodes hold a replica of each quorum queue (x-quorum-initial-group-size); the
+    # broker takes at most as many as the cluster has, so 3 also suits a single node.
+    quorum_size: int = Field(default=3, ge=1)
     # The roles of the broker users, checked on every message received
     # (`relayflow.amqp.senders`): engine=u1,u2;step=u3;start=u4;external=u5. Empty: not checked.
     broker_senders: str = ""
@@ -126,6 +134,12 @@ class Settings(BaseSettings):
         wrong = [name for name in value if not _MODULE.match(name)]
         if wrong:
             raise ValueError(f"expected dotted module names, comma-separated; got {wrong}")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        broker_addresses(value)
         return value
 
     @field_validator("hop_trace", mode="before")

@@ -29,9 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-import aio_pika
-
 from relayflow import applications
+from relayflow.amqp.connection import connect_once, redact
 from relayflow.db.hosts import connect
 from relayflow.errors import ConfigurationError, DefinitionError
 from relayflow.settings import Settings
@@ -79,11 +78,11 @@ async def check_services(
     """What is not answering, each with how to start it (empty when both answer)."""
     problems = []
     try:
-        connection = await aio_pika.connect(amqp_url, timeout=connect_timeout)
+        connection = await connect_once(amqp_url, timeout=connect_timeout)
         await connection.close()
     except Exception as exc:  # any failure means "not usable"; the reason is shown verbatim
         problems.append(
-            f"RabbitMQ does not answer at {_redact(amqp_url)} ({exc or type(exc).__name__}).\n"
+            f"RabbitMQ does not answer at {redact(amqp_url)} ({exc or type(exc).__name__}).\n"
             "  Start it with `rabbitmq-server -detached` (then `rabbitmqctl await_startup`)\n"
             "  or `docker compose -f deploy/compose.yaml up -d rabbitmq`; or set AMQP_URL."
         )

@@ -15,12 +15,19 @@ publisher never sees a mandatory message returned just because its consumer has 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
 from pamqp.common import FieldTable
 
 from relayflow.errors import ConfigurationError
@@ -34,6 +41,7 @@ RESULT_KEY = "step.result"
 # Cancel and retry requests for a workflow.
 CONTROL_KEY = "workflow.control"
 EXTERNAL_REQUEST_KEY = "external.request"
+_CLASSIC: dict[str, Any] = {"x-queue-type": "classic"}
 
 
 def step_key(step_name: str) -> str:
@@ -45,6 +53,8 @@ class Topology:
     namespace: str
     queue_type: str = "quorum"
     delivery_limit: int = 20
+    # x-quorum-initial-group-size: the broker caps it at the cluster's size.
+    quorum_size: int = 3
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -52,6 +62,7 @@ class Topology:
             namespace=settings.namespace,
             queue_type=settings.queue_type,
             delivery_limit=settings.delivery_limit,
+            quorum_size=settings.quorum_size,
         )
 
     @property
@@ -81,10 +92,17 @@ class Topology:
     def step_queue(self, step_name: str) -> str:
         return f"{self.namespace}.step.{step_name}"
 
+    def queue_arguments(self) -> FieldTable:
+        """A durable queue's type, and how many replicas a quorum queue gets."""
+        arguments: FieldTable = {"x-queue-type": self.queue_type}
+        if self.queue_type == "quorum":
+            arguments["x-quorum-initial-group-size"] = self.quorum_size
+        return arguments
+
     def work_queue_arguments(self) -> FieldTable:
         arguments: FieldTable = {
             "x-dead-letter-exchange": self.dead_letter_exchange,
-            "x-queue-type": self.queue_type,
+            **self.queue_arguments(),
         }
         if self.queue_type == "quorum":
             arguments["x-delivery-limit"] = self.delivery_limit
@@ -100,7 +118,22 @@ class Topology:
             bindings[self.step_queue(step)] = [step_key(step)]
         return bindings
 
-    async def declare(self, channel: AbstractChannel, step_names: Iterable[str]) -> Exchanges:
+    def queues(self, step_names: Iterable[str]) -> dict[str, FieldTable]:
+        """Every durable queue and its arguments."""
+        queues: dict[str, FieldTable] = {self.dead_letter_queue: self.queue_arguments()}
+        for name in self.queue_bindings(step_names):
+            queues[name] = self.work_queue_arguments()
+        return queues
+
+    async def declare(
+        self,
+        channel: AbstractChannel,
+        step_names: Iterable[str],
+        *,
+        existing: Set[str] = frozenset(),
+    ) -> Exchanges:
+        """Declare the exchanges, the queues not in `existing` and every binding."""
+        names = list(step_names)
         exchange = await channel.declare_exchange(
             self.exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
@@ -110,47 +143,42 @@ class Topology:
         dlx = await channel.declare_exchange(
             self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
-        dead_letters = await channel.declare_queue(
-            self.dead_letter_queue, durable=True, arguments={"x-queue-type": self.queue_type}
-        )
-        await dead_letters.bind(dlx, routing_key="")
-        for queue_name, keys in self.queue_bindings(step_names).items():
-            queue = await channel.declare_queue(
-                queue_name, durable=True, arguments=self.work_queue_arguments()
-            )
+        queues: dict[str, AbstractQueue] = {}
+        for name, arguments in self.queues(names).items():
+            if name in existing:
+                queues[name] = await channel.get_queue(name, ensure=False)
+            else:
+                queues[name] = await channel.declare_queue(name, durable=True, arguments=arguments)
+        await queues[self.dead_letter_queue].bind(dlx, routing_key="")
+        for queue_name, keys in self.queue_bindings(names).items():
             for key in keys:
-                await queue.bind(exchange, routing_key=key)
+                await queues[queue_name].bind(exchange, routing_key=key)
         return Exchanges(main=exchange, events=events, dead_letters=dlx)
 
     async def ensure(self, connection: AbstractConnection, step_names: Iterable[str]) -> None:
         """Declare the whole topology (`declare`), as every service does at start-up; or, when
         the broker refuses because this user holds only least privileges (`relayflow broker
         setup`, whose definitions create the topology), check that all of it exists. A
-        part missing then is a configuration error naming it."""
+        part missing then is a configuration error naming it.
+
+        A queue that exists is taken as it is, not declared again: the broker refuses a
+        declaration whose arguments differ from the queue's (a queue made before
+        x-quorum-initial-group-size was given, or under another RELAYFLOW_QUORUM_SIZE), and a
+        quorum queue's members are chosen once, by whoever creates it."""
         names = list(step_names)
+        existing = {name for name in self.queues(names) if await _exists(connection, "queue", name)}
         channel = await connection.channel()
         try:
-            await self.declare(channel, names)
+            await self.declare(channel, names, existing=existing)
         except aiormq.exceptions.ChannelAccessRefused as refused:
             log.info("may not declare the topology (%s); checking that it exists", refused)
         else:
             await channel.close()
             return
-        missing: list[str] = []
-        exchanges = [self.exchange, self.events_exchange, self.dead_letter_exchange]
-        queues = [self.dead_letter_queue, *self.queue_bindings(names)]
-        for kind, name in [*(("exchange", e) for e in exchanges), *(("queue", q) for q in queues)]:
-            # A passive declaration needs no permission; one that fails closes its channel.
-            probe = await connection.channel()
-            try:
-                if kind == "exchange":
-                    await probe.declare_exchange(name, passive=True)
-                else:
-                    await probe.declare_queue(name, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                missing.append(f"{kind} {name}")
-            else:
-                await probe.close()
+        missing = [f"queue {name}" for name in self.queues(names) if name not in existing]
+        for name in [self.exchange, self.events_exchange, self.dead_letter_exchange]:
+            if not await _exists(connection, "exchange", name):
+                missing.insert(0, f"exchange {name}")
         if missing:
             raise ConfigurationError(
                 f"the broker has no {', '.join(missing)}, and this broker user may not declare "
@@ -161,10 +189,18 @@ class Topology:
     async def declare_event_listener(self, channel: AbstractChannel) -> AbstractQueue:
         """A server-named queue that lives as long as this connection: each gateway replica
         receives every event for its own subscribers. The exchange is `ensure`d's (declaring
-        it again here would take a right a least-privilege gateway does not hold)."""
-        queue = await channel.declare_queue(
-            "", exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
-        )
+        it again here would take a right a least-privilege gateway does not hold).
+
+        On a robust channel the queue is not one it declares again when it reopens: the broker
+        names it, and a reopened channel needs a new one (`services.gateway.events`)."""
+        if isinstance(channel, AbstractRobustChannel):
+            queue: AbstractQueue = await channel.declare_queue(
+                "", exclusive=True, auto_delete=True, arguments=_CLASSIC, robust=False
+            )
+        else:
+            queue = await channel.declare_queue(
+                "", exclusive=True, auto_delete=True, arguments=_CLASSIC
+            )
         await queue.bind(self.events_exchange, routing_key="")
         return queue
 
@@ -174,3 +210,17 @@ class Exchanges:
     main: AbstractExchange
     events: AbstractExchange
     dead_letters: AbstractExchange
+
+
+async def _exists(connection: AbstractConnection, kind: str, name: str) -> bool:
+    """A passive declaration: it needs no permission, and one that fails closes its channel."""
+    probe = await connection.channel()
+    try:
+        if kind == "exchange":
+            await probe.declare_exchange(name, passive=True)
+        else:
+            await probe.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    await probe.close()
+    return True

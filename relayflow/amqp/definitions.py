@@ -223,7 +223,7 @@ def definitions(
             exchange(topology.dead_letter_exchange, "fanout"),
         ],
         "queues": [
-            queue(topology.dead_letter_queue, {"x-queue-type": topology.queue_type}),
+            queue(topology.dead_letter_queue, topology.queue_arguments()),
             *(queue(name, work) for name in topology.queue_bindings(step_names)),
         ],
         "bindings": bindings,

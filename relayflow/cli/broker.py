@@ -52,7 +52,9 @@ def setup_command(
     steps = {*tasks, *served}
     foreign = sorted(set(tasks) - set(served))
     users = broker_users(context.namespace, isolated_steps=isolated_steps, foreign_steps=foreign)
-    topology = Topology(context.namespace, settings.queue_type, settings.delivery_limit)
+    topology = Topology(
+        context.namespace, settings.queue_type, settings.delivery_limit, settings.quorum_size
+    )
     document = definitions(users, vhost, topology, steps)
     # Passwords are hashed in it, and the file is readable by its owner only.
     descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

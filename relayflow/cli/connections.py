@@ -12,8 +12,10 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractConnection
 
+from relayflow.amqp.connection import connect_once
 from relayflow.cli.errors import CliError
 from relayflow.db.hosts import connect
+from relayflow.errors import ServiceUnavailableError
 
 T = TypeVar("T")
 
@@ -28,8 +30,10 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 @contextlib.asynccontextmanager
 async def broker(url: str) -> AsyncIterator[AbstractConnection]:
     try:
-        connection = await aio_pika.connect(url, timeout=10)
-    except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+        connection = await connect_once(url, timeout=10)
+    except ValueError as exc:
+        raise CliError(f"AMQP_URL {exc}") from exc
+    except ServiceUnavailableError as exc:
         raise CliError(f"cannot reach RabbitMQ: {exc}") from exc
     try:
         yield connection

@@ -234,7 +234,7 @@ def queues(topology: Topology) -> list[Queue]:
             (FANOUT_KEY,),
             topology.dead_letter_exchange,
             "Every dead letter, kept until an operator looks at it or re-drives it.",
-            {"x-queue-type": topology.queue_type},
+            {k: v for k, v in topology.queue_arguments().items() if isinstance(v, str | int)},
         ),
     ]
 

@@ -109,7 +109,9 @@ def create_app(
             if credentials is not None and credentials.oidc is not None:
                 provider = await stack.enter_async_context(OidcProvider.open(credentials.oidc))
             gate = await access.decide(settings, credentials, pool, provider)
-            connection = await connect(settings.amqp_url, name="relayflow-gateway")
+            connection = await connect(
+                settings.amqp_url, name="relayflow-gateway", heartbeat=settings.amqp_heartbeat
+            )
             stack.push_async_callback(quietly, "closing the broker connection", connection.close)
             # The whole topology, so that workflow.start is routable before the orchestrator runs.
             await topology.ensure(connection, registry.task_names())

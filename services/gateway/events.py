@@ -237,6 +237,7 @@ class EventHub:
         self.position = 0
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
+        self._topology: Topology | None = None
         self._consumer_tag: str | None = None
         # Acks, and dead-letters what cannot be read: set by `start`, before the first delivery.
         self._settler: Settler | None = None
@@ -266,14 +267,28 @@ class EventHub:
         await channel.set_qos(prefetch_count=self._buffer)
         self._settler = Settler(publisher, topology.dead_letter_exchange)
         self._channel = channel
-        self._queue = await topology.declare_event_listener(channel)
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        self._topology = topology
+        await self._listen()
         if isinstance(channel, AbstractRobustChannel):
-            # A reopened channel consumes a new exclusive queue: whatever was published in
-            # between never reaches it, so every stream rereads its source.
             channel.reopen_callbacks.add(self._on_reopen)
 
-    def _on_reopen(self, *_: object) -> None:
+    async def _listen(self) -> None:
+        assert self._channel is not None
+        assert self._topology is not None
+        self._queue = await self._topology.declare_event_listener(self._channel)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def _on_reopen(self, *_: object) -> None:
+        """A reopened channel (after a reconnection, maybe to another node) listens on a new
+        exclusive queue: the old one may still be held by the lost connection — on a node that
+        hung, until the cluster notices — so declaring it again would be refused. Whatever was
+        published in between never reaches the new queue, so every stream rereads its source."""
+        self._consumer_tag = None
+        try:
+            await self._listen()
+        except Exception:
+            # Not consuming, and /readyz says so; the streams' catch-up reads still run.
+            log.exception("could not listen for events again after the channel reopened")
         log.info("the events channel was reopened; streams resync")
         self.resync_all()
 

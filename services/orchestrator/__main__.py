@@ -35,7 +35,9 @@ async def serve(
     topology = Topology.from_settings(settings)
     local = LocalSteps.load(registry, settings.step_modules, exchange=topology.exchange)
     pool = await prepare_database(settings, local.migrations if local else ())
-    connection = await connect(settings.amqp_url, name="relayflow-orchestrator")
+    connection = await connect(
+        settings.amqp_url, name="relayflow-orchestrator", heartbeat=settings.amqp_heartbeat
+    )
     hops = HopTrace.open(settings.hop_trace, "orchestrator")
     try:
         await topology.ensure(connection, registry.task_names())

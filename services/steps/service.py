@@ -60,7 +60,9 @@ async def serve(
         migrations = dict.fromkeys([*steps.migrations, *(local.migrations if local else ())])
         pool = await prepare_database(settings, list(migrations))
         stack.push_async_callback(close_pool, pool)
-        connection = await connect(settings.amqp_url, name="relayflow-steps")
+        connection = await connect(
+            settings.amqp_url, name="relayflow-steps", heartbeat=settings.amqp_heartbeat
+        )
         stack.push_async_callback(quietly, "closing the broker connection", connection.close)
         await topology.ensure(connection, {*workflows.task_names(), *steps.names()})
         hops = HopTrace.open(settings.hop_trace, "steps")

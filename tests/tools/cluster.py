@@ -26,7 +26,9 @@ import asyncpg
 import httpx
 
 from relayflow import supervisor
+from relayflow.amqp.connection import connect_once
 from relayflow.db import create_pool, migrate
+from relayflow.errors import ServiceUnavailableError
 from relayflow.topology import Topology
 from tests.support import wait_for
 from tests.tools.fault_proxy import FaultProxy
@@ -56,10 +58,17 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 @dataclass
 class Links:
-    """One service's two proxied links."""
+    """One service's proxied links: to each broker node (`amqp` is the first node's, the only
+    one on a single broker) and to the database."""
 
     amqp: FaultProxy
     db: FaultProxy
+    nodes: list[FaultProxy] = field(default_factory=list)
+
+    def connected_node(self) -> int | None:
+        """The broker node this service holds a connection to (by the proxies' open links)."""
+        held = [i for i, proxy in enumerate(self.nodes) if proxy.open_connections]
+        return held[0] if len(held) == 1 else None
 
 
 @dataclass
@@ -77,6 +86,8 @@ class Cluster:
     links: dict[str, Links] = field(default_factory=dict)
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     pool: asyncpg.Pool[Any] | None = None
+    # The nodes of a broker cluster (`tests.tools.rabbit_cluster`); empty: `rabbit` alone.
+    brokers: Sequence[PrivateRabbit] = ()
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -98,9 +109,20 @@ class Cluster:
         return "" if self.vhost == "/" else urllib.parse.quote(self.vhost, safe="")
 
     @property
+    def nodes(self) -> Sequence[PrivateRabbit]:
+        return self.brokers or (self.rabbit,)
+
+    @property
     def amqp_url(self) -> str:
-        """Direct, as guest, for the harness."""
+        """Direct, as guest, for the harness (the first node)."""
         return self.rabbit.url + self._vhost_path
+
+    @property
+    def amqp_urls(self) -> str:
+        """Every node that answers (not killed or paused), direct, as guest, comma-separated
+        (`AMQP_URL`'s form)."""
+        nodes = [node for node in self.nodes if node.answering] or self.nodes
+        return ",".join(node.url + self._vhost_path for node in nodes)
 
     def db(self) -> asyncpg.Pool[Any]:
         assert self.pool is not None, "Cluster.setup() has not run"
@@ -108,11 +130,11 @@ class Cluster:
 
     def env_for(self, service: str) -> dict[str, str]:
         links = self.links[service]
+        user = self.credentials.get(service, "guest:guest")
         return {
             **os.environ,
-            "AMQP_URL": (
-                f"amqp://{self.credentials.get(service, 'guest:guest')}@127.0.0.1:"
-                f"{links.amqp.port}/{self._vhost_path}"
+            "AMQP_URL": ",".join(
+                f"amqp://{user}@127.0.0.1:{proxy.port}/{self._vhost_path}" for proxy in links.nodes
             ),
             "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{links.db.port}/{self.database}",
             "RELAYFLOW_NAMESPACE": self.namespace,
@@ -145,11 +167,14 @@ class Cluster:
             await conn.close()
         self.pool = await create_pool(self.database_url, min_size=1, max_size=4)
         for service in SERVICES:
-            amqp = FaultProxy(self.rabbit.address, name=f"{service}->amqp")
+            nodes = [
+                FaultProxy(node.address, name=f"{service}->amqp{'' if i == 0 else i}")
+                for i, node in enumerate(self.nodes)
+            ]
             db = FaultProxy(self.postgres.address, name=f"{service}->db")
-            await amqp.start()
-            await db.start()
-            self.links[service] = Links(amqp=amqp, db=db)
+            for proxy in [*nodes, db]:
+                await proxy.start()
+            self.links[service] = Links(amqp=nodes[0], db=db, nodes=nodes)
 
     async def start(self, service: str) -> None:
         log = (self.log_dir / f"{service}.log").open("ab")
@@ -195,8 +220,8 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await self.terminate(name, timeout=20)
         for links in self.links.values():
-            await links.amqp.stop()
-            await links.db.stop()
+            for proxy in [*links.nodes, links.db]:
+                await proxy.stop()
         if self.pool is not None:
             await self.pool.close()
 
@@ -240,7 +265,7 @@ class Cluster:
             ),
         ]
         counts: dict[str, tuple[int, int]] = {}
-        connection = await aio_pika.connect(self.amqp_url, timeout=5)
+        connection = await connect_once(self.amqp_urls, timeout=5)
         try:
             for name in names:
                 channel = await connection.channel()
@@ -259,7 +284,7 @@ class Cluster:
     async def consumers_ready(self) -> bool:
         try:
             counts = await self.queue_counts()
-        except (OSError, aio_pika.exceptions.AMQPError):
+        except (OSError, aio_pika.exceptions.AMQPError, ServiceUnavailableError):
             return False
         wanted: list[str] = []
         topology = self.topology
@@ -386,10 +411,13 @@ async def running_cluster(
     namespace: str | None = None,
     vhost: str = "/",
     credentials: dict[str, str] | None = None,
+    brokers: Sequence[PrivateRabbit] = (),
 ) -> AsyncIterator[Cluster]:
-    """A fresh database and namespace on the private instances, with every service running."""
+    """A fresh database and namespace on the private instances, with every service running;
+    with `brokers` (a cluster's nodes, `rabbit` among them), each service is given all."""
     cluster = Cluster(
         rabbit=rabbit,
+        brokers=brokers,
         postgres=postgres,
         database=f"faults_{uuid.uuid4().hex[:10]}",
         log_dir=log_dir,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,11 +71,13 @@ async def running_failover_cluster(
     *,
     extra_env: dict[str, str] | None = None,
     start: bool = True,
+    brokers: Sequence[PrivateRabbit] = (),
 ) -> AsyncIterator[FailoverCluster]:
     """A fresh database (replayed on the standby) and namespace, every service running (or,
     with `start` False, none yet: the caller adds to `extra_env` and calls `start_all`)."""
     cluster = FailoverCluster(
         rabbit=rabbit,
+        brokers=brokers,
         postgres=pair.primary,
         database=f"failover_{uuid.uuid4().hex[:10]}",
         log_dir=log_dir,

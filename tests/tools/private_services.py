@@ -75,12 +75,21 @@ async def _run(*argv: str | Path, env: dict[str, str] | None = None, timeout: fl
 
 
 class PrivateRabbit(Lifecycle):
-    """A RabbitMQ node of our own (3.10 tested): `rabbitmq-server` as a child process."""
+    """A RabbitMQ node of our own (3.10 tested): `rabbitmq-server` as a child process.
 
-    def __init__(self, *, name: str | None = None) -> None:
+    `home` is where the node and its CLI find their Erlang cookie: the nodes of one cluster
+    (`tests.tools.rabbit_cluster`) share it; by default each node has its own. `config` is added
+    to its `rabbitmq.conf`."""
+
+    def __init__(
+        self, *, name: str | None = None, home: Path | None = None, config: str = ""
+    ) -> None:
         self.node = f"{name or 'relayflow-chaos-' + uuid.uuid4().hex[:8]}@localhost"
         self.port = 0
         self.dist_port = 0
+        self._home = home
+        self._config = config
+        self.paused = False
         self._dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
 
@@ -98,7 +107,7 @@ class PrivateRabbit(Lifecycle):
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             # The CLI and the node find the same cookie here, not the shared node's.
-            "HOME": str(self._dir / "home"),
+            "HOME": str(self._home or self._dir / "home"),
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": str(self._dir / "mnesia"),
@@ -126,9 +135,18 @@ class PrivateRabbit(Lifecycle):
             f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
             "loopback_users = none\n"
             # Plenty of head room: a chaos run must not trip a memory or disk alarm.
-            "disk_free_limit.absolute = 50MB\n"
+            "disk_free_limit.absolute = 50MB\n" + self._config
         )
         (self._dir / "rabbitmq-env.conf").write_text("")
+        try:
+            await self.launch()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def launch(self, *, wait: bool = True) -> None:
+        """Start `rabbitmq-server` on this node's ports and files (again, after `kill`)."""
+        assert self._dir is not None
         log = (self._dir / "server.log").open("ab")
         self._process = await asyncio.create_subprocess_exec(
             str(RABBITMQ_BIN / "rabbitmq-server"),
@@ -138,11 +156,47 @@ class PrivateRabbit(Lifecycle):
             start_new_session=True,
         )
         log.close()
-        try:
+        if wait:
             await self.wait_ready()
-        except BaseException:
-            await self.stop()
-            raise
+
+    async def kill(self) -> None:
+        """SIGKILL the node (its whole process group): a crash, nothing flushed or said."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+    async def shut_down(self) -> None:
+        """`rabbitmqctl stop`: the node goes down cleanly and keeps its files (`launch` again)."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        await self.ctl("stop", timeout=60)
+        await asyncio.wait_for(self._process.wait(), 60)
+
+    def pause(self) -> None:
+        """SIGSTOP: the node hangs, its sockets stay open and nothing answers."""
+        self._signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.paused = False
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is None or self._process.returncode is not None:
+            raise PrivateServiceError(f"{self.node} is not running")
+        os.killpg(self._process.pid, signum)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def answering(self) -> bool:
+        """Running and not paused."""
+        return self.running and not self.paused
 
     async def wait_ready(self, timeout: float = 90) -> None:
         """Until the node has booted and AMQP answers."""
@@ -187,6 +241,10 @@ class PrivateRabbit(Lifecycle):
         """Stop the node and remove its files; safe to call twice."""
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
+            # A paused node answers nothing, not even `stop`.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGCONT)
+            self.paused = False
             with contextlib.suppress(PrivateServiceError):
                 await self.ctl("stop", timeout=30)
             try:

@@ -20,7 +20,9 @@ async def serve(
     workflows = load_workflows(settings.apps, settings.workflows)
     topology = Topology.from_settings(settings)
     async with contextlib.AsyncExitStack() as stack:
-        connection = await connect(settings.amqp_url, name="relayflow-external")
+        connection = await connect(
+            settings.amqp_url, name="relayflow-external", heartbeat=settings.amqp_heartbeat
+        )
         stack.push_async_callback(quietly, "closing the broker connection", connection.close)
         await topology.ensure(connection, workflows.task_names())
         system = ExternalSystem(
