@@ -131,6 +131,7 @@ class Options:
     soak: float = 0.0
     soak_every: float = 15.0
     db_cost: bool = False
+    cluster: bool = False
 
     @property
     def systems(self) -> tuple[str, ...]:
@@ -201,6 +202,12 @@ def parse(argv: Sequence[str] | None) -> Options:
         help="a short run: n 200, serial 50, marginal 30, warm-up 20, 1 repetition, fan-out 200, "
         "maps of 100 and 1000 items, child 30, hops 50, floor 100, open loop 10 s",
     )  # fmt: skip
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a private three-node RabbitMQ cluster and a PostgreSQL primary with a "
+        "synchronous standby (issue 13); our systems and parts only",
+    )
     parser.add_argument("--log-dir", type=Path, help="service logs (default: a temp dir)")
     parser.add_argument(
         "--profile",
@@ -215,6 +222,9 @@ def parse(argv: Sequence[str] | None) -> Options:
     unknown = sorted(set(only) - set(ALL) - set(PARTS))
     if unknown or not only:
         parser.error(f"unknown systems {unknown}; choose from {','.join((*ALL, *PARTS))}")
+    peers = sorted(set(only) - {OURS, LOCAL, CLASSIC, DBCOST})
+    if args.cluster and peers:
+        parser.error(f"--cluster runs our systems and db-cost only, not {peers}")
 
     def pick(value: int | None, full: int, short: int) -> int:
         return value if value is not None else (short if quick else full)
@@ -249,6 +259,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         soak=args.soak or 0.0,
         soak_every=args.soak_every,
         db_cost=DBCOST in only,
+        cluster=args.cluster,
     )
 
 
@@ -325,7 +336,19 @@ def _brief(name: str, phases: dict[str, Phase]) -> str:
 
 
 async def amain(options: Options) -> dict[str, Any]:
-    infra = Infra.from_env()
+    if not options.cluster:
+        return await _amain(options, Infra.from_env())
+    # Imported only here: the test tooling is not the bench's, but it is what starts them.
+    from tests.tools.pg_standby import PostgresPair
+    from tests.tools.rabbit_cluster import RabbitCluster
+
+    async with RabbitCluster() as rabbits, PostgresPair() as pair:
+        print(f"on a private three-node RabbitMQ cluster ({rabbits.url}) and a PostgreSQL "
+              f"primary with a synchronous standby ({pair.url()})", flush=True)  # fmt: skip
+        return await _amain(options, Infra(amqp_url=rabbits.url, server_url=pair.url()))
+
+
+async def _amain(options: Options, infra: Infra) -> dict[str, Any]:
     unavailable: dict[str, str] = {}
     systems = [name for name in ALL if name in options.systems]
     for name in list(systems):

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 
+from relayflow.amqp.connection import connect_once
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -59,7 +61,7 @@ class Infra:
 
     async def delete_amqp(self, queues: Iterable[str], exchanges: Iterable[str]) -> None:
         """Remove a run's queues and exchanges from the shared broker (missing ones are fine)."""
-        connection = await aio_pika.connect(self.amqp_url)
+        connection = await connect_once(self.amqp_url)
         try:
             for kind, names in (("queue", queues), ("exchange", exchanges)):
                 for name in names:
@@ -75,7 +77,7 @@ class Infra:
             await connection.close()
 
     async def consumers(self, queue: str) -> int:
-        connection = await aio_pika.connect(self.amqp_url)
+        connection = await connect_once(self.amqp_url)
         try:
             channel = await connection.channel()
             try:
