@@ -305,7 +305,7 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
         rare,
     )
     await pool.execute("ANALYZE workflows")
-    # The rare version's 3 rows, and a page of the 6,667 of v1: each row read is a row listed.
+    # The rare version's 3 rows, each row read a row listed; and a page of the 6,667 of v1.
     for version, listed in ((rare, 3), ("v1", 50)):
         (explained,) = await pool.fetchval(
             f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
@@ -319,12 +319,20 @@ async def test_list_queries_use_an_index_whatever_the_filter(pool: asyncpg.Pool[
             None,
         )
         nodes = list(_plan_nodes(explained["Plan"]))
-        assert {node["Index Name"] for node in nodes if "Index Name" in node} == {
-            "workflows_version_created_id_idx"
-        }, nodes
+        indexes = {node["Index Name"] for node in nodes if "Index Name" in node}
         (read,) = (node for node in nodes if node.get("Relation Name") == "workflows")
         assert read["Actual Rows"] == listed, nodes
-        assert not any(node.get("Rows Removed by Filter") for node in nodes), nodes
+        removed = sum(node.get("Rows Removed by Filter", 0) for node in nodes)
+        if listed == 3:
+            assert indexes == {"workflows_version_created_id_idx"}, nodes
+            assert not removed, nodes
+        else:
+            # A third of the table: walking the newest rows (created_at, in list order) and
+            # skipping the other versions' reads about three rows per row listed, which the
+            # planner may prefer on half-empty pages (fillfactor 50, migration 0021). A page,
+            # never a walk of the table's 20,000.
+            assert indexes <= {"workflows_version_created_id_idx", "workflows_created_at_idx"}
+            assert removed <= 20 * listed, nodes
         if listed == 50:
             # Many runs of the version: the index gives the list's order, nothing is sorted.
             assert not [node for node in nodes if node["Node Type"].endswith("Sort")], nodes
