@@ -8,6 +8,9 @@ Phases per system: warm-up; `--serial-n` five-step workflows at 1 in flight; `--
 10-step workflows at 1 in flight (`--marginal-n` each) for the marginal cost of a step.
 `relayflow-local` is relayflow again, the same phases on chains whose every step is a local task
 (run inside the orchestrator's transaction: issue 12's "light steps local").
+`relayflow-broker` is relayflow with every command through the broker
+(`RELAYFLOW_STEP_EAGER=false`): no step handed over in process by the step service that advanced
+its workflow (eager dispatch).
 `relayflow-classic` is relayflow on classic queues (`RELAYFLOW_QUEUE_TYPE=classic`): no
 replication and no delivery limit, against the quorum queues of the default.
 Then the scale-out run (2 orchestrators, 2 step services) and the SSE fan-out run.
@@ -80,6 +83,7 @@ from bench.measure import Phase, median
 from bench.openloop import Arrivals, OpenLoop, run_open_loop
 from bench.ours import Relayflow
 from bench.report import (
+    BROKER,
     CLASSIC,
     LOCAL,
     OURS,
@@ -96,7 +100,7 @@ from bench.report import (
 from bench.soak import ENV as SOAK_ENV
 from bench.soak import render_soak, run_soak
 
-ALL = (OURS, LOCAL, CLASSIC, *PEERS)
+ALL = (OURS, BROKER, LOCAL, CLASSIC, *PEERS)
 MAP, CHILD, HOPS, FLOOR, OPEN = "map", "child", "hops", "floor", "open-loop"
 DBCOST = "db-cost"
 PARTS = (MAP, CHILD, HOPS, FLOOR, OPEN, DBCOST)
@@ -222,7 +226,7 @@ def parse(argv: Sequence[str] | None) -> Options:
     unknown = sorted(set(only) - set(ALL) - set(PARTS))
     if unknown or not only:
         parser.error(f"unknown systems {unknown}; choose from {','.join((*ALL, *PARTS))}")
-    peers = sorted(set(only) - {OURS, LOCAL, CLASSIC, DBCOST})
+    peers = sorted(set(only) - {OURS, BROKER, LOCAL, CLASSIC, DBCOST})
     if args.cluster and peers:
         parser.error(f"--cluster runs our systems and db-cost only, not {peers}")
 
@@ -277,6 +281,8 @@ def make_system(name: str, infra: Infra, log_dir: Path) -> System:
         return Relayflow(infra, log_dir)
     if name == LOCAL:
         return Relayflow(infra, log_dir, name=LOCAL, local=True)
+    if name == BROKER:
+        return Relayflow(infra, log_dir, name=BROKER, extra_env={"RELAYFLOW_STEP_EAGER": "false"})
     if name == CLASSIC:
         return Relayflow(
             infra, log_dir, name=CLASSIC, extra_env={"RELAYFLOW_QUEUE_TYPE": "classic"}
@@ -377,7 +383,7 @@ async def _amain(options: Options, infra: Infra) -> dict[str, Any]:
                     system, options, load_only=name == SCALE, profile=profile
                 )
             except Exception as exc:  # a peer that cannot run here is reported, not fatal
-                if name in (OURS, LOCAL, CLASSIC):
+                if name in (OURS, BROKER, LOCAL, CLASSIC):
                     raise
                 unavailable[name] = f"failed: {exc!r}"[:500]
                 print(f"  {name}: could not run ({exc!r}); skipping it from now on", flush=True)

@@ -62,9 +62,11 @@ STEP = (
 )
 # A step whose service advanced the workflow itself (`RELAYFLOW_STEP_ADVANCE`, the default): no
 # result travels, and the next command leaves from the step service's commit.
+# A command is published by the relay, or (eager dispatch, `RELAYFLOW_STEP_EAGER`) handed over
+# to the worker of the step service that committed it; the aside rows split the two.
 STEP_ADVANCED = (
-    "last commit → relay publishes the command",
-    "command: published → step service has it",
+    "last commit → command published or handed over",
+    "command: sent → step service has it",
     "step: delivery → invocation claimed",
     "step: claimed → body starts",
     "step: body",
@@ -83,6 +85,8 @@ ASIDE = (
     "command: published → confirmed",
     "result: published → confirmed (the ack follows)",
     "events: published → confirmed",
+    "a command published: → step service has it",
+    "a command handed over: → step batch has it",
 )
 # The services' hops a step's chain passes, by the message that reaches them.
 _BY_COMMAND = (
@@ -158,19 +162,24 @@ def _chain(index: _Index, workflow_id: str, client: tuple[int, int, int]) -> _Ch
         start = _diffs(points)
         steps: list[list[int]] = []
         confirmed = at[("gw.confirmed", start_id)] - at[("gw.publish", start_id)]
-        aside: list[list[int]] = [[confirmed], [], [], []]
+        aside: list[list[int]] = [[confirmed], [], [], [], [], []]
         previous = points[-1]
         for _, command, step in commands:
             step_points = [previous]
+            handed = ("relay.publish", command) not in at and ("step.handed", command) in at
+            sent = at[("step.handed" if handed else "relay.publish", command)]
+            aside[5 if handed else 4].append(at[("step.delivered", command)] - sent)
+            if not handed:
+                aside[1].append(at[("relay.confirmed", command)] - sent)
             if index.advanced:
-                step_points += [at[(hop, command)] for hop in _BY_COMMAND_ADVANCED]
+                step_points += [sent]
+                step_points += [at[(hop, command)] for hop in _BY_COMMAND_ADVANCED[1:]]
             else:
                 result = index.result_of[(workflow_id, step)]
                 step_points += [at[(hop, command)] for hop in _BY_COMMAND]
                 step_points += [at[(hop, result)] for hop in _BY_RESULT]
                 aside[2].append(at[("step.confirmed", result)] - at[("step.publish", result)])
             steps.append(_diffs(step_points))
-            aside[1].append(at[("relay.confirmed", command)] - at[("relay.publish", command)])
             previous = step_points[-1]
         end_points = [
             previous,

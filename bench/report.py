@@ -19,6 +19,11 @@ SCALE = "relayflow-scale"
 LOCAL = "relayflow-local"
 # Ours again, on classic queues instead of quorum queues (RELAYFLOW_QUEUE_TYPE=classic).
 CLASSIC = "relayflow-classic"
+# Ours again, every command through the broker (RELAYFLOW_STEP_EAGER=false): no step's command
+# handed over in process (eager dispatch), as before it.
+BROKER = "relayflow-broker"
+# Our variants: not peers, no ratios against them.
+VARIANTS = (SCALE, LOCAL, CLASSIC, BROKER)
 PEERS = ("celery-pg", "celery-rpc", "dbos", "dbos-queue")
 DBOS_VARIANTS = ("dbos", "dbos-queue")
 
@@ -92,7 +97,7 @@ def ratios(systems: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[
     ours = systems.get(OURS, {})
     out: dict[str, dict[str, float]] = {}
     for peer, theirs in systems.items():
-        if peer in (OURS, SCALE, LOCAL, CLASSIC):
+        if peer == OURS or peer in VARIANTS:
             continue
         out[peer] = {}
         for metric in METRICS:
@@ -191,17 +196,18 @@ def targets(
                 "met": accept <= 10,
             }
         )
-    multiple = ours.get("marginal_floor")
-    if multiple is not None:
-        checks.append(
-            {
-                "target": "marginal cost of a remote step ÷ machine floor",
-                "vs": "floor",
-                "value": round(multiple, 3),
-                "bound": f"<= {FLOOR_BOUND}",
-                "met": multiple <= FLOOR_BOUND,
-            }
-        )
+    for name, what in ((OURS, ""), (BROKER, ", every command through the broker")):
+        multiple = systems.get(name, {}).get("marginal_floor")
+        if multiple is not None:
+            checks.append(
+                {
+                    "target": f"marginal cost of a remote step{what} ÷ machine floor",
+                    "vs": "floor",
+                    "value": round(multiple, 3),
+                    "bound": f"<= {FLOOR_BOUND}",
+                    "met": multiple <= FLOOR_BOUND,
+                }
+            )
     if open_loop is not None and open_loop["accepted"]:
         p99 = open_loop["accept_p99_ms"]
         checks.append(
@@ -256,7 +262,7 @@ def render(
     floor: Floor | None = None,
     open_loop: OpenLoop | None = None,
 ) -> str:
-    names = [n for n in (OURS, LOCAL, CLASSIC, SCALE, *PEERS) if n in systems]
+    names = [n for n in (OURS, BROKER, LOCAL, CLASSIC, SCALE, *PEERS) if n in systems]
 
     def label(metric: str) -> str:
         text, unit, _ = METRICS[metric]

@@ -21,6 +21,8 @@ The hops, in the order one step meets them (`bench/hops.py` joins them):
     orch.written orch.committed              claimed and workflows locked; its statements done
                                              (commit pending); committed
     relay.publish relay.confirmed            the outbox relay sends the commit's rows; confirmed
+    step.handed                              (eager dispatch) a step service's commit's command
+                                             handed to its own worker instead of published
     step.delivered step.claimed              a batch handed to the step worker; claimed
     step.body.start step.body.end            the body
     step.recorded step.committed             outcomes written (commit pending); committed

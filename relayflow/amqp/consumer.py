@@ -47,6 +47,7 @@ class BatchConsumer:
         self._pending: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_tag: str | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._tasks = [
@@ -63,6 +64,14 @@ class BatchConsumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._pending.put_nowait(message)
+
+    def offer(self, message: AbstractIncomingMessage) -> bool:
+        """Take a delivery that did not come from the queue (a command handed over in process,
+        `relayflow.steps.eager`) into the next batch; False once stopping, when it is not taken."""
+        if self._stopping or not self._tasks:
+            return False
+        self._pending.put_nowait(message)
+        return True
 
     async def _run(self) -> None:
         while True:
@@ -98,7 +107,9 @@ class BatchConsumer:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking deliveries and finish those in hand within `grace`; whatever is still
-        unsettled after that goes back to the broker when the channel closes."""
+        unsettled after that goes back to the broker when the channel closes, and what was
+        offered and never handled is handed back."""
+        self._stopping = True
         if self._consumer_tag is not None:
             await quietly(
                 f"cancelling the consumer of {self._queue.name}",
@@ -115,3 +126,7 @@ class BatchConsumer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tasks = []
+        while not self._pending.empty():
+            left = self._pending.get_nowait()
+            if left is not None and not left.processed:
+                await hand_back(left)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -56,10 +56,32 @@ class OutboxRelay:
         # Ids of rows the broker has confirmed and that are still to be deleted.
         self._sent: list[int] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # Takes the rows this process delivers itself, returns the rest (`divert`).
+        self._divert: Callable[[Sequence[OutboxRow]], Sequence[OutboxRow]] | None = None
+
+    def divert(self, take: Callable[[Sequence[OutboxRow]], Sequence[OutboxRow]]) -> None:
+        """Let `take` deliver what it can of the rows handed over, in process (a step service's
+        eager commands, `relayflow.steps.eager`): it returns the rows left to publish, and
+        reports each row it took as `delivered` (to delete) or `returned` (to publish)."""
+        self._divert = take
+
+    def delivered(self, row: OutboxRow) -> None:
+        """A diverted row was delivered: it is deleted like a confirmed one."""
+        self._sent.append(row.id)
+
+    def returned(self, row: OutboxRow) -> None:
+        """A diverted row was not delivered after all: publish it."""
+        self._send_later([row])
 
     def submit(self, rows: Sequence[OutboxRow]) -> asyncio.Future[None]:
-        """Publish `rows` on the fast path. The future is done once the broker has answered
-        for them (confirmed, or refused: the sweep then sends them again)."""
+        """Publish `rows` on the fast path (those `divert` does not take). The future is done
+        once the broker has answered for them (confirmed, or refused: the sweep then sends them
+        again)."""
+        if self._divert is not None and rows:
+            rows = self._divert(rows)
+        return self._send_later(rows)
+
+    def _send_later(self, rows: Sequence[OutboxRow]) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if rows:
             self._pending.put_nowait((rows, done))

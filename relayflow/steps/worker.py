@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,10 +29,11 @@ from relayflow.amqp.senders import Senders
 from relayflow.contracts import Envelope, StepCommand, StepResult, decode
 from relayflow.hops import HopTrace
 from relayflow.steps.advance import Advancer
+from relayflow.steps.eager import EagerDelivery, OutboxEntry
 from relayflow.steps.engine import EngineConfig, InvocationEngine, Started
 from relayflow.steps.registry import StepRegistry
 from relayflow.steps.store import InvocationStore
-from relayflow.topology import RESULT_KEY, Topology
+from relayflow.topology import RESULT_KEY, Topology, step_key
 
 if TYPE_CHECKING:  # only while tracing
     from opentelemetry.trace import Span
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # only while tracing
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Row = TypeVar("Row", bound=OutboxEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,9 @@ class WorkerConfig:
     # None: as many as batches can run at once (step queues x `batch_workers`). At most half
     # the pool, so that leases and transactional steps always find one.
     open_ahead: int | None = None
+    # Run the commands this worker's own advance produces for steps it serves in process,
+    # instead of through the broker (`relayflow.steps.eager`), up to `prefetch` at once.
+    eager: bool = True
 
     @property
     def engine(self) -> EngineConfig:
@@ -141,7 +146,14 @@ class StepWorker:
         self._settler: Settler | None = None
         self._channel: AbstractChannel | None = None
         self._consumers: list[BatchConsumer] = []
+        # The consumer of each step queue, by the routing key of its commands.
+        self._by_key: dict[str, BatchConsumer] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        # Handed-over commands not settled yet, and where a settled one's row goes.
+        self._eager_held = 0
+        # (Any: the relay's own row type, which the step worker does not need to know.)
+        self._eager_done: Callable[[Any], None] | None = None
+        self._eager_back: Callable[[Any], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -162,6 +174,7 @@ class StepWorker:
             )
             await consumer.start()
             self._consumers.append(consumer)
+            self._by_key[step_key(definition.name)] = consumer
         log.info("serving steps %s as %s", ", ".join(self._steps.names()), self.worker_id)
 
     async def stop(self, *, grace: float = 10.0) -> None:
@@ -169,6 +182,7 @@ class StepWorker:
         the rest back to the broker (their leases released so a redelivery need not wait)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        self._by_key = {}  # nothing more is handed over: the relay publishes it
         # Batches under way finish their transaction and hand their commands to tasks.
         await asyncio.gather(*(consumer.stop(grace) for consumer in self._consumers))
         self._consumers = []
@@ -195,9 +209,58 @@ class StepWorker:
         """Every step queue's consumer attached (the readiness probe's "consumer")."""
         return bool(self._consumers) and all(consumer.consuming for consumer in self._consumers)
 
+    # -- commands handed over in process ---------------------------------------------------
+
+    def hand_over_with(
+        self, delivered: Callable[[Row], None], returned: Callable[[Row], None]
+    ) -> None:
+        """Take commands handed over (`take`); a settled one's row goes to `delivered` (acked)
+        or `returned` (handed back: to publish). The relay's `divert` is the usual caller."""
+        self._eager_done, self._eager_back = delivered, returned
+
+    def take(self, rows: Sequence[Row]) -> list[Row]:
+        """Take the step commands among `rows` that this worker serves, while it holds fewer
+        than `prefetch` of them, into the next batch of their queue; returns the rest, to
+        publish (`relayflow.steps.eager`)."""
+        if not self._config.eager or self._eager_done is None or not self._by_key:
+            return list(rows)
+        rest: list[Row] = []
+        for row in rows:
+            message = row.message
+            consumer = (
+                self._by_key.get(message.routing_key)
+                if message.type == "StepCommand" and message.exchange == self._topology.exchange
+                else None
+            )
+            if consumer is None or self._eager_held >= self._config.prefetch:
+                rest.append(row)
+                continue
+            command = decode(message.body)
+            assert isinstance(command, StepCommand)
+            delivery = EagerDelivery(row, command, done=self._settled, back=self._handed_back)
+            if not consumer.offer(delivery):
+                rest.append(row)
+                continue
+            self._eager_held += 1
+            self._hops.record("step.handed", command.message_id)
+        return rest
+
+    def _settled(self, row: OutboxEntry) -> None:
+        self._eager_held -= 1
+        assert self._eager_done is not None
+        self._eager_done(row)
+
+    def _handed_back(self, row: OutboxEntry) -> None:
+        self._eager_held -= 1
+        assert self._eager_back is not None
+        self._eager_back(row)
+
     # -- deliveries ------------------------------------------------------------------------
 
     def _parse(self, message: AbstractIncomingMessage) -> StepCommand:
+        if isinstance(message, EagerDelivery):
+            # Written by this process's own transaction: nothing to check.
+            return message.command
         try:
             decoded = decode(message.body)
         except ValueError as exc:

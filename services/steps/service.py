@@ -36,6 +36,13 @@ def load_steps(settings: StepServiceSettings) -> StepRegistry:
     return selected
 
 
+def hand_over(relay: OutboxRelay, worker: StepWorker) -> None:
+    """Eager dispatch (`relayflow.steps.eager`): the commands this service's own commits produce
+    for steps it serves go from `relay` to `worker` in process; the rest are published."""
+    worker.hand_over_with(relay.delivered, relay.returned)
+    relay.divert(worker.take)
+
+
 async def serve(
     settings: StepServiceSettings, stop: asyncio.Event, probes: Probes | None = None
 ) -> None:
@@ -68,6 +75,7 @@ async def serve(
         hops = HopTrace.open(settings.hop_trace, "steps")
         stack.callback(hops.close)
         advancer = None
+        relay: OutboxRelay | None = None
         if settings.step_advance:
             publisher = await Publisher.open(connection)
             stack.push_async_callback(publisher.close)
@@ -88,11 +96,14 @@ async def serve(
                 inline_budget=settings.step_inline_budget,
                 batch_size=settings.step_batch_size,
                 batch_workers=settings.step_batch_workers,
+                eager=settings.step_eager,
             ),
             hops=hops,
             advancer=advancer,
             senders=settings.senders,
         )
+        if relay is not None and settings.step_eager:
+            hand_over(relay, worker)
         await worker.start()
         if probes is not None:
             probes.ready_when(

@@ -29,6 +29,11 @@ class StepServiceSettings(Settings):
     # and events; off for a step service that must hold no more than a step's (it then only
     # sends results). See ARCHITECTURE.md, "Step services that advance workflows".
     step_advance: bool = True
+    # With step_advance: a command its own advance produces for a step this process serves is
+    # run here, not sent through the broker (eager dispatch: one confirmed publish, a delivery
+    # and an ack fewer per step; a crash then resumes that step after the outbox sweep's
+    # RELAYFLOW_OUTBOX_STALE_AFTER). See ARCHITECTURE.md, "Eager dispatch".
+    step_eager: bool = True
     # How long in-flight steps may take to finish on stop before they are handed back.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 

@@ -139,6 +139,60 @@ def test_breakdown_joins_each_workflow_into_one_chain() -> None:
     assert by_part["start"] == [1.0] * 6
     assert by_part["step"] == [1.0] * 12 + [12.0]
     assert by_part["end"] == [1.0] * 4
-    assert by_part["aside"] == [2.0] * 4
+    # The four confirms, and the one way a command went (published).
+    assert by_part["aside"] == [2.0] * 4 + [1.0]
     assert result["sum_of_medians_ms"] == result["e2e_p50_ms"] == 70.0
     assert result["step_p50_ms_by_position"] == [12.0] * 5
+
+
+def _advanced_workflow(wf: str) -> tuple[list[hops.Record], tuple[int, int, int]]:
+    """A five-step workflow whose step service advanced it, the first command published by the
+    orchestrator's relay and the other four handed over in process (eager dispatch); every hop
+    takes 1 ms, the confirms 2 ms."""
+    records: list[hops.Record] = []
+    t = 0
+
+    def at(hop: str, key: str, workflow_id: str = "", step: str | int = "") -> None:
+        nonlocal t
+        t += 1_000_000
+        records.append((t, hop, key, workflow_id, step))
+
+    at("gw.received", "", wf)
+    at("gw.publish", "start1", wf)
+    records.append((t + 2_000_000, "gw.confirmed", "start1", "", ""))
+    for hop in ("orch.delivered", "orch.locked", "orch.written", "orch.committed"):
+        at(hop, "start1")
+    for i in range(1, 6):
+        command = ids.command_id(wf, f"b{i}", "", 1)
+        if i == 1:
+            at("relay.publish", command)
+            records.append((t + 2_000_000, "relay.confirmed", command, "", ""))
+        else:
+            at("step.handed", command)
+        for hop in ("step.delivered", "step.claimed"):
+            at(hop, command)
+        at("step.body.start", command, wf, f"b{i}")
+        for hop in ("step.body.end", "step.recorded", "step.advanced", "step.committed"):
+            at(hop, command)
+    batch = ids.event_batch_id(ids.event_id(wf, 12))
+    at("relay.publish", batch)
+    records.append((t + 2_000_000, "relay.confirmed", batch, "", ""))
+    at("gw.event", "workflow.completed", wf, 13)
+    at("gw.sse", "workflow.completed", wf, 13)
+    return records, (0, 0, t + 1_000_000)  # the client reads the event 1 ms later
+
+
+def test_breakdown_of_steps_advanced_and_handed_over() -> None:
+    """Steps advanced by the step service: each step is eight hops, whichever way its command
+    went; the aside rows split the published command from the handed-over ones."""
+    records, client = _advanced_workflow("wf_c")
+    e2e = client[2] / 1e9
+    phase = Phase(5, 1, 1, 1.0, 0.0, [Sample(latency=e2e)])
+    result = breakdown(sorted(records), {"wf_c": client}, phase)
+    assert result["joined"] == 1
+    rows = {(row["part"], row["hop"]): row for row in result["hops"]}
+    assert rows[("step", "a step, commit to commit")]["p50_ms"] == 8.0
+    assert rows[("aside", "a command published: → step service has it")]["mean_ms"] == 1.0
+    assert rows[("aside", "a command handed over: → step batch has it")]["mean_ms"] == 1.0
+    assert rows[("aside", "command: published → confirmed")]["mean_ms"] == 2.0
+    assert result["sum_of_means_ms"] == result["e2e_mean_ms"]
