@@ -276,17 +276,20 @@ def missing_packages(name: str) -> list[str]:
     return [pkg for pkg in NEEDS.get(name, ()) if importlib.util.find_spec(pkg) is None]
 
 
+# Our variants that differ from the default by their environment alone.
+VARIANT_ENV = {
+    BROKER: {"RELAYFLOW_STEP_EAGER": "false"},
+    CLASSIC: {"RELAYFLOW_QUEUE_TYPE": "classic"},
+}
+
+
 def make_system(name: str, infra: Infra, log_dir: Path) -> System:
     if name == OURS:
         return Relayflow(infra, log_dir)
     if name == LOCAL:
         return Relayflow(infra, log_dir, name=LOCAL, local=True)
-    if name == BROKER:
-        return Relayflow(infra, log_dir, name=BROKER, extra_env={"RELAYFLOW_STEP_EAGER": "false"})
-    if name == CLASSIC:
-        return Relayflow(
-            infra, log_dir, name=CLASSIC, extra_env={"RELAYFLOW_QUEUE_TYPE": "classic"}
-        )
+    if name in VARIANT_ENV:
+        return Relayflow(infra, log_dir, name=name, extra_env=VARIANT_ENV[name])
     if name == SCALE:
         return Relayflow(infra, log_dir, orchestrators=2, step_services=2, name=SCALE)
     if name.startswith("celery-"):
