@@ -11,9 +11,10 @@ from pathlib import Path
 
 from bench.driver import closed_loop
 from bench.http import Connection, EventStream, HttpError
-from bench.infra import Infra, Processes, free_port, unique, wait_until
+from bench.infra import Infra, Processes, unique, wait_until
 from bench.measure import Phase, Sample, peak_mib
 from bench.workflows import BY_LENGTH, LOCAL_BY_LENGTH
+from relayflow.testing_system import free_port
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 

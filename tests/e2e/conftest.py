@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from relayflow import supervisor
+from relayflow.testing_system import free_port
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
 from tests.support import delete_topology, unique_name, wait_for
@@ -27,13 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # and formSubmission's external system.
 MODULES = {**supervisor.SERVICES, "external": "apps.form_submission.external"}
 SERVICES = tuple(MODULES)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -15,9 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relayflow.contracts import StartWorkflow, encode, new_message_id, workflow_id_for_key
+from relayflow.testing_system import free_port
 from relayflow.topology import RESULT_KEY, START_KEY, Topology
 from relayflow.workflow import WorkflowRegistry
-from tests.e2e.conftest import System, free_port, running_system
+from tests.e2e.conftest import System, running_system
 from tests.e2e.test_system import form, wait_completed
 from tests.support import wait_for
 

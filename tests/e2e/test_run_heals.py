@@ -15,9 +15,10 @@ from pathlib import Path
 import aio_pika
 import httpx
 
+from relayflow.testing_system import free_port
 from relayflow.topology import Topology
 from relayflow.workflow import WorkflowRegistry
-from tests.e2e.conftest import ROOT, free_port
+from tests.e2e.conftest import ROOT
 from tests.support import delete_topology, unique_name, wait_for
 
 FORM = {"name": "Ada Lovelace", "email": "ada@example.com", "message": "Hello there"}

@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relayflow.testing_system import free_port
 from relayflow.workflow import WorkflowRegistry
-from tests.e2e.conftest import free_port, running_system
+from tests.e2e.conftest import running_system
 from tests.e2e.test_system import form, wait_completed
 from tests.support import wait_for
 

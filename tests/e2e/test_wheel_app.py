@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import sys
 import zipfile
 from collections.abc import AsyncIterator
@@ -33,8 +32,9 @@ import pytest
 from orders_app.steps import steps
 from orders_app.workflows import ORDER
 
+from relayflow.testing_system import running_app
 from relayflow.topology import Topology
-from tests.e2e.conftest import ROOT, free_port
+from tests.e2e.conftest import ROOT
 from tests.support import delete_topology, drop_database, unique_name, wait_for, with_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -179,53 +179,20 @@ async def served(
     database it names does not exist yet (the services create and migrate it)."""
     namespace, database = unique_name("wheel-"), unique_name("relayflow_wheel_")
     server = service_endpoints[1]
-    port = free_port()
-    env = clean_env(
-        AMQP_URL=amqp_url,
-        DATABASE_URL=with_database(server, database),
-        RELAYFLOW_NAMESPACE=namespace,
-        RELAYFLOW_GATEWAY_HOST="127.0.0.1",
-        RELAYFLOW_GATEWAY_PORT=str(port),
-        RELAYFLOW_AUTH="off",
-        RELAYFLOW_METRICS_PORT="0",
-        NO_COLOR="1",
-    )
-    log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            installed.run,
-            "--app",
-            "orders_app",
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(timeout=5) as client:
-
-            async def ready() -> bool:
-                if process.returncode is not None:
-                    raise AssertionError(f"relayflow-run exited:\n{tail(log)}")
-                try:
-                    return (await client.get(f"{base_url}/readyz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await wait_for(ready, timeout=90, interval=0.2, what="the gateway ready")
-        yield Served(base_url, env["DATABASE_URL"])
+        async with running_app(
+            [installed.run],
+            app="orders_app",
+            amqp_url=amqp_url,
+            database_url=with_database(server, database),
+            namespace=namespace,
+            cwd=tmp_path,
+            base_env=clean_env(),
+        ) as app:
+            yield Served(app.base_url, app.env["DATABASE_URL"])
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
         await delete_topology(amqp_connection, Topology(namespace), STEP_QUEUES)
         await drop_database(server, database)
-    assert process.returncode == 0, tail(log)
 
 
 async def test_an_order_runs_from_the_installed_wheel(served: Served) -> None:

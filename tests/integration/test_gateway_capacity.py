@@ -21,7 +21,8 @@ import pytest
 
 from relayflow.contracts import new_workflow_id
 from relayflow.settings import Settings
-from tests.e2e.conftest import ROOT, free_port
+from relayflow.testing_system import free_port
+from tests.e2e.conftest import ROOT
 from tests.support import wait_for
 
 log = logging.getLogger(__name__)

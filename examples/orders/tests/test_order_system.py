@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -25,35 +20,13 @@ from conftest import AMQP_URL
 from orders_app.steps import steps
 from orders_app.workflows import ORDER
 
+from relayflow.testing_system import RunningApp, running_app
 from relayflow.topology import Topology
 
 pytestmark = pytest.mark.e2e
 
 ENDED = {"completed", "failed", "compensated", "compensation_failed", "cancelled"}
 HELD = "SELECT count(*) FROM order_reservations WHERE workflow_id = $1 AND released_at IS NULL"
-
-
-@dataclass
-class Served:
-    base_url: str
-    log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def until(condition: Callable[[], Awaitable[Any]], *, within: float, what: str) -> Any:
-    """Poll `condition` until it returns something truthy, or fail saying what never came."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not (value := await condition()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} within {within:g}s")
-        await asyncio.sleep(0.1)
-    return value
 
 
 async def delete_namespace(namespace: str) -> None:
@@ -79,60 +52,34 @@ async def delete_namespace(namespace: str) -> None:
 @pytest.fixture(scope="module")
 async def served(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Served]:
+) -> AsyncIterator[RunningApp]:
     namespace = f"orders-{uuid.uuid4().hex[:10]}"
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("run")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("RELAYFLOW_")},
-        "AMQP_URL": AMQP_URL,
-        "DATABASE_URL": database_url,
-        "RELAYFLOW_NAMESPACE": namespace,
-        "RELAYFLOW_GATEWAY_HOST": "127.0.0.1",
-        "RELAYFLOW_GATEWAY_PORT": str(port),
-        # Open on loopback, and no metrics ports that another run on this machine may hold.
-        "RELAYFLOW_AUTH": "off",
-        "RELAYFLOW_METRICS_PORT": "0",
-        "NO_COLOR": "1",
-    }
-    log = workdir / "run.log"
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relayflow.supervisor",
-            "--app",
-            "orders_app",
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(timeout=5) as client:
-
-            async def ready() -> bool:
-                if process.returncode is not None:
-                    raise AssertionError(f"the run command exited:\n{log.read_text()[-3000:]}")
-                with contextlib.suppress(httpx.TransportError):
-                    return (await client.get(f"{base_url}/readyz")).status_code == 200
-                return False
-
-            await until(ready, within=60, what="the gateway was not ready")
-        yield Served(base_url, log)
+        async with running_app(
+            [sys.executable, "-m", "relayflow.supervisor"],
+            app="orders_app",
+            amqp_url=AMQP_URL,
+            database_url=database_url,
+            namespace=namespace,
+            cwd=tmp_path_factory.mktemp("run"),
+            ready_within=60,
+        ) as app:
+            yield app
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
         await delete_namespace(namespace)
 
 
-async def run_order(served: Served, order: dict[str, Any]) -> dict[str, Any]:
+async def until(condition: Callable[[], Awaitable[Any]], *, within: float, what: str) -> Any:
+    """Poll `condition` until it returns something truthy, or fail saying what never came."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not (value := await condition()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} within {within:g}s")
+        await asyncio.sleep(0.1)
+    return value
+
+
+async def run_order(served: RunningApp, order: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as client:
         response = await client.post("/workflows/order", json=order)
         assert response.status_code == 202, response.text
@@ -159,7 +106,7 @@ def an_order(**changes: Any) -> dict[str, Any]:
     }
 
 
-async def test_an_order_runs_through_the_services(served: Served, database_url: str) -> None:
+async def test_an_order_runs_through_the_services(served: RunningApp, database_url: str) -> None:
     ran = await run_order(served, an_order())
     assert ran["status"] == "completed", ran
     assert ran["output"]["units"] == 15
@@ -181,7 +128,7 @@ async def test_an_order_runs_through_the_services(served: Served, database_url: 
 
 
 async def test_a_declined_order_is_undone_through_the_services(
-    served: Served, database_url: str
+    served: RunningApp, database_url: str
 ) -> None:
     """The undo runs in the step service, for a step the orchestrator ran itself."""
     ran = await run_order(served, an_order(card="tok_declined"))
