@@ -100,7 +100,8 @@ DELETE FROM outbox WHERE id = ANY($1::bigint[]);
 
 -- name: claim_stale_outbox
 -- Rows a crash (or a failed publish) left behind; SKIP LOCKED keeps replicas from sending the
--- same row at once.
+-- same row at once. Walked in id order (the primary key; ids rise with created_at), so the scan
+-- stops at the limit once that many stale rows are found.
 SELECT id, exchange, routing_key, message_id, type, body, mandatory, correlation_id, traceparent
 FROM outbox
 WHERE created_at < now() - make_interval(secs => $1)

@@ -152,8 +152,8 @@ WHERE finished_at > now() - make_interval(secs => $1)
 GROUP BY 1;
 
 -- name: outbox_lag
--- What the relay has yet to have confirmed: rows, and the oldest one's age in seconds
--- (outbox_created_at_idx for the oldest).
+-- What the relay has yet to have confirmed: rows, and the oldest one's age in seconds (a scan of
+-- the table, which holds only those).
 SELECT count(*) AS pending,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
 FROM outbox;
