@@ -17,6 +17,7 @@ from relayflow import logs, tracing
 from relayflow.auth import AuthSettings
 from relayflow.db import create_pool, ensure_database, migrate
 from relayflow.db.migrate import CORE
+from relayflow.db.pool import ENGINE_SESSION
 from relayflow.errors import ConfigurationError, DefinitionError, ServiceUnavailableError
 from relayflow.logs import url_secrets
 from relayflow.metrics import serve_metrics, switch
@@ -37,17 +38,21 @@ def configure_logging(service: str, settings: Settings) -> None:
 
 
 async def prepare_database(
-    settings: Settings, applications: Sequence[str] = ()
+    settings: Settings, applications: Sequence[str] = (), *, engine: bool = False
 ) -> asyncpg.Pool[Any]:
     """Create the database if missing, apply the core's migrations and those of the
-    `applications` (packages with a `migrations` folder), and open the pool."""
+    `applications` (packages with a `migrations` folder), and open the pool. `engine`: the pool
+    runs the engine's own statements only (`relayflow.db.pool.ENGINE_SESSION`)."""
     try:
         await ensure_database(settings.database_url)
     except (OSError, asyncpg.CannotConnectNowError) as exc:
         # create_pool below waits and explains; creating needs the server anyway.
         log.debug("could not check the database yet: %s", exc)
     pool = await create_pool(
-        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        session=ENGINE_SESSION if engine else None,
     )
     async with pool.acquire() as conn:
         await migrate(conn, (CORE, *applications))

@@ -34,7 +34,7 @@ async def serve(
     registry = load_workflows(settings.apps, settings.workflows)
     topology = Topology.from_settings(settings)
     local = LocalSteps.load(registry, settings.step_modules, exchange=topology.exchange)
-    pool = await prepare_database(settings, local.migrations if local else ())
+    pool = await prepare_database(settings, local.migrations if local else (), engine=True)
     connection = await connect(
         settings.amqp_url, name="relayflow-orchestrator", heartbeat=settings.amqp_heartbeat
     )

@@ -65,7 +65,7 @@ async def serve(
         raise ConfigurationError(str(exc)) from exc
     async with contextlib.AsyncExitStack() as stack:
         migrations = dict.fromkeys([*steps.migrations, *(local.migrations if local else ())])
-        pool = await prepare_database(settings, list(migrations))
+        pool = await prepare_database(settings, list(migrations), engine=True)
         stack.push_async_callback(close_pool, pool)
         connection = await connect(
             settings.amqp_url, name="relayflow-steps", heartbeat=settings.amqp_heartbeat
