@@ -15,8 +15,10 @@ it is shown as the sender's claim.
 A workflow accepted moments ago may not have started yet (the 202 of a start comes before the
 orchestrator applies it): for an id that can be such a one — a time-ordered id made within
 `RELAYFLOW_GATEWAY_UNKNOWN_WORKFLOW_WAIT`, or one an Idempotency-Key named that recently — the
-request waits up to `START_WAIT` seconds for the workflow to appear, and is answered 503 with
-Retry-After if it has not (its start is still on its way: a 404 would be false).
+request waits up to `START_WAIT` seconds for the workflow to appear — woken by its first event
+on the gateway's event hub, with a look at PostgreSQL at least every `_START_LOOK` seconds should
+no event come — and is answered 503 with Retry-After if it has not (its start is still on its
+way: a 404 would be false).
 
 Idempotency: with an `Idempotency-Key` the signal id is the one the key names, and its first
 use is recorded with the request's hash (`relayflow.signal_keys`, shared with `relayflow
@@ -39,7 +41,7 @@ from starlette.responses import Response
 
 from relayflow.amqp import OutgoingMessage
 from relayflow.contracts import SignalWorkflow, minted_at
-from relayflow.signal_keys import SignalKeyConflict
+from relayflow.signal_keys import SignalKeyConflict, SignalTarget
 from relayflow.topology import SIGNAL_KEY
 from services.gateway import checks
 from services.gateway.checks import InputError
@@ -114,9 +116,11 @@ async def signal_workflow(request: Request) -> Response:
     )
 
 
-# How long a signal waits for a workflow that may be starting, and how often it looks.
+# How long a signal waits for a workflow that may be starting; and the longest pause between two
+# looks at PostgreSQL meanwhile (the workflow's first event ends a pause at once; this bounds
+# the wait when events do not come, their channel being down).
 START_WAIT = 5.0
-_START_POLL = 0.025
+_START_LOOK = 0.5
 # How far ahead of this gateway's clock another replica's may be when it makes an id.
 _CLOCK_SKEW = 5.0
 
@@ -133,6 +137,23 @@ async def _may_be_starting(state: GatewayState, workflow_id: str, tenant: str | 
     return await state.store.recently_keyed(workflow_id, tenant, window)
 
 
+async def _started(
+    state: GatewayState, workflow_id: str, tenant: str | None
+) -> SignalTarget | None:
+    """The workflow once it has started, waiting up to `START_WAIT` for its first event (the
+    orchestrator publishes `workflow.started` once the row is committed); None if it has not."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + START_WAIT
+    # Subscribed before looking: an event that comes in between is not missed.
+    with state.hub.subscribe(workflow_id, tenant) as events:
+        while (found := await state.store.signal_target(workflow_id, tenant)) is None:
+            left = give_up_at - loop.time()
+            if left <= 0:
+                return None
+            await events.get(min(left, _START_LOOK))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     name: str
@@ -147,11 +168,7 @@ async def _target(
     for another tenant's); None for a workflow that may be starting but has not yet."""
     found = await state.store.signal_target(workflow_id, tenant)
     if found is None and await _may_be_starting(state, workflow_id, tenant):
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + START_WAIT
-        while found is None and loop.time() < give_up_at:
-            await asyncio.sleep(_START_POLL)
-            found = await state.store.signal_target(workflow_id, tenant)
+        found = await _started(state, workflow_id, tenant)
         if found is None:
             return None
     if found is None:
