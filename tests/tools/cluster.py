@@ -176,6 +176,19 @@ class Cluster:
                 await proxy.start()
             self.links[service] = Links(amqp=nodes[0], db=db, nodes=nodes)
 
+    @contextlib.asynccontextmanager
+    async def running(self, *, start: bool = True) -> AsyncIterator[None]:
+        """Set up, start every service (unless `start` is False: the caller then adds to
+        `extra_env` and calls `start_all`), and tear everything down at the end."""
+        try:
+            await self.setup()
+            if start:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    await self.start_all(client)
+            yield
+        finally:
+            await self.teardown()
+
     async def start(self, service: str) -> None:
         log = (self.log_dir / f"{service}.log").open("ab")
         self.processes[service] = await asyncio.create_subprocess_exec(
@@ -427,11 +440,5 @@ async def running_cluster(
     )
     if namespace is not None:
         cluster.namespace = namespace
-    try:
-        await cluster.setup()
-        if start:
-            async with httpx.AsyncClient(timeout=10) as client:
-                await cluster.start_all(client)
+    async with cluster.running(start=start):
         yield cluster
-    finally:
-        await cluster.teardown()

@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from tests.tools.cluster import SERVICES, Cluster
 from tests.tools.fault_proxy import FaultProxy
 from tests.tools.pg_standby import PostgresPair, multi_host_url
@@ -25,6 +23,9 @@ from tests.tools.private_services import PrivateRabbit
 
 @dataclass
 class FailoverCluster(Cluster):
+    # `postgres` is the pair's first primary, where `setup` creates the database; after a
+    # failover it is the old one: reach the database through `database_url` or `db()`, which
+    # name both servers.
     pair: PostgresPair | None = None
     # Each service's proxied link to the standby (`links[service].db` goes to the primary).
     standby_links: dict[str, FaultProxy] = field(default_factory=dict)
@@ -42,12 +43,15 @@ class FailoverCluster(Cluster):
         return {**super().env_for(service), "DATABASE_URL": self.service_database_url(service)}
 
     async def setup(self) -> None:
+        """As the cluster's, with a proxy to the standby for every service, once the standby has
+        replayed the new database."""
         assert self.pair is not None
         await super().setup()
         for service in SERVICES:
             proxy = FaultProxy(self.pair.standby.address, name=f"{service}->standby")
             await proxy.start()
             self.standby_links[service] = proxy
+        await self.pair.wait_replayed()
 
     async def teardown(self) -> None:
         await super().teardown()
@@ -84,12 +88,5 @@ async def running_failover_cluster(
         extra_env=dict(extra_env or {}),
         pair=pair,
     )
-    try:
-        await cluster.setup()
-        await pair.wait_replayed()
-        if start:
-            async with httpx.AsyncClient(timeout=10) as client:
-                await cluster.start_all(client)
+    async with cluster.running(start=start):
         yield cluster
-    finally:
-        await cluster.teardown()
