@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from relayflow.db import create_pool, migrate
 from relayflow.db.migrate import CORE
@@ -27,6 +28,12 @@ from tests.support import (
     service_urls,
     unique_name,
 )
+
+# Property tests check what is computed, not how fast: on a machine shared with the services'
+# tests, an example that took longer than Hypothesis's 200 ms deadline failed a run once
+# (test_depth_is_counted_as_nested_arrays, passing on every rerun).
+hypothesis_settings.register_profile("relayflow", deadline=None)
+hypothesis_settings.load_profile("relayflow")
 
 
 @pytest.fixture(scope="session")
