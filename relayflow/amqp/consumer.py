@@ -16,15 +16,17 @@ from relayflow.amqp.connection import quietly
 # The dead-letter headers used to live here (their home is `relayflow.amqp.settle`).
 from relayflow.amqp.settle import QUEUE_HEADER, REASON_HEADER, hand_back
 
-__all__ = ["QUEUE_HEADER", "REASON_HEADER", "BatchConsumer", "BatchHandler"]
+__all__ = ["QUEUE_HEADER", "REASON_HEADER", "BatchConsumer", "BatchHandler", "Batches"]
 
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[AbstractIncomingMessage]], Awaitable[None]]
 
 
-class BatchConsumer:
-    """Hands a queue's deliveries to `handler` in batches of what has arrived, up to `max_batch`.
+class Batches:
+    """Hands what it is offered to `handler` in batches of what has arrived, up to `max_batch`,
+    from `workers` tasks. The deliveries of a queue (`BatchConsumer`), or messages that come
+    from this process itself (commands handed over in process, `relayflow.steps.eager`).
 
     With `workers` > 1, several batches are handled at once; the handler must then be safe for
     concurrent batches (the orchestrator's is: it locks workflow rows). The handler settles
@@ -32,42 +34,25 @@ class BatchConsumer:
     """
 
     def __init__(
-        self,
-        queue: AbstractQueue,
-        handler: BatchHandler,
-        *,
-        max_batch: int = 100,
-        workers: int = 1,
+        self, name: str, handler: BatchHandler, *, max_batch: int = 100, workers: int = 1
     ) -> None:
-        self._queue = queue
+        self._name = name
         self._handler = handler
         self._max_batch = max_batch
         self._workers = workers
         # None tells a worker to finish: it comes after every delivery already received.
         self._pending: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._consumer_tag: str | None = None
         self._stopping = False
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"consume:{self._queue.name}:{i}")
+            asyncio.create_task(self._run(), name=f"batches:{self._name}:{i}")
             for i in range(self._workers)
         ]
-        self._consumer_tag = await self._queue.consume(self._on_message)
-
-    @property
-    def consuming(self) -> bool:
-        """Attached: started, not stopped, and its channel open (a robust channel reopens and
-        restores the consumer after a reconnect; meanwhile this is False)."""
-        return self._consumer_tag is not None and not self._queue.channel.is_closed
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._pending.put_nowait(message)
 
     def offer(self, message: AbstractIncomingMessage) -> bool:
-        """Take a delivery that did not come from the queue (a command handed over in process,
-        `relayflow.steps.eager`) into the next batch; False once stopping, when it is not taken."""
+        """Take `message` into the next batch; False once stopping, when it is not taken."""
         if self._stopping or not self._tasks:
             return False
         self._pending.put_nowait(message)
@@ -91,7 +76,7 @@ class BatchConsumer:
                 return
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
-        metrics.count_redeliveries(self._queue.name, sum(1 for m in batch if m.redelivered))
+        metrics.count_redeliveries(self._name, sum(1 for m in batch if m.redelivered))
         try:
             await self._handler(batch)
         except asyncio.CancelledError:
@@ -106,16 +91,9 @@ class BatchConsumer:
             await asyncio.sleep(1.0)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking deliveries and finish those in hand within `grace`; whatever is still
-        unsettled after that goes back to the broker when the channel closes, and what was
-        offered and never handled is handed back."""
+        """Take nothing more and finish what is in hand within `grace`; what was offered and
+        never handled is handed back."""
         self._stopping = True
-        if self._consumer_tag is not None:
-            await quietly(
-                f"cancelling the consumer of {self._queue.name}",
-                functools.partial(self._queue.cancel, self._consumer_tag),
-            )
-            self._consumer_tag = None
         for _ in self._tasks:
             self._pending.put_nowait(None)
         if self._tasks:
@@ -130,3 +108,44 @@ class BatchConsumer:
             left = self._pending.get_nowait()
             if left is not None and not left.processed:
                 await hand_back(left)
+
+
+class BatchConsumer(Batches):
+    """A queue's deliveries in `Batches`. Whatever is still unsettled after a stop goes back to
+    the broker when the channel closes, or is handed back."""
+
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        handler: BatchHandler,
+        *,
+        max_batch: int = 100,
+        workers: int = 1,
+    ) -> None:
+        super().__init__(queue.name, handler, max_batch=max_batch, workers=workers)
+        self._queue = queue
+        self._consumer_tag: str | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    @property
+    def consuming(self) -> bool:
+        """Attached: started, not stopped, and its channel open (a robust channel reopens and
+        restores the consumer after a reconnect; meanwhile this is False)."""
+        return self._consumer_tag is not None and not self._queue.channel.is_closed
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._pending.put_nowait(message)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking deliveries and finish those in hand within `grace`."""
+        self._stopping = True
+        if self._consumer_tag is not None:
+            await quietly(
+                f"cancelling the consumer of {self._queue.name}",
+                functools.partial(self._queue.cancel, self._consumer_tag),
+            )
+            self._consumer_tag = None
+        await super().stop(grace)

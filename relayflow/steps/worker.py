@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from relayflow import tracing
 from relayflow.amqp import Backoff, BatchConsumer, OutgoingMessage, Publisher, Settler, quietly
+from relayflow.amqp.consumer import Batches
 from relayflow.amqp.senders import Senders
 from relayflow.contracts import Envelope, StepCommand, StepResult, decode
 from relayflow.hops import HopTrace
@@ -146,8 +147,13 @@ class StepWorker:
         self._settler: Settler | None = None
         self._channel: AbstractChannel | None = None
         self._consumers: list[BatchConsumer] = []
-        # The consumer of each step queue, by the routing key of its commands.
-        self._by_key: dict[str, BatchConsumer] = {}
+        # The routing keys of the commands of the steps served, while taking handed-over ones;
+        # those go into batches of their own, whatever their step (one transaction for all
+        # that came together, as for a queue's deliveries).
+        self._eager_keys: frozenset[str] = frozenset()
+        self._eager_batches = Batches(
+            "eager", self._handle_batch, max_batch=self._config.batch_size, workers=1
+        )
         self._inflight: set[asyncio.Task[None]] = set()
         # Handed-over commands not settled yet, and where a settled one's row goes.
         self._eager_held = 0
@@ -174,7 +180,9 @@ class StepWorker:
             )
             await consumer.start()
             self._consumers.append(consumer)
-            self._by_key[step_key(definition.name)] = consumer
+        if self._config.eager:
+            await self._eager_batches.start()
+            self._eager_keys = frozenset(step_key(definition.name) for definition in self._steps)
         log.info("serving steps %s as %s", ", ".join(self._steps.names()), self.worker_id)
 
     async def stop(self, *, grace: float = 10.0) -> None:
@@ -182,9 +190,11 @@ class StepWorker:
         the rest back to the broker (their leases released so a redelivery need not wait)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        self._by_key = {}  # nothing more is handed over: the relay publishes it
+        self._eager_keys = frozenset()  # nothing more is handed over: the relay publishes it
         # Batches under way finish their transaction and hand their commands to tasks.
-        await asyncio.gather(*(consumer.stop(grace) for consumer in self._consumers))
+        await asyncio.gather(
+            *(consumer.stop(grace) for consumer in [*self._consumers, self._eager_batches])
+        )
         self._consumers = []
         if self._inflight:
             remaining = max(0.0, deadline - loop.time())
@@ -220,25 +230,25 @@ class StepWorker:
 
     def take(self, rows: Sequence[Row]) -> list[Row]:
         """Take the step commands among `rows` that this worker serves, while it holds fewer
-        than `prefetch` of them, into the next batch of their queue; returns the rest, to
-        publish (`relayflow.steps.eager`)."""
-        if not self._config.eager or self._eager_done is None or not self._by_key:
+        than `prefetch` of them, into its next batch of handed-over commands; returns the rest,
+        to publish (`relayflow.steps.eager`)."""
+        if self._eager_done is None or not self._eager_keys:
             return list(rows)
         rest: list[Row] = []
         for row in rows:
             message = row.message
-            consumer = (
-                self._by_key.get(message.routing_key)
-                if message.type == "StepCommand" and message.exchange == self._topology.exchange
-                else None
-            )
-            if consumer is None or self._eager_held >= self._config.prefetch:
+            if (
+                message.routing_key not in self._eager_keys
+                or message.type != "StepCommand"
+                or message.exchange != self._topology.exchange
+                or self._eager_held >= self._config.prefetch
+            ):
                 rest.append(row)
                 continue
             command = decode(message.body)
             assert isinstance(command, StepCommand)
             delivery = EagerDelivery(row, command, done=self._settled, back=self._handed_back)
-            if not consumer.offer(delivery):
+            if not self._eager_batches.offer(delivery):
                 rest.append(row)
                 continue
             self._eager_held += 1
