@@ -48,14 +48,16 @@ async def test_topology_declares_twice(
 
 
 async def test_ensure_takes_a_queue_made_with_other_arguments_as_it_is(
-    amqp_connection: aio_pika.abc.AbstractRobustConnection, registry: WorkflowRegistry
+    amqp_url: str, registry: WorkflowRegistry
 ) -> None:
     """A step queue made before a queue argument existed (here: no quorum group size, another
     delivery limit) refuses today's declaration; `ensure` then takes it as it is, declares the
-    rest and binds everything, and leaves no channel behind on the connection."""
+    rest and binds everything, and leaves no channel behind on the connection (its own: the
+    session's connection has other tests' channels)."""
     topology = Topology(unique_name("old-"))
     names = registry.task_names()
     old = topology.step_queue("persist")
+    amqp_connection = await aio_pika.connect_robust(amqp_url)
     channel = await amqp_connection.channel()
     try:
         await channel.declare_queue(
@@ -84,3 +86,4 @@ async def test_ensure_takes_a_queue_made_with_other_arguments_as_it_is(
     finally:
         await channel.close()
         await delete_topology(amqp_connection, topology, names)
+        await amqp_connection.close()
