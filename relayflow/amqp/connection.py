@@ -16,6 +16,7 @@ the address changed before each attempt. This is the only place connections are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -168,10 +169,25 @@ async def connect_once(url: str, *, timeout: float = 10.0) -> AbstractConnection
     failures: list[str] = []
     for address in broker_addresses(url):
         try:
-            return await aio_pika.connect(address, timeout=timeout)
+            return await connect_plain(address, timeout=timeout)
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
             failures.append(f"{redact(address)}: {exc or type(exc).__name__}")
     raise ServiceUnavailableError("; ".join(failures))
+
+
+async def connect_plain(address: str, *, timeout: float) -> AbstractConnection:  # noqa: ASYNC109
+    """`aio_pika.connect` to one node, but a failed attempt's connection is closed here. Left
+    unclosed, aio-pika's `__del__` schedules its close on whatever loop runs when the garbage
+    collector gets to it; outside a loop that close is a coroutine never awaited (CI saw one
+    break an unrelated test)."""
+    connection = aio_pika.Connection(URL(address))
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.close()
+        raise
+    return connection
 
 
 # How long one step of shutting down (cancel a consumer, close a channel or the connection) may

@@ -29,9 +29,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import aio_pika
 import asyncpg
 
+from relayflow.amqp.connection import connect_plain
 from tests.tools.lifecycle import Lifecycle
 
 RABBITMQ_BIN = Path(os.environ.get("RELAYFLOW_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
@@ -206,7 +206,7 @@ class PrivateRabbit(Lifecycle):
             if self._process is not None and self._process.returncode is not None:
                 raise PrivateServiceError(f"rabbitmq-server exited:\n{self.logs()[-3000:]}")
             try:
-                connection = await aio_pika.connect(self.url, timeout=2)
+                connection = await connect_plain(self.url, timeout=2)
             except Exception:
                 if loop.time() > deadline:
                     raise PrivateServiceError(
