@@ -173,16 +173,17 @@ class Topology:
         # fan-out, 10,000 subscribers of one workflow: its terminal event reached the last one
         # 280-350 ms after the first, against 145-160 ms — for a reason not found: not the
         # probes' channels, not the quorum group size.)
+        existing: set[str] | None = None
         try:
             if await self._declared(connection, names, existing=set()):
                 return
         except aiormq.exceptions.ChannelPreconditionFailed as refused:
             log.info("a queue exists with other arguments (%s); taking those as they are", refused)
-            if await self._declared(
-                connection, names, existing=await self._existing(connection, names)
-            ):
+            existing = await self._existing(connection, names)
+            if await self._declared(connection, names, existing=existing):
                 return
-        existing = await self._existing(connection, names)
+        if existing is None:
+            existing = await self._existing(connection, names)
         missing = [f"queue {name}" for name in self.queues(names) if name not in existing]
         for name in [self.exchange, self.events_exchange, self.dead_letter_exchange]:
             if not await _exists(connection, "exchange", name):

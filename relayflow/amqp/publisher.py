@@ -39,6 +39,9 @@ class OutgoingMessage:
     mandatory: bool = True
     # The W3C trace context it continues (`relayflow.tracing`), sent as the `traceparent` header.
     traceparent: str | None = None
+    # The message `body` encodes, when it was made from one (`of`): what a consumer in this
+    # process takes without decoding the body again (`relayflow.steps.eager`). Not sent.
+    source: BaseMessage | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -61,6 +64,7 @@ class OutgoingMessage:
             correlation_id=correlation_id,
             mandatory=mandatory,
             traceparent=traceparent,
+            source=message,
         )
 
 

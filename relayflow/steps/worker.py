@@ -245,9 +245,15 @@ class StepWorker:
             ):
                 rest.append(row)
                 continue
-            command = decode(message.body)
+            # The command the row was made from; a row read back from PostgreSQL has only its body.
+            command = message.source if message.source is not None else decode(message.body)
             assert isinstance(command, StepCommand)
-            delivery = EagerDelivery(row, command, done=self._settled, back=self._handed_back)
+            delivery = EagerDelivery(
+                row,
+                command,
+                done=lambda row: self._settle_eager(row, delivered=True),
+                back=lambda row: self._settle_eager(row, delivered=False),
+            )
             if not self._eager_batches.offer(delivery):
                 rest.append(row)
                 continue
@@ -255,15 +261,11 @@ class StepWorker:
             self._hops.record("step.handed", command.message_id)
         return rest
 
-    def _settled(self, row: OutboxEntry) -> None:
+    def _settle_eager(self, row: OutboxEntry, *, delivered: bool) -> None:
         self._eager_held -= 1
-        assert self._eager_done is not None
-        self._eager_done(row)
-
-    def _handed_back(self, row: OutboxEntry) -> None:
-        self._eager_held -= 1
-        assert self._eager_back is not None
-        self._eager_back(row)
+        to = self._eager_done if delivered else self._eager_back
+        assert to is not None
+        to(row)
 
     # -- deliveries ------------------------------------------------------------------------
 

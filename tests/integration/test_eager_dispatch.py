@@ -26,6 +26,7 @@ from relayflow.steps import StepContext, StepRegistry, StepWorker, WorkerConfig
 from relayflow.topology import Topology, step_key
 from relayflow.workflow import WorkflowRegistry, define_workflow, task
 from services.steps.service import hand_over
+from tests.integration.test_step_advance import queued, settled
 from tests.support import delete_topology, wait_for
 
 
@@ -166,11 +167,15 @@ async def executions(pool: asyncpg.Pool[Any], workflow_id: str) -> dict[str, int
     return {row["step_name"]: row["executions"] for row in rows}
 
 
-async def outbox_left(pool: asyncpg.Pool[Any], workflow_id: str) -> int:
+async def completed(pool: asyncpg.Pool[Any], workflow_id: str) -> bool:
+    return await status(pool, workflow_id) == WorkflowStatus.COMPLETED
+
+
+async def outbox_empty(pool: asyncpg.Pool[Any], workflow_id: str) -> bool:
     left: int = await pool.fetchval(
         "SELECT count(*) FROM outbox WHERE message_id LIKE $1", f"%{workflow_id}%"
     )
-    return left
+    return left == 0
 
 
 @pytest.fixture
@@ -191,15 +196,11 @@ async def test_the_next_commands_run_in_process_and_never_reach_the_broker(
         step_service(pool, amqp_connection, declared) as worker,
     ):
         workflow_id = await start(pool, declared, publisher)
-
-        async def completed() -> bool:
-            return await status(pool, workflow_id) == WorkflowStatus.COMPLETED
-
-        await wait_for(completed, what="the workflow completed")
-        await wait_for(lambda: _zero(worker.inflight), what="every command settled")
+        await wait_for(lambda: completed(pool, workflow_id), what="the workflow completed")
+        await wait_for(lambda: settled(worker), what="every command settled")
         assert await executions(pool, workflow_id) == {"pack": 1, "ship": 1, "label": 1}
         # The commands of ship and label were committed to the outbox and deleted once run.
-        await wait_for(lambda: _zero_async(outbox_left(pool, workflow_id)), what="outbox empty")
+        await wait_for(lambda: outbox_empty(pool, workflow_id), what="outbox empty")
         assert await copies(sent) == []
 
 
@@ -215,11 +216,7 @@ async def test_without_eager_dispatch_every_command_goes_through_the_broker(
         step_service(pool, amqp_connection, declared, eager=False),
     ):
         workflow_id = await start(pool, declared, publisher)
-
-        async def completed() -> bool:
-            return await status(pool, workflow_id) == WorkflowStatus.COMPLETED
-
-        await wait_for(completed, what="the workflow completed")
+        await wait_for(lambda: completed(pool, workflow_id), what="the workflow completed")
         assert sorted(c.step_name for c in await copies(sent)) == ["label", "ship"]
 
 
@@ -238,15 +235,11 @@ async def test_beyond_prefetch_a_command_is_published_at_once(
         workflow_id = await start(pool, declared, publisher)
 
         async def one_published() -> bool:
-            return await _count(amqp_connection, sent.name) >= 1
+            return await queued(amqp_connection, sent.name) >= 1
 
         await wait_for(one_published, what="the command beyond prefetch published")
         ship_may_finish.set()
-
-        async def completed() -> bool:
-            return await status(pool, workflow_id) == WorkflowStatus.COMPLETED
-
-        await wait_for(completed, what="the workflow completed")
+        await wait_for(lambda: completed(pool, workflow_id), what="the workflow completed")
         # One of ship and label was handed over; the other went through the broker, and its
         # copy found nothing left to run twice.
         assert len(await copies(sent)) == 1
@@ -275,26 +268,8 @@ async def test_a_command_handed_over_and_not_run_by_the_stop_is_published(
         assert published.step_name == "ship"
         ship_may_finish.set()
         async with step_service(pool, amqp_connection, declared):
-
-            async def completed() -> bool:
-                return await status(pool, workflow_id) == WorkflowStatus.COMPLETED
-
-            await wait_for(completed, what="the workflow completed by the next service")
+            await wait_for(
+                lambda: completed(pool, workflow_id),
+                what="the workflow completed by the next service",
+            )
     assert (await executions(pool, workflow_id))["ship"] == 2
-
-
-async def _zero(value: int) -> bool:
-    return value == 0
-
-
-async def _zero_async(value: Any) -> bool:
-    return bool(await value == 0)
-
-
-async def _count(connection: AbstractRobustConnection, queue: str) -> int:
-    channel = await connection.channel()
-    try:
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
-    finally:
-        await channel.close()

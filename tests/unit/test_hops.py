@@ -84,8 +84,12 @@ def test_the_setting_is_a_directory_or_off(monkeypatch: pytest.MonkeyPatch, tmp_
     assert Settings().hop_trace == tmp_path
 
 
-def _one_workflow(wf: str, t0: int) -> tuple[list[hops.Record], tuple[int, int, int]]:
-    """The records of one five-step workflow whose every hop takes 1 ms (asides 2 ms)."""
+def _one_workflow(
+    wf: str, t0: int, *, advanced: bool = False
+) -> tuple[list[hops.Record], tuple[int, int, int]]:
+    """The records of one five-step workflow whose every hop takes 1 ms (asides 2 ms). With
+    `advanced`, its step service advanced it: no result travels, the first command is published
+    by the orchestrator's relay and the other four are handed over in process (eager dispatch)."""
     records: list[hops.Record] = []
     t = t0
 
@@ -102,13 +106,19 @@ def _one_workflow(wf: str, t0: int) -> tuple[list[hops.Record], tuple[int, int, 
         at(hop, "start1")
     for i in range(1, 6):
         command, result = ids.command_id(wf, f"b{i}", "", 1), ids.result_id(wf, f"b{i}", "", 1)
-        at("relay.publish", command)
-        records.append((t + 2_000_000, "relay.confirmed", command, "", ""))
+        if advanced and i > 1:
+            at("step.handed", command)
+        else:
+            at("relay.publish", command)
+            records.append((t + 2_000_000, "relay.confirmed", command, "", ""))
         for hop in ("step.delivered", "step.claimed"):
             at(hop, command)
         at("step.body.start", command, wf, f"b{i}")
-        for hop in ("step.body.end", "step.recorded", "step.committed"):
+        recorded = ("step.recorded", "step.advanced") if advanced else ("step.recorded",)
+        for hop in ("step.body.end", *recorded, "step.committed"):
             at(hop, command)
+        if advanced:
+            continue
         at("step.publish", result, wf, f"b{i}")
         records.append((t + 2_000_000, "step.confirmed", result, "", ""))
         for hop in ("orch.delivered", "orch.locked", "orch.written", "orch.committed"):
@@ -118,9 +128,8 @@ def _one_workflow(wf: str, t0: int) -> tuple[list[hops.Record], tuple[int, int, 
     records.append((t + 2_000_000, "relay.confirmed", batch, "", ""))
     at("gw.event", "workflow.completed", wf, 13)
     at("gw.sse", "workflow.completed", wf, 13)
-    at("client", "")
-    records.pop()  # the client's own time is not a service record
-    return records, (sent, sent + 3_000_000, t)
+    # The client reads the event 1 ms later (its own time is not a service record).
+    return records, (sent, sent + 3_000_000, t + 1_000_000)
 
 
 def test_breakdown_joins_each_workflow_into_one_chain() -> None:
@@ -145,47 +154,10 @@ def test_breakdown_joins_each_workflow_into_one_chain() -> None:
     assert result["step_p50_ms_by_position"] == [12.0] * 5
 
 
-def _advanced_workflow(wf: str) -> tuple[list[hops.Record], tuple[int, int, int]]:
-    """A five-step workflow whose step service advanced it, the first command published by the
-    orchestrator's relay and the other four handed over in process (eager dispatch); every hop
-    takes 1 ms, the confirms 2 ms."""
-    records: list[hops.Record] = []
-    t = 0
-
-    def at(hop: str, key: str, workflow_id: str = "", step: str | int = "") -> None:
-        nonlocal t
-        t += 1_000_000
-        records.append((t, hop, key, workflow_id, step))
-
-    at("gw.received", "", wf)
-    at("gw.publish", "start1", wf)
-    records.append((t + 2_000_000, "gw.confirmed", "start1", "", ""))
-    for hop in ("orch.delivered", "orch.locked", "orch.written", "orch.committed"):
-        at(hop, "start1")
-    for i in range(1, 6):
-        command = ids.command_id(wf, f"b{i}", "", 1)
-        if i == 1:
-            at("relay.publish", command)
-            records.append((t + 2_000_000, "relay.confirmed", command, "", ""))
-        else:
-            at("step.handed", command)
-        for hop in ("step.delivered", "step.claimed"):
-            at(hop, command)
-        at("step.body.start", command, wf, f"b{i}")
-        for hop in ("step.body.end", "step.recorded", "step.advanced", "step.committed"):
-            at(hop, command)
-    batch = ids.event_batch_id(ids.event_id(wf, 12))
-    at("relay.publish", batch)
-    records.append((t + 2_000_000, "relay.confirmed", batch, "", ""))
-    at("gw.event", "workflow.completed", wf, 13)
-    at("gw.sse", "workflow.completed", wf, 13)
-    return records, (0, 0, t + 1_000_000)  # the client reads the event 1 ms later
-
-
 def test_breakdown_of_steps_advanced_and_handed_over() -> None:
     """Steps advanced by the step service: each step is eight hops, whichever way its command
     went; the aside rows split the published command from the handed-over ones."""
-    records, client = _advanced_workflow("wf_c")
+    records, client = _one_workflow("wf_c", 0, advanced=True)
     e2e = client[2] / 1e9
     phase = Phase(5, 1, 1, 1.0, 0.0, [Sample(latency=e2e)])
     result = breakdown(sorted(records), {"wf_c": client}, phase)
